@@ -1,0 +1,786 @@
+"""`Actor`: a pykka `ThreadingActor` with exit reasons, links, monitors and `trap_exits`.
+
+pykka actors stop; Erlang processes *exit with a reason*, and others find out. This module adds
+what supervision needs on top of pykka, and closes pykka's traps on the way:
+
+- Every actor exits with a reason (`NORMAL`, `SHUTDOWN`, `Shutdown(info)`, `KILLED`, or the
+  exception it crashed with), readable with `exit_reason(ref)` / `wait_exit(ref)`.
+- `start()` is synchronous, like OTP's ``start_link``: it returns once `on_start` has run, and
+  raises `StartError` (with the exception as `reason`) if `on_start` failed. pykka would return
+  a ref to an actor that is already dead and never call `on_failure`.
+- Monitors (`Actor.monitor`, or `monitor(ref, callback)` from plain code) deliver a `Down` after
+  the actor's cleanup hook (`on_stop` / `on_failure`) has *finished*: pykka sets `actor_stopped`
+  before `on_failure` runs, so a watcher could restart a child while the old one still cleans up.
+- Links: when a linked peer exits with any reason but `NORMAL`, a non-trapping actor exits with
+  the same reason; one with `trap_exits = True` gets `on_exit_signal(Exit(ref, reason))` instead.
+  (As in Erlang, `SHUTDOWN` propagates through links; only `NORMAL` does not.)
+- A `SystemExit` or `KeyboardInterrupt` raised in a handler ends only that actor (pykka would
+  stop every actor in the process). `SystemExit(0)` / `SystemExit()` count as a `NORMAL` exit.
+- `tell`s still queued when an actor exits are logged as dead letters (event ``dead_letter``);
+  pykka drops them silently. Queued `ask`s get `pykka.ActorDeadError`, as in pykka.
+
+Which hook runs when an actor exits:
+
+| exit | hook |
+|---|---|
+| its own exception (crash), in a `tell`, `on_start`, `on_down` or `on_exit_signal` | `on_failure` |
+| `stop()`, `exit(reason)`, an exit signal (link or `send_exit`) | `on_stop` |
+| `kill` | none |
+
+An exception in an `ask` goes back to the asker and the actor keeps running (pykka's rule).
+
+**What a thread cannot do.** Python cannot kill a thread. `kill(ref)` therefore stops the actor
+at its next message boundary: the handler running now finishes, the rest of the inbox is dropped
+(queued askers get `ActorDeadError`), no cleanup hook runs, and the reason is `KILLED`. A handler
+that never returns can never be killed; an OS process can (see `Port`).
+
+**Plain pykka actors** can be monitored, linked, killed and supervised too. Their reason is
+`NORMAL` after a stop, the exception after a crash (captured from pykka's failure path), or the
+reason a supervisor asked for. Their `Down` may arrive while their `on_failure` still runs, and
+`kill` still runs their `on_stop`: pykka offers no hook to do better. Prefer `Actor`.
+
+Example:
+    >>> import dspex_actors as da
+    >>> class Greeter(da.Actor):
+    ...     def greet(self, name: str) -> str:
+    ...         return f"hello {name}"
+    >>> ref = Greeter.start()
+    >>> ref.proxy().greet("otp").get(timeout=5)
+    'hello otp'
+    >>> ref.stop()
+    True
+    >>> da.exit_reason(ref)
+    NORMAL
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import attrs
+import pykka
+from pykka import messages as pykka_messages
+from pykka._envelope import Envelope
+
+from ._errors import CallTimeout, NoProc, StartError
+from ._logging import log, log_event
+from ._reasons import KILLED, NOPROC, NORMAL, Down, Exit, MonitorRef, is_normal_exit
+
+if TYPE_CHECKING:
+    from ._child_spec import ChildSpec
+
+__all__ = [
+    "Actor",
+    "ActorHandle",
+    "current_actor",
+    "demonitor",
+    "exit_reason",
+    "kill",
+    "monitor",
+    "send_exit",
+    "wait_exit",
+]
+
+DownCallback = Callable[[Down], None]
+
+
+# --- system messages (never seen by user handlers) -------------------------------------------
+
+
+@attrs.frozen
+class _Wake:
+    """Put at the front of an inbox to make the loop look at a pending exit."""
+
+
+@attrs.frozen
+class _StopRequest:
+    """Stop in FIFO order with this reason; the reply comes once the actor has fully exited."""
+
+    reason: Any
+
+
+@attrs.frozen
+class _ExitSignal:
+    """An exit signal for a trapping actor, queued in FIFO order."""
+
+    ref: Any
+    reason: Any
+
+
+@attrs.frozen
+class _DownMsg:
+    down: Down
+
+
+@attrs.frozen
+class _RunInActor:
+    """Run `fn()` in the actor's thread between messages and reply with its result.
+
+    Used by `dspex_actors.testing` (`gate`) and by framework code that needs a barrier with a
+    side effect; never seen by user handlers.
+    """
+
+    fn: Callable[[], Any]
+
+
+_SYSTEM = (_Wake, _StopRequest, _ExitSignal, _DownMsg, _RunInActor, pykka_messages._ActorStop)
+
+_current = threading.local()
+
+
+def current_actor() -> pykka.ActorRef[Any] | None:
+    """The `ActorRef` of the `Actor` whose thread is running this code, or None (like `self()`)."""
+    proc: _Proc | None = getattr(_current, "proc", None)
+    return proc.ref if proc is not None else None
+
+
+class _Inbox(queue.Queue[Envelope[Any]]):
+    """An unbounded FIFO inbox that can take urgent messages at the front, and can be closed.
+
+    After `close()`, a `put` does not enqueue: the envelope is rejected at once (askers get
+    `ActorDeadError`, tells are logged as dead letters), so nothing sent to a dying actor hangs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+        self.owner = "an actor"
+        self.proc: _Proc | None = None
+
+    def put(self, item: Envelope[Any], block: bool = True, timeout: float | None = None) -> None:
+        with self.mutex:
+            if not self.closed:
+                self.queue.append(item)
+                self.unfinished_tasks += 1
+                self.not_empty.notify()
+                return
+        _reject(item, self.owner, self.proc)
+
+    def put_front(self, item: Envelope[Any]) -> None:
+        with self.mutex:
+            if self.closed:
+                return
+            self.queue.appendleft(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+    def close(self) -> list[Envelope[Any]]:
+        """Refuse further messages and return everything still queued."""
+        with self.mutex:
+            self.closed = True
+            items = list(self.queue)
+            self.queue.clear()
+        return items
+
+
+def _reject(envelope: Envelope[Any], owner: str, proc: _Proc | None) -> None:
+    """Answer an envelope that will never be handled."""
+    message = envelope.message
+    if isinstance(message, _StopRequest | pykka_messages._ActorStop):
+        # A stop request is answered once the actor has fully exited, not before.
+        if envelope.reply_to is not None and (proc is None or not proc.add_stop_reply(envelope)):
+            envelope.reply_to.set(None)
+        return
+    if envelope.reply_to is not None:
+        error = pykka.ActorDeadError(f"{owner} stopped before handling the message")
+        envelope.reply_to.set_exception(exc_info=(type(error), error, None))
+    elif not isinstance(message, _SYSTEM):
+        log_event(
+            "WARNING",
+            "dead_letter",
+            "dead letter: {actor} exited before handling {message}",
+            actor=owner,
+            message=_short_repr(message),
+        )
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- the per-actor record --------------------------------------------------------------------
+
+_attach_lock = threading.Lock()
+
+
+class _Proc:
+    """Everything links, monitors and exit reasons need to know about one actor.
+
+    Attached to the actor's `ActorRef` (and so it lives as long as any ref does). For our own
+    `Actor` it is created before the thread starts; for a plain pykka actor it is created the
+    first time something monitors, links or kills it.
+    """
+
+    def __init__(self, ref: pykka.ActorRef[Any], ours: bool) -> None:
+        self.ref = ref
+        self.ours = ours
+        self.lock = threading.Lock()
+        self.exited = False
+        self.reason: Any = None
+        self.links: set[_Proc] = set()
+        self.monitors: dict[MonitorRef, _Proc | DownCallback] = {}
+        self.watching: dict[MonitorRef, _Proc] = {}  # monitors this actor holds on others
+        self.done = threading.Event()
+        self.started = threading.Event()
+        self.start_error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        self.pending_exit: Any = None
+        self.requested_reason: Any = None  # plain pykka actors: the reason a stop was for
+        self.crash_reason: BaseException | None = None  # plain pykka actors: from _handle_failure
+        self.stop_replies: list[pykka.Future[Any]] = []
+        self.replies_closed = False
+
+    def add_stop_reply(self, envelope: Envelope[Any]) -> bool:
+        """Answer this stop request when the actor has exited; False if it already has."""
+        assert envelope.reply_to is not None
+        with self.lock:
+            if self.replies_closed:
+                return False
+            self.stop_replies.append(envelope.reply_to)
+            return True
+
+    def __repr__(self) -> str:
+        return f"<_Proc {self.ref}>"
+
+    @property
+    def trap_exits(self) -> bool:
+        actor = self.ref._actor_weakref()
+        return bool(getattr(actor, "trap_exits", False)) if actor is not None else False
+
+    # -- signals into this actor --
+
+    def interrupt(self, reason: Any) -> None:
+        """Exit at the next message boundary with `reason` (`KILLED` overrides any other)."""
+        with self.lock:
+            if self.exited:
+                return
+            if self.pending_exit is None or reason is KILLED:
+                self.pending_exit = reason
+            if not self.ours:
+                self.requested_reason = self.pending_exit
+        if self.ours:
+            inbox = self.ref.actor_inbox
+            assert isinstance(inbox, _Inbox)
+            inbox.put_front(Envelope(_Wake()))
+        else:
+            _plain_stop_now(self.ref)
+
+    def exit_signal(self, sender: Any, reason: Any) -> None:
+        """Deliver an exit signal (from a link, or `send_exit`) with Erlang's rules."""
+        if reason is KILLED and sender is None:  # send_exit(ref, KILLED) is kill: untrappable
+            self.interrupt(KILLED)
+        elif self.ours and self.trap_exits:
+            self.ref.actor_inbox.put(Envelope(_ExitSignal(sender, reason)))
+        elif reason is not NORMAL:
+            self.interrupt(reason)
+
+    # -- the end --
+
+    def finish(self, reason: Any) -> None:
+        """Record the exit reason, then notify links and monitors. Runs exactly once."""
+        with self.lock:
+            if self.exited:
+                return
+            self.exited = True
+            self.reason = reason
+            links, self.links = self.links, set()
+            monitors, self.monitors = self.monitors, {}
+            watching, self.watching = self.watching, {}
+        for target in watching.values():  # our own monitors die with us
+            with target.lock:
+                target.monitors = {m: w for m, w in target.monitors.items() if w is not self}
+        for peer in links:
+            with peer.lock:
+                peer.links.discard(self)
+            peer.exit_signal(self.ref, reason)
+        for mref, watcher in monitors.items():
+            _deliver_down(watcher, Down(mref, self.ref, reason))
+        self.done.set()
+        with self.lock:
+            replies, self.stop_replies = self.stop_replies, []
+            self.replies_closed = True
+        for reply in replies:
+            reply.set(None)
+
+
+def _deliver_down(watcher: _Proc | DownCallback, down: Down) -> None:
+    if isinstance(watcher, _Proc):
+        watcher.ref.actor_inbox.put(Envelope(_DownMsg(down)))
+        return
+    try:
+        watcher(down)
+    except Exception:
+        log.opt(exception=True).error("monitor callback {cb!r} raised", cb=watcher)
+
+
+def _proc_of(ref: Any) -> _Proc:
+    """The `_Proc` of an actor ref, attaching one to a plain pykka actor on first use."""
+    if not isinstance(ref, pykka.ActorRef):
+        raise TypeError(f"expected a pykka ActorRef, got: {ref!r}")
+    proc: _Proc | None = getattr(ref, "_dspex_proc", None)
+    if proc is not None:
+        return proc
+    with _attach_lock:
+        proc = getattr(ref, "_dspex_proc", None)
+        if proc is not None:
+            return proc
+        proc = _Proc(ref, ours=False)
+        ref._dspex_proc = proc  # type: ignore[attr-defined]
+    _watch_plain_actor(proc)
+    return proc
+
+
+def _watch_plain_actor(proc: _Proc) -> None:
+    """Learn how a plain pykka actor ends: wrap its failure hook, wait for its stop event."""
+    actor = proc.ref._actor_weakref()
+    if actor is None or not proc.ref.is_alive():
+        proc.finish(NOPROC)
+        return
+    original = actor._handle_failure
+
+    def recording_failure(
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if proc.crash_reason is None and exc is not None:
+            proc.crash_reason = exc
+        original(exc_type, exc, tb)
+
+    actor._handle_failure = recording_failure  # type: ignore[method-assign]
+    del actor
+
+    def watch() -> None:
+        proc.ref.actor_stopped.wait()
+        reason = proc.requested_reason or proc.crash_reason or NORMAL
+        proc.finish(reason)
+
+    thread = threading.Thread(target=watch, name=f"dspex-watch-{proc.ref.actor_class.__name__}")
+    thread.daemon = True
+    thread.start()
+
+
+def _plain_stop_now(ref: pykka.ActorRef[Any]) -> None:
+    """Stop a plain pykka actor at its next message boundary (front of its queue)."""
+    inbox = ref.actor_inbox
+    if isinstance(inbox, queue.Queue):
+        with inbox.mutex:
+            inbox.queue.appendleft(Envelope(pykka_messages._ActorStop()))
+            inbox.unfinished_tasks += 1
+            inbox.not_empty.notify()
+    else:  # an inbox we cannot reach into: a stop in FIFO order is the best we can do
+        ref.tell(pykka_messages._ActorStop())
+
+
+# --- public functions ----------------------------------------------------------------------
+
+
+def monitor(ref: pykka.ActorRef[Any], callback: DownCallback) -> MonitorRef:
+    """Call `callback(Down)` once when the actor behind `ref` exits (from plain code).
+
+    The callback runs in the exiting actor's thread after its cleanup hook has finished (or at
+    once, in this thread, if the actor is already gone, with its recorded reason or `NOPROC`).
+    Keep it short and non-blocking: set an event, put on a queue, `tell` an actor.
+    """
+    target = _proc_of(ref)
+    mref = MonitorRef(ref)
+    with target.lock:
+        if not target.exited:
+            target.monitors[mref] = callback
+            return mref
+        reason = target.reason
+    _deliver_down(callback, Down(mref, ref, reason))
+    return mref
+
+
+def demonitor(mref: MonitorRef) -> None:
+    """Remove a monitor; its `Down` will not be delivered (idempotent)."""
+    target = _proc_of(mref.target)
+    with target.lock:
+        watcher = target.monitors.pop(mref, None)
+    if isinstance(watcher, _Proc):
+        with watcher.lock:
+            watcher.watching.pop(mref, None)
+
+
+def kill(ref: pykka.ActorRef[Any]) -> None:
+    """Kill an actor: it exits with `KILLED` at its next message boundary, with no cleanup hook.
+
+    Its inbox is dropped (queued askers get `ActorDeadError`). Python cannot interrupt a running
+    handler; see the module docs. Killing a dead actor does nothing.
+    """
+    _proc_of(ref).interrupt(KILLED)
+
+
+def send_exit(ref: pykka.ActorRef[Any], reason: Any, *, sender: Any = None) -> None:
+    """Send an exit signal, as Erlang's ``exit(Pid, Reason)``.
+
+    A trapping actor gets `on_exit_signal(Exit(sender, reason))`, in message order; any other
+    actor exits with `reason` at its next message boundary, unless `reason` is `NORMAL` (ignored).
+    `send_exit(ref, KILLED)` is `kill(ref)` and cannot be trapped.
+    """
+    _proc_of(ref).exit_signal(sender, reason)
+
+
+def exit_reason(ref: pykka.ActorRef[Any]) -> Any:
+    """The actor's exit reason, or None while it is running (or has not finished exiting)."""
+    proc = _proc_of(ref)
+    with proc.lock:
+        return proc.reason if proc.exited else None
+
+
+def wait_exit(ref: pykka.ActorRef[Any], timeout: float | None = 5.0) -> Any:
+    """Wait until the actor has fully exited (cleanup done, monitors told); return its reason.
+
+    Raises:
+        CallTimeout: it is still running after `timeout` seconds (`None` waits forever).
+    """
+    proc = _proc_of(ref)
+    if not proc.done.wait(timeout):
+        raise CallTimeout(str(ref), "wait_exit", timeout)
+    return proc.reason
+
+
+# --- the Actor class -------------------------------------------------------------------------
+
+
+class Actor(pykka.ThreadingActor):
+    """A pykka `ThreadingActor` that exits with a reason and supports links and monitors.
+
+    Subclass it exactly like `pykka.ThreadingActor`; everything pykka offers (`ask`, `tell`,
+    proxies, `on_receive`, `on_start`, `on_stop`, `on_failure`) works as before. In addition:
+
+    Attributes:
+        trap_exits: when True, exit signals from linked actors arrive as `on_exit_signal(Exit)`
+            instead of making this actor exit.
+        start_timeout: seconds `start()` waits for `on_start` (`None`: forever). On timeout the
+            actor is killed and `start()` raises `StartError` with a `TimeoutError` reason.
+    """
+
+    trap_exits: ClassVar[bool] = False
+    start_timeout: ClassVar[float | None] = 5.0
+
+    _dspex_proc: _Proc
+
+    @staticmethod
+    def _create_actor_inbox() -> _Inbox:
+        return _Inbox()
+
+    @classmethod
+    def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef[Self]:
+        """Start the actor and wait until its `on_start` has returned.
+
+        Raises:
+            StartError: `on_start` raised (the exception is `reason` and `__cause__`), or did
+                not return within `start_timeout`.
+        """
+        ref = super().start(*args, **kwargs)
+        proc = _proc_of(ref)
+        if not proc.started.wait(cls.start_timeout):
+            proc.interrupt(KILLED)
+            cause = TimeoutError(f"on_start did not return within {cls.start_timeout}s")
+            raise StartError(cls, cause) from cause
+        if proc.start_error is not None:
+            proc.done.wait()  # its cleanup has finished before we report the failure
+            raise StartError(cls, proc.start_error) from proc.start_error
+        return ref
+
+    @classmethod
+    def child_spec(cls, *args: Any, **options: Any) -> ChildSpec:
+        """A `ChildSpec` that starts this actor with `args`; `id` defaults to the class name.
+
+        Keyword options named like `ChildSpec` fields (`id`, `restart`, `shutdown`, `type`,
+        `significant`, `name`) configure the spec; any other keyword is passed to `start`.
+        """
+        from ._child_spec import ChildSpec, split_spec_options
+
+        spec_options, start_kwargs = split_spec_options(options)
+        spec_options.setdefault("id", cls.__name__)
+        return ChildSpec(start=cls.start, args=args, kwargs=start_kwargs, **spec_options)
+
+    # -- links and monitors --
+
+    def link(self, ref: pykka.ActorRef[Any]) -> None:
+        """Link to another actor: when either exits abnormally, the other is told (Erlang link).
+
+        Linking to an actor that has already exited delivers its exit signal at once.
+        """
+        me, other = self._dspex_proc, _proc_of(ref)
+        if other is me:
+            return
+        first, second = sorted((me, other), key=id)
+        with first.lock, second.lock:
+            if not other.exited:
+                me.links.add(other)
+                other.links.add(me)
+                return
+            reason = other.reason
+        me.exit_signal(ref, reason)
+
+    def unlink(self, ref: pykka.ActorRef[Any]) -> None:
+        """Remove a link (idempotent). An exit signal already queued is not withdrawn."""
+        me, other = self._dspex_proc, _proc_of(ref)
+        first, second = sorted((me, other), key=id)
+        with first.lock, second.lock:
+            me.links.discard(other)
+            other.links.discard(me)
+
+    def monitor(self, ref: pykka.ActorRef[Any]) -> MonitorRef:
+        """Monitor another actor: `on_down(Down)` is called here once it has exited.
+
+        A target that is already gone gives an immediate `Down` (its reason, or `NOPROC`).
+        """
+        me, target = self._dspex_proc, _proc_of(ref)
+        mref = MonitorRef(ref)
+        with me.lock:
+            me.watching[mref] = target
+        with target.lock:
+            if not target.exited:
+                target.monitors[mref] = me
+                return mref
+            reason = target.reason
+        _deliver_down(me, Down(mref, ref, reason))
+        return mref
+
+    def demonitor(self, mref: MonitorRef) -> None:
+        """Remove a monitor; a `Down` for it that is already queued is discarded too."""
+        with self._dspex_proc.lock:
+            self._dspex_proc.watching.pop(mref, None)
+        demonitor(mref)
+
+    def exit(self, reason: Any) -> None:
+        """Exit with `reason` once the current message is handled (`on_stop` runs)."""
+        self._dspex_proc.interrupt(reason)
+
+    @property
+    def exit_reason(self) -> Any:
+        """This actor's exit reason while it exits (in `on_stop`/`on_failure`), else None."""
+        return self._dspex_proc.pending_exit
+
+    # -- hooks --
+
+    def on_down(self, down: Down) -> None:
+        """Called when an actor this one monitors has exited. Default: do nothing."""
+
+    def on_exit_signal(self, exit: Exit) -> None:
+        """Called, when `trap_exits` is True, for each exit signal from a linked actor.
+
+        Default: exit with the same reason, unless it is `NORMAL` (ignored), which is what a
+        non-trapping actor does, but in message order.
+        """
+        if exit.reason is not NORMAL:
+            self.exit(exit.reason)
+
+    # -- the loop (replaces pykka's) --
+
+    def _start_actor_loop(self) -> None:
+        proc = _Proc(self.actor_ref, ours=True)
+        self.actor_ref._dspex_proc = proc  # type: ignore[attr-defined]
+        self._dspex_proc = proc
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _Inbox), "dspex_actors.Actor needs its own inbox"
+        inbox.owner = str(self.actor_ref)
+        inbox.proc = proc
+        thread = threading.Thread(
+            target=self._actor_loop, name=f"dspex:{type(self).__name__}", daemon=self.use_daemon_thread
+        )
+        proc.thread = thread
+        thread.start()
+
+    def _actor_loop(self) -> None:
+        proc = self._dspex_proc
+        _current.proc = proc
+        crash: BaseException | None = None
+        try:
+            self.on_start()
+        except BaseException as exc:  # noqa: BLE001 - contained: this actor's own exit
+            reason = _reason_for(exc)
+            crash = exc if not is_normal_exit(reason) else None
+            proc.start_error = exc
+            proc.pending_exit = reason
+            proc.started.set()
+        else:
+            proc.started.set()
+            reason, crash = self._dspex_run(proc)
+        self._dspex_teardown(proc, reason, crash)
+
+    def _dspex_run(self, proc: _Proc) -> tuple[Any, BaseException | None]:
+        inbox = self.actor_inbox
+        while True:
+            if proc.pending_exit is not None:
+                return proc.pending_exit, None
+            envelope = inbox.get()
+            message = envelope.message
+            if proc.pending_exit is not None:
+                if not isinstance(message, _Wake):
+                    inbox.put_front(envelope)  # left for teardown to reject
+                return proc.pending_exit, None
+            if isinstance(message, _Wake):
+                continue
+            if isinstance(message, _StopRequest | pykka_messages._ActorStop):
+                if envelope.reply_to is not None:
+                    proc.add_stop_reply(envelope)
+                reason = message.reason if isinstance(message, _StopRequest) else NORMAL
+                with proc.lock:
+                    if proc.pending_exit is None:
+                        proc.pending_exit = reason
+                continue
+            try:
+                if isinstance(message, _ExitSignal):
+                    self.on_exit_signal(Exit(message.ref, message.reason))
+                elif isinstance(message, _DownMsg):
+                    self._dspex_on_down_msg(proc, message.down)
+                elif isinstance(message, _RunInActor):
+                    result = message.fn()
+                    if envelope.reply_to is not None:
+                        envelope.reply_to.set(result)
+                else:
+                    response = self._handle_receive(message)
+                    if envelope.reply_to is not None:
+                        envelope.reply_to.set(response)
+            except Exception as exc:
+                if envelope.reply_to is not None:
+                    envelope.reply_to.set_exception()  # the asker gets it; we carry on
+                else:
+                    proc.pending_exit = exc
+                    return exc, exc
+            except BaseException as exc:  # noqa: BLE001 - SystemExit & co end only this actor
+                if envelope.reply_to is not None:
+                    error = pykka.ActorDeadError(f"{self.actor_ref} exited with {exc!r}")
+                    envelope.reply_to.set_exception(exc_info=(type(error), error, None))
+                reason = _reason_for(exc)
+                proc.pending_exit = reason
+                return reason, (None if is_normal_exit(reason) else exc)
+
+    def _dspex_on_down_msg(self, proc: _Proc, down: Down) -> None:
+        with proc.lock:
+            known = proc.watching.pop(down.monitor_ref, None) is not None
+        if known:  # a demonitored Down is flushed, as Erlang's demonitor(Ref, [flush])
+            self.on_down(down)
+
+    def _dspex_teardown(self, proc: _Proc, reason: Any, crash: BaseException | None) -> None:
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _Inbox)
+        with proc.lock:
+            proc.pending_exit = reason
+        leftovers = inbox.close()
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        if crash is not None:
+            log_event(
+                "ERROR",
+                "actor_crashed",
+                "{actor} crashed: {reason}",
+                actor=str(self.actor_ref),
+                reason=repr(crash),
+                exc=crash,
+            )
+            self._dspex_call_hook(self.on_failure, type(crash), crash, crash.__traceback__)
+        elif reason is not KILLED:
+            failure = self._dspex_call_hook(self.on_stop)
+            if failure is not None:  # a crashing cleanup changes the reason, as in OTP
+                reason = failure
+        for envelope in leftovers:
+            _reject(envelope, inbox.owner, proc)
+        self._dspex_on_exit(reason)
+        proc.finish(reason)
+
+    def _dspex_on_exit(self, reason: Any) -> None:
+        """Last step before links and monitors are told; framework subclasses extend it."""
+
+    def _dspex_call_hook(self, hook: Callable[..., Any], *args: Any) -> BaseException | None:
+        try:
+            hook(*args)
+        except BaseException as exc:  # noqa: BLE001
+            log.opt(exception=exc).error(
+                "{hook} of {actor} raised", hook=hook.__name__, actor=str(self.actor_ref)
+            )
+            return exc
+        return None
+
+
+def _reason_for(exc: BaseException) -> Any:
+    """The exit reason for an exception that escaped a handler."""
+    if isinstance(exc, SystemExit) and exc.code in (None, 0):
+        return NORMAL
+    return exc
+
+
+# --- handles ---------------------------------------------------------------------------------
+
+
+class ActorHandle:
+    """Base of the handles that framework `start` functions return (`Supervisor`, `Pool`...).
+
+    A handle wraps the actor's `ActorRef` and turns each call into an `ask` with a timeout,
+    converting pykka's errors into ours: a dead actor raises `NoProc`, a slow one `CallTimeout`.
+    Every blocking method takes `timeout` in seconds; `None` waits forever.
+    """
+
+    _default_stop_reason: ClassVar[Any] = NORMAL
+
+    def __init__(self, actor_ref: pykka.ActorRef[Any]) -> None:
+        self._ref = actor_ref
+
+    @classmethod
+    def from_ref(cls, actor_ref: pykka.ActorRef[Any]) -> Self:
+        """Drive an already running actor (e.g. found in `which_children()`) through a handle."""
+        return cls(actor_ref)
+
+    @property
+    def actor_ref(self) -> pykka.ActorRef[Any]:
+        """The underlying pykka `ActorRef`."""
+        return self._ref
+
+    def is_alive(self) -> bool:
+        """True until the actor starts exiting."""
+        return self._ref.is_alive()
+
+    def wait(self, timeout: float | None = 5.0) -> Any:
+        """Wait until the actor has fully exited and return its exit reason.
+
+        Raises:
+            CallTimeout: still running after `timeout` seconds.
+        """
+        return wait_exit(self._ref, timeout)
+
+    def stop(self, reason: Any = None, timeout: float | None = None) -> None:
+        """Stop the actor with `reason` and wait until it has fully exited.
+
+        Messages already queued are handled first (FIFO), as with pykka's `stop`.
+
+        Raises:
+            NoProc: the actor is not running.
+            CallTimeout: it has not exited after `timeout` seconds (it keeps stopping).
+        """
+        if reason is None:
+            reason = self._default_stop_reason
+        self._call(_StopRequest(reason), timeout, "stop")
+
+    def _call(self, message: Any, timeout: float | None, call: str) -> Any:
+        proc: _Proc | None = getattr(self._ref, "_dspex_proc", None)
+        if proc is not None and proc.thread is threading.current_thread():
+            raise RuntimeError(f"{call} on {self._ref} from its own thread would deadlock")
+        try:
+            return self._ref.ask(message, timeout=timeout)
+        except pykka.ActorDeadError as exc:
+            if isinstance(exc, NoProc):
+                raise
+            raise NoProc(str(self._ref), call) from None
+        except pykka.Timeout:
+            raise CallTimeout(str(self._ref), call, timeout) from None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._ref}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._ref is self._ref
+
+    def __hash__(self) -> int:
+        return id(self._ref)

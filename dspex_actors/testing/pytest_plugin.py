@@ -1,0 +1,131 @@
+"""The dspex_actors pytest plugin (entry point ``pytest11``; active once the package is installed).
+
+- **Leak check** (autouse): after each test, no pykka actor started during the test may still
+  run, no dspex_actors thread may be alive, and no child process started during the test may
+  remain. Leftovers are stopped (so the next test starts clean) and the test fails, naming them.
+  Waits are bounded (``dspex_leak_timeout`` ini option, default 5 s). Disable with the ini option
+  ``dspex_leak_check = false`` or the marker ``@pytest.mark.no_leak_check``.
+- **Test layers** (seed Fix 4): markers ``layer_1`` (pure unit), ``layer_2`` (protocol, with a
+  mock bridge) and ``layer_3`` (full integration, real worker processes). The mode comes from
+  ``--test-mode`` or the ``TEST_MODE`` environment variable: ``mock_adapter`` runs layer 1,
+  ``bridge_mock`` layers 1-2, ``full_integration`` (the default) everything. Skipped tests say
+  how to run them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pykka
+import pytest
+
+_MODES = {"mock_adapter": 1, "bridge_mock": 2, "full_integration": 3}
+_LAYER_MODE = {1: "mock_adapter", 2: "bridge_mock", 3: "full_integration"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dspex_actors")
+    group.addoption(
+        "--test-mode",
+        choices=sorted(_MODES),
+        default=None,
+        help="which test layers run: mock_adapter (1), bridge_mock (1-2), full_integration (all)",
+    )
+    parser.addini("dspex_leak_check", "fail tests that leak actors/threads/processes", type="bool", default=True)
+    parser.addini("dspex_leak_timeout", "seconds to wait for leftovers to end", default="5")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "layer_1: unit test (runs in every test mode)")
+    config.addinivalue_line("markers", "layer_2: protocol test (TEST_MODE=bridge_mock or higher)")
+    config.addinivalue_line("markers", "layer_3: integration test (TEST_MODE=full_integration)")
+    config.addinivalue_line("markers", "no_leak_check: skip the dspex_actors leak check")
+
+
+def _mode(config: pytest.Config) -> str:
+    mode = config.getoption("--test-mode") or os.environ.get("TEST_MODE") or "full_integration"
+    if mode not in _MODES:
+        raise pytest.UsageError(f"TEST_MODE must be one of {sorted(_MODES)}, got: {mode!r}")
+    return str(mode)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mode = _mode(config)
+    level = _MODES[mode]
+    for item in items:
+        for layer in (2, 3):
+            if item.get_closest_marker(f"layer_{layer}") and layer > level:
+                needed = _LAYER_MODE[layer]
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason=f"layer_{layer} test skipped in TEST_MODE={mode}; run it with "
+                        f"TEST_MODE={needed} pytest (or --test-mode={needed})"
+                    )
+                )
+
+
+def _framework_threads(before: set[int]) -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t.ident not in before and t.is_alive() and t.name.startswith("dspex")
+    ]
+
+
+def _children(before: set[int]) -> list[psutil.Process]:
+    try:
+        kids = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    alive = []
+    for p in kids:
+        try:
+            if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.Error:
+            continue
+    return alive
+
+
+@pytest.fixture(autouse=True)
+def _dspex_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
+    config = request.config
+    if not config.getini("dspex_leak_check") or request.node.get_closest_marker("no_leak_check"):
+        yield
+        return
+    actors_before = {r.actor_urn for r in pykka.ActorRegistry.get_all()}
+    threads_before = {t.ident for t in threading.enumerate() if t.ident is not None}
+    procs_before = {p.pid for p in _children(set())}
+    yield
+    timeout = float(config.getini("dspex_leak_timeout"))
+    deadline = time.monotonic() + timeout
+    leaks: dict[str, list[Any]] = {}
+    while True:
+        actors = [r for r in pykka.ActorRegistry.get_all() if r.actor_urn not in actors_before]
+        threads = _framework_threads(threads_before)
+        procs = _children(procs_before)
+        if not (actors or threads or procs) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    if actors:
+        leaks["actors"] = [str(r) for r in actors]
+        for r in actors:
+            r.stop(block=False)
+    if procs:
+        leaks["child processes"] = [f"{p.pid} {p.name()}" for p in procs]
+        for p in procs:
+            try:
+                p.kill()
+                p.wait(2)
+            except psutil.Error:
+                pass
+    if threads:
+        leaks["threads"] = [t.name for t in threads]
+    if leaks:
+        details = "; ".join(f"{kind}: {', '.join(map(str, items))}" for kind, items in leaks.items())
+        pytest.fail(f"dspex_actors leak check: still running after the test ({details})", pytrace=False)
