@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -236,6 +235,10 @@ class _Proc:
         self.stop_replies: list[pykka.Future[Any]] = []
         self.replies_closed = False
 
+    def pending(self) -> Any:
+        """The exit reason this actor has been asked to exit with, if any."""
+        return self.pending_exit
+
     def add_stop_reply(self, envelope: Envelope[Any]) -> bool:
         """Answer this stop request when the actor has exited; False if it already has."""
         assert envelope.reply_to is not None
@@ -323,16 +326,21 @@ def _proc_of(ref: Any) -> _Proc:
     """The `_Proc` of an actor ref, attaching one to a plain pykka actor on first use."""
     if not isinstance(ref, pykka.ActorRef):
         raise TypeError(f"expected a pykka ActorRef, got: {ref!r}")
-    proc: _Proc | None = getattr(ref, "_dspex_proc", None)
+    proc: _Proc | None = _attached(ref)
     if proc is not None:
         return proc
     with _attach_lock:
-        proc = getattr(ref, "_dspex_proc", None)
+        proc = _attached(ref)
         if proc is not None:
             return proc
         proc = _Proc(ref, ours=False)
         ref._dspex_proc = proc  # type: ignore[attr-defined]
     _watch_plain_actor(proc)
+    return proc
+
+
+def _attached(ref: pykka.ActorRef[Any]) -> _Proc | None:
+    proc: _Proc | None = getattr(ref, "_dspex_proc", None)
     return proc
 
 
@@ -353,7 +361,7 @@ def _watch_plain_actor(proc: _Proc) -> None:
             proc.crash_reason = exc
         original(exc_type, exc, tb)
 
-    actor._handle_failure = recording_failure  # type: ignore[method-assign]
+    actor._handle_failure = recording_failure
     del actor
 
     def watch() -> None:
@@ -482,6 +490,8 @@ class Actor(pykka.ThreadingActor):
         """
         ref = super().start(*args, **kwargs)
         proc = _proc_of(ref)
+        if cls.on_start is pykka.Actor.on_start:
+            return ref  # nothing can fail before the first message: no need to wait for it
         if not proc.started.wait(cls.start_timeout):
             proc.interrupt(KILLED)
             cause = TimeoutError(f"on_start did not return within {cls.start_timeout}s")
@@ -588,7 +598,9 @@ class Actor(pykka.ThreadingActor):
         inbox.owner = str(self.actor_ref)
         inbox.proc = proc
         thread = threading.Thread(
-            target=self._actor_loop, name=f"dspex:{type(self).__name__}", daemon=self.use_daemon_thread
+            target=self._actor_loop,
+            name=f"dspex:{type(self).__name__}",
+            daemon=self.use_daemon_thread,
         )
         proc.thread = thread
         thread.start()
@@ -599,7 +611,7 @@ class Actor(pykka.ThreadingActor):
         crash: BaseException | None = None
         try:
             self.on_start()
-        except BaseException as exc:  # noqa: BLE001 - contained: this actor's own exit
+        except BaseException as exc:
             reason = _reason_for(exc)
             crash = exc if not is_normal_exit(reason) else None
             proc.start_error = exc
@@ -613,14 +625,16 @@ class Actor(pykka.ThreadingActor):
     def _dspex_run(self, proc: _Proc) -> tuple[Any, BaseException | None]:
         inbox = self.actor_inbox
         while True:
-            if proc.pending_exit is not None:
-                return proc.pending_exit, None
+            pending = proc.pending()
+            if pending is not None:
+                return pending, None
             envelope = inbox.get()
             message = envelope.message
-            if proc.pending_exit is not None:
+            interrupted = proc.pending()  # may have been set while we waited
+            if interrupted is not None:
                 if not isinstance(message, _Wake):
                     inbox.put_front(envelope)  # left for teardown to reject
-                return proc.pending_exit, None
+                return interrupted, None
             if isinstance(message, _Wake):
                 continue
             if isinstance(message, _StopRequest | pykka_messages._ActorStop):
@@ -650,7 +664,7 @@ class Actor(pykka.ThreadingActor):
                 else:
                     proc.pending_exit = exc
                     return exc, exc
-            except BaseException as exc:  # noqa: BLE001 - SystemExit & co end only this actor
+            except BaseException as exc:
                 if envelope.reply_to is not None:
                     error = pykka.ActorDeadError(f"{self.actor_ref} exited with {exc!r}")
                     envelope.reply_to.set_exception(exc_info=(type(error), error, None))
@@ -697,7 +711,7 @@ class Actor(pykka.ThreadingActor):
     def _dspex_call_hook(self, hook: Callable[..., Any], *args: Any) -> BaseException | None:
         try:
             hook(*args)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             log.opt(exception=exc).error(
                 "{hook} of {actor} raised", hook=hook.__name__, actor=str(self.actor_ref)
             )
@@ -764,7 +778,7 @@ class ActorHandle:
         self._call(_StopRequest(reason), timeout, "stop")
 
     def _call(self, message: Any, timeout: float | None, call: str) -> Any:
-        proc: _Proc | None = getattr(self._ref, "_dspex_proc", None)
+        proc = _attached(self._ref)
         if proc is not None and proc.thread is threading.current_thread():
             raise RuntimeError(f"{call} on {self._ref} from its own thread would deadlock")
         try:

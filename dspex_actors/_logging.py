@@ -33,7 +33,7 @@ _LEVELS = {
 }
 
 
-def log_event(level: str, event: str, message: str, **fields: Any) -> None:
+def log_event(level: str, event: str, message: str, /, **fields: Any) -> None:
     """Log one structured event record; `message` may use ``{field}`` placeholders."""
     exc = fields.pop("exc", None)
     bound = logger.bind(event=event, **fields)

@@ -1,4 +1,4 @@
-"""Restart intensity: OTP's "more than `max_restarts` restarts in `max_seconds`" rule, as a pure function.
+"""Restart intensity: OTP's "more than N restarts in T seconds" rule, as a pure function.
 
 One history per supervisor (not per child), newest first. Every restart *attempt* (including a
 retry after a failed start) is recorded before it is made; if the history then holds more than
