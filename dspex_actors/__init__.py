@@ -1,7 +1,7 @@
 """dspex_actors: Erlang/OTP supervision, naming and pooling for Python, on pykka actors.
 
-Import everything from here (or from `dspex_actors.testing` / `dspex_actors.bridge`); the
-underscore modules are private and may move.
+Import everything from here (or from `dspex_actors.testing`); the underscore modules are
+private and may move.
 """
 
 from loguru import logger
@@ -9,6 +9,7 @@ from loguru import logger
 from ._actor import (
     Actor,
     ActorHandle,
+    InternalMessage,
     current_actor,
     demonitor,
     exit_reason,
@@ -27,11 +28,17 @@ from ._child_spec import (
     Strategy,
     check_child_specs,
 )
-from ._clock import SYSTEM_CLOCK, Clock, SystemClock, TimerHandle
-from ._dynamic_supervisor import DynamicSupervisor as DynamicSupervisor
-from ._tree import short_ref as short_ref
-from ._tree import supervision_tree as supervision_tree
+from ._clock import (
+    SYSTEM_CLOCK,
+    Clock,
+    SystemClock,
+    TimerHandle,
+)
+from ._dynamic_supervisor import (
+    DynamicSupervisor,
+)
 from ._errors import (
+    AlreadyNamed,
     AlreadyPresent,
     AlreadyStarted,
     CallbackReturnError,
@@ -48,6 +55,7 @@ from ._errors import (
     DuplicateChildId,
     InvalidOption,
     MaxChildren,
+    NameNotRegistered,
     NameTaken,
     NoProc,
     NotAPort,
@@ -55,11 +63,33 @@ from ._errors import (
     PortClosed,
     PortNotOwned,
     ProtocolError,
+    RemoteError,
     ServiceUnavailable,
     StartChildError,
     StartError,
     SupervisorStartError,
     WorkerCrashed,
+)
+from ._names import (
+    Via,
+    register,
+    unregister,
+    whereis,
+)
+from ._pool import (
+    From,
+    Lease,
+    Pool,
+    PoolStatus,
+    PoolWorker,
+    WorkerStats,
+)
+from ._pool_results import (
+    Async,
+    Ok,
+    Remove,
+    Skip,
+    Stop,
 )
 from ._reasons import (
     KILLED,
@@ -72,50 +102,46 @@ from ._reasons import (
     Shutdown,
     is_normal_exit,
 )
-
-# -- supervision (lead) --
-from ._supervisor import RESTARTING as RESTARTING
-from ._supervisor import BadStartReturn as BadStartReturn
-from ._supervisor import ChildCounts as ChildCounts
-from ._supervisor import ChildInfo as ChildInfo
-from ._supervisor import Supervisor as Supervisor
-
-# -- naming (issue 3): add `from ._names import x as x` lines below --
-from ._errors import AlreadyNamed as AlreadyNamed
-from ._errors import NameNotRegistered as NameNotRegistered
-from ._names import Via as Via
-from ._names import register as register
-from ._names import unregister as unregister
-from ._names import whereis as whereis
-from ._registry import Entry as Entry
-from ._registry import Keys as Keys
-from ._registry import Registered as Registered
-from ._registry import Registry as Registry
-from ._registry import Unregistered as Unregistered
-from ._service import Service as Service
-from ._service import detect_service as detect_service
-# -- pools (issue 4): add `from ._pool import x as x` lines below --
-# -- ports (issue 5): add `from ._port import x as x` lines below --
+from ._registry import (
+    Entry,
+    Keys,
+    Registered,
+    Registry,
+    Unregistered,
+)
+from ._service import (
+    Service,
+    detect_service,
+)
+from ._supervisor import (
+    RESTARTING,
+    BadStartReturn,
+    ChildCounts,
+    ChildInfo,
+    Supervisor,
+)
+from ._tree import (
+    short_ref,
+    supervision_tree,
+)
 
 logger.disable("dspex_actors")
 
 __all__ = [
-    "BRUTAL_KILL",
-    "INFINITY",
-    "KILLED",
-    "NOPROC",
-    "NORMAL",
-    "SHUTDOWN",
-    "SYSTEM_CLOCK",
     "Actor",
     "ActorHandle",
     "AlreadyNamed",
     "AlreadyPresent",
     "AlreadyStarted",
+    "Async",
     "AutoShutdown",
+    "BRUTAL_KILL",
+    "BadStartReturn",
     "CallTimeout",
     "CallbackReturnError",
     "CheckoutFailed",
+    "ChildCounts",
+    "ChildInfo",
     "ChildNotFound",
     "ChildRestarting",
     "ChildRunning",
@@ -129,35 +155,56 @@ __all__ = [
     "Down",
     "DspexActorsError",
     "DuplicateChildId",
+    "DynamicSupervisor",
     "Entry",
     "Exit",
+    "From",
+    "INFINITY",
+    "InternalMessage",
     "InvalidOption",
+    "KILLED",
     "Keys",
+    "Lease",
     "MaxChildren",
     "MonitorRef",
+    "NOPROC",
+    "NORMAL",
     "NameNotRegistered",
     "NameTaken",
     "NoProc",
     "NotAPort",
+    "Ok",
+    "Pool",
+    "PoolStatus",
     "PoolTimeout",
+    "PoolWorker",
     "PortClosed",
     "PortNotOwned",
     "ProtocolError",
+    "RESTARTING",
     "Registered",
     "Registry",
+    "RemoteError",
+    "Remove",
     "Restart",
+    "SHUTDOWN",
+    "SYSTEM_CLOCK",
     "Service",
     "ServiceUnavailable",
     "Shutdown",
+    "Skip",
     "StartChildError",
     "StartError",
+    "Stop",
     "Strategy",
+    "Supervisor",
     "SupervisorStartError",
     "SystemClock",
     "TimerHandle",
     "Unregistered",
     "Via",
     "WorkerCrashed",
+    "WorkerStats",
     "check_child_specs",
     "current_actor",
     "demonitor",
@@ -168,6 +215,8 @@ __all__ = [
     "monitor",
     "register",
     "send_exit",
+    "short_ref",
+    "supervision_tree",
     "unregister",
     "wait_exit",
     "whereis",

@@ -91,6 +91,13 @@ DownCallback = Callable[[Down], None]
 # --- system messages (never seen by user handlers) -------------------------------------------
 
 
+class InternalMessage:
+    """Base of framework messages an actor sends itself (e.g. a supervisor's restart retry).
+
+    Left in an inbox when the actor exits, they are dropped quietly, not logged as dead letters.
+    """
+
+
 @attrs.frozen
 class _Wake:
     """Put at the front of an inbox to make the loop look at a pending exit."""
@@ -127,7 +134,15 @@ class _RunInActor:
     fn: Callable[[], Any]
 
 
-_SYSTEM = (_Wake, _StopRequest, _ExitSignal, _DownMsg, _RunInActor, pykka_messages._ActorStop)
+_SYSTEM = (
+    _Wake,
+    _StopRequest,
+    _ExitSignal,
+    _DownMsg,
+    _RunInActor,
+    InternalMessage,
+    pykka_messages._ActorStop,
+)
 
 _current = threading.local()
 
@@ -234,6 +249,7 @@ class _Proc:
         self.crash_reason: BaseException | None = None  # plain pykka actors: from _handle_failure
         self.stop_replies: list[pykka.Future[Any]] = []
         self.replies_closed = False
+        self.tearing_down = False
 
     def pending(self) -> Any:
         """The exit reason this actor has been asked to exit with, if any."""
@@ -261,8 +277,8 @@ class _Proc:
     def interrupt(self, reason: Any) -> None:
         """Exit at the next message boundary with `reason` (`KILLED` overrides any other)."""
         with self.lock:
-            if self.exited:
-                return
+            if self.exited or self.tearing_down:
+                return  # already exiting: its reason is settled, and cleanup cannot be cut short
             if self.pending_exit is None or reason is KILLED:
                 self.pending_exit = reason
             if not self.ours:
@@ -624,6 +640,7 @@ class Actor(pykka.ThreadingActor):
 
     def _dspex_run(self, proc: _Proc) -> tuple[Any, BaseException | None]:
         inbox = self.actor_inbox
+        assert isinstance(inbox, _Inbox)
         while True:
             pending = proc.pending()
             if pending is not None:
@@ -683,6 +700,7 @@ class Actor(pykka.ThreadingActor):
         assert isinstance(inbox, _Inbox)
         with proc.lock:
             proc.pending_exit = reason
+            proc.tearing_down = True
         leftovers = inbox.close()
         pykka.ActorRegistry.unregister(self.actor_ref)
         self.actor_stopped.set()

@@ -8,7 +8,7 @@ names the field, the value and the OTP error term (``invalid_restart_type``, ...
     >>> ChildSpec("db", start=print, restart="sometimes")
     Traceback (most recent call last):
     ...
-    dspex_actors._errors.ChildSpecError: restart must be one of PERMANENT, TRANSIENT, TEMPORARY, got: 'sometimes'
+    dspex_actors._errors.ChildSpecError: restart must be one of PERMANENT, ...
 
 `start(*args, **kwargs)` must start the child and return its `ActorRef`, a handle with an
 `actor_ref` attribute (such as a `Supervisor`), or `None` to ignore this child (OTP ``ignore``).
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, Final, final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, cast, final
 
 import attrs
 
@@ -119,11 +119,21 @@ def _enum_converter(enum_cls: type[enum.Enum]) -> Callable[[Any], Any]:
     return convert
 
 
+def _to_restart(value: Any) -> Any:
+    return _enum_converter(Restart)(value)
+
+
+def _to_child_type(value: Any) -> Any:
+    return _enum_converter(ChildType)(value)
+
+
 def _check_enum(field: str, code: str, enum_cls: type[enum.Enum]) -> Callable[..., None]:
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
         if not isinstance(value, enum_cls):
             names = ", ".join(m.name for m in enum_cls)
-            raise ChildSpecError(field, value, f"{field} must be one of {names}, got: {value!r}", code)
+            raise ChildSpecError(
+                field, value, f"{field} must be one of {names}, got: {value!r}", code
+            )
 
     return check
 
@@ -131,7 +141,7 @@ def _check_enum(field: str, code: str, enum_cls: type[enum.Enum]) -> Callable[..
 def _check_id(_instance: Any, _attribute: Any, value: Any) -> None:
     if value is None:
         raise ChildSpecError("id", value, "a child spec needs an id, got: None", "missing_id")
-    if not isinstance(value, Hashable):
+    if not _hashable(value):  # e.g. ("a", []) is a Hashable tuple that cannot be hashed
         raise ChildSpecError("id", value, f"id must be hashable, got: {value!r}", "invalid_id")
 
 
@@ -165,7 +175,10 @@ def _check_shutdown(_instance: Any, _attribute: Any, value: Any) -> None:
 def _check_significant(instance: Any, _attribute: Any, value: Any) -> None:
     if not isinstance(value, bool):
         raise ChildSpecError(
-            "significant", value, f"significant must be a bool, got: {value!r}", "invalid_significant"
+            "significant",
+            value,
+            f"significant must be a bool, got: {value!r}",
+            "invalid_significant",
         )
     if value and instance.restart is Restart.PERMANENT:
         raise ChildSpecError(
@@ -174,6 +187,28 @@ def _check_significant(instance: Any, _attribute: Any, value: Any) -> None:
             "a significant child cannot be PERMANENT (bad_combination: restart=PERMANENT, "
             "significant=True)",
             "bad_combination",
+        )
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_name(_instance: Any, _attribute: Any, value: Any) -> None:
+    # The same rule as `register` (reserved: True/False; must be hashable), checked here so a
+    # bad name fails when the spec is built, not when the supervisor starts the child.
+    if value is None:
+        return
+    if value is True or value is False or not _hashable(value):
+        raise ChildSpecError(
+            "name",
+            value,
+            f"name must be None or a hashable value other than True and False, got: {value!r}",
+            "invalid_name",
         )
 
 
@@ -225,17 +260,17 @@ class ChildSpec:
     )
     restart: Restart = attrs.field(
         default=Restart.PERMANENT,
-        converter=_enum_converter(Restart),
+        converter=_to_restart,
         validator=_check_enum("restart", "invalid_restart_type", Restart),
     )
-    shutdown: Shutdown = attrs.field(default=_DEFAULT, validator=_check_shutdown)
+    shutdown: Shutdown = attrs.field(default=cast(Shutdown, _DEFAULT), validator=_check_shutdown)
     type: ChildType = attrs.field(
         default=ChildType.WORKER,
-        converter=_enum_converter(ChildType),
+        converter=_to_child_type,
         validator=_check_enum("type", "invalid_child_type", ChildType),
     )
     significant: bool = attrs.field(default=False, validator=_check_significant)
-    name: Any = attrs.field(default=None)
+    name: Any = attrs.field(default=None, validator=_check_name)
 
     def __attrs_post_init__(self) -> None:
         if self.shutdown is _DEFAULT:
@@ -284,7 +319,9 @@ def check_child_specs(
             `AutoShutdown.NEVER`).
     """
     if isinstance(specs, str | bytes | Mapping) or not isinstance(specs, Iterable):
-        raise ChildSpecError("children", specs, f"children must be a list, got: {specs!r}", "badarg")
+        raise ChildSpecError(
+            "children", specs, f"children must be a list, got: {specs!r}", "badarg"
+        )
     seen: set[Any] = set()
     for spec in specs:
         if not isinstance(spec, ChildSpec):

@@ -16,6 +16,7 @@ from typing import Any
 import pykka
 
 __all__ = [
+    "AlreadyNamed",
     "AlreadyPresent",
     "AlreadyStarted",
     "CallTimeout",
@@ -32,6 +33,7 @@ __all__ = [
     "DuplicateChildId",
     "InvalidOption",
     "MaxChildren",
+    "NameNotRegistered",
     "NameTaken",
     "NoProc",
     "NotAPort",
@@ -39,6 +41,7 @@ __all__ = [
     "PortClosed",
     "PortNotOwned",
     "ProtocolError",
+    "RemoteError",
     "ServiceUnavailable",
     "StartChildError",
     "StartError",
@@ -360,3 +363,43 @@ class WorkerCrashed(DspexActorsError, RuntimeError):
         self.worker = worker
         self.exit_status = exit_status
         super().__init__(f"worker {worker} crashed (exit status {exit_status})")
+
+
+class AlreadyNamed(DspexActorsError, ValueError):
+    """`register(name, ref)`: the actor already holds another local name (one name per actor).
+
+    Attributes:
+        ref: the actor.
+        name: the name it holds.
+        requested: the name that was refused.
+    """
+
+    def __init__(self, ref: Any, name: Any, requested: Any) -> None:
+        self.ref = ref
+        self.name = name
+        self.requested = requested
+        super().__init__(f"cannot register {requested!r}: {ref} is already registered as {name!r}")
+
+
+class NameNotRegistered(DspexActorsError, LookupError):
+    """`unregister(name)`: no live actor holds that local name."""
+
+    def __init__(self, name: Any) -> None:
+        self.name = name
+        super().__init__(f"name {name!r} is not registered")
+
+
+class RemoteError(DspexActorsError, RuntimeError):
+    """A `Port.spawn` handler raised while serving a request; the worker keeps serving.
+
+    Attributes:
+        kind: the exception's class name in the worker (``"ValueError"``).
+        message: ``str()`` of that exception.
+        worker: the port that answered.
+    """
+
+    def __init__(self, kind: str, message: str, worker: str) -> None:
+        self.kind = kind
+        self.message = message
+        self.worker = worker
+        super().__init__(f"{kind} in worker {worker}: {message}")

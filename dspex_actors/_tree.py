@@ -1,11 +1,11 @@
 """`supervision_tree`: a supervision tree as a rich `Tree`, for terminals and examples.
 
-    >>> from rich.console import Console
-    >>> Console().print(supervision_tree(sup))          # doctest: +SKIP
-    Supervisor app (one_for_one)
-    ├── db      worker      running  Db 1f3a9c
-    └── cache   supervisor  running  Supervisor 77b0e2
-        └── ...
+>>> from rich.console import Console
+>>> Console().print(supervision_tree(sup))          # doctest: +SKIP
+Supervisor app (one_for_one)
+├── db      worker      running  Db 1f3a9c
+└── cache   supervisor  running  Supervisor 77b0e2
+    └── ...
 """
 
 from __future__ import annotations

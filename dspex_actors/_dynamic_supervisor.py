@@ -1,0 +1,490 @@
+"""`DynamicSupervisor`: a supervisor that starts empty and gets its children at run time.
+
+Elixir's DynamicSupervisor: children have no order and are known by their ref (spec ids are
+ignored, so many children may share one spec), the strategy is always one_for_one, and at
+shutdown every child gets its signal at once and is killed when its own `shutdown` time runs out.
+Restarts follow the same rules as `Supervisor` (restart types, intensity, retries through the
+inbox).
+
+When not to use it: when children are known up front or their order matters, use `Supervisor`.
+
+Example:
+    >>> import dspex_actors as da
+    >>> class Session(da.Actor):
+    ...     def __init__(self, user: str) -> None:
+    ...         super().__init__()
+    ...         self.user = user
+    >>> sessions = da.DynamicSupervisor.start(max_children=100)
+    >>> ref = sessions.start_child(Session.child_spec("ada", restart="temporary"))
+    >>> sessions.count_children().active
+    1
+    >>> sessions.stop()
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, ClassVar, Self
+
+import attrs
+import pykka
+
+from ._actor import ActorHandle, InternalMessage, current_actor, kill, monitor, send_exit
+from ._child_spec import (
+    BRUTAL_KILL,
+    INFINITY,
+    AutoShutdown,
+    ChildSpec,
+    ChildType,
+    Restart,
+    Strategy,
+    check_child_specs,
+)
+from ._clock import Clock
+from ._errors import (
+    AlreadyStarted,
+    ChildNotFound,
+    ChildSpecError,
+    InvalidOption,
+    MaxChildren,
+    StartChildError,
+    StartError,
+)
+from ._logging import log_event
+from ._reasons import KILLED, SHUTDOWN, Exit, is_normal_exit
+from ._supervisor import (
+    KILL_TIMEOUT,
+    RESTARTING,
+    ChildCounts,
+    ChildInfo,
+    _Restarting,
+    _StartFailure,
+    _SupervisorBase,
+    _Waiter,
+    enum_option,
+    offender,
+    start_spec,
+    validate_clock,
+    validate_intensity,
+    validate_name,
+)
+
+__all__ = ["DynamicSupervisor"]
+
+
+@attrs.define
+class _DynChild:
+    key: int
+    spec: ChildSpec
+    ref: pykka.ActorRef[Any] | _Restarting
+    last_ref: pykka.ActorRef[Any]
+
+
+@attrs.frozen
+class _StartChild:
+    spec: ChildSpec
+
+
+@attrs.frozen
+class _TerminateChild:
+    ref: Any
+
+
+@attrs.frozen
+class _WhichChildren:
+    pass
+
+
+@attrs.frozen
+class _CountChildren:
+    pass
+
+
+@attrs.frozen
+class _TryAgainRestart(InternalMessage):
+    key: int
+
+
+class _DynamicSupervisorActor(_SupervisorBase):
+    def __init__(
+        self,
+        max_children: int | None,
+        max_restarts: int,
+        max_seconds: float,
+        extra_args: tuple[Any, ...],
+        name: Any,
+        clock: Clock,
+        parent: Any,
+    ) -> None:
+        super().__init__(max_restarts, max_seconds, clock, parent, name)
+        self._max_children = max_children
+        self._extra_args = extra_args
+        self._register_as = name
+        self._keys = itertools.count()
+        self._children: dict[int, _DynChild] = {}
+        self._by_ref: dict[pykka.ActorRef[Any], int] = {}
+
+    def on_start(self) -> None:
+        if self._register_as is not None:
+            from ._names import register
+
+            register(self._register_as, self.actor_ref)
+        self._link_parent()
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case _TryAgainRestart(key):
+                child = self._children.get(key)
+                if child is not None and child.ref is RESTARTING:
+                    self._restart(child)
+                return None
+            case _StartChild(spec):
+                return self._api_start_child(spec)
+            case _TerminateChild(ref):
+                return self._api_terminate_child(ref)
+            case _WhichChildren():
+                return [ChildInfo(None, c.ref, c.spec.type) for c in self._children.values()]
+            case _CountChildren():
+                active = sum(
+                    1
+                    for c in self._children.values()
+                    if isinstance(c.ref, pykka.ActorRef) and c.ref.is_alive()
+                )
+                sups = sum(
+                    1 for c in self._children.values() if c.spec.type is ChildType.SUPERVISOR
+                )
+                total = len(self._children)
+                return ChildCounts(
+                    specs=total, active=active, supervisors=sups, workers=total - sups
+                )
+        log_event(
+            "WARNING",
+            "unexpected_message",
+            "dynamic supervisor {supervisor} received unexpected message {message!r}",
+            supervisor=self._name,
+            message=message,
+        )
+        return None
+
+    def _start(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
+        ref = start_spec(spec, self._extra_args)
+        if ref is not None:
+            self._link_started(spec, ref)
+        return ref
+
+    def _api_start_child(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
+        if spec.significant:  # DYN-09
+            raise ChildSpecError(
+                "significant",
+                True,
+                "a DynamicSupervisor child cannot be significant (invalid_significant: True)",
+                "invalid_significant",
+            )
+        if self._max_children is not None and len(self._children) >= self._max_children:
+            raise MaxChildren(self._max_children)
+        try:
+            ref = self._start(spec)
+        except _StartFailure as failure:
+            if isinstance(failure.reason, AlreadyStarted):
+                raise failure.reason from None
+            raise StartChildError(spec.id, failure.reason) from None
+        if ref is None:
+            return None  # DYN-02: ignore stores nothing
+        key = next(self._keys)
+        self._children[key] = _DynChild(key, spec, ref, ref)
+        self._by_ref[ref] = key
+        return ref
+
+    def _api_terminate_child(self, ref: Any) -> None:
+        key = self._by_ref.get(ref) if isinstance(ref, pykka.ActorRef) else None
+        if key is None:
+            raise ChildNotFound(ref)
+        child = self._remove(key)
+        if isinstance(child.ref, pykka.ActorRef):
+            self._shutdown(child.spec, child.ref)
+
+    def _remove(self, key: int) -> _DynChild:
+        child = self._children.pop(key)
+        self._by_ref.pop(child.last_ref, None)
+        return child
+
+    def _is_child_exit(self, exit: Exit) -> bool:
+        key = self._by_ref.get(exit.ref) if exit.ref is not None else None
+        if key is None:
+            return False
+        child = self._children[key]
+        if child.ref is not exit.ref:
+            return False
+        spec, reason = child.spec, exit.reason
+        self._report_exit(spec, exit.ref, reason)
+        restart = spec.restart is Restart.PERMANENT or (
+            spec.restart is Restart.TRANSIENT and not is_normal_exit(reason)
+        )
+        if restart:
+            self._restart(child)
+        else:
+            self._remove(key)
+        return True
+
+    def _restart(self, child: _DynChild) -> None:
+        if self._intensity_exceeded():
+            self._remove(child.key)
+            self._give_up(child.spec, child.last_ref)
+            return
+        try:
+            ref = self._start(child.spec)
+        except _StartFailure as failure:
+            log_event(
+                "ERROR",
+                "start_error",
+                "dynamic supervisor {supervisor} failed to restart a {child_id!r} child: {reason}",
+                supervisor=self._name,
+                child_id=child.spec.id,
+                reason=repr(failure.reason),
+                offender=offender(child.spec, None),
+            )
+            child.ref = RESTARTING
+            self.actor_ref.tell(_TryAgainRestart(child.key))
+            return
+        if ref is None:  # DYN-07: ignore on restart removes the child
+            self._remove(child.key)
+            return
+        self._by_ref.pop(child.last_ref, None)
+        child.ref = child.last_ref = ref
+        self._by_ref[ref] = child.key
+
+    def _terminate_children(self) -> None:
+        """Signal every child at once; kill each when its own shutdown time runs out (DYN-08)."""
+        children = list(self._children.values())
+        self._children.clear()
+        self._by_ref.clear()
+        pending: list[tuple[float, ChildSpec, pykka.ActorRef[Any], _Waiter]] = []
+        start = time.monotonic()
+        for child in children:
+            if not isinstance(child.ref, pykka.ActorRef):
+                continue
+            ref, spec = child.ref, child.spec
+            self.unlink(ref)
+            waiter = _Waiter()
+            monitor(ref, waiter)
+            if spec.shutdown is BRUTAL_KILL:
+                kill(ref)
+                deadline = start
+            else:
+                send_exit(ref, SHUTDOWN, sender=self.actor_ref)
+                deadline = float("inf") if spec.shutdown is INFINITY else start + spec.shutdown  # type: ignore[operator]
+            pending.append((deadline, spec, ref, waiter))
+        pending.sort(key=lambda item: item[0])
+        for deadline, spec, ref, waiter in pending:
+            remaining = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
+            if spec.shutdown is BRUTAL_KILL or not waiter.event.wait(remaining):
+                kill(ref)
+        for _deadline, spec, ref, waiter in pending:
+            if not waiter.event.wait(KILL_TIMEOUT):
+                log_event(
+                    "ERROR",
+                    "kill_timeout",
+                    "dynamic supervisor {supervisor}: a {child_id!r} child cannot be killed",
+                    supervisor=self._name,
+                    child_id=spec.id,
+                    offender=offender(spec, ref),
+                )
+                continue
+            expected = KILLED if spec.shutdown is BRUTAL_KILL else SHUTDOWN
+            reason = waiter.reason
+            if reason is not expected and not (
+                spec.restart is not Restart.PERMANENT and is_normal_exit(reason)
+            ):
+                log_event(
+                    "ERROR",
+                    "shutdown_error",
+                    "dynamic supervisor {supervisor}: a {child_id!r} child shut down with {reason}",
+                    supervisor=self._name,
+                    child_id=spec.id,
+                    reason=repr(reason),
+                    offender=offender(spec, ref),
+                )
+
+
+class DynamicSupervisor(ActorHandle):
+    """Handle to a running dynamic supervisor; `DynamicSupervisor.start` returns one."""
+
+    _default_stop_reason: ClassVar[Any] = SHUTDOWN
+
+    @classmethod
+    def from_ref(cls, actor_ref: pykka.ActorRef[Any]) -> Self:
+        """Drive a running dynamic supervisor through a handle (e.g. a nested one).
+
+        Raises:
+            TypeError: `actor_ref` is not the ref of a `DynamicSupervisor`'s actor.
+        """
+        if not isinstance(actor_ref, pykka.ActorRef) or not issubclass(
+            actor_ref.actor_class, _DynamicSupervisorActor
+        ):
+            raise TypeError(f"expected the ActorRef of a DynamicSupervisor, got: {actor_ref!r}")
+        return cls(actor_ref)
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        max_children: int | None = None,
+        max_restarts: int = 3,
+        max_seconds: float = 5.0,
+        extra_args: tuple[Any, ...] | list[Any] = (),
+        strategy: Strategy | str = Strategy.ONE_FOR_ONE,
+        auto_shutdown: AutoShutdown | str = AutoShutdown.NEVER,
+        name: Any = None,
+        clock: Clock | None = None,
+    ) -> DynamicSupervisor:
+        """Start an empty dynamic supervisor.
+
+        Called from inside an actor, it is linked to that actor, as `Supervisor.start` is.
+
+        Args:
+            max_children: refuse `start_child` beyond this many children (restarting ones
+                count); None for no limit.
+            max_restarts: see `Supervisor.start`.
+            max_seconds: see `Supervisor.start`.
+            extra_args: prepended to each spec's `args` at every start and restart.
+            strategy: only `Strategy.ONE_FOR_ONE` is accepted (as in Elixir).
+            auto_shutdown: only `AutoShutdown.NEVER` is accepted (as in Elixir).
+            name: register under this local name.
+            clock: where restart timestamps come from.
+
+        Raises:
+            InvalidOption: an invalid option.
+            NameTaken: `name` is registered to a live actor.
+        """
+        the_clock = _validate_options(
+            max_children, max_restarts, max_seconds, extra_args, strategy, auto_shutdown, clock
+        )
+        validate_name(name)
+        try:
+            ref = _DynamicSupervisorActor.start(
+                max_children,
+                max_restarts,
+                max_seconds,
+                tuple(extra_args),
+                name,
+                the_clock,
+                current_actor(),
+            )
+        except StartError as exc:
+            raise exc.reason from None
+        return cls(ref)
+
+    @classmethod
+    def child_spec(
+        cls,
+        id: Any,
+        *,
+        restart: Restart | str = Restart.PERMANENT,
+        name: Any = None,
+        **options: Any,
+    ) -> ChildSpec:
+        """A `ChildSpec` that runs a nested dynamic supervisor (type `SUPERVISOR`).
+
+        `options` are `DynamicSupervisor.start` options; they are validated now, not when the
+        parent starts it.
+        """
+        known = {
+            "max_children",
+            "max_restarts",
+            "max_seconds",
+            "extra_args",
+            "strategy",
+            "auto_shutdown",
+            "clock",
+        }
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidOption(unknown[0], options[unknown[0]], "a DynamicSupervisor.start option")
+        _validate_options(
+            options.get("max_children"),
+            options.get("max_restarts", 3),
+            options.get("max_seconds", 5.0),
+            options.get("extra_args", ()),
+            options.get("strategy", Strategy.ONE_FOR_ONE),
+            options.get("auto_shutdown", AutoShutdown.NEVER),
+            options.get("clock"),
+        )
+
+        def start_dynamic_supervisor() -> DynamicSupervisor:
+            return cls.start(**options)
+
+        start_dynamic_supervisor.__qualname__ = f"DynamicSupervisor.start({id!r})"
+        return ChildSpec(
+            id, start_dynamic_supervisor, restart=restart, type=ChildType.SUPERVISOR, name=name
+        )
+
+    def start_child(
+        self, spec: ChildSpec, timeout: float | None = 5.0
+    ) -> pykka.ActorRef[Any] | None:
+        """Start a child from `spec` (with `extra_args` prepended); return its ref.
+
+        Returns None, storing nothing, when the start function returns None.
+
+        Raises:
+            MaxChildren: `max_children` children already exist.
+            ChildSpecError: an invalid spec (e.g. `significant=True`).
+            StartChildError: the start function failed.
+            AlreadyStarted: the child's `name` is taken.
+        """
+        check_child_specs([spec])
+        result: pykka.ActorRef[Any] | None = self._call(_StartChild(spec), timeout, "start_child")
+        return result
+
+    def terminate_child(self, ref: pykka.ActorRef[Any], timeout: float | None = 5.0) -> None:
+        """Stop a child (by its ref, also while it is restarting) and forget it.
+
+        Raises:
+            ChildNotFound: `ref` is not a child of this supervisor.
+        """
+        self._call(_TerminateChild(ref), timeout, "terminate_child")
+
+    def which_children(self, timeout: float | None = 5.0) -> list[ChildInfo]:
+        """Every child as `ChildInfo(None, ref | RESTARTING, type)`."""
+        result: list[ChildInfo] = self._call(_WhichChildren(), timeout, "which_children")
+        return result
+
+    def count_children(self, timeout: float | None = 5.0) -> ChildCounts:
+        """`ChildCounts`; restarting children count in specs and by type, not as active."""
+        result: ChildCounts = self._call(_CountChildren(), timeout, "count_children")
+        return result
+
+    def stop(self, reason: Any = SHUTDOWN, timeout: float | None = None) -> None:
+        """Stop every child (all at once), then the supervisor; wait until done."""
+        super().stop(reason, timeout)
+
+
+def _validate_options(
+    max_children: Any,
+    max_restarts: Any,
+    max_seconds: Any,
+    extra_args: Any,
+    strategy: Any,
+    auto_shutdown: Any,
+    clock: Any,
+) -> Clock:
+    """Check every `DynamicSupervisor.start` option; return the clock to use."""
+    if max_children is not None and (
+        isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 0
+    ):
+        raise InvalidOption(
+            "max_children", max_children, "an integer >= 0 or None", code="invalid_max_children"
+        )
+    if not isinstance(extra_args, tuple | list):
+        raise InvalidOption(
+            "extra_args", extra_args, "a tuple or list", code="invalid_extra_arguments"
+        )
+    if enum_option("strategy", strategy, Strategy, "invalid_strategy") is not Strategy.ONE_FOR_ONE:
+        raise InvalidOption("strategy", strategy, "ONE_FOR_ONE", code="invalid_strategy")
+    shutdown_mode = enum_option(
+        "auto_shutdown", auto_shutdown, AutoShutdown, "invalid_auto_shutdown"
+    )
+    if shutdown_mode is not AutoShutdown.NEVER:
+        raise InvalidOption("auto_shutdown", auto_shutdown, "NEVER", code="invalid_auto_shutdown")
+    validate_intensity(max_restarts, max_seconds)
+    return validate_clock(clock)

@@ -1,0 +1,979 @@
+"""`Supervisor`: OTP's supervisor, with its exact semantics, for dspex_actors and pykka actors.
+
+A supervisor starts its children in order, watches them, restarts them by its `Strategy` when
+they exit, gives up (and exits with `SHUTDOWN`) when restarts come too often, and stops them in
+reverse order when it stops. Everything follows OTP's ``supervisor`` module: restart types,
+restart intensity, the shutdown protocol, init failures, auto-shutdown and significant
+children, and the child-management API with its errors. Where Python forces a difference (a
+thread cannot be killed), it is documented below and in the supervision guide.
+
+When not to use it: for many short-lived children of one kind, added at run time, use
+`DynamicSupervisor`; for a pool of interchangeable resources, use `Pool`.
+
+Example:
+    >>> import dspex_actors as da
+    >>> class Worker(da.Actor):
+    ...     def on_receive(self, message):
+    ...         return message
+    >>> sup = da.Supervisor.start(
+    ...     [Worker.child_spec(id="a"), Worker.child_spec(id="b")],
+    ...     strategy=da.Strategy.ONE_FOR_ONE,
+    ... )
+    >>> [child.id for child in sup.which_children()]
+    ['b', 'a']
+    >>> sup.stop()
+
+How it works:
+
+- Children are kept as ids in start order plus a dict (rest_for_one and reverse-order shutdown
+  fall out of that), and linked to the supervisor, which traps exits. A child's exit reaches
+  the supervisor as an exit signal, in order with the API calls it serves.
+- Starting, restarting and stopping children run in the supervisor's thread, one at a time,
+  exactly as in OTP: a child whose `on_start` calls its own supervisor deadlocks (until the
+  child's `start_timeout`).
+- A failed restart is retried through the supervisor's own inbox (`_TryAgainRestart`), never in
+  a loop, so API calls and `stop()` are served between attempts; every attempt counts toward
+  the restart intensity.
+- Stopping a child: monitor first (so a child that unlinked itself cannot hang us), send it an
+  exit signal `SHUTDOWN`, wait `shutdown` seconds for it to exit, then kill it. A thread
+  blocked inside a handler cannot be killed: after `kill_timeout` more seconds the supervisor
+  logs ``kill_timeout``, reports the child as `KILLED` and moves on (the thread still exits at
+  its next message boundary).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Final, Self, final
+
+import attrs
+import pykka
+
+from ._actor import (
+    Actor,
+    ActorHandle,
+    InternalMessage,
+    current_actor,
+    demonitor,
+    kill,
+    monitor,
+    send_exit,
+)
+from ._child_spec import (
+    BRUTAL_KILL,
+    INFINITY,
+    AutoShutdown,
+    ChildSpec,
+    ChildType,
+    Restart,
+    Strategy,
+    check_child_specs,
+)
+from ._clock import SYSTEM_CLOCK, Clock
+from ._errors import (
+    AlreadyNamed,
+    AlreadyPresent,
+    AlreadyStarted,
+    ChildNotFound,
+    ChildRestarting,
+    ChildRunning,
+    InvalidOption,
+    NoProc,
+    StartChildError,
+    StartError,
+    SupervisorStartError,
+)
+from ._logging import log_event
+from ._reasons import KILLED, SHUTDOWN, Down, Exit, is_normal_exit
+from ._restart_intensity import add_restart
+
+__all__ = [
+    "RESTARTING",
+    "BadStartReturn",
+    "ChildCounts",
+    "ChildInfo",
+    "Supervisor",
+]
+
+
+@final
+class _Restarting:
+    def __repr__(self) -> str:
+        return "RESTARTING"
+
+    def __reduce__(self) -> str:
+        return "RESTARTING"
+
+
+RESTARTING: Final = _Restarting()
+"""In `ChildInfo.ref`: the child failed to restart and a retry is queued."""
+
+KILL_TIMEOUT: Final = 5.0
+"""Seconds to wait for a killed thread actor to reach its next message boundary."""
+
+
+@attrs.frozen
+class ChildInfo:
+    """One line of `which_children()`.
+
+    Attributes:
+        id: the child's id (None under a `DynamicSupervisor`).
+        ref: its `ActorRef` while running, `None` when stopped, `RESTARTING` between failed
+            restart attempts.
+        type: `ChildType.WORKER` or `ChildType.SUPERVISOR`.
+    """
+
+    id: Any
+    ref: pykka.ActorRef[Any] | _Restarting | None = attrs.field(repr=str)
+    type: ChildType
+
+
+@attrs.frozen
+class ChildCounts:
+    """`count_children()`: `specs` known, `active` running, and totals by type."""
+
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
+
+
+class BadStartReturn(TypeError):
+    """A start function returned something that is not an ActorRef, a handle, or None."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        super().__init__(
+            f"start function returned {value!r}; expected an ActorRef, a handle with "
+            "`actor_ref`, or None (ignore)"
+        )
+
+
+# --- shared child mechanics (also used by DynamicSupervisor) ---------------------------------
+
+
+class _StartFailure(Exception):
+    def __init__(self, reason: Any) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def start_spec(spec: ChildSpec, extra_args: tuple[Any, ...] = ()) -> pykka.ActorRef[Any] | None:
+    """Call a spec's start function and normalise what it returns (OTP start result rules).
+
+    Raises:
+        _StartFailure: the start function raised, or returned something invalid.
+    """
+    try:
+        result = spec.start(*extra_args, *spec.args, **spec.kwargs)
+    except StartError as exc:
+        raise _StartFailure(exc.reason) from exc
+    except Exception as exc:
+        raise _StartFailure(exc) from exc
+    if result is None:
+        return None
+    if isinstance(result, pykka.ActorRef):
+        return result
+    ref = getattr(result, "actor_ref", None)
+    if isinstance(ref, pykka.ActorRef):
+        return ref
+    raise _StartFailure(BadStartReturn(result))
+
+
+def offender(spec: ChildSpec, ref: Any) -> dict[str, Any]:
+    """OTP's offender fields, for error reports."""
+    return {
+        "id": spec.id,
+        "ref": str(ref) if ref is not None else None,
+        "start": spec.start_description,
+        "restart": spec.restart.value,
+        "shutdown": spec.shutdown,
+        "type": spec.type.value,
+        "significant": spec.significant,
+    }
+
+
+class _Waiter:
+    """A one-shot `Down` catcher: the selective receive OTP's shutdown does on a monitor."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason: Any = None
+
+    def __call__(self, down: Down) -> None:
+        self.reason = down.reason
+        self.event.set()
+
+
+class _SupervisorBase(Actor):
+    """What `Supervisor` and `DynamicSupervisor` share: linking, stopping children, intensity."""
+
+    trap_exits = True
+    start_timeout = None  # like start_link for supervisors: wait for every child (infinity)
+
+    def __init__(
+        self, max_restarts: int, max_seconds: float, clock: Clock, parent: Any, label: Any
+    ) -> None:
+        super().__init__()
+        self._max_restarts = max_restarts
+        self._max_seconds = max_seconds
+        self._clock = clock
+        self._parent = parent
+        self._label = label
+        self._restarts: tuple[float, ...] = ()
+
+    @property
+    def _name(self) -> str:
+        return str(self._label) if self._label is not None else str(self.actor_ref)
+
+    def _link_parent(self) -> None:
+        """Link to the actor that started us, as OTP's ``start_link`` does.
+
+        Done last in `on_start`: a failed start reports its error to the caller and sends it no
+        exit signal (OTP 26+ synchronous init failure).
+        """
+        if isinstance(self._parent, pykka.ActorRef):
+            self.link(self._parent)
+
+    def _intensity_exceeded(self) -> bool:
+        self._restarts, exceeded = add_restart(
+            self._restarts, self._clock.monotonic(), self._max_restarts, self._max_seconds
+        )
+        return exceeded
+
+    def _give_up(self, spec: ChildSpec, ref: Any) -> None:
+        log_event(
+            "ERROR",
+            "reached_max_restart_intensity",
+            "supervisor {supervisor} reached max restart intensity; offender {child_id!r}",
+            supervisor=self._name,
+            child_id=spec.id,
+            reason="reached_max_restart_intensity",
+            offender=offender(spec, ref),
+        )
+        self.exit(SHUTDOWN)
+
+    def _link_started(self, spec: ChildSpec, ref: pykka.ActorRef[Any]) -> None:
+        """Link a freshly started child and register its name; a name clash stops it again."""
+        self.link(ref)
+        if spec.name is not None:
+            from ._names import register
+
+            try:
+                register(spec.name, ref)
+            except NoProc:
+                pass  # it already exited: its exit signal is queued and handled as any other
+            except (AlreadyStarted, AlreadyNamed) as exc:
+                self.unlink(ref)
+                self._shutdown(spec, ref)
+                raise _StartFailure(exc) from exc
+        log_event(
+            "INFO",
+            "child_started",
+            "supervisor {supervisor} started child {child_id!r}: {ref}",
+            supervisor=self._name,
+            child_id=spec.id,
+            ref=str(ref),
+        )
+
+    def _shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any]) -> Any:
+        """Stop one child by OTP's shutdown protocol and return the reason it exited with."""
+        self.unlink(ref)
+        waiter = _Waiter()
+        # Monitor before sending the signal, so a child that unlinked itself cannot hang us.
+        mref = monitor(ref, waiter)
+        brutal = spec.shutdown is BRUTAL_KILL
+        if brutal:
+            kill(ref)
+            arrived = waiter.event.wait(KILL_TIMEOUT)
+        else:
+            send_exit(ref, SHUTDOWN, sender=self.actor_ref)
+            limit = spec.shutdown if isinstance(spec.shutdown, float | int) else None
+            arrived = waiter.event.wait(limit)
+            if not arrived:
+                kill(ref)
+                arrived = waiter.event.wait(KILL_TIMEOUT)
+        if not arrived:
+            demonitor(mref)
+            log_event(
+                "ERROR",
+                "kill_timeout",
+                "supervisor {supervisor}: child {child_id!r} is blocked in a handler and cannot "
+                "be killed; reported as KILLED, its thread exits at its next message boundary",
+                supervisor=self._name,
+                child_id=spec.id,
+                offender=offender(spec, ref),
+            )
+            return KILLED
+        reason = waiter.reason
+        expected = KILLED if brutal else SHUTDOWN
+        fine = reason is expected or (
+            spec.restart is not Restart.PERMANENT and is_normal_exit(reason)
+        )
+        if not fine:
+            log_event(
+                "ERROR",
+                "shutdown_error",
+                "supervisor {supervisor}: child {child_id!r} shut down with {reason}",
+                supervisor=self._name,
+                child_id=spec.id,
+                reason=repr(reason),
+                offender=offender(spec, ref),
+            )
+        return reason
+
+    def _report_exit(self, spec: ChildSpec, ref: Any, reason: Any) -> None:
+        level = "INFO" if is_normal_exit(reason) else "ERROR"
+        log_event(
+            level,
+            "child_terminated",
+            "supervisor {supervisor}: child {child_id!r} exited with {reason}",
+            supervisor=self._name,
+            child_id=spec.id,
+            reason=repr(reason),
+            offender=offender(spec, ref),
+        )
+
+    def on_exit_signal(self, exit: Exit) -> None:
+        if self._is_child_exit(exit):
+            return
+        if exit.ref is not None and exit.ref is self._parent:
+            # Our parent exited, for any reason (gen_server's rule for a trapping process):
+            # terminate, children first. `on_stop` does that, except on KILLED, which runs no
+            # hook: a killed parent still gets its grandchildren shut down in order, as in OTP.
+            if exit.reason is KILLED:
+                self._terminate_children()
+            self.exit(exit.reason)
+        # An exit signal from anything else (a child we already let go) is ignored (SUP-20).
+
+    def _is_child_exit(self, exit: Exit) -> bool:
+        raise NotImplementedError
+
+    def on_stop(self) -> None:
+        self._terminate_children()
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        self._terminate_children()
+
+    def _terminate_children(self) -> None:
+        raise NotImplementedError
+
+
+def validate_intensity(max_restarts: Any, max_seconds: Any) -> None:
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise InvalidOption(
+            "max_restarts", max_restarts, "an integer >= 0", code="invalid_intensity"
+        )
+    if (
+        isinstance(max_seconds, bool)
+        or not isinstance(max_seconds, int | float)
+        or not max_seconds > 0
+        or max_seconds == float("inf")
+    ):
+        raise InvalidOption(
+            "max_seconds", max_seconds, "a finite number of seconds > 0", code="invalid_period"
+        )
+
+
+def validate_name(name: Any) -> None:
+    """Check a `name=` option up front, with `register`'s rules (None: no name)."""
+    if name is not None:
+        from ._names import _check_name
+
+        _check_name(name)
+
+
+def validate_clock(clock: Any) -> Clock:
+    if clock is None:
+        return SYSTEM_CLOCK
+    if not isinstance(clock, Clock):
+        raise InvalidOption("clock", clock, "a Clock (monotonic() and call_later())")
+    return clock
+
+
+def enum_option(name: str, value: Any, enum_cls: Any, code: str) -> Any:
+    if isinstance(value, enum_cls):
+        return value
+    if isinstance(value, str):
+        for member in enum_cls:
+            if value.lower() in (member.value, member.name.lower()):
+                return member
+    names = ", ".join(m.name for m in enum_cls)
+    raise InvalidOption(name, value, f"one of {names}", code=code)
+
+
+# --- the static supervisor -------------------------------------------------------------------
+
+
+@attrs.define
+class _Child:
+    spec: ChildSpec
+    ref: pykka.ActorRef[Any] | _Restarting | None = None
+
+
+@attrs.frozen
+class _StartChild:
+    spec: ChildSpec
+
+
+@attrs.frozen
+class _TerminateChild:
+    id: Any
+
+
+@attrs.frozen
+class _RestartChild:
+    id: Any
+
+
+@attrs.frozen
+class _DeleteChild:
+    id: Any
+
+
+@attrs.frozen
+class _WhichChildren:
+    pass
+
+
+@attrs.frozen
+class _WhichChild:
+    id: Any
+
+
+@attrs.frozen
+class _CountChildren:
+    pass
+
+
+@attrs.frozen
+class _GetChildSpec:
+    id: Any
+
+
+@attrs.frozen
+class _TryAgainRestart(InternalMessage):
+    id: Any
+
+
+class _SupervisorActor(_SupervisorBase):
+    def __init__(
+        self,
+        specs: Sequence[ChildSpec],
+        strategy: Strategy,
+        max_restarts: int,
+        max_seconds: float,
+        auto_shutdown: AutoShutdown,
+        name: Any,
+        clock: Clock,
+        parent: Any,
+    ) -> None:
+        super().__init__(max_restarts, max_seconds, clock, parent, name)
+        self._initial = list(specs)
+        self._strategy = strategy
+        self._auto_shutdown = auto_shutdown
+        self._register_as = name
+        self._order: list[Any] = []  # child ids in start order
+        self._children: dict[Any, _Child] = {}
+        self._by_ref: dict[pykka.ActorRef[Any], Any] = {}
+
+    # -- init --
+
+    def on_start(self) -> None:
+        if self._register_as is not None:
+            from ._names import register
+
+            register(self._register_as, self.actor_ref)
+        for spec in self._initial:
+            try:
+                ref = self._start(spec)
+            except _StartFailure as failure:
+                log_event(
+                    "ERROR",
+                    "start_error",
+                    "supervisor {supervisor} failed to start child {child_id!r}: {reason}",
+                    supervisor=self._name,
+                    child_id=spec.id,
+                    reason=repr(failure.reason),
+                    offender=offender(spec, None),
+                )
+                self._terminate_children()
+                raise SupervisorStartError(spec.id, failure.reason) from None
+            if ref is None and spec.restart is Restart.TEMPORARY:
+                continue  # an ignored temporary child is not kept (SUP-14)
+            self._order.append(spec.id)
+            self._children[spec.id] = _Child(spec, ref)
+            if ref is not None:
+                self._by_ref[ref] = spec.id
+        self._initial = []
+        self._link_parent()
+
+    def _start(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
+        ref = start_spec(spec)
+        if ref is not None:
+            self._link_started(spec, ref)
+        return ref
+
+    # -- API --
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case _TryAgainRestart(child_id):
+                child = self._children.get(child_id)
+                if child is not None and child.ref is RESTARTING:
+                    self._restart(child)
+                return None
+            case _StartChild(spec):
+                return self._api_start_child(spec)
+            case _TerminateChild(child_id):
+                return self._api_terminate_child(child_id)
+            case _RestartChild(child_id):
+                return self._api_restart_child(child_id)
+            case _DeleteChild(child_id):
+                return self._api_delete_child(child_id)
+            case _WhichChildren():
+                return [self._info(self._children[i]) for i in reversed(self._order)]
+            case _WhichChild(key):
+                return self._info(self._find(key))
+            case _CountChildren():
+                return self._count()
+            case _GetChildSpec(key):
+                return self._find(key).spec
+        log_event(
+            "WARNING",
+            "unexpected_message",
+            "supervisor {supervisor} received unexpected message {message!r}",
+            supervisor=self._name,
+            message=message,
+        )
+        return None
+
+    def _find(self, key: Any) -> _Child:
+        if isinstance(key, pykka.ActorRef):
+            child_id = self._by_ref.get(key)
+            if child_id is None:
+                raise ChildNotFound(key)
+            return self._children[child_id]
+        child = self._children.get(key) if _hashable(key) else None
+        if child is None:
+            raise ChildNotFound(key)
+        return child
+
+    def _info(self, child: _Child) -> ChildInfo:
+        return ChildInfo(child.spec.id, child.ref, child.spec.type)
+
+    def _count(self) -> ChildCounts:
+        active = sum(
+            1
+            for c in self._children.values()
+            if isinstance(c.ref, pykka.ActorRef) and c.ref.is_alive()
+        )
+        supervisors = sum(1 for c in self._children.values() if c.spec.type is ChildType.SUPERVISOR)
+        return ChildCounts(
+            specs=len(self._children),
+            active=active,
+            supervisors=supervisors,
+            workers=len(self._children) - supervisors,
+        )
+
+    def _api_start_child(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
+        check_child_specs([spec], self._auto_shutdown)
+        existing = self._children.get(spec.id)
+        if existing is not None:
+            if isinstance(existing.ref, pykka.ActorRef):
+                raise AlreadyStarted(spec.id, existing.ref)
+            raise AlreadyPresent(spec.id)
+        try:
+            ref = self._start(spec)
+        except _StartFailure as failure:
+            if isinstance(failure.reason, AlreadyStarted):  # a name clash passes through (SUP-53)
+                raise failure.reason from None
+            raise StartChildError(spec.id, failure.reason) from None
+        if ref is None and spec.restart is Restart.TEMPORARY:
+            return None
+        self._order.append(spec.id)
+        self._children[spec.id] = _Child(spec, ref)
+        if ref is not None:
+            self._by_ref[ref] = spec.id
+        return ref
+
+    def _api_terminate_child(self, key: Any) -> None:
+        if isinstance(key, pykka.ActorRef):
+            raise ChildNotFound(key)  # a static supervisor's children are named by id (SUP-54)
+        child = self._find(key)
+        self._stop_child(child)
+        if child.spec.restart is Restart.TEMPORARY:
+            self._forget(child)
+
+    def _api_restart_child(self, child_id: Any) -> pykka.ActorRef[Any] | None:
+        child = self._find(child_id)
+        if isinstance(child.ref, pykka.ActorRef):
+            raise ChildRunning(child_id)
+        if child.ref is RESTARTING:
+            raise ChildRestarting(child_id)
+        try:
+            ref = self._start(child.spec)
+        except _StartFailure as failure:
+            raise StartChildError(child_id, failure.reason) from None
+        self._set_ref(child, ref)
+        return ref
+
+    def _api_delete_child(self, child_id: Any) -> None:
+        child = self._find(child_id)
+        if isinstance(child.ref, pykka.ActorRef):
+            raise ChildRunning(child_id)
+        if child.ref is RESTARTING:
+            raise ChildRestarting(child_id)
+        self._forget(child)
+
+    # -- child bookkeeping --
+
+    def _set_ref(self, child: _Child, ref: pykka.ActorRef[Any] | _Restarting | None) -> None:
+        if isinstance(child.ref, pykka.ActorRef):
+            self._by_ref.pop(child.ref, None)
+        child.ref = ref
+        if isinstance(ref, pykka.ActorRef):
+            self._by_ref[ref] = child.spec.id
+
+    def _forget(self, child: _Child) -> None:
+        self._set_ref(child, None)
+        self._children.pop(child.spec.id, None)
+        self._order.remove(child.spec.id)
+
+    def _stop_child(self, child: _Child) -> None:
+        """Terminate a child if it runs; cancel its retry if it is restarting."""
+        ref = child.ref
+        self._set_ref(child, None)
+        if isinstance(ref, pykka.ActorRef):
+            self._shutdown(child.spec, ref)
+
+    # -- exits and restarts --
+
+    def _is_child_exit(self, exit: Exit) -> bool:
+        child_id = self._by_ref.get(exit.ref) if exit.ref is not None else None
+        if child_id is None:
+            return False
+        child = self._children[child_id]
+        self._set_ref(child, None)
+        self._child_exited(child, exit.ref, exit.reason)
+        return True
+
+    def _child_exited(self, child: _Child, ref: Any, reason: Any) -> None:
+        spec = child.spec
+        self._report_exit(spec, ref, reason)
+        restart = spec.restart is Restart.PERMANENT or (
+            spec.restart is Restart.TRANSIENT and not is_normal_exit(reason)
+        )
+        if restart:
+            self._restart(child)
+            return
+        if spec.restart is Restart.TEMPORARY:
+            self._forget(child)
+        self._check_auto_shutdown(spec)
+
+    def _check_auto_shutdown(self, spec: ChildSpec) -> None:
+        if not spec.significant or self._auto_shutdown is AutoShutdown.NEVER:
+            return
+        if self._auto_shutdown is AutoShutdown.ALL_SIGNIFICANT and any(
+            c.spec.significant and isinstance(c.ref, pykka.ActorRef)
+            for c in self._children.values()
+        ):
+            return
+        log_event(
+            "INFO",
+            "auto_shutdown",
+            "supervisor {supervisor} shuts down: significant child {child_id!r} exited",
+            supervisor=self._name,
+            child_id=spec.id,
+        )
+        self.exit(SHUTDOWN)
+
+    def _restart(self, child: _Child) -> None:
+        """One restart attempt (counted), then the strategy; a failure queues a retry."""
+        if self._intensity_exceeded():
+            self._give_up(child.spec, child.ref)
+            return
+        index = self._order.index(child.spec.id)
+        if self._strategy is Strategy.ONE_FOR_ONE:
+            affected = [child.spec.id]
+        else:
+            start_at = 0 if self._strategy is Strategy.ONE_FOR_ALL else index
+            affected = self._order[start_at:]
+            # Stop the others in reverse start order, one at a time; temporary ones go for good.
+            for other_id in reversed(affected):
+                if other_id == child.spec.id:
+                    continue
+                other = self._children[other_id]
+                self._stop_child(other)
+                if other.spec.restart is Restart.TEMPORARY:
+                    self._forget(other)
+            affected = [i for i in affected if i in self._children]
+        for child_id in affected:
+            target = self._children[child_id]
+            try:
+                ref = self._start(target.spec)
+            except _StartFailure as failure:
+                log_event(
+                    "ERROR",
+                    "start_error",
+                    "supervisor {supervisor} failed to restart child {child_id!r}: {reason}",
+                    supervisor=self._name,
+                    child_id=child_id,
+                    reason=repr(failure.reason),
+                    offender=offender(target.spec, None),
+                )
+                self._set_ref(target, RESTARTING)
+                self.actor_ref.tell(_TryAgainRestart(child_id))
+                return
+            self._set_ref(target, ref)
+
+    # -- termination --
+
+    def _terminate_children(self) -> None:
+        for child_id in reversed(list(self._order)):
+            child = self._children.get(child_id)
+            if child is not None:
+                self._stop_child(child)
+                if child.spec.restart is Restart.TEMPORARY:
+                    self._forget(child)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_children(children: Any, auto_shutdown: AutoShutdown) -> list[ChildSpec]:
+    # Take a list first: validating a generator would consume it and start no children.
+    if isinstance(children, Iterable) and not isinstance(children, str | bytes | Mapping):
+        children = list(children)
+    check_child_specs(children, auto_shutdown)
+    return list(children)
+
+
+# --- the handle ------------------------------------------------------------------------------
+
+
+class Supervisor(ActorHandle):
+    """Handle to a running supervisor; `Supervisor.start` returns one.
+
+    Every method is a call into the supervisor actor and takes `timeout` in seconds (`None`:
+    wait forever). A call on a supervisor that is not running raises `NoProc`; one that gets no
+    answer in time raises `CallTimeout`.
+    """
+
+    _default_stop_reason: ClassVar[Any] = SHUTDOWN
+
+    @classmethod
+    def from_ref(cls, actor_ref: pykka.ActorRef[Any]) -> Self:
+        """Drive a running supervisor through a handle (e.g. a child in `which_children()`).
+
+        Raises:
+            TypeError: `actor_ref` is not the ref of a `Supervisor`'s actor.
+        """
+        if not isinstance(actor_ref, pykka.ActorRef) or not issubclass(
+            actor_ref.actor_class, _SupervisorActor
+        ):
+            raise TypeError(f"expected the ActorRef of a Supervisor, got: {actor_ref!r}")
+        return cls(actor_ref)
+
+    @classmethod
+    def start(
+        cls,
+        children: Iterable[ChildSpec],
+        *,
+        strategy: Strategy | str = Strategy.ONE_FOR_ONE,
+        max_restarts: int = 3,
+        max_seconds: float = 5.0,
+        auto_shutdown: AutoShutdown | str = AutoShutdown.NEVER,
+        name: Any = None,
+        clock: Clock | None = None,
+    ) -> Supervisor:
+        """Start a supervisor and its children, in order; return once all have started.
+
+        Called from inside an actor, the supervisor is linked to that actor once started (OTP's
+        ``start_link``): it terminates (children first) when that actor exits, for any reason,
+        and its own exit reaches that actor as an exit signal (e.g. `SHUTDOWN` when it gives
+        up). A failed start raises here and sends no exit signal.
+
+        Args:
+            children: the child specs, started left to right.
+            strategy: `Strategy.ONE_FOR_ONE` (default), `ONE_FOR_ALL` or `REST_FOR_ONE`.
+            max_restarts: OTP intensity: more than this many restarts ...
+            max_seconds: ... within this many seconds (whole seconds, inclusive window) and
+                the supervisor gives up and exits with `SHUTDOWN`. Elixir's defaults: 3 in 5.
+            auto_shutdown: `AutoShutdown.NEVER` (default), `ANY_SIGNIFICANT`, `ALL_SIGNIFICANT`.
+            name: register the supervisor under this local name (see `register`).
+            clock: where restart timestamps come from (a `FakeClock` in tests).
+
+        Raises:
+            InvalidOption: an invalid option (nothing was started).
+            ChildSpecError: an invalid child list (nothing was started).
+            SupervisorStartError: a child failed to start; those started before it have been
+                stopped in reverse order. `child_id` and `reason` say which and why.
+            NameTaken: `name` is registered to a live actor.
+        """
+        strategy = enum_option("strategy", strategy, Strategy, "invalid_strategy")
+        auto_mode: AutoShutdown = enum_option(
+            "auto_shutdown", auto_shutdown, AutoShutdown, "invalid_auto_shutdown"
+        )
+        validate_intensity(max_restarts, max_seconds)
+        clock = validate_clock(clock)
+        validate_name(name)
+        specs = _check_children(children, auto_mode)
+        try:
+            ref = _SupervisorActor.start(
+                specs,
+                strategy,
+                max_restarts,
+                max_seconds,
+                auto_mode,
+                name,
+                clock,
+                current_actor(),
+            )
+        except StartError as exc:
+            raise exc.reason from None
+        return cls(ref)
+
+    @classmethod
+    def child_spec(
+        cls,
+        id: Any,
+        children: Iterable[ChildSpec],
+        *,
+        restart: Restart | str = Restart.PERMANENT,
+        shutdown: Any = INFINITY,
+        significant: bool = False,
+        name: Any = None,
+        **options: Any,
+    ) -> ChildSpec:
+        """A `ChildSpec` that runs a nested supervisor (type `SUPERVISOR`, shutdown `INFINITY`).
+
+        `options` are `Supervisor.start` options (`strategy`, `max_restarts`, ...); they and the
+        children are validated now, not when the parent starts it.
+        """
+        strategy = options.get("strategy", Strategy.ONE_FOR_ONE)
+        auto = enum_option(
+            "auto_shutdown",
+            options.get("auto_shutdown", AutoShutdown.NEVER),
+            AutoShutdown,
+            "invalid_auto_shutdown",
+        )
+        enum_option("strategy", strategy, Strategy, "invalid_strategy")
+        validate_intensity(options.get("max_restarts", 3), options.get("max_seconds", 5.0))
+        validate_clock(options.get("clock"))
+        children = _check_children(children, auto)
+        unknown = set(options) - {
+            "strategy",
+            "max_restarts",
+            "max_seconds",
+            "auto_shutdown",
+            "clock",
+        }
+        if unknown:
+            raise InvalidOption(
+                sorted(unknown)[0], options[sorted(unknown)[0]], "a Supervisor.start option"
+            )
+
+        def start_supervisor() -> Supervisor:
+            return cls.start(children, **options)
+
+        start_supervisor.__qualname__ = f"Supervisor.start({id!r})"
+        return ChildSpec(
+            id,
+            start_supervisor,
+            restart=restart,
+            shutdown=shutdown,
+            type=ChildType.SUPERVISOR,
+            significant=significant,
+            name=name,
+        )
+
+    def start_child(
+        self, spec: ChildSpec, timeout: float | None = 5.0
+    ) -> pykka.ActorRef[Any] | None:
+        """Add a child at the end of the start order and start it.
+
+        Returns its ref, or None if its start function returned None (the spec is kept unless
+        the child is temporary).
+
+        Raises:
+            AlreadyStarted: a child with that id is running (`.ref` is it).
+            AlreadyPresent: a child with that id exists but is stopped or restarting.
+            ChildSpecError: an invalid spec (e.g. significant under `AutoShutdown.NEVER`).
+            StartChildError: the start function failed; nothing is stored.
+        """
+        check_child_specs([spec])  # a wrong type fails here, in the caller
+        result: pykka.ActorRef[Any] | None = self._call(_StartChild(spec), timeout, "start_child")
+        return result
+
+    def terminate_child(self, id: Any, timeout: float | None = 5.0) -> None:
+        """Stop a child by its shutdown spec; keep its spec (unless temporary). Idempotent.
+
+        On a restarting child it cancels the retries. `timeout` bounds the whole call, so allow
+        for the child's `shutdown` time.
+
+        Raises:
+            ChildNotFound: no child with that id (a ref is not accepted here, as in OTP).
+        """
+        self._call(_TerminateChild(id), timeout, "terminate_child")
+
+    def restart_child(self, id: Any, timeout: float | None = 5.0) -> pykka.ActorRef[Any] | None:
+        """Start a stopped child again from its spec; return its ref (None if ignored).
+
+        Raises:
+            ChildNotFound, ChildRunning, ChildRestarting: as in OTP.
+            StartChildError: its start failed (the spec is kept).
+        """
+        result: pykka.ActorRef[Any] | None = self._call(_RestartChild(id), timeout, "restart_child")
+        return result
+
+    def delete_child(self, id: Any, timeout: float | None = 5.0) -> None:
+        """Forget a stopped child's spec.
+
+        Raises:
+            ChildNotFound, ChildRunning, ChildRestarting: as in OTP.
+        """
+        self._call(_DeleteChild(id), timeout, "delete_child")
+
+    def which_children(self, timeout: float | None = 5.0) -> list[ChildInfo]:
+        """Every child, newest first (reverse start order), as `ChildInfo(id, ref, type)`."""
+        result: list[ChildInfo] = self._call(_WhichChildren(), timeout, "which_children")
+        return result
+
+    def which_child(self, id: Any, timeout: float | None = 5.0) -> ChildInfo:
+        """One child's `ChildInfo`, by id or by ref (OTP 28 `which_child`).
+
+        Raises:
+            ChildNotFound: no such child.
+        """
+        result: ChildInfo = self._call(_WhichChild(id), timeout, "which_child")
+        return result
+
+    def count_children(self, timeout: float | None = 5.0) -> ChildCounts:
+        """`ChildCounts(specs, active, supervisors, workers)`; restarting ones are not active."""
+        result: ChildCounts = self._call(_CountChildren(), timeout, "count_children")
+        return result
+
+    def get_childspec(self, id: Any, timeout: float | None = 5.0) -> ChildSpec:
+        """The child's full spec (defaults filled in), by id or by ref.
+
+        Raises:
+            ChildNotFound: no such child.
+        """
+        result: ChildSpec = self._call(_GetChildSpec(id), timeout, "get_childspec")
+        return result
+
+    def stop(self, reason: Any = SHUTDOWN, timeout: float | None = None) -> None:
+        """Stop every child in reverse start order, then the supervisor; wait until done.
+
+        Raises:
+            NoProc: the supervisor is not running.
+            CallTimeout: not done after `timeout` seconds (it goes on stopping).
+        """
+        super().stop(reason, timeout)
