@@ -36,7 +36,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="which test layers run: mock_adapter (1), bridge_mock (1-2), full_integration (all)",
     )
-    parser.addini("dspex_leak_check", "fail tests that leak actors/threads/processes", type="bool", default=True)
+    parser.addini(
+        "dspex_leak_check",
+        "fail tests that leak actors/threads/processes",
+        type="bool",
+        default=True,
+    )
     parser.addini("dspex_leak_timeout", "seconds to wait for leftovers to end", default="5")
 
 
@@ -127,5 +132,9 @@ def _dspex_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     if threads:
         leaks["threads"] = [t.name for t in threads]
     if leaks:
-        details = "; ".join(f"{kind}: {', '.join(map(str, items))}" for kind, items in leaks.items())
-        pytest.fail(f"dspex_actors leak check: still running after the test ({details})", pytrace=False)
+        details = "; ".join(
+            f"{kind}: {', '.join(map(str, items))}" for kind, items in leaks.items()
+        )
+        pytest.fail(
+            f"dspex_actors leak check: still running after the test ({details})", pytrace=False
+        )
