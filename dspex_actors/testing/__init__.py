@@ -100,9 +100,7 @@ def kill_and_wait(ref: pykka.ActorRef[Any], timeout: float | None = 5.0) -> Any:
     return wait_exit(ref, timeout)
 
 
-def wait_for(
-    predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.002
-) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.002) -> Any:
     """Poll `predicate()` until it returns a truthy value, and return that value.
 
     For state with no event to wait on (a process table, a file). Prefer an event or `sync`.
