@@ -29,10 +29,13 @@ class TimerHandle:
     when: float
     callback: Callable[[], None] = attrs.field(repr=False)
     cancelled: bool = False
+    on_cancel: Callable[[], None] | None = attrs.field(default=None, repr=False)
 
     def cancel(self) -> None:
         """Prevent the callback from running, if it has not run yet."""
         self.cancelled = True
+        if self.on_cancel is not None:
+            self.on_cancel()
 
 
 @runtime_checkable
@@ -65,7 +68,7 @@ class SystemClock:
         return time.monotonic()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback)
+        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback, on_cancel=self._wake)
         with self._cond:
             heapq.heappush(self._heap, (handle.when, next(self._seq), handle))
             if self._thread is None:
@@ -73,6 +76,12 @@ class SystemClock:
                 self._thread.start()
             self._cond.notify()
         return handle
+
+    def _wake(self) -> None:
+        # A cancelled timer must not keep the thread waiting until its deadline: wake it so it
+        # drops cancelled timers and exits when none is left.
+        with self._cond:
+            self._cond.notify()
 
     def _run(self) -> None:
         while True:

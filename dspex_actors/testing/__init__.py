@@ -8,6 +8,8 @@ Everything here synchronises on events and bounded waits, never on sleeps:
 - `kill_and_wait(ref)`: kill an actor and wait until it has fully exited.
 - `wait_for(predicate, timeout)`: poll a condition for state that has no event to wait on.
 - `FakeClock`: time that only moves when the test says so.
+- Pools: `ScriptedWorker` + `Script` (pin the exact callback order, `assert_drained`),
+  `start_test_pool(**opts)` and `wait_for_pool_ready(pool, timeout)`; see `docs/pooling.md`.
 
 The pytest plugin (installed with the package, entry point ``pytest11``) adds an autouse leak
 check, the ``layer_1``/``layer_2``/``layer_3`` markers and ``--test-mode``; see
@@ -28,8 +30,23 @@ from pykka import messages as pykka_messages
 from .._actor import _RunInActor, kill, wait_exit
 from .._clock import FakeClock
 from .._errors import CallTimeout
+from ._pools import EchoWorker, start_test_pool, wait_for_pool_ready
+from ._scripted import Script, ScriptedWorker, ScriptError
 
-__all__ = ["FakeClock", "Gate", "gate", "kill_and_wait", "sync", "wait_for"]
+__all__ = [
+    "EchoWorker",
+    "FakeClock",
+    "Gate",
+    "Script",
+    "ScriptError",
+    "ScriptedWorker",
+    "gate",
+    "kill_and_wait",
+    "start_test_pool",
+    "sync",
+    "wait_for",
+    "wait_for_pool_ready",
+]
 
 
 def sync(ref: pykka.ActorRef[Any], timeout: float | None = 5.0) -> None:

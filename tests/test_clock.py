@@ -1,0 +1,58 @@
+"""Injected clocks: FakeClock runs due timers on advance; the system timer thread ends when idle."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import dspex_actors as da
+from dspex_actors.testing import FakeClock
+
+
+def test_fake_clock_runs_due_timers_in_time_order_on_advance() -> None:
+    clock = FakeClock(start=10.0)
+    fired: list[tuple[str, float]] = []
+    clock.call_later(2.0, lambda: fired.append(("late", clock.monotonic())))
+    clock.call_later(1.0, lambda: fired.append(("early", clock.monotonic())))
+    clock.advance(0.5)
+    assert fired == []
+    clock.advance(2.0)
+    assert fired == [("early", 11.0), ("late", 12.0)]
+    assert clock.monotonic() == 12.5
+
+
+def test_fake_clock_skips_cancelled_timers_and_counts_pending() -> None:
+    clock = FakeClock()
+    fired: list[int] = []
+    handle = clock.call_later(1.0, lambda: fired.append(1))
+    clock.call_later(1.0, lambda: fired.append(2))
+    assert clock.pending() == 2
+    handle.cancel()
+    assert clock.pending() == 1
+    clock.advance(1.0)
+    assert fired == [2]
+
+
+def test_fake_clock_refuses_to_go_backwards() -> None:
+    with pytest.raises(ValueError, match="cannot go backwards"):
+        FakeClock().advance(-1)
+
+
+def test_system_clock_runs_a_timer_once_its_delay_has_passed() -> None:
+    clock = da.SystemClock()
+    fired = threading.Event()
+    clock.call_later(0.001, fired.set)
+    assert fired.wait(5.0)
+
+
+def test_cancelling_the_last_system_timer_ends_the_timer_thread_at_once() -> None:
+    """A cancelled timer must not keep the dspex-timer thread alive until its deadline."""
+    clock = da.SystemClock()
+    handle = clock.call_later(3600.0, lambda: None)
+    thread = clock._thread
+    assert thread is not None
+    assert thread.is_alive()
+    handle.cancel()
+    thread.join(5.0)
+    assert not thread.is_alive()
