@@ -756,13 +756,23 @@ class ActorHandle:
     """
 
     _default_stop_reason: ClassVar[Any] = NORMAL
+    _actor_class: ClassVar[type | None] = None  # the actor class a subclass drives, if any
 
     def __init__(self, actor_ref: pykka.ActorRef[Any]) -> None:
         self._ref = actor_ref
 
     @classmethod
     def from_ref(cls, actor_ref: pykka.ActorRef[Any]) -> Self:
-        """Drive an already running actor (e.g. found in `which_children()`) through a handle."""
+        """Drive an already running actor (e.g. found in `which_children()`) through a handle.
+
+        Raises:
+            TypeError: `actor_ref` is not a ref to the kind of actor this handle drives.
+        """
+        expected = cls._actor_class
+        if not isinstance(actor_ref, pykka.ActorRef) or (
+            expected is not None and not issubclass(actor_ref.actor_class, expected)
+        ):
+            raise TypeError(f"expected the ActorRef of a {cls.__name__}, got: {actor_ref!r}")
         return cls(actor_ref)
 
     @property

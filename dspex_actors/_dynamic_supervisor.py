@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import attrs
 import pykka
 
-from ._actor import ActorHandle, InternalMessage, current_actor, kill, monitor, send_exit
+from ._actor import ActorHandle, InternalMessage, current_actor, kill
 from ._child_spec import (
     BRUTAL_KILL,
-    INFINITY,
     AutoShutdown,
     ChildSpec,
     ChildType,
@@ -52,9 +51,8 @@ from ._errors import (
     StartError,
 )
 from ._logging import log_event
-from ._reasons import KILLED, SHUTDOWN, Exit, is_normal_exit
+from ._reasons import SHUTDOWN, Exit, is_normal_exit
 from ._supervisor import (
-    KILL_TIMEOUT,
     RESTARTING,
     ChildCounts,
     ChildInfo,
@@ -265,65 +263,28 @@ class _DynamicSupervisorActor(_SupervisorBase):
             if not isinstance(child.ref, pykka.ActorRef):
                 continue
             ref, spec = child.ref, child.spec
-            self.unlink(ref)
-            waiter = _Waiter()
-            monitor(ref, waiter)
-            if spec.shutdown is BRUTAL_KILL:
-                kill(ref)
-                deadline = start
+            waiter = self._begin_shutdown(spec, ref)
+            if isinstance(spec.shutdown, float | int):
+                deadline = start + spec.shutdown
             else:
-                send_exit(ref, SHUTDOWN, sender=self.actor_ref)
-                deadline = float("inf") if spec.shutdown is INFINITY else start + spec.shutdown  # type: ignore[operator]
+                deadline = start if spec.shutdown is BRUTAL_KILL else float("inf")
             pending.append((deadline, spec, ref, waiter))
         pending.sort(key=lambda item: item[0])
         for deadline, spec, ref, waiter in pending:
+            if spec.shutdown is BRUTAL_KILL:
+                continue  # already killed
             remaining = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
-            if spec.shutdown is BRUTAL_KILL or not waiter.event.wait(remaining):
+            if not waiter.event.wait(remaining):
                 kill(ref)
         for _deadline, spec, ref, waiter in pending:
-            if not waiter.event.wait(KILL_TIMEOUT):
-                log_event(
-                    "ERROR",
-                    "kill_timeout",
-                    "dynamic supervisor {supervisor}: a {child_id!r} child cannot be killed",
-                    supervisor=self._name,
-                    child_id=spec.id,
-                    offender=offender(spec, ref),
-                )
-                continue
-            expected = KILLED if spec.shutdown is BRUTAL_KILL else SHUTDOWN
-            reason = waiter.reason
-            if reason is not expected and not (
-                spec.restart is not Restart.PERMANENT and is_normal_exit(reason)
-            ):
-                log_event(
-                    "ERROR",
-                    "shutdown_error",
-                    "dynamic supervisor {supervisor}: a {child_id!r} child shut down with {reason}",
-                    supervisor=self._name,
-                    child_id=spec.id,
-                    reason=repr(reason),
-                    offender=offender(spec, ref),
-                )
+            self._finish_shutdown(spec, ref, waiter)
 
 
 class DynamicSupervisor(ActorHandle):
     """Handle to a running dynamic supervisor; `DynamicSupervisor.start` returns one."""
 
     _default_stop_reason: ClassVar[Any] = SHUTDOWN
-
-    @classmethod
-    def from_ref(cls, actor_ref: pykka.ActorRef[Any]) -> Self:
-        """Drive a running dynamic supervisor through a handle (e.g. a nested one).
-
-        Raises:
-            TypeError: `actor_ref` is not the ref of a `DynamicSupervisor`'s actor.
-        """
-        if not isinstance(actor_ref, pykka.ActorRef) or not issubclass(
-            actor_ref.actor_class, _DynamicSupervisorActor
-        ):
-            raise TypeError(f"expected the ActorRef of a DynamicSupervisor, got: {actor_ref!r}")
-        return cls(actor_ref)
+    _actor_class: ClassVar[type] = _DynamicSupervisorActor
 
     @classmethod
     def start(

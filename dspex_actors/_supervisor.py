@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Final, Self, final
+from typing import Any, ClassVar, Final, final
 
 import attrs
 import pykka
@@ -85,7 +85,7 @@ from ._errors import (
     SupervisorStartError,
 )
 from ._logging import log_event
-from ._reasons import KILLED, SHUTDOWN, Down, Exit, is_normal_exit
+from ._reasons import KILLED, SHUTDOWN, Down, Exit, MonitorRef, is_normal_exit
 from ._restart_intensity import add_restart
 
 __all__ = [
@@ -200,6 +200,7 @@ class _Waiter:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason: Any = None
+        self.mref: MonitorRef | None = None
 
     def __call__(self, down: Down) -> None:
         self.reason = down.reason
@@ -279,23 +280,30 @@ class _SupervisorBase(Actor):
 
     def _shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any]) -> Any:
         """Stop one child by OTP's shutdown protocol and return the reason it exited with."""
+        waiter = self._begin_shutdown(spec, ref)
+        if spec.shutdown is not BRUTAL_KILL:
+            limit = spec.shutdown if isinstance(spec.shutdown, float | int) else None
+            if not waiter.event.wait(limit):
+                kill(ref)
+        return self._finish_shutdown(spec, ref, waiter)
+
+    def _begin_shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any]) -> _Waiter:
+        """Unlink, monitor, then signal the child (kill it for `BRUTAL_KILL`)."""
         self.unlink(ref)
         waiter = _Waiter()
         # Monitor before sending the signal, so a child that unlinked itself cannot hang us.
-        mref = monitor(ref, waiter)
-        brutal = spec.shutdown is BRUTAL_KILL
-        if brutal:
+        waiter.mref = monitor(ref, waiter)
+        if spec.shutdown is BRUTAL_KILL:
             kill(ref)
-            arrived = waiter.event.wait(KILL_TIMEOUT)
         else:
             send_exit(ref, SHUTDOWN, sender=self.actor_ref)
-            limit = spec.shutdown if isinstance(spec.shutdown, float | int) else None
-            arrived = waiter.event.wait(limit)
-            if not arrived:
-                kill(ref)
-                arrived = waiter.event.wait(KILL_TIMEOUT)
-        if not arrived:
-            demonitor(mref)
+        return waiter
+
+    def _finish_shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any], waiter: _Waiter) -> Any:
+        """Wait (bounded) for a signalled or killed child's exit; report unexpected reasons."""
+        if not waiter.event.wait(KILL_TIMEOUT):
+            if waiter.mref is not None:
+                demonitor(waiter.mref)
             log_event(
                 "ERROR",
                 "kill_timeout",
@@ -307,7 +315,7 @@ class _SupervisorBase(Actor):
             )
             return KILLED
         reason = waiter.reason
-        expected = KILLED if brutal else SHUTDOWN
+        expected = KILLED if spec.shutdown is BRUTAL_KILL else SHUTDOWN
         fine = reason is expected or (
             spec.restart is not Restart.PERMANENT and is_normal_exit(reason)
         )
@@ -767,19 +775,7 @@ class Supervisor(ActorHandle):
     """
 
     _default_stop_reason: ClassVar[Any] = SHUTDOWN
-
-    @classmethod
-    def from_ref(cls, actor_ref: pykka.ActorRef[Any]) -> Self:
-        """Drive a running supervisor through a handle (e.g. a child in `which_children()`).
-
-        Raises:
-            TypeError: `actor_ref` is not the ref of a `Supervisor`'s actor.
-        """
-        if not isinstance(actor_ref, pykka.ActorRef) or not issubclass(
-            actor_ref.actor_class, _SupervisorActor
-        ):
-            raise TypeError(f"expected the ActorRef of a Supervisor, got: {actor_ref!r}")
-        return cls(actor_ref)
+    _actor_class: ClassVar[type] = _SupervisorActor
 
     @classmethod
     def start(
