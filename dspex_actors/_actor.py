@@ -466,7 +466,7 @@ def wait_exit(ref: pykka.ActorRef[Any], timeout: float | None = 5.0) -> Any:
         CallTimeout: it is still running after `timeout` seconds (`None` waits forever).
     """
     proc = _proc_of(ref)
-    if not proc.done.wait(timeout):
+    if not proc.done.wait(_os_timeout(timeout)):
         raise CallTimeout(str(ref), "wait_exit", timeout)
     return proc.reason
 
@@ -508,7 +508,7 @@ class Actor(pykka.ThreadingActor):
         proc = _proc_of(ref)
         if cls.on_start is pykka.Actor.on_start:
             return ref  # nothing can fail before the first message: no need to wait for it
-        if not proc.started.wait(cls.start_timeout):
+        if not proc.started.wait(_os_timeout(cls.start_timeout)):
             proc.interrupt(KILLED)
             cause = TimeoutError(f"on_start did not return within {cls.start_timeout}s")
             raise StartError(cls, cause) from cause
@@ -737,6 +737,16 @@ class Actor(pykka.ThreadingActor):
         return None
 
 
+def _os_timeout(timeout: float | None) -> float | None:
+    """A timeout the OS can wait on: beyond `threading.TIMEOUT_MAX` (e.g. `inf`) is forever.
+
+    A longer wait raises OverflowError, and for an `ask` only after the message was sent.
+    """
+    if timeout is not None and timeout > threading.TIMEOUT_MAX:
+        return None
+    return timeout
+
+
 def _reason_for(exc: BaseException) -> Any:
     """The exit reason for an exception that escaped a handler."""
     if isinstance(exc, SystemExit) and exc.code in (None, 0):
@@ -810,7 +820,7 @@ class ActorHandle:
         if proc is not None and proc.thread is threading.current_thread():
             raise RuntimeError(f"{call} on {self._ref} from its own thread would deadlock")
         try:
-            return self._ref.ask(message, timeout=timeout)
+            return self._ref.ask(message, timeout=_os_timeout(timeout))
         except pykka.ActorDeadError as exc:
             if isinstance(exc, NoProc):
                 raise

@@ -95,7 +95,9 @@ class SystemClock:
                 when, _, handle = self._heap[0]
                 now = time.monotonic()
                 if when > now:
-                    self._cond.wait(when - now)
+                    # Capped: a longer wait raises OverflowError, which would kill this thread
+                    # while `_thread` still names it, and no timer would ever fire again.
+                    self._cond.wait(min(when - now, threading.TIMEOUT_MAX))
                     continue
                 heapq.heappop(self._heap)
             if not handle.cancelled:

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from typing import Any, ClassVar
 
@@ -274,6 +275,8 @@ class _DynamicSupervisorActor(_SupervisorBase):
             if spec.shutdown is BRUTAL_KILL:
                 continue  # already killed
             remaining = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
+            if remaining is not None:  # a longer wait raises OverflowError (and strands children)
+                remaining = min(remaining, threading.TIMEOUT_MAX)
             if not waiter.event.wait(remaining):
                 kill(ref)
         for _deadline, spec, ref, waiter in pending:

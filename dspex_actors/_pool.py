@@ -76,7 +76,7 @@ from ._errors import (
 )
 from ._logging import log_event
 from ._pool_results import NO_POOL_STATE, Async, Ok, Remove, Skip, Stop
-from ._reasons import NORMAL, Down, Exit, MonitorRef, Shutdown
+from ._reasons import KILLED, NORMAL, Down, Exit, MonitorRef, Shutdown
 
 if TYPE_CHECKING:
     from ._child_spec import ChildSpec
@@ -636,6 +636,10 @@ class Pool(ActorHandle):
             type(timeout) not in (float, int) or timeout < 0 or timeout != timeout
         ):
             _check_timeout(timeout)
+        if timeout is not None and timeout > threading.TIMEOUT_MAX:
+            # Forever (e.g. `inf`): a longer lock wait raises OverflowError after the request
+            # was sent, and the worker granted to it would never come back.
+            timeout = None
         core = self.__core
         if core is None:
             raise NoProc(str(self._ref), "checkout")  # not a running pool
@@ -927,6 +931,11 @@ class _PoolActor(Actor):
         # As a gen_server that traps exits: the parent's exit signal (or one sent from plain
         # code) stops us; any other linked actor's exit is just information for the workers.
         if exit.ref is None or (self._parent is not None and exit.ref == self._parent):
+            if exit.reason is KILLED:
+                # Exiting with KILLED runs no hook, but a parent's `killed` is an ordinary exit
+                # signal to a trapping pool: NimblePool's terminate/2 still runs (idle workers,
+                # then the pool), or every worker's resource would leak.
+                self._terminate_all(KILLED)
             super().on_exit_signal(exit)
         else:
             self._on_info(exit)
@@ -1441,6 +1450,11 @@ class _PoolActor(Actor):
             checkouts=self._checkouts,
             state=state,
         )
+
+
+# `from_ref` refuses refs of other actors (TypeError), as it promises; set here because the
+# actor class is defined after the handle.
+Pool._actor_class = _PoolActor
 
 
 # --- private helpers -------------------------------------------------------------------------

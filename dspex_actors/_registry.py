@@ -52,6 +52,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -580,7 +581,10 @@ class _Table:
         for listener in self.listeners:
             target = listener if isinstance(listener, pykka.ActorRef) else whereis(listener)
             if target is not None:
-                target.tell(message)
+                # A listener that has exited (or exits right now) misses the event; it must not
+                # fail a register/unregister whose table change is already made.
+                with contextlib.suppress(pykka.ActorDeadError):
+                    target.tell(message)
 
 
 # --- private helpers -------------------------------------------------------------------------

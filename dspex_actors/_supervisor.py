@@ -283,6 +283,8 @@ class _SupervisorBase(Actor):
         waiter = self._begin_shutdown(spec, ref)
         if spec.shutdown is not BRUTAL_KILL:
             limit = spec.shutdown if isinstance(spec.shutdown, float | int) else None
+            if limit is not None:  # a longer wait raises OverflowError (and strands the child)
+                limit = min(limit, threading.TIMEOUT_MAX)
             if not waiter.event.wait(limit):
                 kill(ref)
         return self._finish_shutdown(spec, ref, waiter)
