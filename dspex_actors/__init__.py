@@ -70,6 +70,12 @@ from ._errors import (
     SupervisorStartError,
     WorkerCrashed,
 )
+from ._framing import (
+    JSON_CODEC,
+    PICKLE_CODEC,
+    RAW_CODEC,
+    Codec,
+)
 from ._names import (
     Via,
     register,
@@ -90,6 +96,21 @@ from ._pool_results import (
     Remove,
     Skip,
     Stop,
+)
+from ._port import (
+    Port,
+    PortActor,
+    PortExited,
+    PortInfo,
+    safe_connect,
+    validate_port,
+)
+from ._process_pool import (
+    PortCheckout,
+    PortSpec,
+    PortWorker,
+    PortWorkerState,
+    ProcessPool,
 )
 from ._reasons import (
     KILLED,
@@ -149,6 +170,7 @@ __all__ = [
     "ChildSpecError",
     "ChildType",
     "Clock",
+    "Codec",
     "ConnectError",
     "ConnectExited",
     "ConnectFailed",
@@ -162,6 +184,7 @@ __all__ = [
     "INFINITY",
     "InternalMessage",
     "InvalidOption",
+    "JSON_CODEC",
     "KILLED",
     "Keys",
     "Lease",
@@ -174,13 +197,24 @@ __all__ = [
     "NoProc",
     "NotAPort",
     "Ok",
+    "PICKLE_CODEC",
     "Pool",
     "PoolStatus",
     "PoolTimeout",
     "PoolWorker",
+    "Port",
+    "PortActor",
+    "PortCheckout",
     "PortClosed",
+    "PortExited",
+    "PortInfo",
     "PortNotOwned",
+    "PortSpec",
+    "PortWorker",
+    "PortWorkerState",
+    "ProcessPool",
     "ProtocolError",
+    "RAW_CODEC",
     "RESTARTING",
     "Registered",
     "Registry",
@@ -214,10 +248,12 @@ __all__ = [
     "kill",
     "monitor",
     "register",
+    "safe_connect",
     "send_exit",
     "short_ref",
     "supervision_tree",
     "unregister",
+    "validate_port",
     "wait_exit",
     "whereis",
 ]

@@ -1,0 +1,453 @@
+"""ProcessPool speed and SIGKILL behaviour against the Python process pools, in one run.
+
+Run: ``python bench/process_pool.py`` (under a minute) or ``python bench/process_pool.py --quick``.
+
+1. Sequential round trip of a trivial task (square a number), one caller:
+   - baseline: a raw `multiprocessing.Pipe` round trip of a pickled dict to a forked echo
+     process (the floor for "send to another process and get an answer");
+   - `ProcessPool.call` (checkout + request + checkin) and a bare `Port.request`;
+   - `multiprocessing.Pool.apply`, `ProcessPoolExecutor.submit().result()`, loky, pebble.
+   Targets: ProcessPool.call / raw pipe <= 2.0; best peer / ProcessPool.call >= 2.0.
+2. Throughput: 8 client threads on 2 and 4 workers, every pool doing the same task.
+3. SIGKILL of an idle worker: time until a replacement answers, against the fork floor (fork a
+   process and get one answer through a pipe), and what each peer does after the same kill.
+
+Figures are medians of several rounds, measured interleaved in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+import dspex_actors as da
+
+DOUBLER = """
+import json, struct, sys
+r, w = sys.stdin.buffer, sys.stdout.buffer
+while len(h := r.read(4)) == 4:
+    msg = json.loads(r.read(struct.unpack(">I", h)[0]))
+    data = json.dumps({"id": msg["id"], "result": msg["n"] * msg["n"]}).encode()
+    w.write(struct.pack(">I", len(data)) + data)
+    w.flush()
+"""
+
+
+def square(n: int) -> int:
+    return n * n
+
+
+def square_or_die(n: int) -> int:
+    """A task that kills its own worker (SIGKILL) when given a negative number."""
+    if n < 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n * n
+
+
+def _pipe_echo(conn: Any) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:  # a forked child holds the parent's end too: EOF never comes
+            return
+        conn.send({"result": message["n"] * message["n"]})
+
+
+def per_op(n: int, op: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        op()
+    return (time.perf_counter() - start) / n
+
+
+def ops_per_second(clients: int, per_client: int, op: Callable[[], Any]) -> float:
+    barrier = threading.Barrier(clients + 1)
+
+    def run() -> None:
+        barrier.wait()
+        for _ in range(per_client):
+            op()
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return clients * per_client / (time.perf_counter() - start)
+
+
+class Contenders:
+    """Every pool under test, started once, with the same task behind `ops[name]()`."""
+
+    def __init__(self, workers: int) -> None:
+        import loky
+        import pebble
+
+        ctx = multiprocessing.get_context("fork")
+        self.pipe_parent, child = ctx.Pipe()
+        self.pipe_proc = ctx.Process(target=_pipe_echo, args=(child,), daemon=True)
+        self.pipe_proc.start()
+        child.close()
+        self.pool = da.ProcessPool.start(target=square, pool_size=workers)
+        self.argv_pool = da.ProcessPool.start(
+            argv=[sys.executable, "-S", "-c", DOUBLER], pool_size=workers
+        )
+        self.port = da.Port.spawn(square)
+        self.mp_pool = ctx.Pool(workers)
+        self.ppe = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx)
+        self.loky = loky.ProcessPoolExecutor(workers)
+        self.pebble: Any = pebble.ProcessPool(max_workers=workers, context=ctx)
+        self.ops: dict[str, Callable[[], Any]] = {
+            "raw Pipe (baseline)": self._pipe_round_trip,
+            "ProcessPool.call (target)": lambda: self.pool.call(7),
+            "ProcessPool.call (argv)": lambda: self.argv_pool.call({"n": 7}),
+            "multiprocessing.Pool.apply": lambda: self.mp_pool.apply(square, (7,)),
+            "ProcessPoolExecutor": lambda: self.ppe.submit(square, 7).result(),
+            "loky": lambda: self.loky.submit(square, 7).result(),
+            "pebble": lambda: self.pebble.schedule(square, (7,)).result(),
+        }
+
+    def _pipe_round_trip(self) -> Any:
+        self.pipe_parent.send({"n": 7})
+        return self.pipe_parent.recv()
+
+    def close(self) -> None:
+        self.pool.stop(timeout=30)
+        self.argv_pool.stop(timeout=30)
+        self.port.close()
+        self.mp_pool.terminate()
+        self.mp_pool.join()
+        self.ppe.shutdown(wait=True, cancel_futures=True)
+        self.loky.shutdown(wait=True, kill_workers=True)
+        self.pebble.stop()
+        self.pebble.join()
+        self.pipe_parent.send(None)
+        self.pipe_parent.close()
+        self.pipe_proc.join(5)
+
+
+def bench_round_trip(rounds: int, n: int) -> None:
+    c = Contenders(workers=1)
+    try:
+        ops: dict[str, Callable[[], Any]] = {
+            **c.ops,
+            "Port.request (bare)": lambda: c.port.request(7),
+            "ProcessPool.checkout, no I/O": lambda: c.pool.checkout(
+                None, lambda from_, port: (None, "ok")
+            ),
+        }
+        for op in ops.values():
+            for _ in range(50):
+                op()
+        times: dict[str, list[float]] = {name: [] for name in ops}
+        for _ in range(rounds):
+            for name, op in ops.items():
+                times[name].append(per_op(n, op))
+        med = {name: statistics.median(t) for name, t in times.items()}
+        base = med["raw Pipe (baseline)"]
+        ours = med["ProcessPool.call (target)"]
+        print("\n1. Sequential round trip (one caller, one worker)")
+        print(f"{'contender':32} {'median us':>10} {'vs pipe':>8} {'vs call':>8}")
+        for name, t in med.items():
+            print(f"{name:32} {t * 1e6:10.1f} {t / base:8.2f} {t / ours:8.2f}")
+        peers = ["multiprocessing.Pool.apply", "ProcessPoolExecutor", "loky", "pebble"]
+        best = min(peers, key=lambda p: med[p])
+        print(f"ProcessPool.call / raw pipe = {ours / base:.2f} (target <= 2.0)")
+        print(f"best peer ({best}) / ProcessPool.call = {med[best] / ours:.2f} (target >= 2.0)")
+    finally:
+        c.close()
+
+
+def bench_throughput(rounds: int, per_client: int) -> None:
+    print("\n2. Throughput, 8 client threads (calls per second)")
+    for workers in (2, 4):
+        c = Contenders(workers=workers)
+        try:
+            ops = {k: v for k, v in c.ops.items() if k != "raw Pipe (baseline)"}
+            results: dict[str, list[float]] = {name: [] for name in ops}
+            names = list(ops)
+            for name in names:  # warm up: every worker started, every code path hot
+                ops_per_second(8, 20, ops[name])
+            for r in range(rounds):
+                # Rotate the order each round so no contender always runs first or last.
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    results[name].append(ops_per_second(8, per_client, ops[name]))
+            med = {name: statistics.median(r) for name, r in results.items()}
+            ours = med["ProcessPool.call (target)"]
+            print(f"  {workers} workers:")
+            for name, rate in med.items():
+                print(f"    {name:30} {rate:10.0f}/s  {rate / ours:6.2f}x of ProcessPool")
+        finally:
+            c.close()
+
+
+def fork_floor(rounds: int) -> float:
+    """Fork a process and get one answer through a pipe: the cheapest possible replacement."""
+    ctx = multiprocessing.get_context("fork")
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_pipe_echo, args=(child,))
+        proc.start()
+        child.close()
+        parent.send({"n": 3})
+        parent.recv()
+        samples.append(time.perf_counter() - start)
+        parent.send(None)
+        parent.close()
+        proc.join()
+    return statistics.median(samples)
+
+
+def _children_pids() -> set[int]:
+    """Live (non-zombie) child processes of this process."""
+    pids = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                pids.add(child.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def _only_worker(pool: da.ProcessPool) -> int:
+    """The pid of the single worker of a pool of size 1, once it is idle and nothing starts."""
+    while True:
+        status = pool.status()
+        if status.idle == 1 and status.initializing == 0:
+            pid: int = pool.checkout(None, lambda from_, port: (port.os_pid, "ok"))
+            return pid
+        time.sleep(0.001)
+
+
+def recovery_of(pool: da.ProcessPool, rounds: int) -> float:
+    """SIGKILL the only (idle) worker; time until a call is answered by its replacement."""
+    samples = []
+    for _ in range(rounds):
+        pool.call(3, timeout=30)
+        victim = _only_worker(pool)
+        start = time.perf_counter()
+        os.kill(victim, signal.SIGKILL)
+        while True:
+            try:
+                pool.call(3, timeout=30)
+                break
+            except da.WorkerCrashed:
+                continue
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def peer_after_kill(name: str, make: Callable[[], Any], submit: Callable[[Any], Any]) -> str:
+    """Kill one idle worker of a peer pool, then submit twice; describe what happened."""
+    pool = make()
+    try:
+        submit(pool)  # warm: the workers exist
+        workers = [c for c in psutil.Process().children() if c.pid in _worker_pids_of(pool)]
+        if not workers:
+            return "could not find a worker to kill"
+        os.kill(workers[0].pid, signal.SIGKILL)
+        psutil.wait_procs([workers[0]], timeout=5)
+        outcomes = []
+        for _ in range(2):
+            try:
+                submit(pool)
+                outcomes.append("ok")
+            except concurrent.futures.TimeoutError:
+                outcomes.append("hangs")
+            except Exception as exc:
+                outcomes.append(type(exc).__name__)
+        if outcomes == ["ok", "ok"]:
+            return "recovers"
+        if outcomes[1] != "ok":
+            return f"broken for good ({outcomes[0]}, then {outcomes[1]})"
+        return f"first task fails ({outcomes[0]}), then recovers"
+    finally:
+        _shutdown(pool)
+
+
+def peer_after_crash(make: Callable[[], Any], submit: Callable[[Any, int], Any]) -> str:
+    """A task kills its own worker mid-task; then one normal task. Describe what happened."""
+    pool = make()
+    try:
+        submit(pool, 3)
+        outcomes = []
+        for n in (-1, 3):
+            try:
+                submit(pool, n)
+                outcomes.append("ok")
+            except (concurrent.futures.TimeoutError, multiprocessing.TimeoutError):
+                outcomes.append("hangs (gave up after 3 s)")
+            except Exception as exc:
+                outcomes.append(type(exc).__name__)
+        return f"crashing task: {outcomes[0]}; next task: {outcomes[1]}"
+    finally:
+        _shutdown(pool)
+
+
+def _worker_pids_of(pool: Any) -> set[int]:
+    # Every live child is a worker, except a resource tracker (it runs no tasks; killing it
+    # proves nothing).
+    workers = set()
+    for pid in _children_pids():
+        try:
+            cmdline = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            continue
+        if "resource_tracker" not in cmdline and "semaphore_tracker" not in cmdline:
+            workers.add(pid)
+    return workers
+
+
+def _shutdown(pool: Any) -> None:
+    if isinstance(pool, da.ProcessPool):
+        pool.stop(timeout=30)
+    elif hasattr(pool, "terminate"):
+        pool.terminate()
+        pool.join()
+    elif hasattr(pool, "stop"):
+        pool.stop()
+        pool.join()
+    else:
+        try:
+            pool.shutdown(wait=True, kill_workers=True)
+        except TypeError:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def bench_sigkill(rounds: int) -> None:
+    import loky
+    import pebble
+
+    floor = fork_floor(rounds)
+    print("\n3. SIGKILL of an idle worker")
+    print(f"  fork floor (fork + one answer through a pipe): {floor * 1e3:.1f} ms")
+    for label, options in (
+        ("ProcessPool (target, spawn)", {"target": square}),
+        ("ProcessPool (target, fork)", {"target": square, "start_method": "fork"}),
+        ("ProcessPool (argv, python -S)", {"argv": [sys.executable, "-S", "-c", DOUBLER]}),
+    ):
+        pool = da.ProcessPool.start(pool_size=1, **options)
+        try:
+            if "argv" in options:
+                pool.call({"n": 3}, timeout=30)
+                t = _argv_recovery(pool, rounds)
+            else:
+                t = recovery_of(pool, rounds)
+        finally:
+            pool.stop(timeout=30)
+        print(
+            f"  {label:32} replacement answering after {t * 1e3:7.1f} ms = {t / floor:5.1f}x floor"
+        )
+    ctx = multiprocessing.get_context("fork")
+    timeout = 5.0
+    peers: list[tuple[str, Callable[[], Any], Callable[[Any], Any]]] = [
+        (
+            "ProcessPool (ours)",
+            lambda: da.ProcessPool.start(target=square, pool_size=2),
+            lambda p: p.call(3, timeout=timeout),
+        ),
+        (
+            "multiprocessing.Pool",
+            lambda: ctx.Pool(2),
+            lambda p: p.apply_async(square, (3,)).get(timeout),
+        ),
+        (
+            "ProcessPoolExecutor",
+            lambda: concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx),
+            lambda p: p.submit(square, 3).result(timeout),
+        ),
+        (
+            "loky",
+            lambda: loky.ProcessPoolExecutor(2),
+            lambda p: p.submit(square, 3).result(timeout),
+        ),
+        (
+            "pebble",
+            lambda: pebble.ProcessPool(max_workers=2, context=ctx),
+            lambda p: p.schedule(square, (3,)).result(timeout),
+        ),
+    ]
+    print("  after SIGKILL of one idle worker, the next two tasks:")
+    for name, make, submit in peers:
+        print(f"    {name:24} {peer_after_kill(name, make, submit)}")
+    wait = 3.0
+    crashers: list[tuple[str, Callable[[], Any], Callable[[Any, int], Any]]] = [
+        (
+            "ProcessPool (ours)",
+            lambda: da.ProcessPool.start(target=square_or_die, pool_size=2),
+            lambda p, n: p.call(n, timeout=wait),
+        ),
+        (
+            "multiprocessing.Pool",
+            lambda: ctx.Pool(2),
+            lambda p, n: p.apply_async(square_or_die, (n,)).get(wait),
+        ),
+        (
+            "ProcessPoolExecutor",
+            lambda: concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx),
+            lambda p, n: p.submit(square_or_die, n).result(wait),
+        ),
+        (
+            "loky",
+            lambda: loky.ProcessPoolExecutor(2),
+            lambda p, n: p.submit(square_or_die, n).result(wait),
+        ),
+        (
+            "pebble",
+            lambda: pebble.ProcessPool(max_workers=2, context=ctx),
+            lambda p, n: p.schedule(square_or_die, (n,)).result(wait),
+        ),
+    ]
+    print("  a task SIGKILLs its own worker mid-task:")
+    for name, make2, submit2 in crashers:
+        print(f"    {name:24} {peer_after_crash(make2, submit2)}")
+
+
+def _argv_recovery(pool: da.ProcessPool, rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        victim = _only_worker(pool)
+        start = time.perf_counter()
+        os.kill(victim, signal.SIGKILL)
+        while True:
+            try:
+                pool.call({"n": 3}, timeout=30)
+                break
+            except da.WorkerCrashed:
+                continue
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
+    opts = parser.parse_args()
+    rounds, n, per_client = (3, 200, 100) if opts.quick else (7, 1000, 400)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, rounds={rounds}")
+    bench_round_trip(rounds, n)
+    bench_throughput(max(1, rounds // 2), per_client)
+    bench_sigkill(max(3, rounds // 2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

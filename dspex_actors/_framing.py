@@ -1,0 +1,239 @@
+"""Length-prefixed frames (Erlang ``{:packet, 4}``) and the codecs that fill them.
+
+A frame is a 4-byte big-endian unsigned length followed by that many bytes of payload. This is
+what an Erlang port opened with ``{:packet, 4}`` reads and writes, and what DSPex's Python bridge
+spoke (``struct.pack(">I", len(data))``). `FrameDecoder` is incremental: feed it whatever a pipe
+read returned, take out the complete frames. It never allocates more than `max_frame` bytes for
+one frame: a length prefix above `max_frame` raises `ProtocolError` *before* anything is buffered,
+so a peer writing garbage (or a hostile length) cannot make us allocate gigabytes.
+
+Codecs turn Python values into payloads and back. `JSON_CODEC` is the default (UTF-8 JSON);
+`RAW_CODEC` passes `bytes` through; `PICKLE_CODEC` (dill) is only for `Port.spawn` workers you
+started yourself, and only when you ask for it: unpickling runs code, so a port never unpickles
+the output of a program it did not create.
+
+When not to use it: for a stream with its own framing (newline-delimited JSON, HTTP) use that
+framing; this module only knows 4-byte length prefixes.
+
+Example:
+    >>> from dspex_actors._framing import FrameDecoder, encode_frame
+    >>> decoder = FrameDecoder(max_frame=1024)
+    >>> data = encode_frame(b"hello", max_frame=1024) + encode_frame(b"!", max_frame=1024)
+    >>> decoder.feed(data[:3]), decoder.feed(data[3:])
+    ([], [b'hello', b'!'])
+    >>> decoder.eof()  # nothing left half-read
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from ._errors import ProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "HEADER_SIZE",
+    "JSON_CODEC",
+    "PICKLE_CODEC",
+    "RAW_CODEC",
+    "Codec",
+    "FrameDecoder",
+    "JsonCodec",
+    "PickleCodec",
+    "RawCodec",
+    "encode_frame",
+]
+
+HEADER_SIZE = 4
+"""Bytes in a length prefix (``{:packet, 4}``)."""
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+"""Largest payload accepted by default, in bytes (16 MiB)."""
+
+_HEADER = struct.Struct(">I")
+
+
+# --- codecs ------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Turns values into frame payloads and back.
+
+    `decode` must raise `ProtocolError` (not `ValueError`, not `UnicodeDecodeError`) for a payload
+    it cannot read, so callers handle one error type for every kind of bad input.
+    """
+
+    @property
+    def name(self) -> str:
+        """A short name for logs and `PortInfo` (``"json"``)."""
+        ...
+
+    def encode(self, value: Any) -> bytes:
+        """The payload for `value`; raise `ProtocolError` if it cannot be encoded."""
+        ...
+
+    def decode(self, payload: bytes) -> Any:
+        """The value in `payload`; raise `ProtocolError` if it is malformed."""
+        ...
+
+
+@attrs.frozen
+class JsonCodec:
+    """UTF-8 JSON (the default, and what DSPex's bridge spoke). Safe for untrusted peers."""
+
+    name: str = "json"
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"cannot encode {type(value).__name__} as JSON: {exc}") from exc
+
+    def decode(self, payload: bytes) -> Any:
+        try:
+            return json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(f"invalid JSON in frame ({len(payload)} bytes): {exc}") from exc
+
+
+@attrs.frozen
+class RawCodec:
+    """No encoding: values are `bytes` (or `bytearray`/`memoryview`) and come back as `bytes`."""
+
+    name: str = "raw"
+
+    def encode(self, value: Any) -> bytes:
+        if isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value)
+        raise ProtocolError(f"the raw codec sends bytes, got {type(value).__name__}")
+
+    def decode(self, payload: bytes) -> Any:
+        return payload
+
+
+@attrs.frozen
+class PickleCodec:
+    """dill pickles: any Python value, including closures. Unpickling runs code.
+
+    Only `Port.spawn` accepts it (the child is our own code); `Port.open` refuses it, so the
+    output of an external program is never unpickled.
+    """
+
+    name: str = "pickle"
+
+    def encode(self, value: Any) -> bytes:
+        import dill
+
+        try:
+            data: bytes = dill.dumps(value)
+        except Exception as exc:
+            raise ProtocolError(f"cannot pickle {type(value).__name__}: {exc}") from exc
+        return data
+
+    def decode(self, payload: bytes) -> Any:
+        import dill
+
+        try:
+            return dill.loads(payload)
+        except Exception as exc:
+            raise ProtocolError(f"cannot unpickle frame ({len(payload)} bytes): {exc}") from exc
+
+
+JSON_CODEC = JsonCodec()
+RAW_CODEC = RawCodec()
+PICKLE_CODEC = PickleCodec()
+
+
+# --- frames ------------------------------------------------------------------------------------
+
+
+def encode_frame(payload: bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """`payload` with its 4-byte big-endian length prefix.
+
+    Raises:
+        ProtocolError: the payload is longer than `max_frame` (nothing is sent, so the stream
+            stays in sync and the port stays usable).
+    """
+    size = len(payload)
+    if size > max_frame:
+        raise ProtocolError(f"frame of {size} bytes exceeds max_frame ({max_frame} bytes)")
+    return _HEADER.pack(size) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: `feed(chunk)` returns the frames completed by that chunk.
+
+    Memory is bounded by `max_frame` + the header + the largest chunk fed: a length prefix above
+    `max_frame` raises `ProtocolError` at once, before the payload is buffered. After any
+    `ProtocolError` the decoder is broken (the stream is out of sync) and raises again on every
+    call; throw the stream away.
+
+    Args:
+        max_frame: the largest payload accepted, in bytes.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if not isinstance(max_frame, int) or isinstance(max_frame, bool) or max_frame < 0:
+            raise ValueError(f"max_frame must be a non-negative integer, got: {max_frame!r}")
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._need: int | None = None  # payload size of the frame being read, once known
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete."""
+        return len(self._buffer)
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Add bytes read from the stream; return every frame they complete, in order.
+
+        Raises:
+            ProtocolError: a length prefix exceeds `max_frame` (or the decoder broke earlier).
+        """
+        if self._error is not None:
+            raise self._error
+        self._buffer += chunk
+        frames: list[bytes] = []
+        buf = self._buffer
+        pos = 0
+        while True:
+            if self._need is None:
+                if len(buf) - pos < HEADER_SIZE:
+                    break
+                (size,) = _HEADER.unpack_from(buf, pos)
+                if size > self.max_frame:
+                    self._error = ProtocolError(
+                        f"incoming frame length {size} exceeds max_frame ({self.max_frame} "
+                        f"bytes); header bytes {bytes(buf[pos : pos + HEADER_SIZE])!r}"
+                    )
+                    self._buffer = bytearray()
+                    raise self._error
+                pos += HEADER_SIZE
+                self._need = size
+            if len(buf) - pos < self._need:
+                break
+            frames.append(bytes(buf[pos : pos + self._need]))
+            pos += self._need
+            self._need = None
+        del buf[:pos]
+        return frames
+
+    def eof(self) -> None:
+        """The stream ended: raise `ProtocolError` if a frame was cut off mid-way.
+
+        Raises:
+            ProtocolError: bytes of an incomplete header or payload are left over.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._need is not None or self._buffer:
+            expected = "header" if self._need is None else f"payload of {self._need} bytes"
+            raise ProtocolError(
+                f"truncated frame at end of stream: {len(self._buffer)} bytes of a {expected}"
+            )

@@ -1,0 +1,1298 @@
+"""`Port`: an OS process owned by one actor or thread at a time, speaking length-prefixed frames.
+
+This is Erlang's port, for Python. A port runs a program (`Port.open(argv)`) or a Python callable
+in a child process (`Port.spawn(handler)`) and exchanges frames with it over stdin/stdout: a
+4-byte big-endian length, then the payload (Erlang ``{:packet, 4}``). Stderr is read separately
+and logged with the port's id (event ``port_stderr``); it never mixes into the frames.
+
+- **Ownership.** A port has one owner: the `Actor` (its `ActorRef`) or the thread that opened it.
+  Only the owner may `send`, `recv`, `request` or `connect` it to a new owner; anyone else gets
+  `PortNotOwned`. `validate_port` and `safe_connect` are seed Fix 2: check a port before handing
+  it over, and classify every way the hand-over can fail.
+- **Death is an event.** The owner reads stdout itself, in its own thread (no hand-off on the
+  hot path). One thread per port (``dspex-port-<id>``) logs stderr and waits on the process's
+  exit event (a pidfd on Linux, the sentinel of a forked child). When it fires, the thread
+  reaps the process and tells the owner at once: an actor owner gets a
+  `PortExited(port, status)` message, a thread owner's `recv` raises `PortClosed` once every
+  frame written before the exit has been read, and `on_exit(PortExited)` is called if given.
+  Nothing polls.
+- **Close and kill.** `close(timeout)` closes stdin (a well-behaved worker exits on EOF), then
+  sends SIGTERM, then SIGKILL, to the whole process group (each port's process leads its own
+  session), and always reaps it. Any thread may close a port; only the owner may talk to it.
+- **Orphans.** A worker whose parent dies exits by itself within a second. `Port.spawn` workers
+  watch a lifeline pipe from the parent (a thread in the child reading it; EOF means the parent
+  is gone). `Port.open` programs get ``PR_SET_PDEATHSIG`` (SIGKILL) on Linux; because Linux
+  sends that signal when the *thread* that forked the child ends, `Port.open` forks from one
+  spawner thread (``dspex-port-spawner``) that lives while any opened port does. Elsewhere, an
+  external program only learns of its parent's death from EOF on stdin.
+
+**Start methods** (`Port.spawn(..., start_method=...)`): the default is ``"spawn"``, a fresh
+interpreter. A parent that runs actors always has threads, and ``fork`` copies whatever locks
+those threads held (logging, allocators, pykka inboxes) into a child that can then deadlock;
+CPython 3.12 warns about it and 3.14 stopped defaulting to it. ``"fork"`` starts much faster and
+is fine when the handler touches no lock another thread may hold; ``"forkserver"`` is offered
+too (its server process lives until the parent exits). The handler and its arguments cross with
+dill, so closures and lambdas work with every method; requests and replies are JSON frames (the
+hot path never unpickles), unless you choose ``codec=PICKLE_CODEC``.
+
+When not to use it: for work that needs no isolation, an actor (a thread) is cheaper; for a
+pool of interchangeable workers use `ProcessPool`, which hands ports out and replaces dead ones.
+
+Example:
+    >>> import sys
+    >>> from dspex_actors import Port
+    >>> port = Port.spawn(lambda request: {"double": request["n"] * 2})
+    >>> port.request({"n": 21}, timeout=30)
+    {'double': 42}
+    >>> port.close()
+    >>> port.info() is None
+    True
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import itertools
+import os
+import queue
+import select
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+import pykka
+
+from ._actor import Actor, current_actor
+from ._errors import (
+    CallTimeout,
+    ConnectError,
+    ConnectExited,
+    ConnectFailed,
+    InvalidOption,
+    NotAPort,
+    PortClosed,
+    PortNotOwned,
+    ProtocolError,
+    RemoteError,
+)
+from ._framing import (
+    DEFAULT_MAX_FRAME,
+    JSON_CODEC,
+    PICKLE_CODEC,
+    Codec,
+    FrameDecoder,
+    JsonCodec,
+    PickleCodec,
+    encode_frame,
+)
+from ._logging import log_event
+
+__all__ = [
+    "START_METHODS",
+    "Owner",
+    "Port",
+    "PortActor",
+    "PortExited",
+    "PortInfo",
+    "safe_connect",
+    "validate_port",
+]
+
+Owner = pykka.ActorRef[Any] | threading.Thread
+"""Who may talk to a port: an actor (its `ActorRef`) or a thread."""
+
+START_METHODS = ("spawn", "fork")
+"""Start methods `Port.spawn` accepts (``"spawn"`` is the default)."""
+
+_KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL in close()
+_STDERR_TAIL = 50  # stderr lines kept per port for diagnostics
+
+
+# --- public types ------------------------------------------------------------------------------
+
+
+@attrs.frozen(eq=False)
+class PortExited:
+    """The port's process has exited (the Erlang ``{port, {:exit_status, status}}`` message).
+
+    Sent to an actor owner as a message; passed to `on_exit`; the exit reason of a `PortActor`.
+
+    Attributes:
+        port: the port.
+        status: the exit status; negative means killed by that signal (``-9``: SIGKILL).
+    """
+
+    port: Port
+    status: int | None
+
+    def __repr__(self) -> str:
+        return f"PortExited({self.port}, status={self.status})"
+
+
+@attrs.frozen
+class PortInfo:
+    """What `Port.info()` reports about an open port (like Erlang's ``Port.info/1``).
+
+    Attributes:
+        id: the port's number in this process (``#Port<id>``).
+        name: the program (`argv[0]`) or the handler's name.
+        os_pid: the OS process id.
+        owner: the `ActorRef` or thread allowed to talk to it (Erlang's ``:connected``).
+        codec: the codec's name (``"json"``, ``"raw"``, ``"pickle"``).
+        max_frame: the largest payload accepted in either direction, in bytes.
+    """
+
+    id: int
+    name: str
+    os_pid: int
+    owner: Owner
+    codec: str
+    max_frame: int
+
+
+class _Child(Protocol):
+    """The OS process behind a port: a `subprocess.Popen` or a `multiprocess` process."""
+
+    pid: int
+
+    def wait_status(self, timeout: float | None) -> int | None: ...
+
+    def exit_fd(self) -> int | None: ...
+
+
+# --- public API --------------------------------------------------------------------------------
+
+
+_ids = itertools.count(1)
+
+
+class Port:
+    """An OS process exchanging length-prefixed frames with its owner. Create with `open`/`spawn`.
+
+    Every method that blocks takes `timeout` in seconds (`None` waits forever).
+    """
+
+    def __init__(
+        self,
+        child: _Child,
+        *,
+        stdin_fd: int,
+        stdout_fd: int,
+        stderr_fd: int,
+        name: str,
+        codec: Codec,
+        max_frame: int,
+        owner: Owner,
+        on_exit: Callable[[PortExited], None] | None,
+        enveloped: bool,
+        on_reaped: Callable[[], None] | None = None,
+    ) -> None:
+        self.id = next(_ids)
+        self._child = child
+        self._stdin_fd: int | None = stdin_fd
+        self._name = name
+        self._codec = codec
+        self._max_frame = max_frame
+        self._owner: Owner = owner
+        self._on_exit = on_exit
+        self._enveloped = enveloped
+        self._on_reaped = on_reaped
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        # The owner reads stdout itself, in its own thread (no hand-off on the hot path); the
+        # reader thread only watches stderr and the process's exit event.
+        self._recv_lock = threading.Lock()
+        self._stdout_fd: int | None = stdout_fd
+        self._decoder = FrameDecoder(max_frame)
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._stream_error: ProtocolError | None = None
+        self._stream_done = False  # EOF seen, or the stream broke: only PortClosed from now on
+        self._poller = select.poll()
+        self._poller.register(stdout_fd, select.POLLIN)
+        self._closing = False
+        self._exit: PortExited | None = None
+        self._exited = threading.Event()
+        self._request_ids = itertools.count(1)
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
+        _PARENT_FDS.update((stdin_fd, stdout_fd, stderr_fd))
+        # Non-blocking stdin lets send() give up on a stalled process after its timeout.
+        os.set_blocking(stdin_fd, False)
+        self._reader = threading.Thread(
+            target=self._watch,
+            args=(stderr_fd, child.exit_fd()),
+            name=f"dspex-port-{self.id}",
+            daemon=True,
+        )
+        self._reader.start()
+
+    # -- constructors --
+
+    @classmethod
+    def open(
+        cls,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        codec: Codec = JSON_CODEC,
+        owner: Owner | None = None,
+        on_exit: Callable[[PortExited], None] | None = None,
+    ) -> Port:
+        """Start the program `argv` and return its port, owned by the caller (or `owner`).
+
+        The program reads frames on stdin and writes frames on stdout; what it writes on
+        stderr is logged (event ``port_stderr``) and kept (`stderr_tail`). It runs in its own
+        session (process group), and on Linux it is SIGKILLed if this process dies.
+
+        Args:
+            argv: the program and its arguments (no shell).
+            env: the environment (default: inherit ours).
+            cwd: the working directory.
+            max_frame: the largest payload accepted either way, in bytes (default 16 MiB).
+            codec: how values become payloads (`JSON_CODEC`; `RAW_CODEC` for bytes). Pickle is
+                refused: a port never unpickles what an external program wrote.
+            owner: the first owner (default: the calling actor, else the calling thread).
+            on_exit: called with `PortExited` once the process has exited and been reaped
+                (in the port's reader thread: keep it short).
+
+        Raises:
+            InvalidOption: a bad `argv`, `max_frame` or `codec`.
+            OSError: the program could not be started (e.g. `FileNotFoundError`).
+        """
+        if isinstance(argv, str | bytes) or not argv or not all(isinstance(a, str) for a in argv):
+            raise InvalidOption("argv", argv, "a non-empty sequence of strings")
+        _check_max_frame(max_frame)
+        if isinstance(codec, PickleCodec) or not isinstance(codec, Codec):
+            raise InvalidOption(
+                "codec", codec, "JSON_CODEC, RAW_CODEC or another non-pickle Codec for Port.open"
+            )
+        return cls._open(
+            list(argv),
+            env=env,
+            cwd=cwd,
+            max_frame=max_frame,
+            codec=codec,
+            owner=_resolve_owner(owner),
+            on_exit=on_exit,
+            enveloped=False,
+            name=os.path.basename(argv[0]),
+        )
+
+    @classmethod
+    def spawn(
+        cls,
+        handler: Callable[..., Any],
+        *args: Any,
+        start_method: str | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        codec: Codec = JSON_CODEC,
+        owner: Owner | None = None,
+        on_exit: Callable[[PortExited], None] | None = None,
+    ) -> Port:
+        """Serve `handler(request, *args) -> response` in a child process started by `multiprocess`.
+
+        The framework runs the frame loop in the child: each `request(obj)` reaches
+        `handler(obj, *args)`, and its return value (or the exception it raised, as
+        `RemoteError`) comes back. `handler` and `args` cross once, with dill (closures work).
+        Whatever the child prints goes to the port's stderr log, never into the frames.
+
+        Args:
+            handler: the callable to serve.
+            *args: extra arguments passed to every call (e.g. a configuration).
+            start_method: ``"spawn"`` (default: safe with threads), ``"forkserver"`` or
+                ``"fork"`` (fastest; see the module docs on fork safety).
+            max_frame: the largest payload accepted either way, in bytes.
+            codec: `JSON_CODEC` (default) or `PICKLE_CODEC` (any Python value; unpickles).
+            owner: the first owner (default: the calling actor, else the calling thread).
+            on_exit: called with `PortExited` once the process has exited and been reaped.
+
+        Raises:
+            InvalidOption: a bad start method, codec or `max_frame`.
+        """
+        if not callable(handler):
+            raise InvalidOption("handler", handler, "a callable")
+        method = start_method or "spawn"
+        if method not in START_METHODS:
+            raise InvalidOption("start_method", start_method, f"one of {START_METHODS}")
+        _check_max_frame(max_frame)
+        if not isinstance(codec, JsonCodec | PickleCodec):
+            raise InvalidOption("codec", codec, "JSON_CODEC or PICKLE_CODEC for Port.spawn")
+        owner = _resolve_owner(owner)
+        import dill
+
+        name = getattr(handler, "__qualname__", repr(handler))
+        if method == "spawn":
+            # A fresh interpreter that imports only dspex_actors (multiprocess's own "spawn"
+            # would re-run the parent's __main__, which breaks unguarded scripts): the handler
+            # arrives as the first frame, dill-pickled by value.
+            boot = (
+                f"import sys; sys.path[:0] = {sys.path!r}; "
+                "from dspex_actors._port import _spawn_entry; _spawn_entry()"
+            )
+            # Pickled before the process starts, so an unpicklable handler starts nothing.
+            try:
+                setup = dill.dumps((handler, args, codec.name, max_frame), recurse=True)
+            except Exception as exc:
+                raise InvalidOption(
+                    "handler", handler, f"picklable by dill with its args ({exc})"
+                ) from exc
+            port = cls._open(
+                [sys.executable, "-c", boot],
+                env=None,
+                cwd=None,
+                max_frame=max_frame,
+                codec=codec,
+                owner=owner,
+                on_exit=on_exit,
+                enveloped=True,
+                name=name,
+            )
+            port._write(encode_frame(setup, max_frame=len(setup)), None)
+            return port
+        return cls._fork(handler, args, name, max_frame, codec, owner, on_exit)
+
+    @classmethod
+    def _fork(
+        cls,
+        handler: Callable[..., Any],
+        args: tuple[Any, ...],
+        name: str,
+        max_frame: int,
+        codec: Codec,
+        owner: Owner,
+        on_exit: Callable[[PortExited], None] | None,
+    ) -> Port:
+        import multiprocess
+        from multiprocess.connection import Connection
+
+        ctx = multiprocess.get_context("fork")
+        in_r, in_w = os.pipe()  # parent -> child frames
+        out_r, out_w = os.pipe()  # child -> parent frames
+        err_r, err_w = os.pipe()  # child's stdout and stderr
+        life_r, life_w = os.pipe()  # never written: EOF in the child = the parent died
+        parent_fds = (in_w, out_r, err_r, life_w)
+        child_ends = [Connection(fd) for fd in (in_r, out_w, err_w, life_r)]
+        _PARENT_FDS.update(parent_fds)
+        try:
+            process = ctx.Process(
+                target=_fork_child_main,
+                args=(handler, args, *child_ends, codec.name, max_frame),
+                name=f"dspex-port-{name}",
+                daemon=False,
+            )
+            process.start()
+        except BaseException:
+            for fd in parent_fds:
+                _close_fd(fd)
+            raise
+        finally:
+            for conn in child_ends:
+                conn.close()
+
+        def forget_fds() -> None:
+            _close_fd(life_w)
+
+        return cls(
+            _ProcessChild(process),
+            stdin_fd=in_w,
+            stdout_fd=out_r,
+            stderr_fd=err_r,
+            name=name,
+            codec=codec,
+            max_frame=max_frame,
+            owner=owner,
+            on_exit=on_exit,
+            enveloped=True,
+            on_reaped=forget_fds,
+        )
+
+    @classmethod
+    def _open(
+        cls,
+        argv: list[str],
+        *,
+        env: Mapping[str, str] | None,
+        cwd: str | os.PathLike[str] | None,
+        max_frame: int,
+        codec: Codec,
+        owner: Owner,
+        on_exit: Callable[[PortExited], None] | None,
+        enveloped: bool,
+        name: str,
+    ) -> Port:
+        popen = _SPAWNER.popen(argv, env=env, cwd=cwd)
+        assert popen.stdin is not None
+        assert popen.stdout is not None
+        assert popen.stderr is not None
+        # Keep only raw fds: the reader thread and send() do their own buffering.
+        stdin_fd = os.dup(popen.stdin.fileno())
+        stdout_fd = os.dup(popen.stdout.fileno())
+        stderr_fd = os.dup(popen.stderr.fileno())
+        popen.stdin.close()
+        popen.stdout.close()
+        popen.stderr.close()
+        return cls(
+            _PopenChild(popen),
+            stdin_fd=stdin_fd,
+            stdout_fd=stdout_fd,
+            stderr_fd=stderr_fd,
+            name=name,
+            codec=codec,
+            max_frame=max_frame,
+            owner=owner,
+            on_exit=on_exit,
+            enveloped=enveloped,
+            on_reaped=_SPAWNER.release,
+        )
+
+    # -- talking to it (owner only) --
+
+    def send(self, obj: Any, timeout: float | None = 5.0) -> None:
+        """Encode `obj` and write it as one frame.
+
+        Raises:
+            PortNotOwned: the caller is not the owner.
+            PortClosed: the port is closed or its process has exited.
+            ProtocolError: `obj` cannot be encoded, or its payload exceeds `max_frame` (nothing
+                was written; the port is still usable).
+            CallTimeout: the process did not read the frame within `timeout` (it is stalled;
+                the stream is now out of sync, so the port is closed).
+        """
+        self._check_owner()
+        data = encode_frame(self._codec.encode(obj), max_frame=self._max_frame)
+        self._write(data, timeout)
+
+    def recv(self, timeout: float | None = 5.0) -> Any:
+        """Wait for the next frame from the process and return its decoded value.
+
+        Raises:
+            PortNotOwned: the caller is not the owner.
+            PortClosed: the process has exited (after every frame it sent has been received);
+                `exit_status` has its status.
+            ProtocolError: the frame is malformed (bad payload for the codec: the port stays
+                open), or the stream broke (over-long length prefix, truncated frame: the port
+                is closed).
+            CallTimeout: no frame within `timeout`.
+        """
+        self._check_owner()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._recv_lock:
+            frame = self._next_frame(deadline, timeout)
+        return self._codec.decode(frame)
+
+    def request(self, obj: Any, timeout: float | None = 5.0) -> Any:
+        """Send one request and wait for its reply, matched by request id.
+
+        For `Port.spawn` ports, returns what the handler returned (raises `RemoteError` if it
+        raised). For `Port.open` ports with the JSON codec, `obj` must be a mapping: it is sent
+        with an ``"id"`` (a fresh one unless it has its own), and the reply must be a mapping
+        with the same ``"id"``; the whole reply is returned.
+
+        A reply with another id means the stream holds a stale answer: `ProtocolError`. After a
+        `CallTimeout` the reply may still come later, so do not reuse the port for requests
+        (`ProcessPool` removes such a worker).
+
+        Raises:
+            ProtocolError: wrong reply id, malformed reply, or an unencodable request.
+            RemoteError: the spawned handler raised (the port stays usable).
+            CallTimeout, PortClosed, PortNotOwned: as for `send` / `recv`.
+        """
+        request_id, deadline = self._send_request(obj, timeout)
+        return self._await_reply(request_id, deadline)
+
+    def ping(self, timeout: float | None = 5.0) -> None:
+        """Check that a `Port.spawn` worker answers (its frame loop replies without calling
+        the handler).
+
+        Raises:
+            InvalidOption: this is a `Port.open` port (the program's protocol is not ours).
+            CallTimeout, PortClosed, PortNotOwned, ProtocolError: as for `request`.
+        """
+        if not self._enveloped:
+            raise InvalidOption("port", self, "a Port.spawn port (Port.open has no ping)")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        request_id = next(self._request_ids)
+        self.send([request_id], timeout)
+        self._await_reply(request_id, deadline)
+
+    def _send_request(self, obj: Any, timeout: float | None) -> tuple[Any, float | None]:
+        """The sending half of `request`: returns the request id and the deadline."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._enveloped:
+            request_id: Any = next(self._request_ids)
+            self.send([request_id, obj], timeout)
+            return request_id, deadline
+        if not isinstance(obj, Mapping):
+            raise ProtocolError(f"request() needs a mapping to carry an id, got {_short(obj)}")
+        request_id = obj.get("id")
+        if request_id is None:
+            request_id = next(self._request_ids)
+        self.send({**obj, "id": request_id}, timeout)
+        return request_id, deadline
+
+    def _await_reply(self, request_id: Any, deadline: float | None) -> Any:
+        """The receiving half of `request`."""
+        reply = self.recv(_remaining(deadline))
+        if self._enveloped:
+            if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[1], bool)):
+                raise ProtocolError(f"malformed reply from {self}: {_short(reply)}")
+            if reply[0] != request_id:
+                raise ProtocolError(
+                    f"reply id mismatch from {self}: expected {request_id}, got {reply[0]!r}"
+                )
+            if reply[1]:
+                return reply[2]
+            kind, message = _error_fields(reply[2])
+            raise RemoteError(kind, message, str(self))
+        if not isinstance(reply, Mapping) or "id" not in reply:
+            raise ProtocolError(f"reply without an id from {self}: {_short(reply)}")
+        if reply["id"] != request_id:
+            raise ProtocolError(
+                f"reply id mismatch from {self}: expected {request_id!r}, got {reply['id']!r}"
+            )
+        return reply
+
+    # -- ownership --
+
+    @property
+    def owner(self) -> Owner:
+        """The `ActorRef` or thread allowed to talk to this port."""
+        return self._owner
+
+    def connect(self, new_owner: Owner) -> None:
+        """Hand the port to `new_owner` (Erlang ``Port.connect``). Only the owner may do it.
+
+        Raises:
+            PortNotOwned: the caller is not the owner.
+            PortClosed: the port is closed or its process has exited.
+            ConnectFailed: `new_owner` is not an actor ref or thread (reason: the `TypeError`),
+                or is not alive (reason ``"target_dead"``).
+        """
+        self._check_owner()
+        target: Any = new_owner  # checked at run time: callers may pass anything
+        if not isinstance(target, pykka.ActorRef | threading.Thread):
+            error = TypeError(f"a port's owner is an ActorRef or a Thread, got: {target!r}")
+            raise ConnectFailed(error) from error
+        if not new_owner.is_alive():
+            raise ConnectFailed("target_dead")
+        with self._lock:
+            if self._closing or self._exit is not None:
+                raise PortClosed(self, "closed during connect")
+            self._owner = new_owner
+
+    def _reclaim(self, new_owner: Owner) -> None:
+        """Take the port back for `new_owner` whoever owns it (a pool's checkin does this)."""
+        with self._lock:
+            self._owner = new_owner
+
+    # -- state --
+
+    def info(self) -> PortInfo | None:
+        """A `PortInfo`, or None once the port is closed or its process has exited."""
+        with self._lock:
+            if self._closing or self._exit is not None:
+                return None
+            return PortInfo(
+                id=self.id,
+                name=self._name,
+                os_pid=self._child.pid,
+                owner=self._owner,
+                codec=self._codec.name,
+                max_frame=self._max_frame,
+            )
+
+    @property
+    def os_pid(self) -> int:
+        """The OS process id (also after exit)."""
+        return self._child.pid
+
+    @property
+    def exit_status(self) -> int | None:
+        """The exit status once the process has exited and been reaped, else None."""
+        with self._lock:
+            return self._exit.status if self._exit is not None else None
+
+    def wait_exit(self, timeout: float | None = 5.0) -> int | None:
+        """Wait until the process has exited and been reaped; return its status.
+
+        Raises:
+            CallTimeout: still running after `timeout` seconds.
+        """
+        if not self._exited.wait(timeout):
+            raise CallTimeout(str(self), "wait_exit", timeout)
+        return self.exit_status
+
+    def stderr_tail(self) -> list[str]:
+        """The last lines the process wrote on stderr (at most 50)."""
+        with self._lock:
+            return list(self._stderr_tail)
+
+    # -- closing --
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Stop the process and reap it; idempotent. Any thread may close a port.
+
+        Closes stdin first (a worker that reads frames exits on EOF) and waits up to `timeout`
+        seconds; then SIGTERM to the process group, up to one more second; then SIGKILL. The
+        reader thread reaps the process and ends before `close` returns (unless `close` is
+        called from that thread, e.g. from `on_exit`).
+        """
+        with self._lock:
+            self._closing = True
+        self._close_stdin()
+        if not self._exited.wait(timeout):
+            self._signal_group(signal.SIGTERM)
+            if not self._exited.wait(_KILL_GRACE):
+                self.kill()
+                self._exited.wait(None)
+        if threading.current_thread() is not self._reader:
+            self._reader.join()
+        # The process is gone, so a recv in progress sees EOF at once and lets go of the lock.
+        if self._recv_lock.acquire(timeout=5.0):
+            try:
+                fd, self._stdout_fd = self._stdout_fd, None
+                if fd is not None:
+                    self._poller.unregister(fd)
+                    _close_fd(fd)
+            finally:
+                self._recv_lock.release()
+
+    def kill(self) -> None:
+        """SIGKILL the process group now (no graceful step). The exit arrives as an event."""
+        self._signal_group(signal.SIGKILL)
+
+    def __repr__(self) -> str:
+        return f"#Port<{self.id}:{self._name}:{self._child.pid}>"
+
+    def __enter__(self) -> Port:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals --
+
+    def _check_owner(self) -> None:
+        caller = _caller()
+        with self._lock:
+            owner = self._owner
+            closed = self._closing
+        if not _same_owner(owner, caller):
+            raise PortNotOwned(self, owner, caller)
+        if closed:
+            raise PortClosed(self, "closed")
+
+    def _write(self, data: bytes, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._send_lock:
+            fd = self._stdin_fd
+            if fd is None or self._exit is not None:
+                raise PortClosed(self, "process exited" if self._exit else "closed")
+            view = memoryview(data)
+            try:
+                while view:
+                    try:
+                        written = os.write(fd, view)
+                    except BlockingIOError:
+                        written = 0
+                    view = view[written:]
+                    if view and not _wait_writable(fd, _remaining(deadline)):
+                        break
+            except (BrokenPipeError, OSError) as exc:
+                raise PortClosed(self, f"process gone while sending: {exc}") from exc
+        if view:
+            # Half a frame is in the pipe: the stream is out of sync and cannot be reused.
+            self.kill()
+            raise CallTimeout(str(self), "send", timeout)
+
+    def _close_stdin(self) -> None:
+        with self._send_lock:
+            fd, self._stdin_fd = self._stdin_fd, None
+        if fd is not None:
+            _close_fd(fd)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self._exited.is_set():
+            return
+        pid = self._child.pid
+        # The child leads its own session, so its pgid is its pid; a spawned child may not
+        # have called setsid() yet, in which case only the pid itself is signalled.
+        for send in (os.killpg, os.kill):
+            try:
+                send(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                continue
+
+    def _next_frame(self, deadline: float | None, timeout: float | None) -> bytes:
+        """The next raw frame from stdout, read in the caller's thread (holds `_recv_lock`)."""
+        while True:
+            if self._frames:
+                return self._frames.popleft()
+            if self._stream_error is not None:
+                error, self._stream_error = self._stream_error, None
+                raise error
+            fd = self._stdout_fd
+            if self._stream_done or fd is None:
+                # The exit event follows EOF closely (the process was killed if it lingered).
+                grace = 5.0 if deadline is None else max(1.0, deadline - time.monotonic())
+                if not self._exited.wait(grace):
+                    raise CallTimeout(str(self), "recv", timeout)
+                raise PortClosed(self, f"process exited with status {self.exit_status}")
+            if deadline is not None:
+                ms = max(0, int((deadline - time.monotonic()) * 1000))
+                if not self._poller.poll(ms):
+                    raise CallTimeout(str(self), "recv", timeout)
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self._stream_done = True
+                try:
+                    self._decoder.eof()
+                except ProtocolError as exc:
+                    self._stream_error = exc
+                # stdout is gone: the process is exiting, or closed it and cannot answer any
+                # more (then it is killed).
+                if not self._exited.wait(0.5):
+                    self.kill()
+                continue
+            try:
+                self._frames.extend(self._decoder.feed(chunk))
+            except ProtocolError as exc:
+                # A bad length prefix desynchronises the stream for good.
+                self._stream_error = exc
+                self._stream_done = True
+                self.kill()
+
+    def _watch(self, stderr_fd: int, exit_fd: int | None) -> None:
+        """The reader thread: log stderr; on the exit event, reap and tell the owner."""
+        sel = selectors.DefaultSelector()
+        sel.register(stderr_fd, selectors.EVENT_READ, "err")
+        if exit_fd is not None:
+            sel.register(exit_fd, selectors.EVENT_READ, "exit")
+        err_buffer = bytearray()
+        err_open = True
+        drain_deadline: float | None = None  # set once the process has exited
+        try:
+            while err_open:
+                timeout: float | None = None
+                if drain_deadline is not None:
+                    timeout = max(0.0, drain_deadline - time.monotonic())
+                events = sel.select(timeout)
+                if not events and drain_deadline is not None:
+                    break  # a grandchild outside the group holds stderr: stop waiting for it
+                for key, _ in events:
+                    if key.data == "exit":
+                        sel.unregister(key.fd)
+                        drain_deadline = time.monotonic() + 1.0
+                        continue
+                    chunk = os.read(key.fd, 65536)
+                    if chunk:
+                        err_buffer += chunk
+                        err_buffer = self._log_stderr(err_buffer, final=False)
+                    else:
+                        sel.unregister(key.fd)
+                        err_open = False
+            self._log_stderr(err_buffer, final=True)
+        finally:
+            sel.close()
+            _close_fd(stderr_fd)
+            status = self._child.wait_status(None)
+            if exit_fd is not None:
+                os.close(exit_fd)
+            self._finish(status)
+
+    def _log_stderr(self, buffer: bytearray, *, final: bool) -> bytearray:
+        *lines, rest = bytes(buffer).split(b"\n")
+        if final and rest:
+            lines.append(rest)
+            rest = b""
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            with self._lock:
+                self._stderr_tail.append(line)
+            log_event("INFO", "port_stderr", "{port} stderr: {line}", port=str(self), line=line)
+        if len(rest) > 65536:  # one endless line: log it in pieces rather than grow forever
+            return self._log_stderr(bytearray(rest + b"\n"), final=False)
+        return bytearray(rest)
+
+    def _finish(self, status: int | None) -> None:
+        event = PortExited(self, status)
+        with self._lock:
+            self._exit = event
+            owner = self._owner
+        self._close_stdin()
+        if self._on_reaped is not None:
+            self._on_reaped()
+        self._exited.set()
+        log_event(
+            "INFO" if status == 0 else "WARNING",
+            "port_exited",
+            "{port} exited with status {status}",
+            port=str(self),
+            status=status,
+        )
+        if isinstance(owner, pykka.ActorRef):
+            with contextlib.suppress(pykka.ActorDeadError):
+                owner.tell(event)
+        if self._on_exit is not None:
+            try:
+                self._on_exit(event)
+            except Exception as exc:
+                log_event(
+                    "ERROR",
+                    "port_on_exit_failed",
+                    "on_exit of {port} raised",
+                    port=str(self),
+                    exc=exc,
+                )
+
+
+def validate_port(port: Any) -> PortInfo:
+    """Check that `port` is an open port owned by the caller (seed Fix 2) and return its info.
+
+    Raises:
+        NotAPort: `port` is not a `Port` (seed ``:not_a_port``).
+        PortClosed: it is closed or its process has exited (``:port_closed``).
+        PortNotOwned: the calling actor or thread is not its owner (``:port_not_owned``).
+    """
+    if not isinstance(port, Port):
+        raise NotAPort(port)
+    info = port.info()
+    if info is None:
+        raise PortClosed(port)
+    caller = _caller()
+    if not _same_owner(info.owner, caller):
+        raise PortNotOwned(port, info.owner, caller)
+    return info
+
+
+def safe_connect(port: Any, target: Any) -> PortInfo:
+    """Validate `port`, then hand it to `target`, classifying every failure (seed Fix 2).
+
+    Returns the port's info as seen by the new owner.
+
+    Raises:
+        ConnectFailed: `reason` is the validation error (`NotAPort`, `PortClosed` or
+            `PortNotOwned`, also the `__cause__`) when the port is not ours to give;
+            ``"target_dead"`` when `target` is not alive; ``"process_died"`` when the port's
+            process exited between the check and the hand-over.
+        ConnectExited: `target` exited during the hand-over (the port is taken back).
+        ConnectError: anything unexpected, as ``(kind, reason)``.
+    """
+    try:
+        validate_port(port)
+    except (NotAPort, PortClosed, PortNotOwned) as exc:
+        raise ConnectFailed(exc) from exc
+    if not isinstance(target, pykka.ActorRef | threading.Thread):
+        error = TypeError(f"a port's owner is an ActorRef or a Thread, got: {target!r}")
+        raise ConnectFailed(error) from error
+    if not target.is_alive():
+        raise ConnectFailed("target_dead")
+    previous = port.owner
+    try:
+        port.connect(target)
+    except PortClosed as exc:
+        raise ConnectFailed("process_died") from exc
+    except ConnectFailed:
+        raise
+    except Exception as exc:
+        raise ConnectError(type(exc).__name__, exc) from exc
+    if not target.is_alive():
+        port._reclaim(previous)
+        raise ConnectExited("target_exited")
+    info: PortInfo | None = port.info()
+    if info is None:
+        raise ConnectFailed("process_died")
+    return info
+
+
+# --- PortActor ---------------------------------------------------------------------------------
+
+
+class PortActor(Actor):
+    """An `Actor` owning one `Port`, so an OS process can be a supervised child.
+
+    The process exiting (for any reason, including status 0) makes the actor exit with reason
+    `PortExited(port, status)`, which a supervisor treats as a crash. Stopping or killing the
+    actor closes the port (the process group is terminated and reaped).
+
+    Talk to it through its proxy: ``ref.proxy().request(obj).get()``; the actor's thread owns
+    the port, so requests are serialised through it.
+
+    Args:
+        argv: the program, for `Port.open`; or
+        target: a callable, for `Port.spawn` (with `args`).
+        close_timeout: seconds `close` waits for a graceful exit before signalling.
+        **options: passed to `Port.open` / `Port.spawn` (`max_frame`, `codec`, ...).
+
+    Example:
+        >>> ref = PortActor.start(target=lambda request: request)
+        >>> ref.proxy().request("hi", 30).get()
+        'hi'
+        >>> ref.stop()
+        True
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str] | None = None,
+        target: Callable[..., Any] | None = None,
+        args: Sequence[Any] = (),
+        close_timeout: float = 2.0,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        if (argv is None) == (target is None):
+            raise InvalidOption("argv", argv, "given alone, or target given alone")
+        self._argv = argv
+        self._target = target
+        self._args = tuple(args)
+        self._options = options
+        self._close_timeout = close_timeout
+        self.port: Port | None = None
+
+    def on_start(self) -> None:
+        if self._argv is not None:
+            self.port = Port.open(self._argv, owner=self.actor_ref, **self._options)
+        else:
+            assert self._target is not None
+            self.port = Port.spawn(self._target, *self._args, owner=self.actor_ref, **self._options)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, PortExited) and message.port is self.port:
+            self.exit(message)
+        return None
+
+    def request(self, obj: Any, timeout: float | None = 5.0) -> Any:
+        """`Port.request` on the owned port."""
+        assert self.port is not None
+        return self.port.request(obj, timeout)
+
+    def send(self, obj: Any, timeout: float | None = 5.0) -> None:
+        """`Port.send` on the owned port."""
+        assert self.port is not None
+        self.port.send(obj, timeout)
+
+    def recv(self, timeout: float | None = 5.0) -> Any:
+        """`Port.recv` on the owned port."""
+        assert self.port is not None
+        return self.port.recv(timeout)
+
+    def os_pid(self) -> int:
+        """The OS process id of the port's program."""
+        assert self.port is not None
+        return self.port.os_pid
+
+    def _dspex_on_exit(self, reason: Any) -> None:
+        if self.port is not None:
+            self.port.close(self._close_timeout)
+
+
+# --- private helpers ---------------------------------------------------------------------------
+
+
+def _caller() -> Owner:
+    return current_actor() or threading.current_thread()
+
+
+def _resolve_owner(owner: Owner | None) -> Owner:
+    if owner is None:
+        return _caller()
+    if not isinstance(owner, pykka.ActorRef | threading.Thread):
+        raise InvalidOption("owner", owner, "an ActorRef or a Thread")
+    return owner
+
+
+def _same_owner(a: Owner, b: Owner) -> bool:
+    if isinstance(a, pykka.ActorRef) and isinstance(b, pykka.ActorRef):
+        return a.actor_urn == b.actor_urn
+    return a is b
+
+
+def _check_max_frame(max_frame: Any) -> None:
+    if not isinstance(max_frame, int) or isinstance(max_frame, bool) or max_frame < 1:
+        raise InvalidOption("max_frame", max_frame, "a positive integer (bytes)")
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def _wait_writable(fd: int, timeout: float | None) -> bool:
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_WRITE)
+        return bool(sel.select(timeout))
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_fields(error: Any) -> tuple[str, str]:
+    if isinstance(error, list) and len(error) == 2:
+        return str(error[0]), str(error[1])
+    return "Exception", str(error)
+
+
+class _PopenChild:
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    def wait_status(self, timeout: float | None) -> int | None:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def exit_fd(self) -> int | None:
+        # A pidfd becomes readable when the process exits (Linux >= 5.3); elsewhere the
+        # reader thread learns of the exit from EOF on stderr.
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is None:
+            return None
+        try:
+            fd: int = pidfd_open(self.pid)
+        except OSError:
+            return None
+        return fd
+
+
+class _ProcessChild:
+    def __init__(self, process: Any) -> None:
+        self.process = process
+        self.pid: int = process.pid
+
+    def wait_status(self, timeout: float | None) -> int | None:
+        self.process.join(timeout)
+        code: int | None = self.process.exitcode
+        return code
+
+    def exit_fd(self) -> int | None:
+        # The process sentinel becomes readable when the process exits.
+        return os.dup(self.process.sentinel)
+
+
+# Parent-side fds of every port: a child started with "fork" inherits them and must close
+# them, or its own (and its siblings') lifeline and stdin would never reach EOF.
+_PARENT_FDS: set[int] = set()
+
+
+def _close_fd(fd: int) -> None:
+    _PARENT_FDS.discard(fd)
+    os.close(fd)
+
+
+class _Spawner:
+    """Forks `Port.open` children from one thread that lives while any opened port does.
+
+    Linux sends ``PR_SET_PDEATHSIG`` when the *thread* that forked the child exits, not the
+    process, so children must not be forked from short-lived actor or client threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._live = 0
+        self._thread: threading.Thread | None = None
+
+    def popen(
+        self,
+        argv: list[str],
+        *,
+        env: Mapping[str, str] | None,
+        cwd: str | os.PathLike[str] | None,
+    ) -> subprocess.Popen[bytes]:
+        parent = os.getpid()
+        preexec = _pdeathsig_preexec(parent) if sys.platform.startswith("linux") else None
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=None if env is None else dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+
+        with self._lock:
+            self._live += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="dspex-port-spawner", daemon=True
+                )
+                self._thread.start()
+        reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._jobs.put((start, reply))
+        ok, value = reply.get()
+        if not ok:
+            self.release()
+            raise value
+        popen: subprocess.Popen[bytes] = value
+        return popen
+
+    def release(self) -> None:
+        """One opened port has been reaped; the last one lets the spawner thread end."""
+        with self._lock:
+            self._live -= 1
+            if self._live == 0 and self._thread is not None:
+                self._jobs.put(None)
+                self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            start, reply = job
+            try:
+                reply.put((True, start()))
+            except BaseException as exc:
+                reply.put((False, exc))
+
+
+_SPAWNER = _Spawner()
+
+
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+def _pdeathsig_preexec(parent: int) -> Callable[[], None]:
+    """A preexec_fn: SIGKILL this child when its parent thread dies; exit if it already has."""
+    prctl = _libc().prctl
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def _spawn_entry() -> None:
+    """The start of a ``"spawn"`` child (runs in the child): read the handler, then serve."""
+    import dill
+
+    in_fd = 0
+    out_fd = os.dup(1)
+    # Anything the handler prints goes to the port's stderr log, never into the frames.
+    os.dup2(2, 1)
+    _line_buffered_std_streams()
+    decoder = FrameDecoder(2**32 - 1)
+    frames: list[bytes] = []
+    while not frames:
+        chunk = os.read(in_fd, 1 << 20)
+        if not chunk:
+            return
+        frames = decoder.feed(chunk)
+    handler, args, codec_name, max_frame = dill.loads(frames[0])
+    _serve(in_fd, out_fd, handler, args, codec_name, max_frame, frames[1:], decoder)
+
+
+def _line_buffered_std_streams() -> None:
+    # Fresh line-buffered streams on fds 1 and 2: a forked child may have inherited replaced
+    # sys.stdout/sys.stderr objects (pytest's capture, a GUI), and a pipe is block-buffered.
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+
+def _fork_child_main(
+    handler: Callable[..., Any],
+    args: tuple[Any, ...],
+    stdin: Any,
+    stdout: Any,
+    stderr: Any,
+    lifeline: Any,
+    codec_name: str,
+    max_frame: int,
+) -> None:
+    """The start of a ``"fork"`` child (runs in the child)."""
+    in_fd, out_fd, err_fd, life_fd = (c.fileno() for c in (stdin, stdout, stderr, lifeline))
+    for fd in _PARENT_FDS - {in_fd, out_fd, err_fd, life_fd}:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        os.setsid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(err_fd, 1)
+    os.dup2(err_fd, 2)
+    _line_buffered_std_streams()
+
+    def watch_parent() -> None:
+        try:
+            os.read(life_fd, 1)
+        finally:
+            os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch_parent, name="port-lifeline", daemon=True).start()
+    _serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], FrameDecoder(max_frame))
+
+
+def _serve(
+    in_fd: int,
+    out_fd: int,
+    handler: Callable[..., Any],
+    args: tuple[Any, ...],
+    codec_name: str,
+    max_frame: int,
+    pending: list[bytes],
+    decoder: FrameDecoder,
+) -> None:
+    """The frame loop of a `Port.spawn` child: ``[id, request]`` in, ``[id, ok, value]`` out."""
+    codec: Codec = PICKLE_CODEC if codec_name == "pickle" else JSON_CODEC
+    decoder.max_frame = max_frame
+
+    def write(value: Any) -> None:
+        try:
+            data = encode_frame(codec.encode(value), max_frame=max_frame)
+        except ProtocolError as exc:
+            error = [value[0], False, ["ProtocolError", str(exc)]]
+            data = encode_frame(codec.encode(error), max_frame=max_frame)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out_fd, view) :]
+
+    while True:
+        for frame in pending:
+            message = codec.decode(frame)
+            if isinstance(message, list) and len(message) == 1:  # a ping: [id]
+                write([message[0], True, "pong"])
+                continue
+            if not (isinstance(message, list) and len(message) == 2):
+                raise ProtocolError(f"expected a [id, request] envelope, got {_short(message)}")
+            request_id, request = message
+            try:
+                result = handler(request, *args)
+            except Exception as exc:
+                write([request_id, False, [type(exc).__name__, str(exc)]])
+            else:
+                write([request_id, True, result])
+        chunk = os.read(in_fd, 65536)
+        if not chunk:
+            decoder.eof()
+            return
+        pending = decoder.feed(chunk)

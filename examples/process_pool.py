@@ -1,0 +1,78 @@
+"""A pool of worker processes that shrugs off SIGKILL: ports, ProcessPool, WorkerCrashed.
+
+Run it: ``python examples/process_pool.py``. It starts a `ProcessPool` of two Python worker
+processes, serves requests, SIGKILLs an idle worker (the pool replaces it; nobody notices),
+kills a worker in the middle of a request (`WorkerCrashed`, then the same call with
+``retries=1`` succeeds), and finally shows a bare `Port` talking to an external program.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import psutil
+
+from dspex_actors import Port, ProcessPool, WorkerCrashed
+from dspex_actors.testing import wait_for
+
+ECHO_PROGRAM = """
+import struct, sys
+r, w = sys.stdin.buffer, sys.stdout.buffer
+while len(h := r.read(4)) == 4:
+    data = r.read(struct.unpack(">I", h)[0])
+    w.write(h + data)
+    w.flush()
+"""
+
+
+def handle(request: Any) -> Any:
+    """The worker's code: runs in a child process, one request at a time."""
+    if request == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)  # a segfault, an OOM kill, a kill -9...
+    return {"pid": os.getpid(), "squared": request * request}
+
+
+def workers() -> list[int]:
+    return sorted(c.pid for c in psutil.Process().children() if c.status() != "zombie")
+
+
+def main() -> int:
+    pool = ProcessPool.start(target=handle, pool_size=2)
+    try:
+        # Workers join the pool once they answer a ping (each is a fresh interpreter).
+        wait_for(lambda: pool.status().idle == 2, timeout=30)
+        print(f"workers: {workers()}")
+        for n in range(1, 4):
+            reply = pool.call(n, timeout=30)
+            print(f"call({n}) -> {reply['squared']} (from worker {reply['pid']})")
+
+        victim = workers()[0]
+        os.kill(victim, signal.SIGKILL)
+        print(f"SIGKILLed idle worker {victim}")
+        wait_for(lambda: pool.status().workers_removed == 1 and pool.status().idle == 2)
+        print(
+            f"replaced: workers now {workers()}; call(5) -> {pool.call(5, timeout=30)['squared']}"
+        )
+
+        try:
+            pool.call("crash", timeout=30)
+        except WorkerCrashed as exc:
+            print(f"a worker died mid-request: {exc}")
+        print(f"the pool still serves: call(6) -> {pool.call(6, timeout=30)['squared']}")
+        print(f"status: {pool.status()}")
+    finally:
+        pool.stop(timeout=30)
+    print(f"after stop, live workers: {workers()}")
+
+    with Port.open([sys.executable, "-c", ECHO_PROGRAM]) as port:
+        reply = port.request({"command": "ping"}, timeout=10)
+        print(f"external program on {port}: {reply}")
+    print(f"port closed with status {port.exit_status}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Length-prefixed frames and codecs (issue 5 §1, §3 "bad input"): ids fr_01..fr_12."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dspex_actors import ProtocolError
+from dspex_actors._framing import (
+    HEADER_SIZE,
+    JSON_CODEC,
+    PICKLE_CODEC,
+    RAW_CODEC,
+    FrameDecoder,
+    encode_frame,
+)
+
+
+def test_fr_01_a_frame_is_a_4_byte_big_endian_length_then_the_payload() -> None:
+    assert encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
+    assert encode_frame(b"") == b"\x00\x00\x00\x00"
+
+
+def test_fr_02_the_decoder_reassembles_frames_split_across_chunks_byte_by_byte() -> None:
+    stream = encode_frame(b"hello") + encode_frame(b"") + encode_frame(b"world!")
+    decoder = FrameDecoder(max_frame=64)
+    frames: list[bytes] = []
+    for i in range(len(stream)):
+        frames += decoder.feed(stream[i : i + 1])
+    assert frames == [b"hello", b"", b"world!"]
+    assert decoder.buffered == 0
+    decoder.eof()
+
+
+def test_fr_03_a_length_prefix_over_max_frame_raises_before_buffering_the_payload() -> None:
+    decoder = FrameDecoder(max_frame=10)
+    with pytest.raises(ProtocolError, match="exceeds max_frame"):
+        decoder.feed(struct.pack(">I", 11))
+    assert decoder.buffered == 0
+    # The stream is out of sync for good: the decoder stays broken.
+    with pytest.raises(ProtocolError):
+        decoder.feed(encode_frame(b"ok"))
+
+
+def test_fr_04_a_frame_of_exactly_max_frame_bytes_is_accepted_both_ways() -> None:
+    payload = b"x" * 10
+    assert FrameDecoder(max_frame=10).feed(encode_frame(payload, max_frame=10)) == [payload]
+    with pytest.raises(ProtocolError, match="exceeds max_frame"):
+        encode_frame(payload + b"x", max_frame=10)
+
+
+def test_fr_05_a_truncated_frame_at_end_of_stream_is_a_protocol_error() -> None:
+    decoder = FrameDecoder(max_frame=100)
+    assert decoder.feed(struct.pack(">I", 10) + b"abc") == []
+    with pytest.raises(ProtocolError, match="truncated frame"):
+        decoder.eof()
+    half_header = FrameDecoder(max_frame=100)
+    half_header.feed(b"\x00\x00")
+    with pytest.raises(ProtocolError, match="truncated frame"):
+        half_header.eof()
+
+
+def test_fr_06_garbage_bytes_read_as_a_huge_length_are_rejected() -> None:
+    with pytest.raises(ProtocolError, match="exceeds max_frame"):
+        FrameDecoder(max_frame=1024).feed(b"garbage! not a frame")
+
+
+def test_fr_07_invalid_json_and_invalid_utf8_are_protocol_errors() -> None:
+    with pytest.raises(ProtocolError, match="invalid JSON"):
+        JSON_CODEC.decode(b"{not json")
+    with pytest.raises(ProtocolError, match="invalid JSON"):
+        JSON_CODEC.decode(b"\xff\xfe")
+    with pytest.raises(ProtocolError, match="cannot encode"):
+        JSON_CODEC.encode({"x": object()})
+    with pytest.raises(ProtocolError, match="cannot encode"):
+        JSON_CODEC.encode(float("nan"))
+
+
+def test_fr_08_codecs_round_trip_their_values() -> None:
+    value = {"id": 1, "args": [1, "two", None, True, 2.5]}
+    assert JSON_CODEC.decode(JSON_CODEC.encode(value)) == value
+    assert RAW_CODEC.decode(RAW_CODEC.encode(b"\x00\xff")) == b"\x00\xff"
+    fn = PICKLE_CODEC.decode(PICKLE_CODEC.encode(lambda x: x + 1))
+    assert fn(1) == 2
+
+
+def test_fr_09_the_raw_codec_refuses_non_bytes_and_pickle_refuses_garbage() -> None:
+    with pytest.raises(ProtocolError, match="raw codec sends bytes"):
+        RAW_CODEC.encode("text")
+    with pytest.raises(ProtocolError, match="cannot unpickle"):
+        PICKLE_CODEC.decode(b"not a pickle")
+
+
+def test_fr_10_a_negative_or_non_integer_max_frame_is_rejected() -> None:
+    with pytest.raises(ValueError, match="max_frame"):
+        FrameDecoder(max_frame=-1)
+    with pytest.raises(ValueError, match="max_frame"):
+        FrameDecoder(max_frame=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=20), st.integers(min_value=1, max_value=32))
+def test_fr_11_any_sequence_of_frames_survives_any_chunking(
+    payloads: list[bytes], chunk: int
+) -> None:
+    stream = b"".join(encode_frame(p, max_frame=64) for p in payloads)
+    decoder = FrameDecoder(max_frame=64)
+    frames: list[bytes] = []
+    for i in range(0, len(stream), chunk):
+        frames += decoder.feed(stream[i : i + chunk])
+    decoder.eof()
+    assert frames == payloads
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=30))
+def test_fr_12_fuzzed_bytes_never_hang_or_crash_and_memory_stays_bounded(
+    chunks: list[bytes],
+) -> None:
+    """Arbitrary input: only frames or ProtocolError come out, and the buffer never exceeds
+    max_frame + header + one chunk (no allocation driven by a hostile length prefix)."""
+    max_frame = 128
+    decoder = FrameDecoder(max_frame=max_frame)
+    try:
+        for chunk in chunks:
+            for frame in decoder.feed(chunk):
+                assert len(frame) <= max_frame
+            assert decoder.buffered <= max_frame + HEADER_SIZE + len(chunk)
+        decoder.eof()
+    except ProtocolError:
+        pass
