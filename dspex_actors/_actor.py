@@ -25,7 +25,7 @@ Which hook runs when an actor exits:
 |---|---|
 | its own exception (crash), in a `tell`, `on_start`, `on_down` or `on_exit_signal` | `on_failure` |
 | `stop()`, `exit(reason)`, an exit signal (link or `send_exit`) | `on_stop` |
-| `kill` | none |
+| `kill` (not a linked peer's `KILLED` signal, which runs `on_stop`) | none |
 
 An exception in an `ask` goes back to the asker and the actor keeps running (pykka's rule).
 
@@ -96,6 +96,8 @@ class InternalMessage:
 
     Left in an inbox when the actor exits, they are dropped quietly, not logged as dead letters.
     """
+
+    __slots__ = ()
 
 
 @attrs.frozen
@@ -250,6 +252,7 @@ class _Proc:
         self.stop_replies: list[pykka.Future[Any]] = []
         self.replies_closed = False
         self.tearing_down = False
+        self.killed = False  # kill() was called: no cleanup hook runs
 
     def pending(self) -> Any:
         """The exit reason this actor has been asked to exit with, if any."""
@@ -274,12 +277,19 @@ class _Proc:
 
     # -- signals into this actor --
 
-    def interrupt(self, reason: Any) -> None:
-        """Exit at the next message boundary with `reason` (`KILLED` overrides any other)."""
+    def interrupt(self, reason: Any, *, kill: bool = False) -> None:
+        """Exit at the next message boundary with `reason`.
+
+        `kill=True` (only `kill()` and an untrappable `send_exit(ref, KILLED)`) overrides any
+        other pending reason and skips the cleanup hook. An exit *signal* whose reason happens
+        to be `KILLED` (a linked peer was killed) is an ordinary exit: `on_stop` runs.
+        """
         with self.lock:
             if self.exited or self.tearing_down:
                 return  # already exiting: its reason is settled, and cleanup cannot be cut short
-            if self.pending_exit is None or reason is KILLED:
+            if kill:
+                self.killed = True
+            if self.pending_exit is None or kill:
                 self.pending_exit = reason
             if not self.ours:
                 self.requested_reason = self.pending_exit
@@ -293,7 +303,7 @@ class _Proc:
     def exit_signal(self, sender: Any, reason: Any) -> None:
         """Deliver an exit signal (from a link, or `send_exit`) with Erlang's rules."""
         if reason is KILLED and sender is None:  # send_exit(ref, KILLED) is kill: untrappable
-            self.interrupt(KILLED)
+            self.interrupt(KILLED, kill=True)
         elif self.ours and self.trap_exits:
             self.ref.actor_inbox.put(Envelope(_ExitSignal(sender, reason)))
         elif reason is not NORMAL:
@@ -439,7 +449,7 @@ def kill(ref: pykka.ActorRef[Any]) -> None:
     Its inbox is dropped (queued askers get `ActorDeadError`). Python cannot interrupt a running
     handler; see the module docs. Killing a dead actor does nothing.
     """
-    _proc_of(ref).interrupt(KILLED)
+    _proc_of(ref).interrupt(KILLED, kill=True)
 
 
 def send_exit(ref: pykka.ActorRef[Any], reason: Any, *, sender: Any = None) -> None:
@@ -509,7 +519,7 @@ class Actor(pykka.ThreadingActor):
         if cls.on_start is pykka.Actor.on_start:
             return ref  # nothing can fail before the first message: no need to wait for it
         if not proc.started.wait(_os_timeout(cls.start_timeout)):
-            proc.interrupt(KILLED)
+            proc.interrupt(KILLED, kill=True)
             cause = TimeoutError(f"on_start did not return within {cls.start_timeout}s")
             raise StartError(cls, cause) from cause
         if proc.start_error is not None:
@@ -714,7 +724,7 @@ class Actor(pykka.ThreadingActor):
                 exc=crash,
             )
             self._dspex_call_hook(self.on_failure, type(crash), crash, crash.__traceback__)
-        elif reason is not KILLED:
+        elif not proc.killed:
             failure = self._dspex_call_hook(self.on_stop)
             if failure is not None:  # a crashing cleanup changes the reason, as in OTP
                 reason = failure

@@ -107,7 +107,7 @@ class SystemClock:
 def _run_timer(handle: TimerHandle) -> None:
     try:
         handle.callback()
-    except Exception:
+    except BaseException:
         from ._logging import log  # local import: _logging imports nothing of ours at load time
 
         log.opt(exception=True).error("timer callback {cb!r} raised", cb=handle.callback)

@@ -76,7 +76,7 @@ from ._errors import (
 )
 from ._logging import log_event
 from ._pool_results import NO_POOL_STATE, Async, Ok, Remove, Skip, Stop
-from ._reasons import KILLED, NORMAL, Down, Exit, MonitorRef, Shutdown
+from ._reasons import NORMAL, Down, Exit, MonitorRef, Shutdown
 
 if TYPE_CHECKING:
     from ._child_spec import ChildSpec
@@ -693,7 +693,7 @@ _FAILED: Final = 2
 _RETURNED: Final = 3
 
 
-class _Request(From):
+class _Request(From, InternalMessage):
     """One checkout: the message sent to the pool, its reply slot, and its `From`."""
 
     __slots__ = (
@@ -931,11 +931,9 @@ class _PoolActor(Actor):
         # As a gen_server that traps exits: the parent's exit signal (or one sent from plain
         # code) stops us; any other linked actor's exit is just information for the workers.
         if exit.ref is None or (self._parent is not None and exit.ref == self._parent):
-            if exit.reason is KILLED:
-                # Exiting with KILLED runs no hook, but a parent's `killed` is an ordinary exit
-                # signal to a trapping pool: NimblePool's terminate/2 still runs (idle workers,
-                # then the pool), or every worker's resource would leak.
-                self._terminate_all(KILLED)
+            # Even for a parent that was killed: an exit *signal* with reason KILLED is an
+            # ordinary exit, so on_stop runs terminate_worker/terminate_pool (NimblePool's
+            # terminate/2) and no worker's resource leaks.
             super().on_exit_signal(exit)
         else:
             self._on_info(exit)

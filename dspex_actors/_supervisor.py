@@ -264,7 +264,11 @@ class _SupervisorBase(Actor):
             try:
                 register(spec.name, ref)
             except NoProc:
-                pass  # it already exited: its exit signal is queued and handled as any other
+                if ref.is_alive():  # the NoProc came from elsewhere (a Via's stopped registry)
+                    self.unlink(ref)
+                    self._shutdown(spec, ref)
+                    raise _StartFailure(NoProc(repr(spec.name), "register")) from None
+                # it already exited: its exit signal is queued and handled as any other
             except (AlreadyStarted, AlreadyNamed) as exc:
                 self.unlink(ref)
                 self._shutdown(spec, ref)
@@ -350,10 +354,8 @@ class _SupervisorBase(Actor):
             return
         if exit.ref is not None and exit.ref is self._parent:
             # Our parent exited, for any reason (gen_server's rule for a trapping process):
-            # terminate, children first. `on_stop` does that, except on KILLED, which runs no
-            # hook: a killed parent still gets its grandchildren shut down in order, as in OTP.
-            if exit.reason is KILLED:
-                self._terminate_children()
+            # terminate, children first (`on_stop` does it, also when the parent was killed:
+            # only our own kill skips the hook).
             self.exit(exit.reason)
         # An exit signal from anything else (a child we already let go) is ignored (SUP-20).
 

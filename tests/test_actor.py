@@ -568,3 +568,29 @@ def test_current_actor_is_the_running_actor_or_none() -> None:
 def test_monitor_rejects_something_that_is_not_an_actor_ref() -> None:
     with pytest.raises(TypeError, match="expected a pykka ActorRef"):
         da.monitor("not a ref", lambda d: None)  # type: ignore[arg-type]
+
+
+def test_a_killed_peer_makes_a_linked_actor_exit_killed_with_its_cleanup_hook_run() -> None:
+    """Only kill() skips on_stop; an exit *signal* whose reason is KILLED is an ordinary exit."""
+    log: list[str] = []
+
+    class Cleans(Linker):
+        def on_stop(self) -> None:
+            log.append("on_stop")
+
+    linker, peer = Cleans.start(), Echo.start()
+    linker.proxy().link_to(peer).get(timeout=WAIT)
+    da.kill(peer)
+    assert da.wait_exit(linker, WAIT) is da.KILLED
+    assert log == ["on_stop"]
+
+
+def test_a_kill_overrides_a_pending_stop_and_skips_on_stop() -> None:
+    log: list[str] = []
+    ref = Echo.start(log)
+    with gate(ref) as g:
+        ref.stop(block=False)
+        da.kill(ref)
+        g.release()
+        assert da.wait_exit(ref, WAIT) is da.KILLED
+    assert log == []

@@ -56,3 +56,15 @@ def test_cancelling_the_last_system_timer_ends_the_timer_thread_at_once() -> Non
     handle.cancel()
     thread.join(5.0)
     assert not thread.is_alive()
+
+
+def test_a_timer_callback_raising_system_exit_does_not_stop_later_timers() -> None:
+    clock = da.SystemClock()
+    fired = threading.Event()
+
+    def bad() -> None:
+        raise SystemExit(1)
+
+    clock.call_later(0.0, bad)
+    clock.call_later(0.001, fired.set)
+    assert fired.wait(5.0)

@@ -97,6 +97,13 @@ def _children(before: set[int]) -> list[psutil.Process]:
     return alive
 
 
+def _describe(p: psutil.Process) -> str:
+    try:
+        return f"{p.pid} {p.name()}"
+    except psutil.Error:  # it exited between detection and this report
+        return f"{p.pid} (exited)"
+
+
 @pytest.fixture(autouse=True)
 def _dspex_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     config = request.config
@@ -122,7 +129,7 @@ def _dspex_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
         for r in actors:
             r.stop(block=False)
     if procs:
-        leaks["child processes"] = [f"{p.pid} {p.name()}" for p in procs]
+        leaks["child processes"] = [_describe(p) for p in procs]
         for p in procs:
             try:
                 p.kill()
