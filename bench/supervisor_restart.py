@@ -6,11 +6,16 @@ Both are measured in the same run, on the same machine, interleaved, and printed
 (microseconds) and a ratio. The ratio is what matters: machines differ, and these are shared.
 The supervised path does strictly more (detect the exit, restart-intensity bookkeeping, start,
 link, wait for on_start); the target is a ratio <= 2.0.
+
+It runs twice: with threads free to use every CPU, then with the whole process pinned to one
+CPU. The restart path hands work between threads about twice as often as the baseline, so on
+small VMs where a cross-CPU wake-up is slow the unpinned ratio is the higher one.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import statistics
 import time
@@ -19,6 +24,7 @@ from typing import Any
 import pykka
 
 import dspex_actors as da
+from dspex_actors.testing import FakeClock
 
 
 class PlainPing(pykka.ThreadingActor):
@@ -63,36 +69,55 @@ def restart_round(
     return elapsed, new
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short run (200 rounds)")
-    parser.add_argument("--rounds", type=int, default=None)
-    args = parser.parse_args(argv)
-    rounds = args.rounds or (200 if args.quick else 2000)
-    # Intensity high enough that the benchmark's own crashes never make the supervisor give up.
+def measure(rounds: int) -> tuple[float, float]:
+    """Median seconds of (baseline, restart), interleaved round by round."""
     announce: queue.SimpleQueue[pykka.ActorRef[Any]] = queue.SimpleQueue()
+    # A FakeClock moved past the intensity window between rounds (outside the timed part):
+    # every restart is judged against a realistic history, as in a service whose crashes are
+    # rare, and the supervisor never gives up on the benchmark's own crashes.
+    clock = FakeClock()
     sup = da.Supervisor.start(
-        [Ping.child_spec(announce, id="ping")], max_restarts=rounds + 100, max_seconds=3600
+        [Ping.child_spec(announce, id="ping")], max_restarts=3, max_seconds=5, clock=clock
     )
     current = announce.get(timeout=5)
     baseline: list[float] = []
     restart: list[float] = []
     try:
-        for _ in range(20):  # warm-up
-            fresh_actor_round()
-            _, current = restart_round(current, announce)
-        for _ in range(rounds):
-            baseline.append(fresh_actor_round())
+        for i in range(rounds + 20):
+            clock.advance(10)
+            base = fresh_actor_round()
             elapsed, current = restart_round(current, announce)
-            restart.append(elapsed)
+            if i >= 20:  # the first 20 are warm-up
+                baseline.append(base)
+                restart.append(elapsed)
     finally:
         sup.stop()
-    base_us = statistics.median(baseline) * 1e6
-    ours_us = statistics.median(restart) * 1e6
+    return statistics.median(baseline), statistics.median(restart)
+
+
+def report(label: str, base: float, ours: float) -> float:
+    ratio = ours / base
+    print(f"{label}")
+    print(f"  baseline  start a fresh pykka actor + ask : median {base * 1e6:8.1f} us")
+    print(f"  dspex     crash -> restart -> ask          : median {ours * 1e6:8.1f} us")
+    print(f"  ratio (dspex / baseline): {ratio:.2f}  (target <= 2.0)")
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (200 rounds)")
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (200 if args.quick else 2000)
     print(f"rounds: {rounds}")
-    print(f"baseline  start a fresh pykka actor + ask : median {base_us:8.1f} us")
-    print(f"dspex     crash -> restart -> ask          : median {ours_us:8.1f} us")
-    print(f"ratio (dspex / baseline): {ours_us / base_us:.2f}  (target <= 2.0)")
+    report("threads free to run on any CPU:", *measure(rounds))
+    if hasattr(os, "sched_setaffinity"):
+        # Pinned, every hand-off between threads stays on one CPU: the restart path makes
+        # about twice as many hand-offs as the baseline, so cross-CPU wake-ups (slow on small
+        # VMs) cost it more. Both figures are printed; neither hides the other.
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        report("all threads pinned to one CPU:", *measure(rounds))
     return 0
 
 

@@ -19,6 +19,7 @@ non-integral `max_seconds` (e.g. 0.5) switches to exact fractional timestamps.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 __all__ = ["add_restart"]
@@ -40,6 +41,9 @@ def add_restart(
         intensity is exceeded, in which case the restart must not be made.
     """
     stamp: float = math.floor(now) if float(max_seconds).is_integer() else now
-    kept = tuple(t for t in history if t >= stamp - max_seconds)
+    threshold = stamp - max_seconds
+    # Newest first, so the window ends at the first entry that is too old (OTP's takewhile);
+    # and more than max_restarts + 1 entries can never change the answer, so none are kept.
+    kept = tuple(itertools.takewhile(lambda t: t >= threshold, history[:max_restarts]))
     new_history = (stamp, *kept)
     return new_history, len(new_history) > max_restarts
