@@ -22,12 +22,12 @@ import argparse
 import os
 import queue
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pykka
+from _common import ops_per_second
 
 import dspex_actors as da
 
@@ -76,25 +76,6 @@ def round_trip(rounds: int, n: int) -> tuple[float, float, float]:
         pool.stop()
 
 
-def threaded(clients: int, per_client: int, op: Callable[[], Any]) -> float:
-    """Operations per second with `clients` threads each doing `per_client` ops."""
-    barrier = threading.Barrier(clients + 1)
-
-    def run() -> None:
-        barrier.wait()
-        for _ in range(per_client):
-            op()
-
-    threads = [threading.Thread(target=run) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    return clients * per_client / (time.perf_counter() - start)
-
-
 def throughput(rounds: int, per_client: int) -> tuple[float, float, float]:
     pool = da.Pool.start(Resource, pool_size=4)
     resources: queue.Queue[object] = queue.Queue()
@@ -111,8 +92,8 @@ def throughput(rounds: int, per_client: int) -> tuple[float, float, float]:
     try:
         pools, queues, ratios = [], [], []
         for _ in range(rounds):
-            p = threaded(8, per_client, lambda: pool.checkout(None, use))
-            q = threaded(8, per_client, queue_checkout)
+            p = ops_per_second(8, per_client, lambda: pool.checkout(None, use))
+            q = ops_per_second(8, per_client, queue_checkout)
             pools.append(p)
             queues.append(q)
             ratios.append(q / p)

@@ -24,12 +24,12 @@ import os
 import signal
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import psutil
+from _common import ops_per_second
 
 import dspex_actors as da
 
@@ -71,24 +71,6 @@ def per_op(n: int, op: Callable[[], Any]) -> float:
     for _ in range(n):
         op()
     return (time.perf_counter() - start) / n
-
-
-def ops_per_second(clients: int, per_client: int, op: Callable[[], Any]) -> float:
-    barrier = threading.Barrier(clients + 1)
-
-    def run() -> None:
-        barrier.wait()
-        for _ in range(per_client):
-            op()
-
-    threads = [threading.Thread(target=run) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    return clients * per_client / (time.perf_counter() - start)
 
 
 class Contenders:

@@ -764,6 +764,18 @@ def _reason_for(exc: BaseException) -> Any:
     return exc
 
 
+def start_actor(actor_class: type[Actor], *args: Any) -> pykka.ActorRef[Any]:
+    """Start a framework actor; an `on_start` failure raises its own error, not a `StartError`.
+
+    Framework actors (supervisors, registries) fail to start with typed errors of ours
+    (`SupervisorStartError`, `NameTaken`...), which their `start` raises as they are.
+    """
+    try:
+        return actor_class.start(*args)
+    except StartError as exc:
+        raise exc.reason from None
+
+
 # --- handles ---------------------------------------------------------------------------------
 
 

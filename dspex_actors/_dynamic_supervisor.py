@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import attrs
 import pykka
 
-from ._actor import ActorHandle, InternalMessage, current_actor, kill
+from ._actor import ActorHandle, InternalMessage, current_actor, kill, start_actor
 from ._child_spec import (
     BRUTAL_KILL,
     AutoShutdown,
@@ -49,7 +49,6 @@ from ._errors import (
     InvalidOption,
     MaxChildren,
     StartChildError,
-    StartError,
 )
 from ._logging import log_event
 from ._reasons import SHUTDOWN, Exit, is_normal_exit
@@ -325,8 +324,9 @@ class DynamicSupervisor(ActorHandle):
             max_children, max_restarts, max_seconds, extra_args, strategy, auto_shutdown, clock
         )
         validate_name(name)
-        try:
-            ref = _DynamicSupervisorActor.start(
+        return cls(
+            start_actor(
+                _DynamicSupervisorActor,
                 max_children,
                 max_restarts,
                 max_seconds,
@@ -335,9 +335,7 @@ class DynamicSupervisor(ActorHandle):
                 the_clock,
                 current_actor(),
             )
-        except StartError as exc:
-            raise exc.reason from None
-        return cls(ref)
+        )
 
     @classmethod
     def child_spec(

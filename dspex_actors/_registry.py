@@ -61,9 +61,9 @@ from typing import Any, Final, final
 import attrs
 import pykka
 
-from ._actor import Actor, ActorHandle, demonitor, monitor
+from ._actor import Actor, ActorHandle, demonitor, monitor, start_actor
 from ._child_spec import ChildSpec
-from ._errors import InvalidOption, NameNotRegistered, NameTaken, NoProc, StartError
+from ._errors import InvalidOption, NameNotRegistered, NameTaken, NoProc
 from ._names import Via, _as_ref, whereis
 from ._names import register as register_name
 from ._reasons import Down, MonitorRef
@@ -172,11 +172,7 @@ class Registry(ActorHandle):
             NameTaken: `name` is registered to a live actor.
         """
         table = _Table(*_options(keys, listeners, meta))
-        try:
-            ref = _RegistryActor.start(table, name)
-        except StartError as exc:
-            raise exc.reason from None
-        return cls(ref, table)
+        return cls(start_actor(_RegistryActor, table, name), table)
 
     @classmethod
     def child_spec(

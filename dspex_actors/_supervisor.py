@@ -59,6 +59,7 @@ from ._actor import (
     kill,
     monitor,
     send_exit,
+    start_actor,
 )
 from ._child_spec import (
     BRUTAL_KILL,
@@ -825,8 +826,9 @@ class Supervisor(ActorHandle):
         clock = validate_clock(clock)
         validate_name(name)
         specs = _check_children(children, auto_mode)
-        try:
-            ref = _SupervisorActor.start(
+        return cls(
+            start_actor(
+                _SupervisorActor,
                 specs,
                 strategy,
                 max_restarts,
@@ -836,9 +838,7 @@ class Supervisor(ActorHandle):
                 clock,
                 current_actor(),
             )
-        except StartError as exc:
-            raise exc.reason from None
-        return cls(ref)
+        )
 
     @classmethod
     def child_spec(

@@ -1,8 +1,8 @@
 """`start_test_pool` and `wait_for_pool_ready`: pools in tests without timing guesses (seed Fix 7).
 
 The seed's `wait_for_pool_ready` returned ``:ok`` whatever happened (its status function was a
-stand-in that always reported ready); this one really polls `Pool.status()` and raises `TimeoutError` when the pool is
-not ready in time.
+stand-in that always reported ready); this one really polls `Pool.status()` and raises
+`TimeoutError` when the pool is not ready in time.
 
 Example:
     >>> from dspex_actors.testing import start_test_pool

@@ -1,0 +1,33 @@
+"""Helpers shared by the bench scripts (run them as `python bench/<name>.py`)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["ops_per_second"]
+
+
+def ops_per_second(clients: int, per_client: int, op: Callable[[], Any]) -> float:
+    """Operations per second with `clients` threads each doing `op` `per_client` times.
+
+    The threads start together behind a barrier; the clock runs from their release until the
+    last one finishes.
+    """
+    barrier = threading.Barrier(clients + 1)
+
+    def run() -> None:
+        barrier.wait()
+        for _ in range(per_client):
+            op()
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return clients * per_client / (time.perf_counter() - start)
