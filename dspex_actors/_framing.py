@@ -91,13 +91,13 @@ class JsonCodec:
     def encode(self, value: Any) -> bytes:
         try:
             return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ProtocolError(f"cannot encode {type(value).__name__} as JSON: {exc}") from exc
 
     def decode(self, payload: bytes) -> Any:
         try:
             return json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # [[[[... nests too deep
             raise ProtocolError(f"invalid JSON in frame ({len(payload)} bytes): {exc}") from exc
 
 

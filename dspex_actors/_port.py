@@ -30,10 +30,10 @@ and logged with the port's id (event ``port_stderr``); it never mixes into the f
 interpreter. A parent that runs actors always has threads, and ``fork`` copies whatever locks
 those threads held (logging, allocators, pykka inboxes) into a child that can then deadlock;
 CPython 3.12 warns about it and 3.14 stopped defaulting to it. ``"fork"`` starts much faster and
-is fine when the handler touches no lock another thread may hold; ``"forkserver"`` is offered
-too (its server process lives until the parent exits). The handler and its arguments cross with
-dill, so closures and lambdas work with every method; requests and replies are JSON frames (the
-hot path never unpickles), unless you choose ``codec=PICKLE_CODEC``.
+is fine when the handler touches no lock another thread may hold. ``"forkserver"`` is not
+offered: its server process outlives every pool and it re-imports ``__main__``. The handler
+and its arguments cross with dill, so closures and lambdas work with every method; requests and
+replies are JSON frames (the hot path never unpickles), unless you choose ``codec=PICKLE_CODEC``.
 
 When not to use it: for work that needs no isolation, an actor (a thread) is cheaper; for a
 pool of interchangeable workers use `ProcessPool`, which hands ports out and replaces dead ones.
@@ -221,6 +221,8 @@ class Port:
         self._exit: PortExited | None = None
         self._exited = threading.Event()
         self._request_ids = itertools.count(1)
+        # A request timed out: its reply may still come and must not reach another caller.
+        self._reply_pending = False
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
         _PARENT_FDS.update((stdin_fd, stdout_fd, stderr_fd))
         # Non-blocking stdin lets send() give up on a stalled process after its timeout.
@@ -308,8 +310,8 @@ class Port:
         Args:
             handler: the callable to serve.
             *args: extra arguments passed to every call (e.g. a configuration).
-            start_method: ``"spawn"`` (default: safe with threads), ``"forkserver"`` or
-                ``"fork"`` (fastest; see the module docs on fork safety).
+            start_method: ``"spawn"`` (default: safe with threads) or ``"fork"``
+                (fastest; see the module docs on fork safety).
             max_frame: the largest payload accepted either way, in bytes.
             codec: `JSON_CODEC` (default) or `PICKLE_CODEC` (any Python value; unpickles).
             owner: the first owner (default: the calling actor, else the calling thread).
@@ -375,28 +377,32 @@ class Port:
         from multiprocess.connection import Connection
 
         ctx = multiprocess.get_context("fork")
-        in_r, in_w = os.pipe()  # parent -> child frames
-        out_r, out_w = os.pipe()  # child -> parent frames
-        err_r, err_w = os.pipe()  # child's stdout and stderr
-        life_r, life_w = os.pipe()  # never written: EOF in the child = the parent died
-        parent_fds = (in_w, out_r, err_r, life_w)
-        child_ends = [Connection(fd) for fd in (in_r, out_w, err_w, life_r)]
-        _PARENT_FDS.update(parent_fds)
-        try:
-            process = ctx.Process(
-                target=_fork_child_main,
-                args=(handler, args, *child_ends, codec.name, max_frame),
-                name=f"dspex-port-{name}",
-                daemon=False,
-            )
-            process.start()
-        except BaseException:
-            for fd in parent_fds:
-                _close_fd(fd)
-            raise
-        finally:
-            for conn in child_ends:
-                conn.close()
+        # Serialised with every other fork of ours: a child forked meanwhile would inherit
+        # this one's child-side pipe ends (and its sentinel's write end) and keep them open,
+        # so this child's EOF and exit event would never come while that one lives.
+        with _FORK_LOCK:
+            in_r, in_w = os.pipe()  # parent -> child frames
+            out_r, out_w = os.pipe()  # child -> parent frames
+            err_r, err_w = os.pipe()  # child's stdout and stderr
+            life_r, life_w = os.pipe()  # never written: EOF in the child = the parent died
+            parent_fds = (in_w, out_r, err_r, life_w)
+            child_ends = [Connection(fd) for fd in (in_r, out_w, err_w, life_r)]
+            _PARENT_FDS.update(parent_fds)
+            try:
+                process = ctx.Process(
+                    target=_fork_child_main,
+                    args=(handler, args, *child_ends, codec.name, max_frame),
+                    name=f"dspex-port-{name}",
+                    daemon=False,
+                )
+                process.start()
+            except BaseException:
+                for fd in parent_fds:
+                    _close_fd(fd)
+                raise
+            finally:
+                for conn in child_ends:
+                    conn.close()
 
         def forget_fds() -> None:
             _close_fd(life_w)
@@ -541,7 +547,11 @@ class Port:
 
     def _await_reply(self, request_id: Any, deadline: float | None) -> Any:
         """The receiving half of `request`."""
-        reply = self.recv(_remaining(deadline))
+        try:
+            reply = self.recv(_remaining(deadline))
+        except CallTimeout:
+            self._reply_pending = True
+            raise
         if self._enveloped:
             if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[1], bool)):
                 raise ProtocolError(f"malformed reply from {self}: {_short(reply)}")
@@ -646,10 +656,11 @@ class Port:
         reader thread reaps the process and ends before `close` returns (unless `close` is
         called from that thread, e.g. from `on_exit`).
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._closing = True
-        self._close_stdin()
-        if not self._exited.wait(timeout):
+        self._close_stdin(timeout)
+        if not self._exited.wait(_remaining(deadline)):
             self._signal_group(signal.SIGTERM)
             if not self._exited.wait(_KILL_GRACE):
                 self.kill()
@@ -714,9 +725,16 @@ class Port:
             self.kill()
             raise CallTimeout(str(self), "send", timeout)
 
-    def _close_stdin(self) -> None:
-        with self._send_lock:
+    def _close_stdin(self, timeout: float | None = None) -> None:
+        # A send stuck on a process that does not read holds the lock: close() gives up on
+        # the graceful step after `timeout` and signals; the send then fails and lets go.
+        wait = -1 if timeout is None else min(timeout, threading.TIMEOUT_MAX)
+        if not self._send_lock.acquire(timeout=wait):
+            return
+        try:
             fd, self._stdin_fd = self._stdin_fd, None
+        finally:
+            self._send_lock.release()
         if fd is not None:
             _close_fd(fd)
 
@@ -1088,6 +1106,9 @@ class _ProcessChild:
 # them, or its own (and its siblings') lifeline and stdin would never reach EOF.
 _PARENT_FDS: set[int] = set()
 
+# Held while a port's child is forked and its child-side pipe ends are open in this process.
+_FORK_LOCK = threading.Lock()
+
 
 def _close_fd(fd: int) -> None:
     _PARENT_FDS.discard(fd)
@@ -1119,16 +1140,18 @@ class _Spawner:
         preexec = _pdeathsig_preexec(parent) if sys.platform.startswith("linux") else None
 
         def start() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=None if env is None else dict(env),
-                cwd=cwd,
-                start_new_session=True,
-                preexec_fn=preexec,
-            )
+            # Popen's pipes must not leak into a `fork` port's child forked meanwhile.
+            with _FORK_LOCK:
+                return subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=None if env is None else dict(env),
+                    cwd=cwd,
+                    start_new_session=True,
+                    preexec_fn=preexec,
+                )
 
         with self._lock:
             self._live += 1
@@ -1167,6 +1190,17 @@ class _Spawner:
 
 
 _SPAWNER = _Spawner()
+
+
+def _reset_after_fork_in_child() -> None:
+    # A forked child has only the forking thread: the parent's spawner thread is not there
+    # to serve it, and the fork lock may be held by another parent thread. Start afresh.
+    global _FORK_LOCK, _SPAWNER
+    _FORK_LOCK = threading.Lock()
+    _SPAWNER = _Spawner()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork_in_child)
 
 
 _LIBC: Any = None

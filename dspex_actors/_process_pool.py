@@ -67,11 +67,19 @@ from ._errors import (
     RemoteError,
     WorkerCrashed,
 )
-from ._framing import DEFAULT_MAX_FRAME, JSON_CODEC, Codec
+from ._framing import DEFAULT_MAX_FRAME, JSON_CODEC, Codec, JsonCodec, PickleCodec
 from ._logging import log_event
 from ._pool import From, Lease, Pool, PoolWorker
 from ._pool_results import Async, Ok, Remove, Skip, Stop
-from ._port import Owner, Port, PortExited, safe_connect, validate_port
+from ._port import (
+    START_METHODS,
+    Owner,
+    Port,
+    PortExited,
+    _check_max_frame,
+    safe_connect,
+    validate_port,
+)
 from ._reasons import is_normal_exit
 
 __all__ = ["PortCheckout", "PortSpec", "PortWorker", "PortWorkerState", "ProcessPool"]
@@ -129,6 +137,17 @@ class PortSpec:
             raise InvalidOption("target", self.target, "a callable")
         if not isinstance(self.close_timeout, int | float) or self.close_timeout < 0:
             raise InvalidOption("close_timeout", self.close_timeout, "a number >= 0")
+        # The checks Port.open / Port.spawn make, made here so that a bad option is refused
+        # at once instead of failing every worker start forever.
+        if self.start_method is not None and self.start_method not in START_METHODS:
+            raise InvalidOption("start_method", self.start_method, f"one of {START_METHODS}")
+        _check_max_frame(self.max_frame)
+        if self.target is not None and not isinstance(self.codec, JsonCodec | PickleCodec):
+            raise InvalidOption("codec", self.codec, "JSON_CODEC or PICKLE_CODEC for target")
+        if self.argv is not None and (
+            isinstance(self.codec, PickleCodec) or not isinstance(self.codec, Codec)
+        ):
+            raise InvalidOption("codec", self.codec, "a non-pickle Codec for argv programs")
 
     def open(self, owner: Owner) -> Port:
         """Start one worker process, owned by `owner`."""
@@ -281,12 +300,16 @@ class PortWorker(PoolWorker):
     def handle_checkin(
         self, client_state: Any, from_: From, worker_state: Any, pool_state: Any
     ) -> Ok | Remove:
-        """Take the port back; ``"close"`` (or a dead process) removes the worker."""
+        """Take the port back; ``"close"``, a dead process or a request that timed out (its
+        reply may still come) removes the worker."""
         port = worker_state.port
         port._reclaim(current_actor() or threading.current_thread())
         worker_state.current_command = None
         if client_state == "close":
             return Remove("closed", pool_state)
+        if port._reply_pending:
+            # A request timed out in the lease: its late reply would reach the next caller.
+            return Remove("reply_pending", pool_state)
         if port.info() is None:
             return Remove(("port_exited", port.exit_status), pool_state)
         return Ok(worker_state, pool_state)
@@ -417,11 +440,6 @@ class ProcessPool(Pool):
             ping=ping,
             close_timeout=close_timeout,
         )
-        if start_method is not None:
-            from ._port import START_METHODS
-
-            if start_method not in START_METHODS:
-                raise InvalidOption("start_method", start_method, f"one of {START_METHODS}")
         pool = Pool.start(
             PortWorker,
             spec,
