@@ -113,6 +113,8 @@ START_METHODS = ("spawn", "fork")
 """Start methods `Port.spawn` accepts (``"spawn"`` is the default)."""
 
 _KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL in close()
+_REAP_LIMIT = 10.0
+"""Seconds `close` waits for a SIGKILLed process to be reaped before it gives up waiting."""
 _STDERR_TAIL = 50  # stderr lines kept per port for diagnostics
 
 
@@ -664,9 +666,19 @@ class Port:
             self._signal_group(signal.SIGTERM)
             if not self._exited.wait(_KILL_GRACE):
                 self.kill()
-                self._exited.wait(None)
+                # Bounded even here: a process stuck in uninterruptible sleep (D state) ignores
+                # SIGKILL until its I/O ends. It is reaped by the reader thread whenever it dies.
+                if not self._exited.wait(_REAP_LIMIT):
+                    log_event(
+                        "ERROR",
+                        "port_unkillable",
+                        "port {port}: process still alive {limit}s after SIGKILL; left to reap",
+                        port=repr(self),
+                        limit=_REAP_LIMIT,
+                    )
+                    return
         if threading.current_thread() is not self._reader:
-            self._reader.join()
+            self._reader.join(_REAP_LIMIT)
         # The process is gone, so a recv in progress sees EOF at once and lets go of the lock.
         if self._recv_lock.acquire(timeout=5.0):
             try:

@@ -238,3 +238,33 @@ def test_prr_06_a_fork_worker_can_start_ports_of_its_own() -> None:
         worker.close(1.0)
         busy.kill()
         busy.close(1.0)
+
+
+IGNORES_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "time.sleep(30)"  # sleep-ok: a child that stalls and ignores SIGTERM
+)
+
+
+def test_prr_07_close_gives_up_waiting_when_a_killed_process_is_never_reaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """prr_07: `close` is bounded even after SIGKILL (a process in uninterruptible sleep ignores
+    it until its I/O ends). Simulated by a SIGKILL that does nothing and a short reap limit."""
+    import dspex_actors._port as port_module
+
+    port = Port.open([sys.executable, "-c", IGNORES_SIGTERM])
+    real_kill = Port.kill
+    monkeypatch.setattr(port_module, "_REAP_LIMIT", 0.2)
+    monkeypatch.setattr(port_module, "_KILL_GRACE", 0.1)
+    monkeypatch.setattr(Port, "kill", lambda self: None)
+    try:
+        closer = threading.Thread(target=lambda: port.close(timeout=0.1), name="prr-07-closer")
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive(), "close() waited forever for a process that never exits"
+        assert port.exit_status is None  # it really is still running: close gave up waiting
+    finally:
+        real_kill(port)
+        port.close(timeout=5)
+    assert port.exit_status is not None
