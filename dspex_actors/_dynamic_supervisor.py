@@ -51,6 +51,7 @@ from ._errors import (
     StartChildError,
 )
 from ._logging import log_event
+from ._names import register
 from ._reasons import SHUTDOWN, Exit, is_normal_exit
 from ._supervisor import (
     RESTARTING,
@@ -125,8 +126,6 @@ class _DynamicSupervisorActor(_SupervisorBase):
 
     def on_start(self) -> None:
         if self._register_as is not None:
-            from ._names import register
-
             register(self._register_as, self.actor_ref)
         self._link_parent()
 

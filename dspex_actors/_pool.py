@@ -75,6 +75,7 @@ from ._errors import (
     StartError,
 )
 from ._logging import log_event
+from ._names import register
 from ._pool_results import NO_POOL_STATE, Async, Ok, Remove, Skip, Stop
 from ._reasons import NORMAL, Down, Exit, MonitorRef, Shutdown
 
@@ -877,8 +878,6 @@ class _PoolActor(Actor):
         label = str(self._register_as) if self._register_as is not None else None
         self._core.label = label or f"{self._cls_name}#{self.actor_ref.actor_urn[-6:]}"
         if self._register_as is not None:
-            from ._names import register
-
             register(self._register_as, self.actor_ref)
         result = self._invoke("init_pool", self._w.init_pool, self._init_arg)
         match result:

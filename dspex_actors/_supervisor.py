@@ -86,6 +86,7 @@ from ._errors import (
     SupervisorStartError,
 )
 from ._logging import log_event
+from ._names import _check_name, register
 from ._reasons import KILLED, SHUTDOWN, Down, Exit, MonitorRef, is_normal_exit
 from ._restart_intensity import add_restart
 
@@ -260,8 +261,6 @@ class _SupervisorBase(Actor):
         """Link a freshly started child and register its name; a name clash stops it again."""
         self.link(ref)
         if spec.name is not None:
-            from ._names import register
-
             try:
                 register(spec.name, ref)
             except NoProc:
@@ -392,8 +391,6 @@ def validate_intensity(max_restarts: Any, max_seconds: Any) -> None:
 def validate_name(name: Any) -> None:
     """Check a `name=` option up front, with `register`'s rules (None: no name)."""
     if name is not None:
-        from ._names import _check_name
-
         _check_name(name)
 
 
@@ -495,8 +492,6 @@ class _SupervisorActor(_SupervisorBase):
 
     def on_start(self) -> None:
         if self._register_as is not None:
-            from ._names import register
-
             register(self._register_as, self.actor_ref)
         for spec in self._initial:
             try:
