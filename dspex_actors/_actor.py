@@ -59,7 +59,7 @@ import queue
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 import attrs
 import pykka
@@ -185,6 +185,12 @@ class _Inbox(queue.Queue[Envelope[Any]]):
             self.unfinished_tasks += 1
             self.not_empty.notify()
 
+    def wait_nonempty(self) -> None:
+        """Block until a message is queued (without taking it: see `_run_inline`)."""
+        with self.not_empty:
+            while not self.queue:
+                self.not_empty.wait()
+
     def close(self) -> list[Envelope[Any]]:
         """Refuse further messages and return everything still queued."""
         with self.mutex:
@@ -253,6 +259,10 @@ class _Proc:
         self.replies_closed = False
         self.tearing_down = False
         self.killed = False  # kill() was called: no cleanup hook runs
+        # Held while the actor handles a message (and while it starts), so that another
+        # thread may run a message in the actor's place when it is idle (`_run_inline`).
+        self.exec_lock = threading.Lock()
+        self.inline_crash: BaseException | None = None  # what a message run inline raised
 
     def pending(self) -> Any:
         """The exit reason this actor has been asked to exit with, if any."""
@@ -636,7 +646,8 @@ class Actor(pykka.ThreadingActor):
         _current.proc = proc
         crash: BaseException | None = None
         try:
-            self.on_start()
+            with proc.exec_lock:  # nothing runs inline before on_start has finished
+                self.on_start()
         except BaseException as exc:
             reason = _reason_for(exc)
             crash = exc if not is_normal_exit(reason) else None
@@ -654,50 +665,54 @@ class Actor(pykka.ThreadingActor):
         while True:
             pending = proc.pending()
             if pending is not None:
-                return pending, None
-            envelope = inbox.get()
-            message = envelope.message
-            interrupted = proc.pending()  # may have been set while we waited
-            if interrupted is not None:
-                if not isinstance(message, _Wake):
-                    inbox.put_front(envelope)  # left for teardown to reject
-                return interrupted, None
-            if isinstance(message, _Wake):
-                continue
-            if isinstance(message, _StopRequest | pykka_messages._ActorStop):
-                if envelope.reply_to is not None:
-                    proc.add_stop_reply(envelope)
-                reason = message.reason if isinstance(message, _StopRequest) else NORMAL
-                with proc.lock:
-                    if proc.pending_exit is None:
-                        proc.pending_exit = reason
-                continue
-            try:
-                if isinstance(message, _ExitSignal):
-                    self.on_exit_signal(Exit(message.ref, message.reason))
-                elif isinstance(message, _DownMsg):
-                    self._dspex_on_down_msg(proc, message.down)
-                elif isinstance(message, _RunInActor):
-                    result = message.fn()
+                return pending, proc.inline_crash
+            inbox.wait_nonempty()
+            # Taken from the inbox under the lock: a thread that holds it and finds the inbox
+            # empty knows every message sent before has been handled (see `_run_inline`).
+            with proc.exec_lock:
+                envelope = inbox.get_nowait()
+                message = envelope.message
+                interrupted = proc.pending()  # may have been set while we waited
+                if interrupted is not None:
+                    if not isinstance(message, _Wake):
+                        inbox.put_front(envelope)  # left for teardown to reject
+                    return interrupted, proc.inline_crash
+                if isinstance(message, _Wake):
+                    continue
+                if isinstance(message, _StopRequest | pykka_messages._ActorStop):
                     if envelope.reply_to is not None:
-                        envelope.reply_to.set(result)
-                else:
-                    response = self._handle_receive(message)
+                        proc.add_stop_reply(envelope)
+                    reason = message.reason if isinstance(message, _StopRequest) else NORMAL
+                    with proc.lock:
+                        if proc.pending_exit is None:
+                            proc.pending_exit = reason
+                    continue
+                try:
+                    if isinstance(message, _ExitSignal):
+                        self.on_exit_signal(Exit(message.ref, message.reason))
+                    elif isinstance(message, _DownMsg):
+                        self._dspex_on_down_msg(proc, message.down)
+                    elif isinstance(message, _RunInActor):
+                        result = message.fn()
+                        if envelope.reply_to is not None:
+                            envelope.reply_to.set(result)
+                    else:
+                        response = self._handle_receive(message)
+                        if envelope.reply_to is not None:
+                            envelope.reply_to.set(response)
+                except Exception as exc:
                     if envelope.reply_to is not None:
-                        envelope.reply_to.set(response)
-            except Exception as exc:
-                if envelope.reply_to is not None:
-                    envelope.reply_to.set_exception()  # the asker gets it; we carry on
-                else:
-                    proc.pending_exit = exc
-                    return exc, exc
-            except BaseException as exc:
-                if envelope.reply_to is not None:
-                    error = pykka.ActorDeadError(f"{self.actor_ref} exited with {exc!r}")
-                    envelope.reply_to.set_exception(exc_info=(type(error), error, None))
-                reason = _reason_for(exc)
-                proc.pending_exit = reason
-                return reason, (None if is_normal_exit(reason) else exc)
+                        envelope.reply_to.set_exception()  # the asker gets it; we carry on
+                    else:
+                        proc.pending_exit = exc
+                        return exc, exc
+                except BaseException as exc:
+                    if envelope.reply_to is not None:
+                        error = pykka.ActorDeadError(f"{self.actor_ref} exited with {exc!r}")
+                        envelope.reply_to.set_exception(exc_info=(type(error), error, None))
+                    reason = _reason_for(exc)
+                    proc.pending_exit = reason
+                    return reason, (None if is_normal_exit(reason) else exc)
 
     def _dspex_on_down_msg(self, proc: _Proc, down: Down) -> None:
         with proc.lock:
@@ -708,7 +723,7 @@ class Actor(pykka.ThreadingActor):
     def _dspex_teardown(self, proc: _Proc, reason: Any, crash: BaseException | None) -> None:
         inbox = self.actor_inbox
         assert isinstance(inbox, _Inbox)
-        with proc.lock:
+        with proc.exec_lock, proc.lock:  # waits for a message being run inline to finish
             proc.pending_exit = reason
             proc.tearing_down = True
         leftovers = inbox.close()
@@ -745,6 +760,51 @@ class Actor(pykka.ThreadingActor):
             )
             return exc
         return None
+
+
+def _run_inline(proc: _Proc, handler: Callable[[Any], Any], message: Any) -> bool:
+    """Handle `message` with `handler` in this thread, in the actor's place, if it is idle.
+
+    The actor's own loop takes a message from the inbox and handles it while holding
+    `exec_lock`; so a thread that gets the lock and finds the inbox empty may handle one
+    message itself: every message sent before has been handled, none is being handled, and the
+    actor's state is touched by one thread at a time, exactly as if the message had been
+    queued. `current_actor()` is the actor meanwhile. Returns False (nothing ran: send the
+    message instead) when the actor is busy, has messages queued, or is exiting.
+
+    An exception escaping `handler` crashes the actor with it, as it would in the loop; it is
+    not raised here, except a `BaseException` that is not an `Exception` (e.g. a
+    `KeyboardInterrupt` delivered to this thread), which ends the actor and is re-raised.
+    Framework code uses this for its hot paths (a pool's checkout and checkin): a thread hand-off
+    costs more than the work.
+    """
+    lock = proc.exec_lock
+    if not lock.acquire(False):
+        return False
+    try:
+        if proc.pending_exit is not None or proc.tearing_down:
+            return False
+        inbox = cast(_Inbox, proc.ref.actor_inbox)  # our own Actor (only those run inline)
+        if inbox.queue or inbox.closed:
+            return False
+        previous = getattr(_current, "proc", None)
+        _current.proc = proc
+        try:
+            handler(message)
+        except BaseException as exc:
+            reason = _reason_for(exc)
+            with proc.lock:
+                if proc.pending_exit is None:
+                    proc.inline_crash = None if is_normal_exit(reason) else exc
+                    proc.pending_exit = reason
+            inbox.put_front(Envelope(_Wake()))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            _current.proc = previous
+        return True
+    finally:
+        lock.release()
 
 
 def _os_timeout(timeout: float | None) -> float | None:

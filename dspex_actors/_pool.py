@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Self
 import attrs
 import pykka
 
-from ._actor import Actor, ActorHandle, InternalMessage, current_actor
+from ._actor import Actor, ActorHandle, InternalMessage, _run_inline, current_actor
 from ._actor import _current as _actor_thread
 from ._clock import SYSTEM_CLOCK, Clock, TimerHandle
 from ._errors import (
@@ -575,10 +575,12 @@ class Pool(ActorHandle):
         # The checkin, inlined (see _checkin): the request itself goes back to the pool.
         req.value = ret[1]
         req.kind = _RETURNED
-        try:  # noqa: SIM105 (cheaper than contextlib.suppress on the hot path)
-            self._ref.tell(req)
-        except pykka.ActorDeadError:
-            pass  # a pool that is gone took its workers with it; the result still stands
+        handle = self.__core.handle  # type: ignore[union-attr]  # _acquire checked it
+        if handle is None or not _run_inline(self.__core.proc, handle, req):  # type: ignore[union-attr]
+            try:  # noqa: SIM105 (cheaper than contextlib.suppress on the hot path)
+                self._ref.tell(req)
+            except pykka.ActorDeadError:
+                pass  # a pool that is gone took its workers with it; the result still stands
         return ret[0]
 
     def lease(self, command: Any, timeout: float | None = 5.0) -> Lease:
@@ -653,11 +655,14 @@ class Pool(ActorHandle):
         # Registered before it is sent: if the pool exits before answering, its exit path
         # finds the request here and wakes us (see _PoolActor._dspex_on_exit).
         inflight[req] = None
-        try:
-            self._ref.tell(req)
-        except pykka.ActorDeadError:
-            inflight.pop(req, None)
-            raise NoProc(core.label, "checkout") from None
+        # Handled right here if the pool is idle (no thread hand-off), else sent.
+        handle = core.handle
+        if handle is None or not _run_inline(core.proc, handle, req):
+            try:
+                self._ref.tell(req)
+            except pykka.ActorDeadError:
+                inflight.pop(req, None)
+                raise NoProc(core.label, "checkout") from None
         got = req.lock.acquire() if timeout is None else req.lock.acquire(True, timeout)
         inflight.pop(req, None)
         if not got:
@@ -673,6 +678,10 @@ class Pool(ActorHandle):
         # The request itself goes back as the checkin (one object less on the hot path).
         req.value = checkin_state
         req.kind = _RETURNED
+        core = self._core
+        handle = core.handle
+        if handle is not None and _run_inline(core.proc, handle, req):
+            return
         # A pool that is gone took its workers with it; the caller's result still stands.
         with contextlib.suppress(pykka.ActorDeadError):
             self._ref.tell(req)
@@ -761,13 +770,16 @@ _WORKER_STATS: Final = _Singleton("_WorkerStats")
 
 
 class _Core:
-    """What every handle of one pool shares: its label and the requests in flight."""
+    """What every handle of one pool shares: its label, the requests in flight, and the way
+    to run a checkout or checkin in the caller's thread while the pool is idle."""
 
-    __slots__ = ("inflight", "label")
+    __slots__ = ("handle", "inflight", "label", "proc")
 
     def __init__(self, label: str) -> None:
         self.label = label
         self.inflight: dict[_Request, None] = {}
+        self.proc: Any = None  # the pool actor's _Proc
+        self.handle: Callable[[_Request], None] | None = None  # set while the pool runs
 
 
 class _Worker:
@@ -894,6 +906,8 @@ class _PoolActor(Actor):
             case _:
                 raise self._bad_return("init_pool", result)
         self._ready = True
+        self._core.proc = self._dspex_proc
+        self._core.handle = self._on_request
         if not self._cfg.lazy:
             for _ in range(self._cfg.pool_size):
                 self._start_worker(starting=True)
@@ -920,6 +934,7 @@ class _PoolActor(Actor):
     def _dspex_on_exit(self, reason: Any) -> None:
         # Runs on every exit, kill included: wake every caller still waiting for a worker
         # (queued here, or whose request never reached us) so none waits for its timeout.
+        self._core.handle = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         for req in self._core.inflight.copy():
@@ -952,6 +967,13 @@ class _PoolActor(Actor):
             self._cancelled("queued")
 
     # -- messages --
+
+    def _on_request(self, req: _Request) -> None:
+        """A checkout or checkin, run by the caller's thread while the pool is idle."""
+        if req.kind is _RETURNED:
+            self._on_checkin(req, req.value)
+        else:
+            self._on_checkout(req)
 
     def _handle_receive(self, message: Any) -> Any:
         # The hot path skips pykka's proxy-message checks: checkouts and checkins first.

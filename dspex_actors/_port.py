@@ -70,7 +70,8 @@ from typing import Any, Protocol
 import attrs
 import pykka
 
-from ._actor import Actor, current_actor
+from ._actor import Actor
+from ._actor import _current as _current_actor
 from ._errors import (
     CallTimeout,
     ConnectError,
@@ -86,6 +87,7 @@ from ._errors import (
 from ._framing import (
     DEFAULT_MAX_FRAME,
     JSON_CODEC,
+    MAX_PAYLOAD,
     PICKLE_CODEC,
     Codec,
     FrameDecoder,
@@ -116,6 +118,9 @@ _KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL in close()
 _REAP_LIMIT = 10.0
 """Seconds `close` waits for a SIGKILLed process to be reaped before it gives up waiting."""
 _STDERR_TAIL = 50  # stderr lines kept per port for diagnostics
+_SETUP_TIMEOUT = 30.0
+"""Seconds `Port.spawn` waits for a ``"spawn"`` child to read its handler (a fresh interpreter
+that has not started reading by then is stalled)."""
 
 
 # --- public types ------------------------------------------------------------------------------
@@ -219,6 +224,14 @@ class Port:
         self._stream_done = False  # EOF seen, or the stream broke: only PortClosed from now on
         self._poller = select.poll()
         self._poller.register(stdout_fd, select.POLLIN)
+        # The reader thread writes a byte here once the process is reaped, so a recv blocked on
+        # stdout wakes on the exit even while a grandchild outside the process group (it
+        # called setsid) still holds stdout open and EOF never comes. Made under the fork lock
+        # and listed in _PARENT_FDS, like every parent-side fd, so no `fork` child keeps it.
+        with _FORK_LOCK:
+            self._exit_r, self._exit_w = os.pipe()
+            _PARENT_FDS.update((self._exit_r, self._exit_w))
+        self._poller.register(self._exit_r, select.POLLIN)
         self._closing = False
         self._exit: PortExited | None = None
         self._exited = threading.Event()
@@ -321,6 +334,11 @@ class Port:
 
         Raises:
             InvalidOption: a bad start method, codec or `max_frame`.
+            CallTimeout: a ``"spawn"`` child did not read its handler within 30 s (its
+                interpreter start stalled); it has been killed and reaped.
+            PortClosed: a ``"spawn"`` child exited before reading its handler (it has been
+                reaped; see the port's `stderr_tail` in the logs, event ``port_stderr``).
+            ProtocolError: the pickled handler and arguments exceed 4 GiB.
         """
         if not callable(handler):
             raise InvalidOption("handler", handler, "a callable")
@@ -342,13 +360,15 @@ class Port:
                 f"import sys; sys.path[:0] = {sys.path!r}; "
                 "from dspex_actors._port import _spawn_entry; _spawn_entry()"
             )
-            # Pickled before the process starts, so an unpicklable handler starts nothing.
+            # Pickled and framed before the process starts, so an unpicklable handler (or one
+            # over 4 GiB pickled: ProtocolError) starts nothing.
             try:
                 setup = dill.dumps((handler, args, codec.name, max_frame), recurse=True)
             except Exception as exc:
                 raise InvalidOption(
                     "handler", handler, f"picklable by dill with its args ({exc})"
                 ) from exc
+            frame = encode_frame(setup, max_frame=len(setup))
             port = cls._open(
                 [sys.executable, "-c", boot],
                 env=None,
@@ -360,7 +380,16 @@ class Port:
                 enveloped=True,
                 name=name,
             )
-            port._write(encode_frame(setup, max_frame=len(setup)), None)
+            try:
+                port._write(frame, _SETUP_TIMEOUT)
+            except BaseException as exc:
+                # Never leave a child behind: a stalled one (its pipe is full of half a
+                # handler) or one that died first. _write has SIGKILLed a stalled one.
+                port.kill()
+                port.close(timeout=0)
+                if isinstance(exc, CallTimeout):
+                    raise CallTimeout(str(port), "spawn", _SETUP_TIMEOUT) from None
+                raise
             return port
         return cls._fork(handler, args, name, max_frame, codec, owner, on_exit)
 
@@ -437,17 +466,8 @@ class Port:
         enveloped: bool,
         name: str,
     ) -> Port:
-        popen = _SPAWNER.popen(argv, env=env, cwd=cwd)
-        assert popen.stdin is not None
-        assert popen.stdout is not None
-        assert popen.stderr is not None
-        # Keep only raw fds: the reader thread and send() do their own buffering.
-        stdin_fd = os.dup(popen.stdin.fileno())
-        stdout_fd = os.dup(popen.stdout.fileno())
-        stderr_fd = os.dup(popen.stderr.fileno())
-        popen.stdin.close()
-        popen.stdout.close()
-        popen.stderr.close()
+        # The raw fds are made (and listed in _PARENT_FDS) under the fork lock: see _Spawner.
+        popen, (stdin_fd, stdout_fd, stderr_fd) = _SPAWNER.popen(argv, env=env, cwd=cwd)
         return cls(
             _PopenChild(popen),
             stdin_fd=stdin_fd,
@@ -492,7 +512,10 @@ class Port:
             CallTimeout: no frame within `timeout`.
         """
         self._check_owner()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._recv(None if timeout is None else time.monotonic() + timeout, timeout)
+
+    def _recv(self, deadline: float | None, timeout: float | None) -> Any:
+        """`recv` without the owner check (the caller has made it)."""
         with self._recv_lock:
             frame = self._next_frame(deadline, timeout)
         return self._codec.decode(frame)
@@ -533,24 +556,30 @@ class Port:
         self._await_reply(request_id, deadline)
 
     def _send_request(self, obj: Any, timeout: float | None) -> tuple[Any, float | None]:
-        """The sending half of `request`: returns the request id and the deadline."""
+        """The sending half of `request` (checks the owner for both halves): returns the
+        request id and the deadline."""
+        self._check_owner()
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._enveloped:
             request_id: Any = next(self._request_ids)
-            self.send([request_id, obj], timeout)
-            return request_id, deadline
-        if not isinstance(obj, Mapping):
+            message: Any = [request_id, obj]
+        elif not isinstance(obj, Mapping):
             raise ProtocolError(f"request() needs a mapping to carry an id, got {_short(obj)}")
-        request_id = obj.get("id")
-        if request_id is None:
-            request_id = next(self._request_ids)
-        self.send({**obj, "id": request_id}, timeout)
+        else:
+            request_id = obj.get("id")
+            if request_id is None:
+                request_id = next(self._request_ids)
+            message = {**obj, "id": request_id}
+        self._write(encode_frame(self._codec.encode(message), max_frame=self._max_frame), timeout)
         return request_id, deadline
 
     def _await_reply(self, request_id: Any, deadline: float | None) -> Any:
-        """The receiving half of `request`."""
+        """The receiving half of `request`, by the owner that sent it."""
         try:
-            reply = self.recv(_remaining(deadline))
+            if deadline is None:
+                reply = self._recv(None, None)
+            else:
+                reply = self._recv(deadline, max(0.0, deadline - time.monotonic()))
         except CallTimeout:
             self._reply_pending = True
             raise
@@ -686,6 +715,8 @@ class Port:
                 if fd is not None:
                     self._poller.unregister(fd)
                     _close_fd(fd)
+                    self._poller.unregister(self._exit_r)
+                    _close_fd(self._exit_r)
             finally:
                 self._recv_lock.release()
 
@@ -705,22 +736,34 @@ class Port:
     # -- internals --
 
     def _check_owner(self) -> None:
-        caller = _caller()
-        with self._lock:
-            owner = self._owner
-            closed = self._closing
-        if not _same_owner(owner, caller):
+        # Two plain reads (each atomic): a concurrent connect or close is seen by the next call.
+        owner = self._owner
+        proc = getattr(_current_actor, "proc", None)  # _caller(), inlined (hot path)
+        caller = proc.ref if proc is not None else threading.current_thread()
+        if owner is not caller and not _same_owner(owner, caller):
             raise PortNotOwned(self, owner, caller)
-        if closed:
+        if self._closing:
             raise PortClosed(self, "closed")
 
+    def _is_open(self) -> bool:
+        """`info() is not None`, without building the `PortInfo`."""
+        return not (self._closing or self._exit is not None)
+
     def _write(self, data: bytes, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._send_lock:
             fd = self._stdin_fd
             if fd is None or self._exit is not None:
                 raise PortClosed(self, "process exited" if self._exit else "closed")
-            view = memoryview(data)
+            try:  # the whole frame at once, the common case: no deadline to compute
+                written = os.write(fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                raise PortClosed(self, f"process gone while sending: {exc}") from exc
+            if written == len(data):
+                return
+            deadline = None if timeout is None else time.monotonic() + timeout
+            view = memoryview(data)[written:]
             try:
                 while view:
                     try:
@@ -763,7 +806,11 @@ class Port:
                 continue
 
     def _next_frame(self, deadline: float | None, timeout: float | None) -> bytes:
-        """The next raw frame from stdout, read in the caller's thread (holds `_recv_lock`)."""
+        """The next raw frame from stdout, read in the caller's thread (holds `_recv_lock`).
+
+        Ends with `PortClosed` after EOF, or once the process has been reaped and stdout has
+        been drained (a detached grandchild may keep stdout open: the exit still ends it).
+        """
         while True:
             if self._frames:
                 return self._frames.popleft()
@@ -777,10 +824,30 @@ class Port:
                 if not self._exited.wait(grace):
                     raise CallTimeout(str(self), "recv", timeout)
                 raise PortClosed(self, f"process exited with status {self.exit_status}")
-            if deadline is not None:
+            # Wait for stdout or the exit pipe (written once the process is reaped). Once the
+            # exit is known, the pipe holds all the process wrote: drain it without waiting,
+            # then end the stream as EOF would (a grandchild may hold stdout open forever).
+            exited = self._exited.is_set()
+            if exited:
+                ms = 0
+            elif deadline is None:
+                ms = -1
+            else:
                 ms = max(0, int((deadline - time.monotonic()) * 1000))
-                if not self._poller.poll(ms):
+            events = self._poller.poll(ms)
+            for ready, _ in events:
+                if ready == fd:
+                    break
+            else:  # stdout has nothing to read
+                if exited:
+                    self._stream_done = True
+                    try:
+                        self._decoder.eof()
+                    except ProtocolError as exc:
+                        self._stream_error = exc
+                elif not events:
                     raise CallTimeout(str(self), "recv", timeout)
+                continue  # woken by the exit: drain what the process wrote before it
             chunk = os.read(fd, 65536)
             if not chunk:
                 self._stream_done = True
@@ -862,6 +929,11 @@ class Port:
         if self._on_reaped is not None:
             self._on_reaped()
         self._exited.set()
+        # After the event is set, so a recv woken by this byte finds the exit known; before
+        # on_exit, so close() (which waits for this thread) never closes the read end first.
+        with contextlib.suppress(OSError):
+            os.write(self._exit_w, b"x")
+        _close_fd(self._exit_w)
         log_event(
             "INFO" if status == 0 else "WARNING",
             "port_exited",
@@ -893,14 +965,10 @@ def validate_port(port: Any) -> PortInfo:
         PortClosed: it is closed or its process has exited (``:port_closed``).
         PortNotOwned: the calling actor or thread is not its owner (``:port_not_owned``).
     """
-    if not isinstance(port, Port):
-        raise NotAPort(port)
-    info = port.info()
+    _validate(port)
+    info: PortInfo | None = port.info()
     if info is None:
         raise PortClosed(port)
-    caller = _caller()
-    if not _same_owner(info.owner, caller):
-        raise PortNotOwned(port, info.owner, caller)
     return info
 
 
@@ -917,31 +985,54 @@ def safe_connect(port: Any, target: Any) -> PortInfo:
         ConnectExited: `target` exited during the hand-over (the port is taken back).
         ConnectError: anything unexpected, as ``(kind, reason)``.
     """
+    _hand_over(port, target)
+    info: PortInfo | None = port.info()
+    if info is None:
+        raise ConnectFailed("process_died")
+    return info
+
+
+def _validate(port: Any) -> None:
+    """`validate_port` without building the `PortInfo` (a pool's checkout runs it each time)."""
+    if not isinstance(port, Port):
+        raise NotAPort(port)
+    if not port._is_open():
+        raise PortClosed(port)
+    owner = port._owner
+    caller = _caller()
+    if owner is not caller and not _same_owner(owner, caller):
+        raise PortNotOwned(port, owner, caller)
+
+
+def _hand_over(port: Any, target: Any) -> None:
+    """`safe_connect` without building the `PortInfo`: the same checks and the same errors."""
     try:
-        validate_port(port)
+        _validate(port)
     except (NotAPort, PortClosed, PortNotOwned) as exc:
         raise ConnectFailed(exc) from exc
     if not isinstance(target, pykka.ActorRef | threading.Thread):
         error = TypeError(f"a port's owner is an ActorRef or a Thread, got: {target!r}")
         raise ConnectFailed(error) from error
-    if not target.is_alive():
+    # The thread running this is alive: only another target can be dead or die meanwhile.
+    elsewhere = target is not threading.current_thread()
+    if elsewhere and not target.is_alive():
         raise ConnectFailed("target_dead")
-    previous = port.owner
+    previous = port._owner
     try:
-        port.connect(target)
+        with port._lock:
+            if port._closing or port._exit is not None:
+                raise PortClosed(port, "closed during connect")
+            port._owner = target
+        if elsewhere and not target.is_alive():
+            port._reclaim(previous)
+            raise ConnectExited("target_exited")
     except PortClosed as exc:
         raise ConnectFailed("process_died") from exc
-    except ConnectFailed:
+    except ConnectExited:
         raise
     except Exception as exc:
+        port._reclaim(previous)  # the port is never lost on the way
         raise ConnectError(type(exc).__name__, exc) from exc
-    if not target.is_alive():
-        port._reclaim(previous)
-        raise ConnectExited("target_exited")
-    info: PortInfo | None = port.info()
-    if info is None:
-        raise ConnectFailed("process_died")
-    return info
 
 
 # --- PortActor ---------------------------------------------------------------------------------
@@ -1030,7 +1121,8 @@ class PortActor(Actor):
 
 
 def _caller() -> Owner:
-    return current_actor() or threading.current_thread()
+    proc = getattr(_current_actor, "proc", None)  # current_actor(), inlined (hot path)
+    return proc.ref if proc is not None else threading.current_thread()
 
 
 def _resolve_owner(owner: Owner | None) -> Owner:
@@ -1048,8 +1140,15 @@ def _same_owner(a: Owner, b: Owner) -> bool:
 
 
 def _check_max_frame(max_frame: Any) -> None:
-    if not isinstance(max_frame, int) or isinstance(max_frame, bool) or max_frame < 1:
-        raise InvalidOption("max_frame", max_frame, "a positive integer (bytes)")
+    # Above MAX_PAYLOAD a frame's length no longer fits its 4-byte prefix.
+    if (
+        not isinstance(max_frame, int)
+        or isinstance(max_frame, bool)
+        or not 1 <= max_frame <= MAX_PAYLOAD
+    ):
+        raise InvalidOption(
+            "max_frame", max_frame, f"a positive integer of bytes, at most {MAX_PAYLOAD}"
+        )
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -1118,7 +1217,11 @@ class _ProcessChild:
 # them, or its own (and its siblings') lifeline and stdin would never reach EOF.
 _PARENT_FDS: set[int] = set()
 
-# Held while a port's child is forked and its child-side pipe ends are open in this process.
+# Held while a port's child is forked and its child-side pipe ends are open in this process,
+# and while a parent-side pipe end is made and listed in _PARENT_FDS: a `fork` child copies
+# every fd (O_CLOEXEC does not help without an exec), and one that kept a write end of another
+# port's pipe would hide that port's EOF. The exit fds (a pidfd, a dup of a sentinel's read
+# end) are made outside the lock on purpose: a copy of one changes nothing for anyone.
 _FORK_LOCK = threading.Lock()
 
 
@@ -1147,14 +1250,20 @@ class _Spawner:
         *,
         env: Mapping[str, str] | None,
         cwd: str | os.PathLike[str] | None,
-    ) -> subprocess.Popen[bytes]:
+    ) -> tuple[subprocess.Popen[bytes], tuple[int, int, int]]:
+        """Start `argv`; return its `Popen` and the parent's raw stdin, stdout and stderr fds
+        (listed in `_PARENT_FDS`; Popen's own file objects are closed)."""
         parent = os.getpid()
         preexec = _pdeathsig_preexec(parent) if sys.platform.startswith("linux") else None
 
-        def start() -> subprocess.Popen[bytes]:
-            # Popen's pipes must not leak into a `fork` port's child forked meanwhile.
+        def start() -> tuple[subprocess.Popen[bytes], tuple[int, int, int]]:
+            # Popen's pipes must not leak into a `fork` port's child forked meanwhile (a fork
+            # copies every fd, O_CLOEXEC or not): they exist only while the lock is held, and
+            # the raw fds kept instead are in _PARENT_FDS (which such a child closes) before
+            # it is released. Else that child would hold this program's stdin open, and
+            # closing it would never reach EOF.
             with _FORK_LOCK:
-                return subprocess.Popen(
+                popen = subprocess.Popen(
                     argv,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
@@ -1164,6 +1273,12 @@ class _Spawner:
                     start_new_session=True,
                     preexec_fn=preexec,
                 )
+                try:
+                    return popen, _raw_fds(popen)
+                except BaseException:
+                    popen.kill()
+                    popen.wait()
+                    raise
 
         with self._lock:
             self._live += 1
@@ -1178,8 +1293,8 @@ class _Spawner:
         if not ok:
             self.release()
             raise value
-        popen: subprocess.Popen[bytes] = value
-        return popen
+        started: tuple[subprocess.Popen[bytes], tuple[int, int, int]] = value
+        return started
 
     def release(self) -> None:
         """One opened port has been reaped; the last one lets the spawner thread end."""
@@ -1202,6 +1317,28 @@ class _Spawner:
 
 
 _SPAWNER = _Spawner()
+
+
+def _raw_fds(popen: subprocess.Popen[bytes]) -> tuple[int, int, int]:
+    """Popen's stdin, stdout and stderr as raw fds listed in `_PARENT_FDS` (hold `_FORK_LOCK`).
+
+    Only raw fds are kept: the reader thread and send() do their own buffering.
+    """
+    assert popen.stdin is not None
+    assert popen.stdout is not None
+    assert popen.stderr is not None
+    fds: list[int] = []
+    try:
+        for stream in (popen.stdin, popen.stdout, popen.stderr):
+            fds.append(os.dup(stream.fileno()))
+            _PARENT_FDS.add(fds[-1])
+    except BaseException:
+        for fd in fds:
+            _close_fd(fd)
+        raise
+    for stream in (popen.stdin, popen.stdout, popen.stderr):
+        stream.close()
+    return fds[0], fds[1], fds[2]
 
 
 def _reset_after_fork_in_child() -> None:

@@ -77,8 +77,7 @@ from ._port import (
     Port,
     PortExited,
     _check_max_frame,
-    safe_connect,
-    validate_port,
+    _hand_over,
 )
 from ._reasons import is_normal_exit
 
@@ -277,16 +276,11 @@ class PortWorker(PoolWorker):
             return Skip(error, pool_state)
         port = worker_state.port
         try:
-            validate_port(port)
-        except NotAPort:
-            return Remove(("checkout_failed", "not_a_port"), pool_state)
-        except PortClosed:
-            return Remove(("checkout_failed", "port_closed"), pool_state)
-        except PortNotOwned:
-            return Remove(("checkout_failed", "port_not_owned"), pool_state)
-        try:
-            safe_connect(port, command.owner)
+            _hand_over(port, command.owner)  # safe_connect, without building a PortInfo
         except ConnectFailed as exc:
+            code = _CHECKOUT_FAILED.get(type(exc.reason))
+            if code is not None:  # validate_port's errors: the port was not ours to give
+                return Remove(("checkout_failed", code), pool_state)
             return Remove(("connect_failed", exc.reason), pool_state)
         except ConnectExited as exc:
             return Remove(("connect_exited", exc.reason), pool_state)
@@ -310,7 +304,7 @@ class PortWorker(PoolWorker):
         if port._reply_pending:
             # A request timed out in the lease: its late reply would reach the next caller.
             return Remove("reply_pending", pool_state)
-        if port.info() is None:
+        if not port._is_open():
             return Remove(("port_exited", port.exit_status), pool_state)
         return Ok(worker_state, pool_state)
 
@@ -524,6 +518,13 @@ class ProcessPool(Pool):
 
 
 # --- private helpers ---------------------------------------------------------------------------
+
+# validate_port's errors, as the seed's ("checkout_failed", code) reasons.
+_CHECKOUT_FAILED: dict[type, str] = {
+    NotAPort: "not_a_port",
+    PortClosed: "port_closed",
+    PortNotOwned: "port_not_owned",
+}
 
 
 class _Undelivered(WorkerCrashed):

@@ -431,7 +431,7 @@ def test_pt_21_a_target_exiting_during_connect_is_connect_exited_and_the_port_re
 ) -> None:
     port = ports.open(ECHO)
     with pytest.raises(da.ConnectExited) as info:
-        safe_connect(port, ScriptedThread([True, True, False]))
+        safe_connect(port, ScriptedThread([True, False]))
     assert info.value.reason == "target_exited"
     assert port.owner is threading.current_thread()
     assert port.request({"still": "mine"}, timeout=10)["still"] == "mine"

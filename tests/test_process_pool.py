@@ -343,7 +343,7 @@ def test_pp_18_connect_failures_map_to_connect_failed_exited_and_error(
     assert checkout(w, state, pool_state, ScriptedThread([False])) == Remove(
         ("connect_failed", "target_dead"), pool_state
     )
-    assert checkout(w, state, pool_state, ScriptedThread([True, True, False])) == Remove(
+    assert checkout(w, state, pool_state, ScriptedThread([True, False])) == Remove(
         ("connect_exited", "target_exited"), pool_state
     )
     boom = OSError("weird")
