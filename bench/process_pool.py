@@ -8,6 +8,12 @@ Run: ``python bench/process_pool.py`` (under a minute) or ``python bench/process
    - `ProcessPool.call` (checkout + request + checkin) and a bare `Port.request`;
    - `multiprocessing.Pool.apply`, `ProcessPoolExecutor.submit().result()`, loky, pebble.
    Targets: ProcessPool.call / raw pipe <= 2.0; best peer / ProcessPool.call >= 2.0.
+   It runs twice: processes free to run on any CPU, then everything pinned to one CPU. On a
+   small VM a cross-CPU wake-up costs tens of microseconds, more than the work itself, and
+   where the scheduler puts each process differs between contenders (a forked child starts
+   on its parent's CPU, an exec'd one is placed anew): the unpinned figures measure placement
+   as much as code, so the echo baseline is also shown with a spawn-started child; the pinned
+   figures compare the work alone.
 2. Throughput: 8 client threads on 2 and 4 workers, every pool doing the same task.
 3. SIGKILL of an idle worker: time until a replacement answers, against the fork floor (fork a
    process and get one answer through a pipe), and what each peer does after the same kill.
@@ -123,11 +129,22 @@ class Contenders:
         self.pipe_proc.join(5)
 
 
-def bench_round_trip(rounds: int, n: int) -> None:
+def bench_round_trip(rounds: int, n: int, label: str) -> None:
     c = Contenders(workers=1)
+    spawn_ctx = multiprocessing.get_context("spawn")
+    spawn_pipe, child = spawn_ctx.Pipe()
+    spawn_echo = spawn_ctx.Process(target=_pipe_echo, args=(child,), daemon=True)
+    spawn_echo.start()
+    child.close()
+
+    def spawn_round_trip() -> Any:
+        spawn_pipe.send({"n": 7})
+        return spawn_pipe.recv()
+
     try:
         ops: dict[str, Callable[[], Any]] = {
             **c.ops,
+            "raw Pipe, spawn-started echo": spawn_round_trip,
             "Port.request (bare)": lambda: c.port.request(7),
             "ProcessPool.checkout, no I/O": lambda: c.pool.checkout(
                 None, lambda from_, port: (None, "ok")
@@ -143,7 +160,7 @@ def bench_round_trip(rounds: int, n: int) -> None:
         med = {name: statistics.median(t) for name, t in times.items()}
         base = med["raw Pipe (baseline)"]
         ours = med["ProcessPool.call (target)"]
-        print("\n1. Sequential round trip (one caller, one worker)")
+        print(f"\n1. Sequential round trip (one caller, one worker), {label}")
         print(f"{'contender':32} {'median us':>10} {'vs pipe':>8} {'vs call':>8}")
         for name, t in med.items():
             print(f"{name:32} {t * 1e6:10.1f} {t / base:8.2f} {t / ours:8.2f}")
@@ -153,6 +170,9 @@ def bench_round_trip(rounds: int, n: int) -> None:
         print(f"best peer ({best}) / ProcessPool.call = {med[best] / ours:.2f} (target >= 2.0)")
     finally:
         c.close()
+        spawn_pipe.send(None)
+        spawn_pipe.close()
+        spawn_echo.join(5)
 
 
 def bench_throughput(rounds: int, per_client: int) -> None:
@@ -425,7 +445,13 @@ def main() -> int:
     opts = parser.parse_args()
     rounds, n, per_client = (3, 200, 100) if opts.quick else (7, 1000, 400)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, rounds={rounds}")
-    bench_round_trip(rounds, n)
+    bench_round_trip(rounds, n, "processes free to run on any CPU")
+    if hasattr(os, "sched_setaffinity"):
+        everywhere = os.sched_getaffinity(0)
+        # Threads and processes started from now on inherit it (the contenders start afresh).
+        os.sched_setaffinity(0, {min(everywhere)})
+        bench_round_trip(rounds, n, "every thread and process pinned to one CPU")
+        os.sched_setaffinity(0, everywhere)
     bench_throughput(max(1, rounds // 2), per_client)
     bench_sigkill(max(3, rounds // 2))
     return 0

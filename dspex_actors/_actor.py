@@ -762,15 +762,16 @@ class Actor(pykka.ThreadingActor):
         return None
 
 
-def _run_inline(proc: _Proc, handler: Callable[[Any], Any], message: Any) -> bool:
+def _run_inline(proc: _Proc, handler: Callable[[Any], bool | None], message: Any) -> bool:
     """Handle `message` with `handler` in this thread, in the actor's place, if it is idle.
 
     The actor's own loop takes a message from the inbox and handles it while holding
     `exec_lock`; so a thread that gets the lock and finds the inbox empty may handle one
     message itself: every message sent before has been handled, none is being handled, and the
     actor's state is touched by one thread at a time, exactly as if the message had been
-    queued. `current_actor()` is the actor meanwhile. Returns False (nothing ran: send the
-    message instead) when the actor is busy, has messages queued, or is exiting.
+    queued. `current_actor()` is the actor meanwhile. Returns False (send the message instead)
+    when the actor is busy, has messages queued or is exiting, or when `handler` returns
+    False (it declined the message before changing anything; None counts as handled).
 
     An exception escaping `handler` crashes the actor with it, as it would in the loop; it is
     not raised here, except a `BaseException` that is not an `Exception` (e.g. a
@@ -790,7 +791,7 @@ def _run_inline(proc: _Proc, handler: Callable[[Any], Any], message: Any) -> boo
         previous = getattr(_current, "proc", None)
         _current.proc = proc
         try:
-            handler(message)
+            handled = handler(message)
         except BaseException as exc:
             reason = _reason_for(exc)
             with proc.lock:
@@ -800,9 +801,10 @@ def _run_inline(proc: _Proc, handler: Callable[[Any], Any], message: Any) -> boo
             inbox.put_front(Envelope(_Wake()))
             if not isinstance(exc, Exception):
                 raise
+            handled = True
         finally:
             _current.proc = previous
-        return True
+        return handled is not False
     finally:
         lock.release()
 

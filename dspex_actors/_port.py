@@ -1417,6 +1417,17 @@ def _fork_child_main(
     for fd in _PARENT_FDS - {in_fd, out_fd, err_fd, life_fd}:
         with contextlib.suppress(OSError):
             os.close(fd)
+    _forked_child_setup(err_fd, life_fd)
+    _serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], FrameDecoder(max_frame))
+
+
+def _forked_child_setup(err_fd: int, life_fd: int) -> None:
+    """What a forked worker does before serving (``"fork"`` and ``"forkserver"`` children).
+
+    It leads its own session (so the port signals its whole process group), sends what it
+    prints to the port's stderr pipe, and watches its lifeline: EOF there means the parent is
+    gone, and the worker SIGKILLs its own process group.
+    """
     with contextlib.suppress(OSError):
         os.setsid()
     sys.stdout.flush()
@@ -1432,7 +1443,6 @@ def _fork_child_main(
             os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch_parent, name="port-lifeline", daemon=True).start()
-    _serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], FrameDecoder(max_frame))
 
 
 def _serve(
