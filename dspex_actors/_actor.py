@@ -783,8 +783,8 @@ def _run_inline(proc: _Proc, handler: Callable[[Any], bool | None], message: Any
     if not lock.acquire(False):
         return False
     try:
-        if proc.pending_exit is not None or proc.tearing_down:
-            return False
+        if proc.pending_exit is not None or proc.tearing_down or not proc.started.is_set():
+            return False  # exiting, or on_start has not finished (or not even begun)
         inbox = cast(_Inbox, proc.ref.actor_inbox)  # our own Actor (only those run inline)
         if inbox.queue or inbox.closed:
             return False

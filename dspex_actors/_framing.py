@@ -101,9 +101,13 @@ class JsonCodec:
     name: str = "json"
 
     def encode(self, value: Any) -> bytes:
-        if _c_encode is not None:
+        if _c_encoder is not None:
             try:
-                return "".join(_c_encode(value, 0)).encode()
+                # A fresh encoder each time: its `markers` dict detects cycles (without it a
+                # cycle is walked until RecursionError, building every level's text) and may
+                # not be shared between threads.
+                encode = _c_encoder({}, _refuse, _c_basestring, None, ":", ",", False, False, False)
+                return "".join(encode(value, 0)).encode()
             except (TypeError, ValueError, RecursionError):
                 pass  # json.dumps below says what was wrong, in its own words
         try:
@@ -118,8 +122,8 @@ class JsonCodec:
                 value, end = _c_scan(text, 0)
                 if end == len(text):
                     return value
-            except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
-                pass  # json.loads below decides, with its own error
+            except (UnicodeDecodeError, StopIteration, ValueError, RecursionError, AttributeError):
+                pass  # json.loads below decides, with its own error (AttributeError: a str)
         try:
             return json.loads(payload)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # [[[[... nests too deep
@@ -130,10 +134,9 @@ def _refuse(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _json_fast_paths() -> tuple[Any, Any]:
-    """json's C encoder (compact, ``allow_nan=False``, no circular check: a cycle fails with
-    RecursionError and json.dumps reports it) and C scanner, or None where there is no C
-    accelerator (then json.dumps/json.loads do all the work)."""
+def _json_fast_paths() -> tuple[Any, Any, Any]:
+    """json's C encoder factory (used compact, ``allow_nan=False``), its string encoder, and a
+    C scanner; Nones where there is no C accelerator (json.dumps/json.loads do all the work)."""
     try:
         from json.encoder import (  # type: ignore[attr-defined]  # CPython's C accelerator
             c_make_encoder,
@@ -142,19 +145,19 @@ def _json_fast_paths() -> tuple[Any, Any]:
         from json.scanner import c_make_scanner  # type: ignore[attr-defined]
 
         if c_make_encoder is None or c_make_scanner is None:
-            return None, None
+            return None, None, None
         encoder = c_make_encoder(
-            None, _refuse, encode_basestring_ascii, None, ":", ",", False, False, False
+            {}, _refuse, encode_basestring_ascii, None, ":", ",", False, False, False
         )
         scanner = c_make_scanner(json.JSONDecoder())
     except (ImportError, TypeError):  # another Python's internals: use the public functions
-        return None, None
+        return None, None, None
     if "".join(encoder([1, "é", None], 0)) != '[1,"\\u00e9",null]':
-        return None, None  # not the encoder we know: use the public functions
-    return encoder, scanner
+        return None, None, None  # not the encoder we know: use the public functions
+    return c_make_encoder, encode_basestring_ascii, scanner
 
 
-_c_encode, _c_scan = _json_fast_paths()
+_c_encoder, _c_basestring, _c_scan = _json_fast_paths()
 
 
 @attrs.frozen

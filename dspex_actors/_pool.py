@@ -13,12 +13,15 @@ execution lock, exactly as the pool's thread would handle it next (same order, s
 A checkout then costs a few microseconds instead of two thread wake-ups; the only visible
 difference is which thread runs a callback (and so who waits for it): a checkin that has more
 to do than return the worker to the idle queue (waiters to serve, an overflow worker to
-dismiss, a poisoned lease) is always left to the pool's own thread. The semantics are NimblePool 1.1's, one to one
-(eager/lazy start, FIFO idle queue, FIFO waiters, `Remove` / `Skip` / `Async` / `Stop`, idle
-pings, `handle_cancelled`, deadlines), plus three deliberate improvements: Poolboy-style
-`max_overflow`, a clear error (and no leaked worker) when `fn` returns something that is not a
-pair, and a callback's invalid return removing that worker (with a `CallbackReturnError` in the
-caller) instead of crashing the pool.
+dismiss, a poisoned lease) is always left to the pool's own thread. A `KeyboardInterrupt` that
+lands in a thread while it runs a pool callback this way ends the pool too (its state may be
+half-updated), with that reason.
+
+The semantics are NimblePool 1.1's, one to one (eager/lazy start, FIFO idle queue, FIFO waiters,
+`Remove` / `Skip` / `Async` / `Stop`, idle pings, `handle_cancelled`, deadlines), plus three
+deliberate improvements: Poolboy-style `max_overflow`, a clear error (and no leaked worker) when
+`fn` returns something that is not a pair, and a callback's invalid return removing that worker
+(with a `CallbackReturnError` in the caller) instead of crashing the pool.
 
 When not to use it: for a pool of OS processes use `ProcessPool` (built on this); for fire and
 forget jobs use a `DynamicSupervisor` or `concurrent.futures`; for one shared resource, an
@@ -196,9 +199,9 @@ class PoolWorker:
     or, for `handle_enqueue`/`handle_checkout`/`handle_checkin` (and what they lead to, such as
     `terminate_worker` after a `Remove`) arriving while the pool is idle, on the thread that
     checks out or in, under the pool's lock. Either way `current_actor()` is the pool and no
-    other callback runs meanwhile; *Runs in: the pool thread* below means this. Names and argument order are
-    NimblePool's. `init_worker` and `handle_checkout` are required; the others have NimblePool's
-    defaults.
+    other callback runs meanwhile; *Runs in: the pool thread* below means this. Names and
+    argument order are NimblePool's. `init_worker` and `handle_checkout` are required; the
+    others have NimblePool's defaults.
 
     Each callback is called through one wrapper: an exception is logged as
     ``Error during MyWorker.handle_checkout`` (with the traceback) and handled as stated under

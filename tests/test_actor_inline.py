@@ -1,4 +1,4 @@
-"""`_run_inline`: a thread handles one message in an idle actor's place (ids ri_01..ri_09).
+"""`_run_inline`: a thread handles one message in an idle actor's place (ids ri_01..ri_10).
 
 The actor loop dequeues and handles each message while holding `proc.exec_lock`; a thread
 that takes that lock (without blocking) and finds the inbox empty may run a handler itself,
@@ -11,6 +11,7 @@ Every wait is bounded and synchronised on events, `sync` or `gate`; nothing slee
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -136,12 +137,22 @@ class Recorder:
             self._body(message)
 
 
+def idle(ref: pykka.ActorRef[Any]) -> None:
+    """Wait until the actor has handled everything sent before and sits idle.
+
+    `sync` returns once its ask is answered, but the reply is set while the actor still holds
+    its exec lock (it is inside that message): wait for the lock too, so that the next
+    `_run_inline` finds the actor idle for sure.
+    """
+    sync(ref)
+    proc = proc_of(ref)
+    wait_for(lambda: not proc.exec_lock.locked(), WAIT)
+
+
 def stop(ref: pykka.ActorRef[Any]) -> None:
     if ref.is_alive():
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):  # it may exit meanwhile
             ref.stop(timeout=WAIT)
-        except pykka.ActorDeadError:
-            pass  # it exited meanwhile
     da.wait_exit(ref, WAIT)
 
 
@@ -184,6 +195,7 @@ def test_ri_01_from_inside_another_actor_current_actor_is_the_target_then_the_ca
             (proc_of(box), handler, "from-actor"), timeout=WAIT
         )
         assert ran is True
+        assert isinstance(caller_thread, threading.Thread)
         assert before == caller
         assert after == caller
         assert handler.calls == [("from-actor", caller_thread, box)]
@@ -207,10 +219,20 @@ def test_ri_02_a_busy_actor_is_not_run_inline(box: pykka.ActorRef[Any], log: lis
         assert handler.calls == []
     finally:
         release.set()
-    sync(box)
+    idle(box)
     handler = Recorder()
     assert _run_inline(proc_of(box), handler, "idle") is True
     assert [c[0] for c in handler.calls] == ["idle"]
+
+
+def test_ri_02_a_gated_actor_refuses_inline_until_released(box: pykka.ActorRef[Any]) -> None:
+    """ri_02: the same with `dspex_actors.testing.gate` holding the actor between messages."""
+    with gate(box):
+        handler = Recorder()
+        assert _run_inline(proc_of(box), handler, "gated") is False
+        assert handler.calls == []
+    idle(box)
+    assert _run_inline(proc_of(box), Recorder(), "free") is True
 
 
 # --- 3. queued messages come first ------------------------------------------------------------
@@ -230,7 +252,7 @@ def test_ri_03_a_message_queued_before_is_handled_first_and_its_effect_is_seen_i
         assert refused.calls == []
     finally:
         release.set()
-    sync(box)
+    idle(box)
     seen: list[list[Any]] = []
     handler = Recorder(lambda message: seen.append(list(log)))
     assert _run_inline(proc_of(box), handler, "after B") is True
@@ -261,7 +283,7 @@ def test_ri_03_a_non_empty_inbox_refuses_even_when_nothing_is_being_handled(
     assert log == []
     with inbox.mutex:
         inbox.not_empty.notify()
-    sync(box)
+    idle(box)
     assert log == ["queued"]
     seen: list[list[Any]] = []
     assert _run_inline(proc, Recorder(lambda message: seen.append(list(log))), "now") is True
@@ -407,7 +429,6 @@ def test_ri_05_before_the_actor_thread_has_even_entered_on_start_inline_returns_
     on_start; an attempt in that window must not run ahead of on_start either."""
     hold_loop = threading.Event()
     starter = Starter(log, hold_loop)
-    ref: pykka.ActorRef[Any] | None = None
     try:
         wait_for(lambda: starter.published and hasattr(starter.published[0], "_dspex_proc"))
         assert not starter.entered.is_set()  # held before on_start
@@ -419,11 +440,11 @@ def test_ri_05_before_the_actor_thread_has_even_entered_on_start_inline_returns_
         assert starter.entered.wait(WAIT)
         starter.release.set()
         ref = starter.join()
-    try:
-        assert log == ["on_start done"]
-        assert _run_inline(proc_of(ref), Recorder(), "after start") is True
-    finally:
-        stop(ref)
+        try:
+            assert log == ["on_start done"]
+            assert _run_inline(proc_of(ref), Recorder(), "after start") is True
+        finally:
+            stop(ref)
 
 
 # --- 6. an exception crashes the actor, not the caller -----------------------------------------
@@ -535,6 +556,12 @@ class Counter(da.Actor):
         return None
 
 
+def count_of(ref: pykka.ActorRef[Any]) -> int:
+    count = ref.ask("count", timeout=WAIT)
+    assert isinstance(count, int)
+    return count
+
+
 def test_ri_09_concurrent_inline_and_told_increments_are_exact_and_in_order_per_thread() -> None:
     """ri_09: 4 threads x 2000 increments, inline when possible (else told), plus asks."""
     ref = Counter.start()
@@ -549,19 +576,22 @@ def test_ri_09_concurrent_inline_and_told_increments_are_exact_and_in_order_per_
             assert go.wait(WAIT)
             seen = 0
             for seq in range(PER_THREAD):
-                # Odd numbers are always told, so both paths interleave within each thread.
-                if seq % 2 == 0 and _run_inline(proc, handler, Incr(t, seq)):
+                # Every tenth is told regardless, so both paths interleave within each thread;
+                # the asks (barriers) drain the inbox now and then, so inline attempts succeed.
+                if seq % 10 != 9 and _run_inline(proc, handler, Incr(t, seq)):
                     inline_runs[t] += 1
                 else:
                     ref.tell(Incr(t, seq))
-                if seq % 250 == 0:
-                    count = ref.ask("count", timeout=WAIT)
+                if seq % 25 == 0:
+                    count = count_of(ref)
                     assert seen <= count <= THREADS * PER_THREAD
                     seen = count
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(t,), name=f"test-incr-{t}") for t in range(4)]
+    threads = [
+        threading.Thread(target=work, args=(t,), name=f"test-incr-{t}") for t in range(THREADS)
+    ]
     for thread in threads:
         thread.start()
     go.set()
@@ -570,13 +600,14 @@ def test_ri_09_concurrent_inline_and_told_increments_are_exact_and_in_order_per_
     try:
         assert not any(thread.is_alive() for thread in threads)
         assert errors == []
-        sync(ref)
+        idle(ref)
         assert ref.is_alive(), da.exit_reason(ref)
-        assert ref.ask("count", timeout=WAIT) == THREADS * PER_THREAD
+        assert count_of(ref) == THREADS * PER_THREAD, f"inline runs per thread: {inline_runs}"
         assert ref.ask("last", timeout=WAIT) == dict.fromkeys(range(THREADS), PER_THREAD - 1)
+        idle(ref)
         # Idle now: the next increment runs inline for sure, and continues every sequence.
         assert _run_inline(proc, handler, Incr(0, PER_THREAD)) is True
-        assert ref.ask("count", timeout=WAIT) == THREADS * PER_THREAD + 1
+        assert count_of(ref) == THREADS * PER_THREAD + 1
     finally:
         stop(ref)
 
@@ -592,11 +623,16 @@ def test_ri_09_an_out_of_order_increment_is_detected_by_the_counter() -> None:
     assert "got 0 after 0" in str(reason)
 
 
-def test_ri_02_a_gated_actor_refuses_inline_until_released(box: pykka.ActorRef[Any]) -> None:
-    """ri_02: the same with `dspex_actors.testing.gate` holding the actor between messages."""
-    with gate(box):
-        handler = Recorder()
-        assert _run_inline(proc_of(box), handler, "gated") is False
-        assert handler.calls == []
-    sync(box)
-    assert _run_inline(proc_of(box), Recorder(), "free") is True
+def test_ri_10_a_handler_that_declines_with_false_makes_run_inline_return_false(
+    box: pykka.ActorRef[Any], log: list[Any]
+) -> None:
+    """ri_10: a handler returning False declined the message (the caller sends it instead);
+    None, or any other value, means handled. The actor runs on either way."""
+    proc = proc_of(box)
+    assert _run_inline(proc, lambda message: False, "declined") is False
+    assert da.current_actor() is None
+    assert _run_inline(proc, lambda message: None, "handled") is True
+    assert _run_inline(proc, lambda message: True, "handled too") is True
+    box.tell(Append("still running"))
+    idle(box)
+    assert log == ["still running"]
