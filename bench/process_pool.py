@@ -344,6 +344,7 @@ def bench_sigkill(rounds: int) -> None:
     for label, options in (
         ("ProcessPool (target, spawn)", {"target": square}),
         ("ProcessPool (target, fork)", {"target": square, "start_method": "fork"}),
+        ("ProcessPool (target, forkserver)", {"target": square, "start_method": "forkserver"}),
         ("ProcessPool (argv, python -S)", {"argv": [sys.executable, "-S", "-c", DOUBLER]}),
     ):
         pool = da.ProcessPool.start(pool_size=1, **options)

@@ -30,8 +30,14 @@ and logged with the port's id (event ``port_stderr``); it never mixes into the f
 interpreter. A parent that runs actors always has threads, and ``fork`` copies whatever locks
 those threads held (logging, allocators, pykka inboxes) into a child that can then deadlock;
 CPython 3.12 warns about it and 3.14 stopped defaulting to it. ``"fork"`` starts much faster and
-is fine when the handler touches no lock another thread may hold. ``"forkserver"`` is not
-offered: its server process outlives every pool and it re-imports ``__main__``. The handler
+is fine when the handler touches no lock another thread may hold. ``"forkserver"`` gives
+both: one small single-threaded server process (a fresh interpreter, started like a
+``"spawn"`` child) forks every worker, which is safe (no other thread to hold a lock) and
+nearly as fast as ``"fork"``. Unlike `multiprocessing`'s fork server, ours is owned by its
+users: every forkserver port (until it is reaped) and every forkserver `ProcessPool` (for its
+whole life) holds a reference, and the last one to let go stops and reaps the server; it never
+re-imports ``__main__``, since the handler crosses by value. If the server is killed, its
+workers are killed too (status ``-9``) and the next port starts a new server. The handler
 and its arguments cross with dill, so closures and lambdas work with every method; requests and
 replies are JSON frames (the hot path never unpickles), unless you choose ``codec=PICKLE_CODEC``.
 
@@ -111,7 +117,7 @@ __all__ = [
 Owner = pykka.ActorRef[Any] | threading.Thread
 """Who may talk to a port: an actor (its `ActorRef`) or a thread."""
 
-START_METHODS = ("spawn", "fork")
+START_METHODS = ("spawn", "fork", "forkserver")
 """Start methods `Port.spawn` accepts (``"spawn"`` is the default)."""
 
 _KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL in close()
@@ -166,7 +172,8 @@ class PortInfo:
 
 
 class _Child(Protocol):
-    """The OS process behind a port: a `subprocess.Popen` or a `multiprocess` process."""
+    """The OS process behind a port: a `subprocess.Popen`, a `multiprocess` process, or a
+    worker of the fork server (`_forkserver._ServedChild`, whose status the server reports)."""
 
     pid: int
 
@@ -325,8 +332,9 @@ class Port:
         Args:
             handler: the callable to serve.
             *args: extra arguments passed to every call (e.g. a configuration).
-            start_method: ``"spawn"`` (default: safe with threads) or ``"fork"``
-                (fastest; see the module docs on fork safety).
+            start_method: ``"spawn"`` (default: safe with threads), ``"fork"`` (fastest;
+                see the module docs on fork safety) or ``"forkserver"`` (safe, and nearly as
+                fast as fork once its server runs: see the module docs).
             max_frame: the largest payload accepted either way, in bytes.
             codec: `JSON_CODEC` (default) or `PICKLE_CODEC` (any Python value; unpickles).
             owner: the first owner (default: the calling actor, else the calling thread).
@@ -335,7 +343,9 @@ class Port:
         Raises:
             InvalidOption: a bad start method, codec or `max_frame`.
             CallTimeout: a ``"spawn"`` child did not read its handler within 30 s (its
-                interpreter start stalled); it has been killed and reaped.
+                interpreter start stalled; it has been killed and reaped), or the fork
+                server did not fork within 30 s.
+            OSError: the fork server could not be started, could not fork, or exited.
             PortClosed: a ``"spawn"`` child exited before reading its handler (it has been
                 reaped; see the port's `stderr_tail` in the logs, event ``port_stderr``).
             ProtocolError: the pickled handler and arguments exceed 4 GiB.
@@ -349,8 +359,6 @@ class Port:
         if not isinstance(codec, JsonCodec | PickleCodec):
             raise InvalidOption("codec", codec, "JSON_CODEC or PICKLE_CODEC for Port.spawn")
         owner = _resolve_owner(owner)
-        import dill
-
         name = getattr(handler, "__qualname__", repr(handler))
         if method == "spawn":
             # A fresh interpreter that imports only dspex_actors (multiprocess's own "spawn"
@@ -362,12 +370,7 @@ class Port:
             )
             # Pickled and framed before the process starts, so an unpicklable handler (or one
             # over 4 GiB pickled: ProtocolError) starts nothing.
-            try:
-                setup = dill.dumps((handler, args, codec.name, max_frame), recurse=True)
-            except Exception as exc:
-                raise InvalidOption(
-                    "handler", handler, f"picklable by dill with its args ({exc})"
-                ) from exc
+            setup = _pickle_setup(handler, args, codec, max_frame)
             frame = encode_frame(setup, max_frame=len(setup))
             port = cls._open(
                 [sys.executable, "-c", boot],
@@ -391,7 +394,51 @@ class Port:
                     raise CallTimeout(str(port), "spawn", _SETUP_TIMEOUT) from None
                 raise
             return port
+        if method == "forkserver":
+            return cls._forkserver(handler, args, name, max_frame, codec, owner, on_exit)
         return cls._fork(handler, args, name, max_frame, codec, owner, on_exit)
+
+    @classmethod
+    def _forkserver(
+        cls,
+        handler: Callable[..., Any],
+        args: tuple[Any, ...],
+        name: str,
+        max_frame: int,
+        codec: Codec,
+        owner: Owner,
+        on_exit: Callable[[PortExited], None] | None,
+    ) -> Port:
+        from ._forkserver import FORK_SERVER
+
+        # Pickled before anything starts, so an unpicklable handler starts nothing.
+        setup = _pickle_setup(handler, args, codec, max_frame)
+        server = FORK_SERVER
+        # The port holds the server until it is reaped: the server reports its worker's exit.
+        server.acquire()
+        try:
+            child, (in_w, out_r, err_r, life_w) = server.start_worker(setup, _SETUP_TIMEOUT)
+        except BaseException:
+            server.release()
+            raise
+
+        def forget() -> None:
+            _close_fd(life_w)
+            server.release()
+
+        return cls(
+            child,
+            stdin_fd=in_w,
+            stdout_fd=out_r,
+            stderr_fd=err_r,
+            name=name,
+            codec=codec,
+            max_frame=max_frame,
+            owner=owner,
+            on_exit=on_exit,
+            enveloped=True,
+            on_reaped=forget,
+        )
 
     @classmethod
     def _fork(
@@ -1373,6 +1420,19 @@ def _pdeathsig_preexec(parent: int) -> Callable[[], None]:
             os._exit(1)
 
     return preexec
+
+
+def _pickle_setup(
+    handler: Callable[..., Any], args: tuple[Any, ...], codec: Codec, max_frame: int
+) -> bytes:
+    """What a ``"spawn"`` or ``"forkserver"`` child needs, dill-pickled (by value: closures)."""
+    import dill
+
+    try:
+        setup: bytes = dill.dumps((handler, args, codec.name, max_frame), recurse=True)
+    except Exception as exc:
+        raise InvalidOption("handler", handler, f"picklable by dill with its args ({exc})") from exc
+    return setup
 
 
 def _spawn_entry() -> None:

@@ -104,7 +104,8 @@ class PortSpec:
         argv: the program and its arguments.
         target: the callable, called as ``target(request, *args)``.
         args: extra arguments for `target`.
-        start_method: ``"spawn"`` (default) or ``"fork"``, for `target`.
+        start_method: ``"spawn"`` (default), ``"fork"`` or ``"forkserver"``, for `target`
+            (a forkserver pool holds the fork server for its whole life).
         max_frame: the largest payload either way, in bytes.
         codec: the codec (JSON by default).
         env: the environment for `argv` programs.
@@ -206,6 +207,7 @@ class _PoolState:
     live: set[Port] = attrs.field(factory=set)  # every port this pool started and not closed
     lock: threading.Lock = attrs.field(factory=threading.Lock)
     stopped: bool = False  # terminate_pool ran: a worker still starting must close itself
+    forkserver: bool = False  # holds a reference to the fork server until terminate_pool
 
 
 # --- the callbacks -----------------------------------------------------------------------------
@@ -223,7 +225,18 @@ class PortWorker(PoolWorker):
         """Check the `PortSpec`. *Runs in*: the pool thread. Returns `Stop` for anything else."""
         if not isinstance(init_arg, PortSpec):
             return Stop(InvalidOption("init_arg", init_arg, "a PortSpec"))
-        return Ok(_PoolState(init_arg))
+        state = _PoolState(init_arg)
+        if init_arg.target is not None and init_arg.start_method == "forkserver":
+            # Held for the pool's whole life: when its only worker dies, the replacement is
+            # forked by the same server instead of waiting for a new one to boot.
+            from ._forkserver import FORK_SERVER
+
+            try:
+                FORK_SERVER.acquire()
+            except OSError as exc:
+                return Stop(exc)
+            state.forkserver = True
+        return Ok(state)
 
     def init_worker(self, pool_state: Any) -> Async:
         """Start one process and wait until it answers, outside the pool's thread (`Async`).
@@ -355,6 +368,11 @@ class PortWorker(PoolWorker):
             port.kill()
         for port in ports:
             port.close(pool_state.spec.close_timeout)
+        if pool_state.forkserver:
+            from ._forkserver import FORK_SERVER
+
+            pool_state.forkserver = False
+            FORK_SERVER.release()
 
 
 # --- public API --------------------------------------------------------------------------------
@@ -407,7 +425,8 @@ class ProcessPool(Pool):
             max_overflow: extra workers allowed above `pool_size` under load.
             retries: how often `call` retries a request whose worker crashed mid-request
                 (only for idempotent requests).
-            start_method: ``"spawn"`` (default) or ``"fork"`` for `target` workers.
+            start_method: ``"spawn"`` (default), ``"fork"`` or ``"forkserver"`` for `target`
+                workers (see `Port.spawn`).
             name: register the pool under this local name.
             max_frame: see `PortSpec`.
             codec: see `PortSpec`.

@@ -1,0 +1,610 @@
+"""The fork server behind ``Port.spawn(..., start_method="forkserver")`` (private).
+
+A ``"fork"`` worker starts fast but is forked from the parent, which always has threads (actors
+are threads): a lock another thread held at fork time stays held forever in the child. A
+``"spawn"`` worker is safe but starts a fresh interpreter each time (~30x slower). The fork
+server gives both: one small single-threaded process, started once like a ``"spawn"`` child (a
+fresh interpreter that imports `dspex_actors`, `dill` and nothing of the parent's
+``__main__``), forks every worker on request. Forking a single-threaded process is safe, and
+forking a small one is fast.
+
+- **Owned by its users.** One `ForkServer` per parent process (`FORK_SERVER`), reference
+  counted: every ``forkserver`` port holds a reference until it is reaped, a `ProcessPool`
+  with ``start_method="forkserver"`` holds one for its whole life (so a replacement worker
+  never waits for a new server). The server starts on the first `acquire` and is stopped and
+  reaped on the last `release`: it never outlives its users (unlike `multiprocessing`'s).
+- **Start a worker.** The parent makes the worker's pipes (stdin, stdout, stderr, lifeline)
+  as a ``"fork"`` port does, sends the child ends over a Unix socket (``SCM_RIGHTS``) with the
+  handler and its arguments, dill-pickled by value (closures work), and closes its copies. The
+  server forks; the worker closes every other fd, leads its own session, watches its lifeline
+  and serves, exactly as a ``"fork"`` worker. The handler is unpickled in the worker, never in
+  the server, so user code (imports that start threads, say) cannot make the server unsafe to
+  fork; a handler defined in an importable module is imported by each worker.
+- **Exits.** The worker is the server's child: the server reaps it (SIGCHLD wakes its single
+  thread through `signal.set_wakeup_fd`) and reports ``exited <pid> <status>`` (negative: killed
+  by that signal, as `Port.exit_status`). A reader thread in the parent (``dspex-forkserver``)
+  hands the status to the worker's record, which is the port's `_Child`.
+- **Deaths.** The parent dies: the server sees EOF on its socket, SIGKILLs the process group of
+  every worker it started, reaps them and exits (each worker also has its own lifeline to the
+  parent). The server dies: the parent's reader sees EOF, SIGKILLs every worker it started and
+  reports each exited with status ``-9`` (the real status is lost: init reaps them now); the
+  next `acquire` or worker start runs a new server.
+
+When not to use it: a handler that must see state the parent built after the server started
+(module globals changed at run time) gets only what crosses by value; use ``"fork"`` (if no
+other thread can hold a lock it needs) or ``"spawn"``.
+
+Example:
+    >>> from dspex_actors import Port
+    >>> port = Port.spawn(lambda request: request + 1, start_method="forkserver")
+    >>> port.request(41, timeout=30)
+    42
+    >>> port.close()
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from . import _port
+from ._errors import CallTimeout
+from ._framing import FrameDecoder
+
+__all__ = ["FORK_SERVER", "ForkServer"]
+
+# parent -> server: a request id and the setup's length, then the setup; the worker's four
+# child-side fds (stdin, stdout, stderr, lifeline) ride with the header (SCM_RIGHTS).
+_REQUEST = struct.Struct(">QQ")
+# server -> parent: what happened, to which request or pid, and a value.
+_REPLY = struct.Struct(">BQq")
+_STARTED = 1  # (request id, pid)
+_FAILED = 2  # (request id, errno)
+_EXITED = 3  # (pid, status)
+_WORKER_FDS = 4
+_Send = Callable[[int, int, int], None]
+_STOP_LIMIT = 10.0
+"""Seconds `ForkServer.release` waits for the server to exit before it SIGKILLs it."""
+_REAP_LIMIT = 5.0
+"""Seconds the server waits, once its parent is gone, for its SIGKILLed workers to be reaped."""
+
+
+# --- public types ------------------------------------------------------------------------------
+
+
+class ForkServer:
+    """The fork server of this process: started by the first `acquire`, stopped by the last
+    `release`. Use the shared `FORK_SERVER`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._server: _Server | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The running server's pid, or None (no users, or it died and none has started yet)."""
+        with self._lock:
+            server = self._server
+        return None if server is None or server.dead else server.pid
+
+    @property
+    def users(self) -> int:
+        """How many references are held."""
+        with self._lock:
+            return self._users
+
+    def acquire(self) -> None:
+        """Take a reference; start the server if none runs.
+
+        Raises:
+            OSError: the server could not be started.
+        """
+        with self._lock:
+            self._running()
+            self._users += 1
+
+    def release(self) -> None:
+        """Drop a reference; the last one stops the server and reaps it before returning."""
+        with self._lock:
+            if self._users <= 0:
+                raise RuntimeError("ForkServer.release() without a matching acquire()")
+            self._users -= 1
+            if self._users:
+                return
+            server, self._server = self._server, None
+        if server is not None:
+            server.stop()
+
+    def start_worker(
+        self, setup: bytes, timeout: float
+    ) -> tuple[_ServedChild, tuple[int, int, int, int]]:
+        """Have the server fork a worker serving `setup` (`_port._pickle_setup`'s bytes).
+
+        The caller must hold a reference. Returns the worker (a `_port._Child`) and the
+        parent's ends of its stdin, stdout, stderr and lifeline pipes (in `_PARENT_FDS`).
+
+        Raises:
+            OSError: the server could not fork, or exited before it did.
+            CallTimeout: no answer within `timeout` seconds (the server is stalled).
+        """
+        with self._lock:
+            if self._users <= 0:
+                raise RuntimeError("ForkServer.start_worker() without a reference")
+            server = self._running()
+        return server.start_worker(setup, timeout)
+
+    def _running(self) -> _Server:
+        """The running server, started (again) if needed. Holds `_lock`."""
+        server = self._server
+        if server is None or server.dead:
+            server = _Server.start()
+            self._server = server
+        return server
+
+
+FORK_SERVER = ForkServer()
+"""The fork server every ``forkserver`` port and pool of this process shares."""
+
+
+# --- private helpers: the parent's side --------------------------------------------------------
+
+
+class _ServedChild:
+    """A worker forked by the server, as `Port` sees it (the `_port._Child` protocol).
+
+    Its exit status comes from the server (the parent cannot wait for a grandchild); the
+    reader thread writes a byte to the exit pipe when it does, so the port's own reader wakes.
+    """
+
+    def __init__(self, exit_r: int, exit_w: int) -> None:
+        self.pid = 0  # set from the server's answer, before anyone else sees this object
+        self._exit_r = exit_r
+        self._exit_w: int | None = exit_w
+        self._status: int | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    def wait_status(self, timeout: float | None) -> int | None:
+        if not self._done.wait(timeout):
+            return None
+        return self._status
+
+    def exit_fd(self) -> int | None:
+        return self._exit_r
+
+    def _exited(self, status: int) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._status = status
+            self._done.set()
+            fd, self._exit_w = self._exit_w, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"x")
+            _port._close_fd(fd)
+
+    def _discard(self) -> None:
+        """Never handed to a port: close both ends of the exit pipe."""
+        with self._lock:
+            fd, self._exit_w = self._exit_w, None
+        if fd is not None:
+            _port._close_fd(fd)
+        os.close(self._exit_r)
+
+
+class _Request:
+    def __init__(self, child: _ServedChild) -> None:
+        self.child = child
+        self.done = threading.Event()
+        self.pid: int | None = None
+        self.error: OSError | None = None
+
+
+class _Server:
+    """One server process, its socket and its reader thread (``dspex-forkserver``)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.dead = False
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Request] = {}
+        self._workers: dict[int, _ServedChild] = {}
+        self._reader = threading.Thread(target=self._read, name="dspex-forkserver", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def start(cls) -> _Server:
+        # Every fd made here exists (or is in _PARENT_FDS) only under the fork lock, so a
+        # "fork" port's child forked meanwhile never holds the parent's end of the socket:
+        # the server would never see EOF when the parent dies.
+        with _port._FORK_LOCK:
+            parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            _port._PARENT_FDS.add(parent_sock.fileno())
+            fd = child_sock.fileno()
+            boot = (
+                f"import sys; sys.path[:0] = {sys.path!r}; "
+                f"from dspex_actors._forkserver import _server_main; _server_main({fd})"
+            )
+            try:
+                popen = subprocess.Popen(
+                    [sys.executable, "-c", boot],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    pass_fds=[fd],
+                    start_new_session=True,
+                )
+                # Made before the lock is released, like every parent-side fd.
+                server = cls(popen, parent_sock)
+            except BaseException:
+                _port._PARENT_FDS.discard(parent_sock.fileno())
+                parent_sock.close()
+                raise
+            finally:
+                child_sock.close()
+        return server
+
+    def start_worker(
+        self, setup: bytes, timeout: float
+    ) -> tuple[_ServedChild, tuple[int, int, int, int]]:
+        request_id = next(self._ids)
+        message = _REQUEST.pack(request_id, len(setup)) + setup
+        with _port._FORK_LOCK:
+            # As in Port._fork: the child ends exist in this process only under the fork
+            # lock, so no "fork" port's child started meanwhile keeps one open.
+            fds: list[int] = []
+            try:
+                for _ in range(_WORKER_FDS + 1):
+                    fds.extend(os.pipe())
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            in_r, in_w, out_r, out_w, err_r, err_w, life_r, life_w, exit_r, exit_w = fds
+            parent_ends = (in_w, out_r, err_r, life_w)
+            _port._PARENT_FDS.update((*parent_ends, exit_w))
+            request = _Request(_ServedChild(exit_r, exit_w))
+            try:
+                with self._lock:
+                    if self.dead:
+                        raise OSError("the fork server exited")
+                    self._pending[request_id] = request
+                try:
+                    with self._send_lock:
+                        _send_bounded(self._sock, message, [in_r, out_w, err_w, life_r])
+                except OSError as exc:
+                    # The stream may hold half a request: this server is unusable.
+                    self._kill()
+                    raise OSError(f"could not reach the fork server: {exc}") from exc
+            except BaseException:
+                with self._lock:
+                    self._pending.pop(request_id, None)
+                self._abandon(request, parent_ends)
+                raise
+            finally:
+                for fd in (in_r, out_w, err_w, life_r):
+                    os.close(fd)
+        if not request.done.wait(timeout):
+            with self._lock:
+                given_up = self._pending.pop(request_id, None) is not None
+            if given_up:
+                # A worker forked later is killed by the reader (and sees EOF on its
+                # lifeline, whose parent end is closed here).
+                self._abandon(request, parent_ends)
+                raise CallTimeout(f"fork server {self.pid}", "start_worker", timeout)
+            # The reader took the answer from the table and is about to set it.
+            request.done.wait()
+        if request.error is not None:
+            self._abandon(request, parent_ends)
+            raise request.error
+        return request.child, parent_ends
+
+    def stop(self) -> None:
+        """Ask the server to exit (EOF on its socket), wait until the reader has reaped it."""
+        with self._send_lock, contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+        if threading.current_thread() is self._reader:
+            return
+        self._reader.join(_STOP_LIMIT)
+        if self._reader.is_alive():
+            self._kill()
+            self._reader.join(_STOP_LIMIT)
+
+    def _kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.popen.kill()
+
+    def _abandon(self, request: _Request, parent_ends: tuple[int, ...]) -> None:
+        for fd in parent_ends:
+            _port._close_fd(fd)
+        request.child._discard()
+        if request.pid is not None:
+            _kill_group(request.pid)
+
+    def _read(self) -> None:
+        buffer = bytearray()
+        try:
+            while True:
+                chunk = self._sock.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                while len(buffer) >= _REPLY.size:
+                    kind, key, value = _REPLY.unpack_from(buffer)
+                    del buffer[: _REPLY.size]
+                    self._dispatch(kind, key, value)
+        except OSError:
+            pass
+        finally:
+            self._gone()
+
+    def _dispatch(self, kind: int, key: int, value: int) -> None:
+        if kind == _EXITED:
+            with self._lock:
+                child = self._workers.pop(key, None)
+            if child is not None:
+                child._exited(value)
+            return
+        with self._lock:
+            request = self._pending.pop(key, None)
+            if request is not None and kind == _STARTED:
+                # Registered before the requester learns the pid: the exit, which the server
+                # always reports after the start, finds its record.
+                request.child.pid = value
+                self._workers[value] = request.child
+        if request is None:
+            if kind == _STARTED:  # its requester gave up waiting
+                _kill_group(value)
+            return
+        if kind == _STARTED:
+            request.pid = value
+        else:
+            request.error = OSError(value, f"the fork server could not fork: {os.strerror(value)}")
+        request.done.set()
+
+    def _gone(self) -> None:
+        """The server's socket reached EOF: it exited (asked to, or killed)."""
+        with self._lock:
+            self.dead = True
+            pending = list(self._pending.values())
+            self._pending.clear()
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for request in pending:
+            request.error = OSError("the fork server exited before starting the worker")
+            request.done.set()
+        # The server died with these still running: init reaps them now and their status is
+        # lost. Kill them (their ports must not outlive the server that reports their exits).
+        for child in workers:
+            _kill_group(child.pid)
+            child._exited(-signal.SIGKILL)
+        with self._send_lock:
+            _port._PARENT_FDS.discard(self._sock.fileno())
+            self._sock.close()
+        try:
+            self.popen.wait(_STOP_LIMIT)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _send_bounded(sock: socket.socket, message: bytes, fds: list[int]) -> None:
+    """Send `message` with `fds` on its first byte; give up after `_port._SETUP_TIMEOUT`.
+
+    A stalled server must not hold the fork lock forever. The socket stays blocking (its
+    reader's recv waits as long as it must): each send here is non-blocking instead.
+    """
+    deadline = time.monotonic() + _port._SETUP_TIMEOUT
+    view = memoryview(message)
+    while True:
+        try:
+            if fds:
+                sent = socket.send_fds(sock, [view], fds, socket.MSG_DONTWAIT)
+                fds = []
+            else:
+                sent = sock.send(view, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        view = view[sent:]
+        if not view:
+            return
+        if not _port._wait_writable(sock.fileno(), _port._remaining(deadline)):
+            raise TimeoutError(f"the fork server read nothing for {_port._SETUP_TIMEOUT}s")
+
+
+def _kill_group(pid: int) -> None:
+    # The worker leads its own session (pgid = pid) once it has called setsid(); before
+    # that only the pid itself exists to be signalled.
+    for send in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            send(pid, signal.SIGKILL)
+
+
+def _reset_after_fork_in_child() -> None:
+    # A forked child shares none of the parent's users: it starts its own server if it needs one.
+    global FORK_SERVER
+    FORK_SERVER = ForkServer()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork_in_child)
+
+
+# --- private helpers: the server's side --------------------------------------------------------
+
+
+def _server_main(fd: int) -> None:
+    """The fork server (runs in its own process, single-threaded): fork workers on request,
+    report their exits, and kill them all once the parent is gone."""
+    import dill  # noqa: F401  (loaded once here, so every worker has it already)
+
+    sock = socket.socket(fileno=fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    # A Python-level handler so the C handler writes to the wakeup fd; the select loop reaps.
+    signal.signal(signal.SIGCHLD, _on_sigchld)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ, "parent")
+    sel.register(wake_r, selectors.EVENT_READ, "child")
+    workers: set[int] = set()
+    buffer = bytearray()
+    fds: collections.deque[int] = collections.deque()
+
+    def send(kind: int, key: int, value: int) -> None:
+        sock.sendall(_REPLY.pack(kind, key, value))
+
+    try:
+        while True:
+            for key, _ in sel.select():
+                if key.data == "child":
+                    _drain(wake_r)
+                    _reap(workers, send)
+                    continue
+                data, new_fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 64)
+                fds.extend(new_fds)
+                if not data:
+                    return  # the parent is gone (or stopped us)
+                buffer += data
+                while len(buffer) >= _REQUEST.size:
+                    request_id, size = _REQUEST.unpack_from(buffer)
+                    end = _REQUEST.size + size
+                    if len(buffer) < end:
+                        break
+                    if len(fds) < _WORKER_FDS:
+                        return  # cannot happen: the fds arrive with the header's first byte
+                    setup = bytes(buffer[_REQUEST.size : end])
+                    del buffer[:end]
+                    mine = [fds.popleft() for _ in range(_WORKER_FDS)]
+                    _fork_worker(request_id, mine, setup, sock, sel, workers, send)
+    except OSError:
+        pass  # the parent is gone mid-send
+    finally:
+        _stop_workers(workers, wake_r, send)
+
+
+def _on_sigchld(signum: int, frame: Any) -> None:
+    pass
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
+
+
+def _reap(workers: set[int], send: _Send) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid in workers:
+            workers.discard(pid)
+            send(_EXITED, pid, os.waitstatus_to_exitcode(status))
+
+
+def _fork_worker(
+    request_id: int,
+    fds: list[int],
+    setup: bytes,
+    sock: socket.socket,
+    sel: selectors.BaseSelector,
+    workers: set[int],
+    send: _Send,
+) -> None:
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        send(_FAILED, request_id, exc.errno or 0)
+        return
+    if pid == 0:
+        _worker_main(fds, setup, sock, sel)
+    workers.add(pid)
+    for fd in fds:
+        os.close(fd)
+    send(_STARTED, request_id, pid)
+
+
+def _worker_main(
+    fds: list[int], setup: bytes, sock: socket.socket, sel: selectors.BaseSelector
+) -> NoReturn:
+    """A worker, just forked from the server: become a ``"fork"`` port's child and serve."""
+    in_fd, out_fd, err_fd, life_fd = fds
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sel.close()
+        sock.close()
+        # Nothing of the server's (nor the fds of requests queued behind this one) stays open.
+        _close_fds_except({0, 1, 2, in_fd, out_fd, err_fd, life_fd})
+        _port._forked_child_setup(err_fd, life_fd)
+        import dill
+
+        handler, args, codec_name, max_frame = dill.loads(setup)
+        decoder = FrameDecoder(max_frame)
+        _port._serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], decoder)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = max(low, fd + 1)
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def _stop_workers(workers: set[int], wake_r: int, send: _Send) -> None:
+    """The parent is gone: SIGKILL every worker's process group, reap them (bounded)."""
+
+    def report(kind: int, key: int, value: int) -> None:
+        # Still worth trying: a parent that stopped us (rather than died) reads the exits.
+        with contextlib.suppress(OSError):
+            send(kind, key, value)
+
+    for pid in workers:
+        _kill_group(pid)
+    deadline = time.monotonic() + _REAP_LIMIT
+    with selectors.DefaultSelector() as sel:
+        sel.register(wake_r, selectors.EVENT_READ)
+        while True:
+            _reap(workers, report)
+            if not workers or time.monotonic() >= deadline:
+                return
+            sel.select(max(0.0, deadline - time.monotonic()))
+            _drain(wake_r)

@@ -1,0 +1,406 @@
+"""The fork server start method (issue 5 §1 "start method", §4 SIGKILL recovery): ids fs_01..fs_13.
+
+``Port.spawn(..., start_method="forkserver")`` forks each worker from one small single-threaded
+server process owned by its users (`dspex_actors._forkserver`). Every process here is real: the
+server, its workers, and (fs_09) a parent process SIGKILLed with its pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+import dspex_actors as da
+from dspex_actors import _port
+from dspex_actors._errors import InvalidOption
+from dspex_actors._forkserver import FORK_SERVER
+from dspex_actors._port import Port, PortExited
+from dspex_actors._process_pool import PortSpec, ProcessPool
+from dspex_actors.testing import wait_for
+
+FS = "forkserver"
+
+
+def echo(request: Any) -> Any:
+    return request
+
+
+def double(request: Any) -> Any:
+    if request == "boom":
+        raise ValueError("no booms")
+    if request == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return request * 2
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for init counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def running_server() -> int | None:
+    """The fork server's pid, or None: read afresh each time (mypy must not narrow it)."""
+    return FORK_SERVER.pid
+
+
+def server_pid() -> int:
+    pid = FORK_SERVER.pid
+    assert pid is not None
+    return pid
+
+
+def settled(pool: ProcessPool, size: int) -> bool:
+    status = pool.status()
+    return status.idle == size and status.busy == 0 and status.initializing == 0
+
+
+@pytest.fixture
+def ports() -> Iterator[list[Port]]:
+    opened: list[Port] = []
+    try:
+        yield opened
+    finally:
+        for port in opened:
+            port.kill()
+            port.close(timeout=10)
+
+
+@pytest.fixture
+def pools() -> Iterator[list[ProcessPool]]:
+    started: list[ProcessPool] = []
+    try:
+        yield started
+    finally:
+        for pool in started:
+            if pool.is_alive():
+                pool.stop(timeout=30)
+
+
+def start_pool(pools: list[ProcessPool], size: int, **options: Any) -> ProcessPool:
+    pool = ProcessPool.start(target=double, pool_size=size, start_method=FS, **options)
+    pools.append(pool)
+    wait_for(lambda: settled(pool, size), timeout=30)
+    return pool
+
+
+# --- ports ------------------------------------------------------------------------------------
+
+
+def test_fs_01_a_forkserver_port_answers_requests_and_closures_cross(ports: list[Port]) -> None:
+    offset = 100
+    port = Port.spawn(lambda request, k: request * k + offset, 3, start_method=FS)
+    ports.append(port)
+    assert [port.request(n, timeout=30) for n in range(4)] == [100, 103, 106, 109]
+    # The worker is the server's child, not ours.
+    assert psutil.Process(port.os_pid).ppid() == server_pid()
+
+
+def test_fs_02_a_raising_handler_is_remote_error_and_the_port_stays_usable(
+    ports: list[Port],
+) -> None:
+    port = Port.spawn(double, start_method=FS)
+    ports.append(port)
+    with pytest.raises(da.RemoteError, match="no booms") as info:
+        port.request("boom", timeout=30)
+    assert info.value.kind == "ValueError"
+    assert port.request(21, timeout=30) == 42
+
+
+def test_fs_03_exit_status_is_0_after_close_and_minus_9_after_sigkill() -> None:
+    closed = Port.spawn(echo, start_method=FS)
+    killed = Port.spawn(echo, start_method=FS)
+    try:
+        assert closed.request("up", timeout=30) == "up"
+        assert killed.request("up", timeout=30) == "up"
+        closed.close(timeout=10)
+        assert closed.exit_status == 0
+        os.kill(killed.os_pid, signal.SIGKILL)
+        assert killed.wait_exit(10) == -signal.SIGKILL
+        with pytest.raises(da.PortClosed):
+            killed.request("again", timeout=10)
+    finally:
+        killed.close(timeout=10)
+        closed.close(timeout=10)
+
+
+def test_fs_04_an_actor_owner_gets_port_exited_when_its_worker_dies() -> None:
+    seen: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    class Owner(da.Actor):
+        def on_start(self) -> None:
+            self.port = Port.spawn(echo, start_method=FS)
+
+        def pid(self) -> int:
+            return self.port.os_pid
+
+        def on_receive(self, message: Any) -> Any:
+            seen.put(message)
+            return None
+
+        def on_stop(self) -> None:
+            self.port.close(timeout=10)
+
+    ref = Owner.start()
+    try:
+        os.kill(ref.proxy().pid().get(timeout=10), signal.SIGKILL)
+        message = seen.get(timeout=10)
+        assert isinstance(message, PortExited)
+        assert message.status == -signal.SIGKILL
+    finally:
+        ref.stop()
+
+
+def test_fs_05_two_ports_share_one_server_which_stops_with_the_last_user() -> None:
+    first = Port.spawn(echo, start_method=FS)
+    try:
+        second = Port.spawn(echo, start_method=FS)
+        try:
+            server = server_pid()
+            assert FORK_SERVER.users == 2
+            workers = {c.pid for c in psutil.Process(server).children()}
+            assert workers == {first.os_pid, second.os_pid}
+        finally:
+            second.close(timeout=10)
+        assert running_server() == server  # the first port still holds it
+        assert first.request("still", timeout=30) == "still"
+    finally:
+        first.close(timeout=10)
+    # The last release stopped the server and reaped it before returning.
+    assert FORK_SERVER.users == 0
+    assert running_server() is None
+    assert not psutil.pid_exists(server) or gone(server)
+    assert server not in {c.pid for c in psutil.Process().children()}
+    assert not [t for t in threading.enumerate() if t.name == "dspex-forkserver"]
+
+
+def test_fs_06_killing_the_server_kills_its_workers_and_a_new_server_serves_next(
+    ports: list[Port],
+) -> None:
+    FORK_SERVER.acquire()  # a user that outlives the server: the next start replaces it
+    try:
+        a = Port.spawn(echo, start_method=FS)
+        b = Port.spawn(echo, start_method=FS)
+        ports.extend((a, b))
+        assert a.request(1, timeout=30) == 1
+        assert b.request(2, timeout=30) == 2
+        old = server_pid()
+        os.kill(old, signal.SIGKILL)
+        assert a.wait_exit(10) == -signal.SIGKILL
+        assert b.wait_exit(10) == -signal.SIGKILL
+        # Reported as killed because they were: the parent SIGKILLs the orphans itself.
+        assert wait_for(lambda: gone(a.os_pid) and gone(b.os_pid), timeout=10)
+        c = Port.spawn(echo, start_method=FS)
+        ports.append(c)
+        assert c.request(3, timeout=30) == 3
+        assert server_pid() != old
+        assert psutil.Process(c.os_pid).ppid() == server_pid()
+    finally:
+        FORK_SERVER.release()
+
+
+def test_fs_07_an_unpicklable_handler_is_refused_and_starts_no_server() -> None:
+    unpicklable = (n for n in range(3))  # a generator cannot cross a process boundary
+    with pytest.raises(InvalidOption, match="picklable"):
+        Port.spawn(lambda request, gen: request, unpicklable, start_method=FS)
+    assert FORK_SERVER.users == 0
+    assert running_server() is None
+    with pytest.raises(InvalidOption, match="start_method"):
+        Port.spawn(echo, start_method="forkserve")
+    with pytest.raises(InvalidOption, match="start_method"):
+        PortSpec(target=echo, start_method="forkserve")
+
+
+# --- fds --------------------------------------------------------------------------------------
+
+
+def fds_of(pid: int) -> set[str]:
+    """What process `pid` has open: ``pipe:[ino]``, ``socket:[ino]``, paths."""
+    base = f"/proc/{pid}/fd"
+    targets = set()
+    for name in os.listdir(base):
+        with contextlib.suppress(OSError):
+            targets.add(os.readlink(f"{base}/{name}"))
+    return targets
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/<pid>/fd")
+def test_fs_08_workers_started_concurrently_hold_no_pipe_of_another_nor_the_servers_socket(
+    ports: list[Port],
+) -> None:
+    """fs_08: fork and forkserver workers started at the same time from four threads: no
+    worker holds another's pipes, no `fork` child holds the parent's end of the server's
+    socket (the server would miss the parent's death), the server keeps no worker's pipes."""
+    first = Port.spawn(echo, start_method=FS)
+    ports.append(first)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def start(method: str) -> None:
+        try:
+            barrier.wait(timeout=30)
+            ports.append(Port.spawn(echo, start_method=method))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(m,)) for m in ("fork", FS, "fork", FS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(ports) == 5
+    # Connected from the test's thread before anyone reads: each thread owned its port.
+    for port in ports:
+        port._reclaim(threading.current_thread())
+        assert port.request("ready", timeout=30) == "ready"
+    server = server_pid()
+    assert FORK_SERVER._server is not None
+    parent_end = os.readlink(f"/proc/self/fd/{FORK_SERVER._server._sock.fileno()}")
+    held = {port.os_pid: fds_of(port.os_pid) for port in ports}
+    # Each port's own pipes: stdin and stdout (seen from our ends) and the worker's stderr.
+    own = {port.os_pid: own_pipes(port) for port in ports}
+    for pid, targets in held.items():
+        assert own[pid] <= targets
+        assert parent_end not in targets
+        for other, other_targets in held.items():
+            if other != pid:
+                assert not own[pid] & other_targets
+    served = [p.os_pid for p in ports if psutil.Process(p.os_pid).ppid() == server]
+    assert len(served) == 3
+    for pid in served:
+        assert not {t for t in held[pid] if t.startswith("socket:")}
+    server_fds = fds_of(server)
+    for pipes_of_port in own.values():
+        assert not server_fds & pipes_of_port
+
+
+def own_pipes(port: Port) -> set[str]:
+    assert port._stdin_fd is not None
+    assert port._stdout_fd is not None
+    mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in (port._stdin_fd, port._stdout_fd)}
+    mine.add(os.readlink(f"/proc/{port.os_pid}/fd/2"))
+    assert all(t.startswith("pipe:") for t in mine)
+    assert len(mine) == 3
+    return mine
+
+
+# --- orphans ----------------------------------------------------------------------------------
+
+ORPHAN_PARENT = textwrap.dedent(
+    """
+    import sys
+    import psutil
+    from dspex_actors import ProcessPool
+    from dspex_actors.testing import wait_for
+    if __name__ == "__main__":
+        pool = ProcessPool.start(
+            target=lambda request: request, pool_size=2, start_method="forkserver"
+        )
+        assert pool.call("up", timeout=60) == "up"
+        wait_for(lambda: pool.status().idle == 2, timeout=60)
+        print(*[c.pid for c in psutil.Process().children(recursive=True)], flush=True)
+        sys.stdin.read()  # until SIGKILLed
+    """
+)
+
+
+def test_fs_09_a_sigkilled_parents_server_and_workers_are_gone_within_bounded_time() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_PARENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 3  # the server and its two workers
+        servers = [p for p in pids if psutil.Process(p).ppid() == parent.pid]
+        assert len(servers) == 1
+        workers = [p for p in pids if p not in servers]
+        parent.kill()
+        parent.wait(10)
+        # Workers see EOF on their lifeline at once (the issue's 1 s bound); the server sees
+        # EOF on its socket, SIGKILLs and reaps what is left, and exits.
+        assert wait_for(lambda: all(gone(p) for p in workers), timeout=1.0)
+        assert wait_for(lambda: gone(servers[0]), timeout=5.0)
+    finally:
+        parent.kill()
+        parent.wait(10)
+        for stream in (parent.stdin, parent.stdout):
+            if stream is not None:
+                stream.close()
+
+
+# --- pools ------------------------------------------------------------------------------------
+
+
+def test_fs_10_a_forkserver_process_pool_calls_and_replaces_a_sigkilled_idle_worker(
+    pools: list[ProcessPool],
+) -> None:
+    pool = start_pool(pools, 2)
+    assert [pool.call(n, timeout=30) for n in range(6)] == [n * 2 for n in range(6)]
+    server = server_pid()
+    workers = {c.pid for c in psutil.Process(server).children()}
+    assert len(workers) == 2
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    assert wait_for(lambda: pool.status().workers_removed == 1 and settled(pool, 2), timeout=10)
+    now = {c.pid for c in psutil.Process(server).children()}
+    assert victim not in now
+    assert len(now) == 2
+    assert [pool.call(n, timeout=30) for n in range(6)] == [n * 2 for n in range(6)]
+
+
+def test_fs_11_a_worker_dying_mid_request_raises_worker_crashed(
+    pools: list[ProcessPool],
+) -> None:
+    pool = start_pool(pools, 1)
+    with pytest.raises(da.WorkerCrashed) as info:
+        pool.call("die", timeout=30)
+    assert info.value.exit_status == -signal.SIGKILL
+    assert pool.call(5, timeout=30) == 10  # the replacement serves
+
+
+def test_fs_12_a_pool_of_one_keeps_its_server_when_its_only_worker_dies(
+    pools: list[ProcessPool],
+) -> None:
+    pool = start_pool(pools, 1)
+    server = server_pid()
+    assert FORK_SERVER.users == 2  # the pool and its worker's port
+    (victim,) = {c.pid for c in psutil.Process(server).children()}
+    os.kill(victim, signal.SIGKILL)
+    assert wait_for(lambda: pool.status().workers_removed == 1 and settled(pool, 1), timeout=10)
+    assert server_pid() == server  # the replacement was forked by the same server
+    assert pool.call(4, timeout=30) == 8
+    pool.stop(timeout=30)
+    assert FORK_SERVER.users == 0
+    assert running_server() is None
+    assert gone(server) or not psutil.pid_exists(server)
+
+
+def test_fs_13_the_servers_socket_is_in_the_fork_registry_while_the_server_runs() -> None:
+    """fs_13: the parent's end of the server's socket is listed in `_PARENT_FDS` while the
+    server runs and is gone from it (closed) once the server stops."""
+    port = Port.spawn(echo, start_method=FS)
+    try:
+        assert FORK_SERVER._server is not None
+        fd = FORK_SERVER._server._sock.fileno()
+        assert fd in _port._PARENT_FDS
+    finally:
+        port.close(timeout=10)
+    assert fd not in _port._PARENT_FDS
