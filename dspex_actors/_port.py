@@ -27,19 +27,19 @@ and logged with the port's id (event ``port_stderr``); it never mixes into the f
   external program only learns of its parent's death from EOF on stdin.
 
 **Start methods** (`Port.spawn(..., start_method=...)`): the default is ``"spawn"``, a fresh
-interpreter. A parent that runs actors always has threads, and ``fork`` copies whatever locks
-those threads held (logging, allocators, pykka inboxes) into a child that can then deadlock;
-CPython 3.12 warns about it and 3.14 stopped defaulting to it. ``"fork"`` starts much faster and
-is fine when the handler touches no lock another thread may hold. ``"forkserver"`` gives
-both: one small single-threaded server process (a fresh interpreter, started like a
-``"spawn"`` child) forks every worker, which is safe (no other thread to hold a lock) and
-nearly as fast as ``"fork"``. Unlike `multiprocessing`'s fork server, ours is owned by its
-users: every forkserver port (until it is reaped) and every forkserver `ProcessPool` (for its
-whole life) holds a reference, and the last one to let go stops and reaps the server; it never
-re-imports ``__main__``, since the handler crosses by value. If the server is killed, its
-workers are killed too (status ``-9``) and the next port starts a new server. The handler
-and its arguments cross with dill, so closures and lambdas work with every method; requests and
-replies are JSON frames (the hot path never unpickles), unless you choose ``codec=PICKLE_CODEC``.
+interpreter. A parent that runs actors always has threads, and ``fork`` copies whatever locks those
+threads held (logging, allocators, pykka inboxes) into a child that can then deadlock; CPython 3.12
+warns about it and 3.14 stopped defaulting to it. ``"fork"`` starts much faster and is fine when
+the handler touches no lock another thread may hold. ``"forkserver"`` gives both: one small
+single-threaded server process (a fresh interpreter, started like a ``"spawn"`` child) forks every
+worker, which is safe (no other thread to hold a lock) and nearly as fast as ``"fork"`` (the
+default of `ProcessPool`'s target workers). Unlike `multiprocessing`'s fork server, ours is owned
+by its users: every forkserver port (until it is reaped) and every forkserver `ProcessPool` (for
+its whole life) holds a reference, and the last one to let go stops and reaps the server; it never
+re-imports ``__main__``, since the handler crosses by value. If the server is killed, its workers
+are killed too (status ``-9``) and the next port starts a new server. The handler and its arguments
+cross with dill, so closures and lambdas work with every method; requests and replies are JSON
+frames (the hot path never unpickles), unless you choose ``codec=PICKLE_CODEC``.
 
 When not to use it: for work that needs no isolation, an actor (a thread) is cheaper; for a
 pool of interchangeable workers use `ProcessPool`, which hands ports out and replaces dead ones.

@@ -33,6 +33,10 @@ eager pool starts a replacement; `handle_ping` pings idle workers.
 The pool never enters a broken state: each worker has its own pipes, nothing is shared between
 processes, and a dead worker only ever affects the one call that was using it.
 
+`target` workers are forked by default from a small single-threaded fork server (see
+`Port.spawn`'s ``"forkserver"``), which the pool holds for its whole life: forking is safe
+there, and a replacement worker is answering a few milliseconds after a death.
+
 When not to use it: for code that needs no process isolation, a thread pool is cheaper; for
 per-session state that must survive a crash, see `dspex_actors.bridge.SessionPool`.
 
@@ -83,6 +87,11 @@ from ._reasons import is_normal_exit
 
 __all__ = ["PortCheckout", "PortSpec", "PortWorker", "PortWorkerState", "ProcessPool"]
 
+POOL_START_METHOD = "forkserver"
+"""The start method of a pool's `target` workers when none is given. Safe although the parent
+has threads (the server that forks them has none), and a SIGKILLed worker's replacement answers
+within milliseconds instead of waiting for a fresh interpreter (``"spawn"``)."""
+
 _UNDELIVERED_RETRIES = 8  # a request that never reached a process is retried this often at most
 
 
@@ -104,8 +113,10 @@ class PortSpec:
         argv: the program and its arguments.
         target: the callable, called as ``target(request, *args)``.
         args: extra arguments for `target`.
-        start_method: ``"spawn"`` (default), ``"fork"`` or ``"forkserver"``, for `target`
-            (a forkserver pool holds the fork server for its whole life).
+        start_method: ``"forkserver"`` (the default for pools: safe with threads, and a
+            replacement worker answers within milliseconds), ``"spawn"`` or ``"fork"``, for
+            `target` (a forkserver pool holds the fork server for its whole life). None means
+            the default; see `method`.
         max_frame: the largest payload either way, in bytes.
         codec: the codec (JSON by default).
         env: the environment for `argv` programs.
@@ -149,6 +160,11 @@ class PortSpec:
         ):
             raise InvalidOption("codec", self.codec, "a non-pickle Codec for argv programs")
 
+    @property
+    def method(self) -> str:
+        """The start method `target` workers use: `start_method`, or ``"forkserver"``."""
+        return self.start_method or POOL_START_METHOD
+
     def open(self, owner: Owner) -> Port:
         """Start one worker process, owned by `owner`."""
         if self.argv is not None:
@@ -164,7 +180,7 @@ class PortSpec:
         return Port.spawn(
             self.target,
             *self.args,
-            start_method=self.start_method,
+            start_method=self.method,
             max_frame=self.max_frame,
             codec=self.codec,
             owner=owner,
@@ -226,7 +242,7 @@ class PortWorker(PoolWorker):
         if not isinstance(init_arg, PortSpec):
             return Stop(InvalidOption("init_arg", init_arg, "a PortSpec"))
         state = _PoolState(init_arg)
-        if init_arg.target is not None and init_arg.start_method == "forkserver":
+        if init_arg.target is not None and init_arg.method == "forkserver":
             # Held for the pool's whole life: when its only worker dies, the replacement is
             # forked by the same server instead of waiting for a new one to boot.
             from ._forkserver import FORK_SERVER
@@ -425,8 +441,8 @@ class ProcessPool(Pool):
             max_overflow: extra workers allowed above `pool_size` under load.
             retries: how often `call` retries a request whose worker crashed mid-request
                 (only for idempotent requests).
-            start_method: ``"spawn"`` (default), ``"fork"`` or ``"forkserver"`` for `target`
-                workers (see `Port.spawn`).
+            start_method: ``"forkserver"`` (default), ``"spawn"`` or ``"fork"`` for
+                `target` workers (see `Port.spawn` and `PortSpec`).
             name: register the pool under this local name.
             max_frame: see `PortSpec`.
             codec: see `PortSpec`.

@@ -35,37 +35,48 @@ def handle(request: Any) -> Any:
     return {"pid": os.getpid(), "squared": request * request}
 
 
-def workers() -> list[int]:
-    return sorted(c.pid for c in psutil.Process().children() if c.status() != "zombie")
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def main() -> int:
+    # Workers are forked from a small fork server (the default start method for pools): safe
+    # although this process has threads, and a replacement is answering within milliseconds.
     pool = ProcessPool.start(target=handle, pool_size=2)
+    seen: set[int] = set()
     try:
-        # Workers join the pool once they answer a ping (each is a fresh interpreter).
+        # Workers join the pool once they answer a ping; early calls wait for the first one.
         wait_for(lambda: pool.status().idle == 2, timeout=30)
-        print(f"workers: {workers()}")
         for n in range(1, 4):
             reply = pool.call(n, timeout=30)
+            seen.add(reply["pid"])
             print(f"call({n}) -> {reply['squared']} (from worker {reply['pid']})")
 
-        victim = workers()[0]
+        victim = reply["pid"]  # it answered and went back to the pool: it is idle now
         os.kill(victim, signal.SIGKILL)
         print(f"SIGKILLed idle worker {victim}")
         wait_for(lambda: pool.status().workers_removed == 1 and pool.status().idle == 2)
+        replies = [pool.call(n, timeout=30) for n in (5, 6)]
+        seen.update(r["pid"] for r in replies)
         print(
-            f"replaced: workers now {workers()}; call(5) -> {pool.call(5, timeout=30)['squared']}"
+            f"replaced: call(5) -> {replies[0]['squared']}, call(6) -> {replies[1]['squared']}"
+            f" (from workers {sorted({r['pid'] for r in replies})}; {victim} is gone)"
         )
 
         try:
             pool.call("crash", timeout=30)
         except WorkerCrashed as exc:
             print(f"a worker died mid-request: {exc}")
-        print(f"the pool still serves: call(6) -> {pool.call(6, timeout=30)['squared']}")
+        reply = pool.call(7, timeout=30)
+        seen.add(reply["pid"])
+        print(f"the pool still serves: call(7) -> {reply['squared']}")
         print(f"status: {pool.status()}")
     finally:
         pool.stop(timeout=30)
-    print(f"after stop, live workers: {workers()}")
+    print(f"after stop, live workers: {sorted(pid for pid in seen if alive(pid))}")
 
     with Port.open([sys.executable, "-c", ECHO_PROGRAM]) as port:
         reply = port.request({"command": "ping"}, timeout=10)

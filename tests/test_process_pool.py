@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 import dspex_actors as da
+from dspex_actors._forkserver import FORK_SERVER
 from dspex_actors._pool import From
 from dspex_actors._pool_results import Async, Ok, Remove, Skip
 from dspex_actors._port import Port, PortExited
@@ -93,7 +94,13 @@ def pools() -> Iterator[Pools]:
 
 
 def worker_pids() -> list[int]:
-    return [c.pid for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE]
+    """The live worker processes: forkserver workers are the fork server's children."""
+    server = FORK_SERVER.pid
+    return [
+        c.pid
+        for c in psutil.Process().children(recursive=True)
+        if c.pid != server and c.status() != psutil.STATUS_ZOMBIE
+    ]
 
 
 def settled(pool: ProcessPool, size: int) -> bool:
@@ -295,6 +302,7 @@ def worker() -> Iterator[tuple[PortWorker, PortWorkerState, Any]]:
         yield w, state, pool_state
     finally:
         w.terminate_worker(da.SHUTDOWN, state, pool_state)
+        w.terminate_pool(da.SHUTDOWN, pool_state)  # releases the fork server
 
 
 FROM = From(pool=None, ref=object())  # type: ignore[arg-type]
@@ -413,3 +421,35 @@ def test_pp_22_a_worker_that_never_answers_its_first_ping_is_not_handed_out() ->
     with pytest.raises(da.CallTimeout):
         started.fn()  # the pool logs this and retries init_worker
     assert ok.values[0].live == set()
+
+
+def pid_and_parent(request: Any) -> list[int]:
+    return [os.getpid(), os.getppid()]
+
+
+@pytest.mark.parametrize(
+    ("start_method", "forked_by_server"),
+    [(None, True), ("forkserver", True), ("spawn", False), ("fork", False)],
+)
+def test_pp_23_target_workers_default_to_the_fork_server_which_the_pool_holds_for_its_life(
+    pools: Pools, start_method: str | None, forked_by_server: bool
+) -> None:
+    """Issue 5 §1 start method: safe by default (no fork of this threaded process), and the
+    default replaces a worker fast; the pool holds the server until it stops, then it is gone."""
+    assert FORK_SERVER.users == 0
+    pool = pools.start(target=pid_and_parent, pool_size=2, start_method=start_method)
+    pid, parent = pool.call(None, timeout=30)
+    server = FORK_SERVER.pid
+    if forked_by_server:
+        assert FORK_SERVER.users == 3  # the pool's own reference, and one per live port
+        assert server is not None
+        assert parent == server != os.getpid()
+    else:
+        assert server is None
+        assert parent == os.getpid()
+    pool.stop(timeout=30)
+    assert FORK_SERVER.users == 0
+    assert FORK_SERVER.pid is None
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    if server is not None:
+        assert not psutil.pid_exists(server)

@@ -154,12 +154,17 @@ ORPHAN_PARENT = """
 import sys, time
 import psutil
 from dspex_actors import ProcessPool
+from dspex_actors.testing import wait_for
 if __name__ == "__main__":
     stall = [sys.executable, "-c", "import time; time.sleep(60)"]  # sleep-ok: stall
     a = ProcessPool.start(argv=stall, pool_size=2)
-    b = ProcessPool.start(target=lambda request: request, pool_size=2)
-    assert b.call("up", timeout=60) == "up"
-    print(*[c.pid for c in psutil.Process().children()], flush=True)
+    b = ProcessPool.start(target=lambda request: request, pool_size=2)  # forkserver
+    c = ProcessPool.start(target=lambda request: request, pool_size=1, start_method="spawn")
+    for pool, size in ((a, 2), (b, 2), (c, 1)):
+        wait_for(lambda: pool.status().idle == size, timeout=60)
+    assert b.call("up", timeout=60) == "up" and c.call("up", timeout=60) == "up"
+    # The fork server and its workers (grandchildren) too.
+    print(*[c.pid for c in psutil.Process().children(recursive=True)], flush=True)
     time.sleep(60)  # sleep-ok: a stalled child program
 """
 
@@ -171,7 +176,7 @@ def test_pc_03_a_pools_workers_are_gone_within_a_second_of_the_parent_being_sigk
     try:
         assert parent.stdout is not None
         pids = [int(p) for p in parent.stdout.readline().split()]
-        assert len(pids) == 4
+        assert len(pids) == 6  # 2 argv, the fork server and its 2 workers, 1 spawned
         parent.kill()
         parent.wait(10)
         killed_at = time.monotonic()
