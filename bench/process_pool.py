@@ -262,7 +262,12 @@ def peer_after_kill(name: str, make: Callable[[], Any], submit: Callable[[Any], 
     pool = make()
     try:
         submit(pool)  # warm: the workers exist
-        workers = [c for c in psutil.Process().children() if c.pid in _worker_pids_of(pool)]
+        if isinstance(pool, da.ProcessPool):
+            # Its workers are the fork server's children: ask the pool for one's pid.
+            pid = pool.checkout(None, lambda from_, port: (port.os_pid, "ok"))
+            workers = [psutil.Process(pid)]
+        else:
+            workers = [c for c in psutil.Process().children() if c.pid in _worker_pids_of(pool)]
         if not workers:
             return "could not find a worker to kill"
         os.kill(workers[0].pid, signal.SIGKILL)
@@ -342,9 +347,9 @@ def bench_sigkill(rounds: int) -> None:
     print("\n3. SIGKILL of an idle worker")
     print(f"  fork floor (fork + one answer through a pipe): {floor * 1e3:.1f} ms")
     for label, options in (
-        ("ProcessPool (target, spawn)", {"target": square}),
+        ("ProcessPool (target, forkserver*)", {"target": square}),
         ("ProcessPool (target, fork)", {"target": square, "start_method": "fork"}),
-        ("ProcessPool (target, forkserver)", {"target": square, "start_method": "forkserver"}),
+        ("ProcessPool (target, spawn)", {"target": square, "start_method": "spawn"}),
         ("ProcessPool (argv, python -S)", {"argv": [sys.executable, "-S", "-c", DOUBLER]}),
     ):
         pool = da.ProcessPool.start(pool_size=1, **options)
@@ -388,6 +393,7 @@ def bench_sigkill(rounds: int) -> None:
             lambda p: p.schedule(square, (3,)).result(timeout),
         ),
     ]
+    print("  (* the default start method of a ProcessPool's target workers)")
     print("  after SIGKILL of one idle worker, the next two tasks:")
     for name, make, submit in peers:
         print(f"    {name:24} {peer_after_kill(name, make, submit)}")
