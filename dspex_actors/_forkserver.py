@@ -12,18 +12,24 @@ forking a small one is fast.
   counted: every ``forkserver`` port holds a reference until it is reaped, a `ProcessPool`
   with ``start_method="forkserver"`` holds one for its whole life (so a replacement worker
   never waits for a new server). The server starts on the first `acquire` and is stopped and
-  reaped on the last `release`: it never outlives its users (unlike `multiprocessing`'s).
+  reaped on the last `release`: it does not outlive its users (unlike `multiprocessing`'s).
+  A killed pool (no `terminate_pool`) drops its reference when its state is collected, or at
+  interpreter exit; its workers' ports, left running by the kill, keep theirs until they die.
 - **Start a worker.** The parent makes the worker's pipes (stdin, stdout, stderr, lifeline)
   as a ``"fork"`` port does, sends the child ends over a Unix socket (``SCM_RIGHTS``) with the
   handler and its arguments, dill-pickled by value (closures work), and closes its copies. The
-  server forks; the worker closes every other fd, leads its own session, watches its lifeline
-  and serves, exactly as a ``"fork"`` worker. The handler is unpickled in the worker, never in
+  server forks; the worker closes every other fd, takes the parent's current environment
+  variables, working directory and `sys.path` (sent with each request, not those of when the
+  server started), leads its own session, watches its lifeline and serves, exactly as a
+  ``"fork"`` worker. The handler is unpickled in the worker, never in
   the server, so user code (imports that start threads, say) cannot make the server unsafe to
   fork; a handler defined in an importable module is imported by each worker.
 - **Exits.** The worker is the server's child: the server reaps it (SIGCHLD wakes its single
   thread through `signal.set_wakeup_fd`) and reports ``exited <pid> <status>`` (negative: killed
   by that signal, as `Port.exit_status`). A reader thread in the parent (``dspex-forkserver``)
   hands the status to the worker's record, which is the port's `_Child`.
+- **Shared.** Every forkserver pool and port of the process shares the server: if it is
+  killed, all their workers die with it (below). ``"spawn"`` workers share nothing.
 - **Deaths.** The parent dies: the server sees EOF on its socket, SIGKILLs the process group of
   every worker it started, reaps them and exits (each worker also has its own lifeline to the
   parent). The server dies: the parent's reader sees EOF, SIGKILLs every worker it started and
@@ -48,6 +54,7 @@ import collections
 import contextlib
 import itertools
 import os
+import pickle
 import selectors
 import signal
 import socket
@@ -64,7 +71,7 @@ from . import _port
 from ._errors import CallTimeout
 from ._framing import FrameDecoder
 
-__all__ = ["FORK_SERVER", "ForkServer"]
+__all__ = ["FORK_SERVER", "ForkServer", "abandon_worker", "release_from"]
 
 # parent -> server: a request id and the setup's length, then the setup; the worker's four
 # child-side fds (stdin, stdout, stderr, lifeline) ride with the header (SCM_RIGHTS).
@@ -132,7 +139,8 @@ class ForkServer:
     def start_worker(
         self, setup: bytes, timeout: float
     ) -> tuple[_ServedChild, tuple[int, int, int, int]]:
-        """Have the server fork a worker serving `setup` (`_port._pickle_setup`'s bytes).
+        """Have the server fork a worker serving `setup` (`_port._pickle_setup`'s bytes), with
+        this process's current environment variables, working directory and `sys.path`.
 
         The caller must hold a reference. Returns the worker (a `_port._Child`) and the
         parent's ends of its stdin, stdout, stderr and lifeline pipes (in `_PARENT_FDS`).
@@ -145,7 +153,14 @@ class ForkServer:
             if self._users <= 0:
                 raise RuntimeError("ForkServer.start_worker() without a reference")
             server = self._running()
-        return server.start_worker(setup, timeout)
+        # The server's own environment, directory and sys.path are those of when it started:
+        # the worker takes this process's current ones, as a "spawn" child would.
+        try:
+            cwd: str | None = os.getcwd()
+        except OSError:
+            cwd = None  # deleted: the worker stays in the server's
+        payload = pickle.dumps((dict(os.environ), cwd, list(sys.path), setup))
+        return server.start_worker(payload, timeout)
 
     def _running(self) -> _Server:
         """The running server, started (again) if needed. Holds `_lock`."""
@@ -185,6 +200,10 @@ class _ServedChild:
 
     def exit_fd(self) -> int | None:
         return self._exit_r
+
+    def reaped(self) -> bool:
+        # The server reaps at once: from then on the pid may be another process's.
+        return self._done.is_set()
 
     def _exited(self, status: int) -> None:
         with self._lock:
@@ -266,56 +285,77 @@ class _Server:
         self, setup: bytes, timeout: float
     ) -> tuple[_ServedChild, tuple[int, int, int, int]]:
         request_id = next(self._ids)
-        message = _REQUEST.pack(request_id, len(setup)) + setup
-        with _port._FORK_LOCK:
-            # As in Port._fork: the child ends exist in this process only under the fork
-            # lock, so no "fork" port's child started meanwhile keeps one open.
-            fds: list[int] = []
-            try:
-                for _ in range(_WORKER_FDS + 1):
-                    fds.extend(os.pipe())
-            except BaseException:
-                for fd in fds:
-                    os.close(fd)
-                raise
-            in_r, in_w, out_r, out_w, err_r, err_w, life_r, life_w, exit_r, exit_w = fds
-            parent_ends = (in_w, out_r, err_r, life_w)
-            _port._PARENT_FDS.update((*parent_ends, exit_w))
-            request = _Request(_ServedChild(exit_r, exit_w))
-            try:
-                with self._lock:
-                    if self.dead:
-                        raise OSError("the fork server exited")
-                    self._pending[request_id] = request
-                try:
-                    with self._send_lock:
-                        _send_bounded(self._sock, message, [in_r, out_w, err_w, life_r])
-                except OSError as exc:
-                    # The stream may hold half a request: this server is unusable.
-                    self._kill()
-                    raise OSError(f"could not reach the fork server: {exc}") from exc
-            except BaseException:
-                with self._lock:
-                    self._pending.pop(request_id, None)
-                self._abandon(request, parent_ends)
-                raise
-            finally:
-                for fd in (in_r, out_w, err_w, life_r):
-                    os.close(fd)
-        if not request.done.wait(timeout):
-            with self._lock:
-                given_up = self._pending.pop(request_id, None) is not None
-            if given_up:
-                # A worker forked later is killed by the reader (and sees EOF on its
-                # lifeline, whose parent end is closed here).
-                self._abandon(request, parent_ends)
+        message = memoryview(_REQUEST.pack(request_id, len(setup)) + setup)
+        request: _Request | None = None
+        parent_ends: tuple[int, int, int, int] | None = None
+        registered = sending = False
+        try:
+            # The whole request goes out under the send lock (requests never interleave); the
+            # fork lock is held only while the worker's child ends exist here, i.e. until they
+            # have left with the request's first bytes (as in Port._fork: no "fork" port's
+            # child started meanwhile may keep one open). Lock order: send lock, fork lock.
+            with self._send_lock:
+                with _port._FORK_LOCK:
+                    fds: list[int] = []
+                    try:
+                        for _ in range(_WORKER_FDS + 1):
+                            fds.extend(os.pipe())
+                    except BaseException:
+                        for fd in fds:
+                            os.close(fd)
+                        raise
+                    in_r, in_w, out_r, out_w, err_r, err_w, life_r, life_w, exit_r, exit_w = fds
+                    parent_ends = (in_w, out_r, err_r, life_w)
+                    _port._PARENT_FDS.update((*parent_ends, exit_w))
+                    request = _Request(_ServedChild(exit_r, exit_w))
+                    try:
+                        with self._lock:
+                            if self.dead:
+                                raise OSError("the fork server exited")
+                            self._pending[request_id] = request
+                        registered = sending = True
+                        child_ends = [in_r, out_w, err_w, life_r]
+                        message = _send_bounded(self._sock, message, child_ends, first=True)
+                    finally:
+                        for fd in (in_r, out_w, err_w, life_r):
+                            os.close(fd)
+                message = _send_bounded(self._sock, message, [])
+                sending = False
+            if not request.done.wait(timeout):
+                # A stalled server cannot start anyone's workers: replace it.
+                self._kill()
                 raise CallTimeout(f"fork server {self.pid}", "start_worker", timeout)
-            # The reader took the answer from the table and is about to set it.
-            request.done.wait()
+        except BaseException as exc:
+            # Failed to send (the server is gone or stalled), or stopped half way: the stream
+            # may hold part of a request, which would swallow the next (even an interrupt
+            # raised as a send returns loses how much it sent). This server is unusable.
+            broken = sending
+            if broken:
+                self._kill()
+            if request is not None:
+                self._give_up(request_id, request, parent_ends or (), registered)
+            if broken and isinstance(exc, OSError):
+                raise OSError(f"could not reach the fork server: {exc}") from exc
+            raise
         if request.error is not None:
             self._abandon(request, parent_ends)
             raise request.error
         return request.child, parent_ends
+
+    def _give_up(
+        self, request_id: int, request: _Request, parent_ends: tuple[int, ...], registered: bool
+    ) -> None:
+        """The requester stops waiting (timeout, error, interrupt): nothing it made survives."""
+        if registered:
+            with self._lock:
+                given_up = self._pending.pop(request_id, None) is not None
+            if not given_up:
+                # The reader took the answer from the table and is about to set it: wait
+                # for it, so that a worker it forked is killed below.
+                request.done.wait(_STOP_LIMIT)
+        # A worker forked later is killed by the reader (and sees EOF on its lifeline, whose
+        # parent end is closed here).
+        self._abandon(request, parent_ends)
 
     def stop(self) -> None:
         """Ask the server to exit (EOF on its socket), wait until the reader has reaped it."""
@@ -329,15 +369,13 @@ class _Server:
             self._reader.join(_STOP_LIMIT)
 
     def _kill(self) -> None:
+        with self._lock:
+            self.dead = True  # the next start runs a new server without waiting for our reader
         with contextlib.suppress(OSError):
             self.popen.kill()
 
     def _abandon(self, request: _Request, parent_ends: tuple[int, ...]) -> None:
-        for fd in parent_ends:
-            _port._close_fd(fd)
-        request.child._discard()
-        if request.pid is not None:
-            _kill_group(request.pid)
+        abandon_worker(request.child, parent_ends)
 
     def _read(self) -> None:
         buffer = bytearray()
@@ -406,15 +444,18 @@ class _Server:
             self.popen.wait()
 
 
-def _send_bounded(sock: socket.socket, message: bytes, fds: list[int]) -> None:
-    """Send `message` with `fds` on its first byte; give up after `_port._SETUP_TIMEOUT`.
+def _send_bounded(
+    sock: socket.socket, view: memoryview, fds: list[int], *, first: bool = False
+) -> memoryview:
+    """Send `view`, `fds` riding with its first byte; return what is left (nothing, unless
+    `first`: then return once some of it has gone).
 
-    A stalled server must not hold the fork lock forever. The socket stays blocking (its
-    reader's recv waits as long as it must): each send here is non-blocking instead.
+    Gives up (`TimeoutError`) after `_port._SETUP_TIMEOUT` seconds without progress: a stalled
+    server must not block its callers forever. The socket stays blocking (its reader's recv
+    waits as long as it must): each send here is non-blocking instead.
     """
     deadline = time.monotonic() + _port._SETUP_TIMEOUT
-    view = memoryview(message)
-    while True:
+    while view:
         try:
             if fds:
                 sent = socket.send_fds(sock, [view], fds, socket.MSG_DONTWAIT)
@@ -423,11 +464,33 @@ def _send_bounded(sock: socket.socket, message: bytes, fds: list[int]) -> None:
                 sent = sock.send(view, socket.MSG_DONTWAIT)
         except BlockingIOError:
             sent = 0
-        view = view[sent:]
-        if not view:
-            return
+        if sent:
+            view = view[sent:]
+            if first:
+                return view
+            deadline = time.monotonic() + _port._SETUP_TIMEOUT
+            continue
         if not _port._wait_writable(sock.fileno(), _port._remaining(deadline)):
             raise TimeoutError(f"the fork server read nothing for {_port._SETUP_TIMEOUT}s")
+    return view
+
+
+def release_from(pid: int) -> None:
+    """`FORK_SERVER.release()`, unless this is a forked copy of process `pid` (a finalizer
+    copied into a child must not stop the parent's server, whose socket the child shares)."""
+    if os.getpid() == pid:
+        FORK_SERVER.release()
+
+
+def abandon_worker(child: _ServedChild, parent_ends: tuple[int, ...]) -> None:
+    """Undo `ForkServer.start_worker` for a worker no port will own: kill it (if it was
+    forked), close the parent's ends of its pipes and its exit pipe."""
+    for fd in parent_ends:
+        with contextlib.suppress(OSError):
+            _port._close_fd(fd)
+    child._discard()
+    if child.pid:
+        _kill_group(child.pid)
 
 
 def _kill_group(pid: int) -> None:
@@ -562,6 +625,13 @@ def _worker_main(
         # Nothing of the server's (nor the fds of requests queued behind this one) stays open.
         _close_fds_except({0, 1, 2, in_fd, out_fd, err_fd, life_fd})
         _port._forked_child_setup(err_fd, life_fd)
+        environ, cwd, path, setup = pickle.loads(setup)
+        os.environ.clear()
+        os.environ.update(environ)
+        if cwd is not None:
+            with contextlib.suppress(OSError):
+                os.chdir(cwd)
+        sys.path[:] = path
         import dill
 
         handler, args, codec_name, max_frame = dill.loads(setup)
@@ -569,7 +639,14 @@ def _worker_main(
         _port._serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], decoder)
         code = 0
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        # As the interpreter does: None is 0, an int is the status, anything else is printed
+        # (to the port's stderr) and is 1.
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            with contextlib.suppress(BaseException):
+                print(exc.code, file=sys.stderr)
+            code = 1
     except BaseException:
         with contextlib.suppress(BaseException):
             traceback.print_exc()
@@ -581,12 +658,22 @@ def _worker_main(
 
 
 def _close_fds_except(keep: set[int]) -> None:
-    low = 0
-    for fd in sorted(keep):
-        if fd > low:
-            os.closerange(low, fd)
-        low = max(low, fd + 1)
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    try:
+        # Only the fds that are open: closing every number up to the limit (1M in some
+        # containers) costs seconds where the close_range syscall is missing.
+        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        low = 0
+        for fd in sorted(keep):
+            if fd > low:
+                os.closerange(low, fd)
+            low = max(low, fd + 1)
+        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+        return
+    for fd in open_fds:
+        if fd not in keep:
+            with contextlib.suppress(OSError):  # the listing's own fd, closed already
+                os.close(fd)
 
 
 def _stop_workers(workers: set[int], wake_r: int, send: _Send) -> None:

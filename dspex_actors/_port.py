@@ -11,10 +11,12 @@ and logged with the port's id (event ``port_stderr``); it never mixes into the f
   it over, and classify every way the hand-over can fail.
 - **Death is an event.** The owner reads stdout itself, in its own thread (no hand-off on the
   hot path). One thread per port (``dspex-port-<id>``) logs stderr and waits on the process's
-  exit event (a pidfd on Linux, the sentinel of a forked child). When it fires, the thread
-  reaps the process and tells the owner at once: an actor owner gets a
-  `PortExited(port, status)` message, a thread owner's `recv` raises `PortClosed` once every
-  frame written before the exit has been read, and `on_exit(PortExited)` is called if given.
+  exit event (a pidfd on Linux, the sentinel of a forked child, a byte from the fork server's
+  reader for a forkserver worker, which the server reaps). When it fires, the thread reaps the
+  process (or takes the status the server reported) and tells the owner at once: an actor
+  owner gets a `PortExited(port, status)` message, a thread owner's `recv` raises
+  `PortClosed` once every frame written before the exit has been read, and
+  `on_exit(PortExited)` is called if given.
   Nothing polls.
 - **Close and kill.** `close(timeout)` closes stdin (a well-behaved worker exits on EOF), then
   sends SIGTERM, then SIGKILL, to the whole process group (each port's process leads its own
@@ -181,6 +183,10 @@ class _Child(Protocol):
 
     def exit_fd(self) -> int | None: ...
 
+    def reaped(self) -> bool:
+        """The process has been reaped, so its pid may be reused: signal it no more."""
+        ...
+
 
 # --- public API --------------------------------------------------------------------------------
 
@@ -255,7 +261,13 @@ class Port:
             name=f"dspex-port-{self.id}",
             daemon=True,
         )
-        self._reader.start()
+        try:
+            self._reader.start()
+        except BaseException:
+            # No reader, no port: the caller undoes the process and its pipes; these are ours.
+            for fd in (self._exit_r, self._exit_w):
+                _close_fd(fd)
+            raise
 
     # -- constructors --
 
@@ -409,7 +421,7 @@ class Port:
         owner: Owner,
         on_exit: Callable[[PortExited], None] | None,
     ) -> Port:
-        from ._forkserver import FORK_SERVER
+        from ._forkserver import FORK_SERVER, abandon_worker
 
         # Pickled before anything starts, so an unpicklable handler starts nothing.
         setup = _pickle_setup(handler, args, codec, max_frame)
@@ -426,19 +438,25 @@ class Port:
             _close_fd(life_w)
             server.release()
 
-        return cls(
-            child,
-            stdin_fd=in_w,
-            stdout_fd=out_r,
-            stderr_fd=err_r,
-            name=name,
-            codec=codec,
-            max_frame=max_frame,
-            owner=owner,
-            on_exit=on_exit,
-            enveloped=True,
-            on_reaped=forget,
-        )
+        try:
+            return cls(
+                child,
+                stdin_fd=in_w,
+                stdout_fd=out_r,
+                stderr_fd=err_r,
+                name=name,
+                codec=codec,
+                max_frame=max_frame,
+                owner=owner,
+                on_exit=on_exit,
+                enveloped=True,
+                on_reaped=forget,
+            )
+        except BaseException:
+            # No port owns the worker (e.g. its reader thread could not start): undo it all.
+            abandon_worker(child, (in_w, out_r, err_r, life_w))
+            server.release()
+            raise
 
     @classmethod
     def _fork(
@@ -841,7 +859,7 @@ class Port:
             _close_fd(fd)
 
     def _signal_group(self, sig: signal.Signals) -> None:
-        if self._exited.is_set():
+        if self._exited.is_set() or self._child.reaped():
             return
         pid = self._child.pid
         # The child leads its own session, so its pgid is its pid; a spawned child may not
@@ -1244,6 +1262,9 @@ class _PopenChild:
             return None
         return fd
 
+    def reaped(self) -> bool:
+        return self.popen.returncode is not None  # set by our own wait, which reaps
+
 
 class _ProcessChild:
     def __init__(self, process: Any) -> None:
@@ -1258,6 +1279,11 @@ class _ProcessChild:
     def exit_fd(self) -> int | None:
         # The process sentinel becomes readable when the process exits.
         return os.dup(self.process.sentinel)
+
+    def reaped(self) -> bool:
+        # Only our reader thread's join reaps it, and `Port._exited` is set soon after; until
+        # then the pid stays reserved (a zombie at worst). Polling here would race that join.
+        return False
 
 
 # Parent-side fds of every port: a child started with "fork" inherits them and must close

@@ -30,12 +30,15 @@ eager pool starts a replacement; `handle_ping` pings idle workers.
   (`ProtocolError`): the worker is removed, so no later caller can read a stale reply;
 - the handler raised (`RemoteError`): the worker is fine and stays in the pool.
 
-The pool never enters a broken state: each worker has its own pipes, nothing is shared between
-processes, and a dead worker only ever affects the one call that was using it.
+The pool never enters a broken state: each worker has its own pipes, and a dead worker only ever
+affects the one call that was using it.
 
 `target` workers are forked by default from a small single-threaded fork server (see
 `Port.spawn`'s ``"forkserver"``), which the pool holds for its whole life: forking is safe
-there, and a replacement worker is answering a few milliseconds after a death.
+there, and a replacement worker is answering a few milliseconds after a death. That server is
+the one thing shared, by every forkserver pool and port of the process: if it is killed, their
+workers are killed with it (calls in flight raise `WorkerCrashed`), and each pool replaces them
+through a new server. Use ``start_method="spawn"`` for workers that share nothing.
 
 When not to use it: for code that needs no process isolation, a thread pool is cheaper; for
 per-session state that must survive a crash, see `dspex_actors.bridge.SessionPool`.
@@ -50,8 +53,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -223,7 +228,9 @@ class _PoolState:
     live: set[Port] = attrs.field(factory=set)  # every port this pool started and not closed
     lock: threading.Lock = attrs.field(factory=threading.Lock)
     stopped: bool = False  # terminate_pool ran: a worker still starting must close itself
-    forkserver: bool = False  # holds a reference to the fork server until terminate_pool
+    # Drops this pool's reference to the fork server: called by terminate_pool, or when the
+    # state is collected (a killed pool runs no terminate_pool). None: not a forkserver pool.
+    release_server: Callable[[], Any] | None = None
 
 
 # --- the callbacks -----------------------------------------------------------------------------
@@ -245,13 +252,13 @@ class PortWorker(PoolWorker):
         if init_arg.target is not None and init_arg.method == "forkserver":
             # Held for the pool's whole life: when its only worker dies, the replacement is
             # forked by the same server instead of waiting for a new one to boot.
-            from ._forkserver import FORK_SERVER
+            from ._forkserver import FORK_SERVER, release_from
 
             try:
                 FORK_SERVER.acquire()
             except OSError as exc:
                 return Stop(exc)
-            state.forkserver = True
+            state.release_server = weakref.finalize(state, release_from, os.getpid())
         return Ok(state)
 
     def init_worker(self, pool_state: Any) -> Async:
@@ -384,11 +391,8 @@ class PortWorker(PoolWorker):
             port.kill()
         for port in ports:
             port.close(pool_state.spec.close_timeout)
-        if pool_state.forkserver:
-            from ._forkserver import FORK_SERVER
-
-            pool_state.forkserver = False
-            FORK_SERVER.release()
+        if pool_state.release_server is not None:
+            pool_state.release_server()  # a finalizer: runs once
 
 
 # --- public API --------------------------------------------------------------------------------

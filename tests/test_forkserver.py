@@ -1,4 +1,4 @@
-"""The fork server start method (issue 5 §1 "start method", §4 SIGKILL recovery): ids fs_01..fs_13.
+"""The fork server start method (issue 5 §1 "start method", §4 SIGKILL recovery): ids fs_01..fs_21.
 
 ``Port.spawn(..., start_method="forkserver")`` forks each worker from one small single-threaded
 server process owned by its users (`dspex_actors._forkserver`). Every process here is real: the
@@ -8,6 +8,7 @@ server, its workers, and (fs_09) a parent process SIGKILLed with its pool.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import signal
@@ -404,3 +405,204 @@ def test_fs_13_the_servers_socket_is_in_the_fork_registry_while_the_server_runs(
     finally:
         port.close(timeout=10)
     assert fd not in _port._PARENT_FDS
+
+
+# --- review findings: environment, exit codes, failures half way, a stalled server -------------
+
+
+def where(probe: str) -> list[Any]:
+    return [os.environ.get("DSPEX_FS_PROBE"), os.path.realpath(os.getcwd()), probe in sys.path]
+
+
+def test_fs_14_a_worker_takes_the_parents_current_environment_cwd_and_sys_path(
+    ports: list[Port], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server started before these changed; its workers must not see its stale copy."""
+    first = Port.spawn(echo, start_method=FS)
+    ports.append(first)
+    assert first.request(1, timeout=30) == 1  # the server runs from here on
+    monkeypatch.setenv("DSPEX_FS_PROBE", "set-later")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    port = Port.spawn(where, start_method=FS)
+    ports.append(port)
+    assert port.request(str(tmp_path), timeout=30) == [
+        "set-later",
+        os.path.realpath(tmp_path),
+        True,
+    ]
+
+
+def exits(code: Any) -> Any:
+    sys.exit(code)
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork", FS])
+@pytest.mark.parametrize(
+    ("code", "status", "printed"), [(None, 0, []), (0, 0, []), (3, 3, []), ("bye", 1, ["bye"])]
+)
+def test_fs_15_sys_exit_in_a_handler_gives_the_same_status_with_every_start_method(
+    method: str, code: Any, status: int, printed: list[str]
+) -> None:
+    port = Port.spawn(exits, start_method=method)
+    try:
+        with pytest.raises(da.PortClosed):
+            port.request(code, timeout=30)
+        assert port.wait_exit(10) == status
+        assert port.stderr_tail() == printed
+    finally:
+        port.close(timeout=10)
+
+
+def test_fs_16_a_port_that_cannot_be_built_leaves_no_worker_fd_or_server_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_start = threading.Thread.start
+
+    def no_port_thread(self: threading.Thread) -> None:
+        if self.name.removeprefix("dspex-port-").isdigit():
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    fds_before = set(_port._PARENT_FDS)
+    monkeypatch.setattr(threading.Thread, "start", no_port_thread)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        Port.spawn(echo, start_method=FS)
+    monkeypatch.undo()
+    assert FORK_SERVER.users == 0
+    assert running_server() is None  # the last reference stopped and reaped it
+    assert set(_port._PARENT_FDS) == fds_before
+
+
+def test_fs_17_a_killed_pool_drops_its_server_reference_once_collected() -> None:
+    """A kill runs no terminate_pool; the pool state's finalizer releases the server instead.
+    The killed pool's worker (left running, as with every start method) keeps its own."""
+    import gc
+
+    pool = ProcessPool.start(target=echo, pool_size=1)
+    wait_for(functools.partial(settled, pool, 1), timeout=30)
+    assert FORK_SERVER.users == 2  # the pool and its worker's port
+    (worker,) = psutil.Process(server_pid()).children()
+    ref = pool.actor_ref
+    da.kill(ref)
+    da.wait_exit(ref, timeout=10)
+    del pool, ref
+
+    def collected() -> bool:
+        gc.collect()
+        return FORK_SERVER.users == 1
+
+    wait_for(collected, timeout=10)
+    worker.kill()  # its port is reaped and drops the last reference
+    wait_for(lambda: FORK_SERVER.users == 0 and running_server() is None, timeout=10)
+
+
+def test_fs_18_a_stalled_server_is_replaced_after_the_start_timeout(
+    ports: list[Port], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = Port.spawn(echo, start_method=FS)
+    ports.append(first)
+    stalled = server_pid()
+    monkeypatch.setattr(_port, "_SETUP_TIMEOUT", 0.5)
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        with pytest.raises(da.CallTimeout):
+            Port.spawn(echo, start_method=FS)
+        wait_for(lambda: gone(stalled), timeout=10)  # killed, even though stopped
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stalled, signal.SIGCONT)
+    assert first.wait_exit(10) == -signal.SIGKILL  # its worker died with it
+    second = Port.spawn(echo, start_method=FS)
+    ports.append(second)
+    assert second.request(2, timeout=30) == 2
+    assert server_pid() != stalled
+    assert FORK_SERVER.users == 1  # the first port's reference went with its worker
+
+
+def test_fs_19_an_interrupt_while_waiting_for_the_server_kills_the_worker_it_forked(
+    ports: list[Port], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dspex_actors import _forkserver
+
+    warm = Port.spawn(echo, start_method=FS)
+    ports.append(warm)
+    warm.request(1, timeout=30)
+    server = server_pid()
+    fds_before = set(_port._PARENT_FDS)
+
+    class Interrupted(_forkserver._Request):
+        """The first wait returns once the server has answered (the worker exists), then
+        raises KeyboardInterrupt, as a Ctrl-C at that moment would."""
+
+        def __init__(self, child: Any) -> None:
+            super().__init__(child)
+            real, first = self.done, [True]
+
+            def wait(timeout: float | None = None) -> bool:
+                if first:
+                    first.clear()
+                    assert real.wait(30)
+                    raise KeyboardInterrupt
+                return real.wait(timeout)
+
+            self.done = type("Done", (), {"wait": staticmethod(wait), "set": real.set})()
+
+    monkeypatch.setattr(_forkserver, "_Request", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Port.spawn(echo, start_method=FS)
+    monkeypatch.undo()
+    wait_for(lambda: [c.pid for c in psutil.Process(server).children()] == [warm.os_pid])
+    assert FORK_SERVER.users == 1
+    assert set(_port._PARENT_FDS) == fds_before
+
+
+def test_fs_20_a_worker_the_server_has_reaped_is_never_signalled(
+    ports: list[Port], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the server's reap and the port's exit event the pid is free for reuse: kill()
+    and close() must not signal it."""
+    port = Port.spawn(echo, start_method=FS)
+    ports.append(port)
+    port.request(1, timeout=30)
+    child: Any = port._child
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    child._done.set()  # reaped, as the server reports it, before the port has heard
+    port.kill()
+    monkeypatch.undo()
+    child._done.clear()
+    assert sent == []
+    port.kill()  # not reaped after all: now it is signalled
+    assert port.wait_exit(10) == -signal.SIGKILL
+
+
+def test_fs_21_a_request_interrupted_half_sent_replaces_the_server(
+    ports: list[Port], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half a request in the server's stream would swallow the next one: the server is killed
+    (its workers with it) and the next worker start runs a new one."""
+    from dspex_actors import _forkserver
+
+    warm = Port.spawn(echo, start_method=FS)
+    ports.append(warm)
+    warm.request(1, timeout=30)
+    server = server_pid()
+    real_send = _forkserver._send_bounded
+
+    def half_then_interrupt(sock: Any, view: Any, fds: list[int], *, first: bool = False) -> Any:
+        rest = real_send(sock, view[:10], fds, first=first)  # the header and the fds go out
+        assert not rest
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_forkserver, "_send_bounded", half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        Port.spawn(echo, start_method=FS)
+    monkeypatch.undo()
+    wait_for(lambda: gone(server), timeout=10)
+    assert warm.wait_exit(10) == -signal.SIGKILL
+    port = Port.spawn(echo, start_method=FS)
+    ports.append(port)
+    assert port.request(3, timeout=30) == 3
+    assert server_pid() != server
