@@ -5,7 +5,9 @@ Run: ``python bench/process_pool.py`` (under a minute) or ``python bench/process
 1. Sequential round trip of a trivial task (square a number), one caller:
    - baseline: a raw `multiprocessing.Pipe` round trip of a pickled dict to a forked echo
      process (the floor for "send to another process and get an answer");
-   - `ProcessPool.call` (checkout + request + checkin) and a bare `Port.request`;
+   - `ProcessPool.call` (checkout + request + checkin) with the default forkserver workers and
+     with fork workers (like for like with the baseline's forked echo), and a bare
+     `Port.request`;
    - `multiprocessing.Pool.apply`, `ProcessPoolExecutor.submit().result()`, loky, pebble.
    Targets: ProcessPool.call / raw pipe <= 2.0; best peer / ProcessPool.call >= 2.0.
    It runs twice: processes free to run on any CPU, then everything pinned to one CPU. On a
@@ -25,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import signal
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -141,9 +145,12 @@ def bench_round_trip(rounds: int, n: int, label: str) -> None:
         spawn_pipe.send({"n": 7})
         return spawn_pipe.recv()
 
+    # Like for like with the fork-started baseline: a forked child shares the parent's pages.
+    fork_pool = da.ProcessPool.start(target=square, pool_size=1, start_method="fork")
     try:
         ops: dict[str, Callable[[], Any]] = {
             **c.ops,
+            "ProcessPool.call (target, fork)": lambda: fork_pool.call(7),
             "raw Pipe, spawn-started echo": spawn_round_trip,
             "Port.request (bare)": lambda: c.port.request(7),
             "ProcessPool.checkout, no I/O": lambda: c.pool.checkout(
@@ -169,6 +176,7 @@ def bench_round_trip(rounds: int, n: int, label: str) -> None:
         print(f"ProcessPool.call / raw pipe = {ours / base:.2f} (target <= 2.0)")
         print(f"best peer ({best}) / ProcessPool.call = {med[best] / ours:.2f} (target >= 2.0)")
     finally:
+        fork_pool.stop(timeout=30)
         c.close()
         spawn_pipe.send(None)
         spawn_pipe.close()
@@ -196,6 +204,9 @@ def bench_throughput(rounds: int, per_client: int) -> None:
                 print(f"    {name:30} {rate:10.0f}/s  {rate / ours:6.2f}x of ProcessPool")
         finally:
             c.close()
+
+
+_SHUTDOWN_LIMIT = 10.0  # seconds a peer pool gets to shut down
 
 
 def fork_floor(rounds: int) -> float:
@@ -269,7 +280,7 @@ def peer_after_kill(name: str, make: Callable[[], Any], submit: Callable[[Any], 
         else:
             workers = [c for c in psutil.Process().children() if c.pid in _worker_pids_of(pool)]
         if not workers:
-            return "could not find a worker to kill"
+            return "could not find a worker to kill" + _shutdown(pool)
         os.kill(workers[0].pid, signal.SIGKILL)
         psutil.wait_procs([workers[0]], timeout=5)
         outcomes = []
@@ -282,12 +293,15 @@ def peer_after_kill(name: str, make: Callable[[], Any], submit: Callable[[Any], 
             except Exception as exc:
                 outcomes.append(type(exc).__name__)
         if outcomes == ["ok", "ok"]:
-            return "recovers"
-        if outcomes[1] != "ok":
-            return f"broken for good ({outcomes[0]}, then {outcomes[1]})"
-        return f"first task fails ({outcomes[0]}), then recovers"
-    finally:
+            verdict = "recovers"
+        elif outcomes[1] != "ok":
+            verdict = f"broken for good ({outcomes[0]}, then {outcomes[1]})"
+        else:
+            verdict = f"first task fails ({outcomes[0]}), then recovers"
+    except BaseException:
         _shutdown(pool)
+        raise
+    return verdict + _shutdown(pool)
 
 
 def peer_after_crash(make: Callable[[], Any], submit: Callable[[Any, int], Any]) -> str:
@@ -304,9 +318,10 @@ def peer_after_crash(make: Callable[[], Any], submit: Callable[[Any, int], Any])
                 outcomes.append("hangs (gave up after 3 s)")
             except Exception as exc:
                 outcomes.append(type(exc).__name__)
-        return f"crashing task: {outcomes[0]}; next task: {outcomes[1]}"
-    finally:
+    except BaseException:
         _shutdown(pool)
+        raise
+    return f"crashing task: {outcomes[0]}; next task: {outcomes[1]}" + _shutdown(pool)
 
 
 def _worker_pids_of(pool: Any) -> set[int]:
@@ -323,7 +338,29 @@ def _worker_pids_of(pool: Any) -> set[int]:
     return workers
 
 
-def _shutdown(pool: Any) -> None:
+def _shutdown(pool: Any) -> str:
+    """Shut `pool` down, bounded: returns "" or, if that hangs, a note (its workers are then
+    SIGKILLed and the shutdown is abandoned). `multiprocessing.Pool.terminate()` waits forever
+    for its task queue's lock when the worker killed was holding it (an idle worker waiting
+    for a task holds it)."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            _shutdown_now(pool)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="bench-shutdown", daemon=True).start()
+    if done.wait(_SHUTDOWN_LIMIT):
+        return ""
+    for process in getattr(pool, "_pool", []):  # multiprocessing.Pool's workers
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+    return f"; then terminate() hangs (gave up after {_SHUTDOWN_LIMIT:.0f} s)"
+
+
+def _shutdown_now(pool: Any) -> None:
     if isinstance(pool, da.ProcessPool):
         pool.stop(timeout=30)
     elif hasattr(pool, "terminate"):
