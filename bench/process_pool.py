@@ -100,6 +100,16 @@ class Contenders:
             argv=[sys.executable, "-S", "-c", DOUBLER], pool_size=workers
         )
         self.port = da.Port.spawn(square)
+        # Our workers start in the background; the peers below fork this process. A fork
+        # while subprocess.Popen waits for its exec (our argv workers) copies Popen's error
+        # pipe into the forked child, and Popen then waits until that child exits (CPython
+        # issue 103911; see docs/ports.md). Let ours finish starting first.
+        deadline = time.monotonic() + 60
+        for pool in (self.pool, self.argv_pool):
+            while pool.status().idle < workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{pool.name}: workers not ready after 60 s")
+                time.sleep(0.001)
         self.mp_pool = ctx.Pool(workers)
         self.ppe = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx)
         self.loky = loky.ProcessPoolExecutor(workers)

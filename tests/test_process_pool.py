@@ -96,11 +96,14 @@ def pools() -> Iterator[Pools]:
 def worker_pids() -> list[int]:
     """The live worker processes: forkserver workers are the fork server's children."""
     server = FORK_SERVER.pid
-    return [
-        c.pid
-        for c in psutil.Process().children(recursive=True)
-        if c.pid != server and c.status() != psutil.STATUS_ZOMBIE
-    ]
+    pids = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid != server and child.status() != psutil.STATUS_ZOMBIE:
+                pids.append(child.pid)
+        except psutil.NoSuchProcess:
+            continue  # it exited between the listing and the look
+    return pids
 
 
 def settled(pool: ProcessPool, size: int) -> bool:
