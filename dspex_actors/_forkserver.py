@@ -252,10 +252,10 @@ class _Server:
 
     @classmethod
     def start(cls) -> _Server:
-        # Every fd made here exists (or is in _PARENT_FDS) only under the fork lock, so a
+        # Every fd made here exists (or is in _PARENT_FDS) only under the fork guard, so a
         # "fork" port's child forked meanwhile never holds the parent's end of the socket:
         # the server would never see EOF when the parent dies.
-        with _port._FORK_LOCK:
+        with _port._FORK_GUARD.creating():
             parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             _port._PARENT_FDS.add(parent_sock.fileno())
             fd = child_sock.fileno()
@@ -291,11 +291,11 @@ class _Server:
         registered = sending = False
         try:
             # The whole request goes out under the send lock (requests never interleave); the
-            # fork lock is held only while the worker's child ends exist here, i.e. until they
+            # fork guard is held only while the worker's child ends exist here, i.e. until they
             # have left with the request's first bytes (as in Port._fork: no "fork" port's
-            # child started meanwhile may keep one open). Lock order: send lock, fork lock.
+            # child started meanwhile may keep one open). Lock order: send lock, fork guard.
             with self._send_lock:
-                with _port._FORK_LOCK:
+                with _port._FORK_GUARD.creating():
                     fds: list[int] = []
                     try:
                         for _ in range(_WORKER_FDS + 1):

@@ -72,7 +72,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -239,9 +239,9 @@ class Port:
         self._poller.register(stdout_fd, select.POLLIN)
         # The reader thread writes a byte here once the process is reaped, so a recv blocked on
         # stdout wakes on the exit even while a grandchild outside the process group (it
-        # called setsid) still holds stdout open and EOF never comes. Made under the fork lock
+        # called setsid) still holds stdout open and EOF never comes. Made under the fork guard
         # and listed in _PARENT_FDS, like every parent-side fd, so no `fork` child keeps it.
-        with _FORK_LOCK:
+        with _FORK_GUARD.creating():
             self._exit_r, self._exit_w = os.pipe()
             _PARENT_FDS.update((self._exit_r, self._exit_w))
         self._poller.register(self._exit_r, select.POLLIN)
@@ -476,7 +476,7 @@ class Port:
         # Serialised with every other fork of ours: a child forked meanwhile would inherit
         # this one's child-side pipe ends (and its sentinel's write end) and keep them open,
         # so this child's EOF and exit event would never come while that one lives.
-        with _FORK_LOCK:
+        with _FORK_GUARD.forking():
             in_r, in_w = os.pipe()  # parent -> child frames
             out_r, out_w = os.pipe()  # child -> parent frames
             err_r, err_w = os.pipe()  # child's stdout and stderr
@@ -531,7 +531,7 @@ class Port:
         enveloped: bool,
         name: str,
     ) -> Port:
-        # The raw fds are made (and listed in _PARENT_FDS) under the fork lock: see _Spawner.
+        # The raw fds are made (and listed in _PARENT_FDS) under the fork guard: see _Spawner.
         popen, (stdin_fd, stdout_fd, stderr_fd) = _SPAWNER.popen(argv, env=env, cwd=cwd)
         return cls(
             _PopenChild(popen),
@@ -1290,12 +1290,61 @@ class _ProcessChild:
 # them, or its own (and its siblings') lifeline and stdin would never reach EOF.
 _PARENT_FDS: set[int] = set()
 
-# Held while a port's child is forked and its child-side pipe ends are open in this process,
-# and while a parent-side pipe end is made and listed in _PARENT_FDS: a `fork` child copies
-# every fd (O_CLOEXEC does not help without an exec), and one that kept a write end of another
-# port's pipe would hide that port's EOF. The exit fds (a pidfd, a dup of a sentinel's read
-# end) are made outside the lock on purpose: a copy of one changes nothing for anyone.
-_FORK_LOCK = threading.Lock()
+
+class _ForkGuard:
+    """Keeps a ``"fork"`` child of ours from copying another port's pipe ends.
+
+    A fork copies every fd (O_CLOEXEC does not help without an exec), and a child that kept a
+    write end of another port's pipe would hide that port's EOF. So an fd is made and either
+    listed in `_PARENT_FDS` (which such a child closes) or closed again while `creating()` is
+    held, and `Port._fork` forks holding `forking()`, which excludes every creator and other
+    forks. Creators do not exclude each other: a creator stuck in `subprocess.Popen` (whose
+    error pipe another library's fork may have copied: CPython issue 103911) then holds up
+    ``"fork"`` ports (and, through the one spawner thread, other `Port.open` and ``"spawn"``
+    starts), not forkserver workers. Waiting forks go first. The exit fds (a
+    pidfd, a dup of a sentinel's read end) are made outside on purpose: a copy of one changes
+    nothing for anyone.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._creators = 0
+        self._forking = False
+        self._forks_waiting = 0
+
+    @contextlib.contextmanager
+    def creating(self) -> Iterator[None]:
+        with self._cond:
+            while self._forking or self._forks_waiting:
+                self._cond.wait()
+            self._creators += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._creators -= 1
+                if not self._creators:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def forking(self) -> Iterator[None]:
+        with self._cond:
+            self._forks_waiting += 1
+            try:
+                while self._forking or self._creators:
+                    self._cond.wait()
+            finally:
+                self._forks_waiting -= 1
+            self._forking = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._forking = False
+                self._cond.notify_all()
+
+
+_FORK_GUARD = _ForkGuard()
 
 
 def _close_fd(fd: int) -> None:
@@ -1335,7 +1384,7 @@ class _Spawner:
             # the raw fds kept instead are in _PARENT_FDS (which such a child closes) before
             # it is released. Else that child would hold this program's stdin open, and
             # closing it would never reach EOF.
-            with _FORK_LOCK:
+            with _FORK_GUARD.creating():
                 popen = subprocess.Popen(
                     argv,
                     stdin=subprocess.PIPE,
@@ -1393,7 +1442,8 @@ _SPAWNER = _Spawner()
 
 
 def _raw_fds(popen: subprocess.Popen[bytes]) -> tuple[int, int, int]:
-    """Popen's stdin, stdout and stderr as raw fds listed in `_PARENT_FDS` (hold `_FORK_LOCK`).
+    """Popen's stdin, stdout and stderr as raw fds listed in `_PARENT_FDS` (inside
+    `_FORK_GUARD.creating()`).
 
     Only raw fds are kept: the reader thread and send() do their own buffering.
     """
@@ -1416,9 +1466,9 @@ def _raw_fds(popen: subprocess.Popen[bytes]) -> tuple[int, int, int]:
 
 def _reset_after_fork_in_child() -> None:
     # A forked child has only the forking thread: the parent's spawner thread is not there
-    # to serve it, and the fork lock may be held by another parent thread. Start afresh.
-    global _FORK_LOCK, _SPAWNER
-    _FORK_LOCK = threading.Lock()
+    # to serve it, and the fork guard may be held by another parent thread. Start afresh.
+    global _FORK_GUARD, _SPAWNER
+    _FORK_GUARD = _ForkGuard()
     _SPAWNER = _Spawner()
 
 

@@ -1,4 +1,4 @@
-"""The fork server start method (issue 5 §1 "start method", §4 SIGKILL recovery): ids fs_01..fs_21.
+"""The fork server start method (issue 5 §1 "start method", §4 SIGKILL recovery): ids fs_01..fs_23.
 
 ``Port.spawn(..., start_method="forkserver")`` forks each worker from one small single-threaded
 server process owned by its users (`dspex_actors._forkserver`). Every process here is real: the
@@ -606,3 +606,59 @@ def test_fs_21_a_request_interrupted_half_sent_replaces_the_server(
     ports.append(port)
     assert port.request(3, timeout=30) == 3
     assert server_pid() != server
+
+
+def test_fs_22_a_port_start_stuck_in_popen_does_not_stop_forkserver_ports(
+    ports: list[Port],
+) -> None:
+    """CPython issue 103911: another library's fork can leave subprocess.Popen waiting for as
+    long as that child lives. Such a Popen holds the fork guard as a creator; other creators
+    (a forkserver worker's pipes, a port's exit pipe) go on, only a "fork" port must wait."""
+    held, release = threading.Event(), threading.Event()
+
+    def stuck_popen() -> None:
+        with _port._FORK_GUARD.creating():
+            held.set()
+            release.wait(30)
+
+    stuck = threading.Thread(target=stuck_popen, name="stuck-popen")
+    stuck.start()
+    try:
+        assert held.wait(10)
+        port = Port.spawn(echo, start_method=FS)
+        ports.append(port)
+        assert port.request(5, timeout=30) == 5
+        assert stuck.is_alive()  # all of that while the stuck creator still held the guard
+    finally:
+        release.set()
+        stuck.join(10)
+
+
+def test_fs_23_the_fork_guard_lets_creators_share_and_makes_a_fork_wait_for_them() -> None:
+    guard = _port._ForkGuard()
+    order: list[str] = []
+    inside, go, forked = threading.Event(), threading.Event(), threading.Event()
+
+    def creator() -> None:
+        with guard.creating():
+            inside.set()
+            go.wait(10)
+            order.append("creator done")
+
+    def fork() -> None:
+        with guard.forking():
+            order.append("fork")
+        forked.set()
+
+    first = threading.Thread(target=creator)
+    first.start()
+    assert inside.wait(10)
+    with guard.creating():  # a second creator is not held up by the first
+        order.append("second creator")
+    forker = threading.Thread(target=fork)
+    forker.start()
+    assert not forked.wait(0.2)  # must not happen while the first creator holds the guard
+    go.set()
+    first.join(10)
+    forker.join(10)
+    assert order == ["second creator", "creator done", "fork"]

@@ -227,7 +227,7 @@ def open_and_spawn_nested_ports(request: Any) -> list[Any]:
 
 def test_prr_06_a_fork_worker_can_start_ports_of_its_own() -> None:
     """prr_06: the child of a `fork` port inherits the parent's spawner (its thread is not
-    copied) and fork lock; both must start afresh in the child, or a handler that opens a
+    copied) and fork guard; both must start afresh in the child, or a handler that opens a
     port of its own waits forever."""
     busy = Port.open([sys.executable, "-c", STALL])  # the parent's spawner thread is running
     worker = Port.spawn(open_and_spawn_nested_ports, start_method="fork")
