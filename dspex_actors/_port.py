@@ -1301,7 +1301,8 @@ class _ForkGuard:
     forks. Creators do not exclude each other: a creator stuck in `subprocess.Popen` (whose
     error pipe another library's fork may have copied: CPython issue 103911) then holds up
     ``"fork"`` ports (and, through the one spawner thread, other `Port.open` and ``"spawn"``
-    starts), not forkserver workers. Waiting forks go first. The exit fds (a
+    starts), not forkserver workers, even while a fork waits: creators never wait for a
+    waiting fork (a fork may wait while creators overlap; each of them is brief). The exit fds (a
     pidfd, a dup of a sentinel's read end) are made outside on purpose: a copy of one changes
     nothing for anyone.
     """
@@ -1310,12 +1311,11 @@ class _ForkGuard:
         self._cond = threading.Condition(threading.Lock())
         self._creators = 0
         self._forking = False
-        self._forks_waiting = 0
 
     @contextlib.contextmanager
     def creating(self) -> Iterator[None]:
         with self._cond:
-            while self._forking or self._forks_waiting:
+            while self._forking:
                 self._cond.wait()
             self._creators += 1
         try:
@@ -1329,12 +1329,8 @@ class _ForkGuard:
     @contextlib.contextmanager
     def forking(self) -> Iterator[None]:
         with self._cond:
-            self._forks_waiting += 1
-            try:
-                while self._forking or self._creators:
-                    self._cond.wait()
-            finally:
-                self._forks_waiting -= 1
+            while self._forking or self._creators:
+                self._cond.wait()
             self._forking = True
         try:
             yield

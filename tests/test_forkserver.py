@@ -621,17 +621,30 @@ def test_fs_22_a_port_start_stuck_in_popen_does_not_stop_forkserver_ports(
             held.set()
             release.wait(30)
 
+    forked: list[Port] = []
+    me = threading.current_thread()
     stuck = threading.Thread(target=stuck_popen, name="stuck-popen")
+    fork_start = threading.Thread(
+        target=lambda: forked.append(Port.spawn(echo, start_method="fork", owner=me)),
+        name="fork-start",
+    )
     stuck.start()
     try:
         assert held.wait(10)
+        fork_start.start()  # a "fork" port waits for the guard meanwhile: others must not
+        waiters: Any = _port._FORK_GUARD._cond._waiters  # type: ignore[attr-defined]
+        wait_for(lambda: len(waiters) == 1, timeout=10)
         port = Port.spawn(echo, start_method=FS)
         ports.append(port)
         assert port.request(5, timeout=30) == 5
         assert stuck.is_alive()  # all of that while the stuck creator still held the guard
+        assert forked == []
     finally:
         release.set()
         stuck.join(10)
+        fork_start.join(30)
+        ports.extend(forked)
+    assert forked[0].request(6, timeout=30) == 6  # and the fork went ahead once it could
 
 
 def test_fs_23_the_fork_guard_lets_creators_share_and_makes_a_fork_wait_for_them() -> None:
