@@ -230,7 +230,6 @@ class _Request:
     def __init__(self, child: _ServedChild) -> None:
         self.child = child
         self.done = threading.Event()
-        self.pid: int | None = None
         self.error: OSError | None = None
 
 
@@ -338,7 +337,7 @@ class _Server:
                 raise OSError(f"could not reach the fork server: {exc}") from exc
             raise
         if request.error is not None:
-            self._abandon(request, parent_ends)
+            abandon_worker(request.child, parent_ends)
             raise request.error
         return request.child, parent_ends
 
@@ -355,7 +354,7 @@ class _Server:
                 request.done.wait(_STOP_LIMIT)
         # A worker forked later is killed by the reader (and sees EOF on its lifeline, whose
         # parent end is closed here).
-        self._abandon(request, parent_ends)
+        abandon_worker(request.child, parent_ends)
 
     def stop(self) -> None:
         """Ask the server to exit (EOF on its socket), wait until the reader has reaped it."""
@@ -373,9 +372,6 @@ class _Server:
             self.dead = True  # the next start runs a new server without waiting for our reader
         with contextlib.suppress(OSError):
             self.popen.kill()
-
-    def _abandon(self, request: _Request, parent_ends: tuple[int, ...]) -> None:
-        abandon_worker(request.child, parent_ends)
 
     def _read(self) -> None:
         buffer = bytearray()
@@ -412,9 +408,7 @@ class _Server:
             if kind == _STARTED:  # its requester gave up waiting
                 _kill_group(value)
             return
-        if kind == _STARTED:
-            request.pid = value
-        else:
+        if kind != _STARTED:
             request.error = OSError(value, f"the fork server could not fork: {os.strerror(value)}")
         request.done.set()
 

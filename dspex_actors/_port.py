@@ -1376,7 +1376,7 @@ class _Spawner:
 
         def start() -> tuple[subprocess.Popen[bytes], tuple[int, int, int]]:
             # Popen's pipes must not leak into a `fork` port's child forked meanwhile (a fork
-            # copies every fd, O_CLOEXEC or not): they exist only while the lock is held, and
+            # copies every fd, O_CLOEXEC or not): they exist only while the guard is held, and
             # the raw fds kept instead are in _PARENT_FDS (which such a child closes) before
             # it is released. Else that child would hold this program's stdin open, and
             # closing it would never reach EOF.

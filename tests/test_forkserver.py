@@ -670,7 +670,9 @@ def test_fs_23_the_fork_guard_lets_creators_share_and_makes_a_fork_wait_for_them
         order.append("second creator")
     forker = threading.Thread(target=fork)
     forker.start()
-    assert not forked.wait(0.2)  # must not happen while the first creator holds the guard
+    waiters: Any = guard._cond._waiters  # type: ignore[attr-defined]
+    wait_for(lambda: len(waiters) == 1, timeout=10)  # the fork is queued on the guard
+    assert not forked.is_set()  # and cannot go while the first creator holds it
     go.set()
     first.join(10)
     forker.join(10)
