@@ -59,7 +59,7 @@ import queue
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import attrs
 import pykka
@@ -263,6 +263,10 @@ class _Proc:
         # thread may run a message in the actor's place when it is idle (`_run_inline`).
         self.exec_lock = threading.Lock()
         self.inline_crash: BaseException | None = None  # what a message run inline raised
+        # Set under `exec_lock` once `on_start` has succeeded: only then may a message run
+        # inline (a plain flag: `_run_inline` reads it on every checkout).
+        self.running = False
+        self.inbox: Any = None  # our own Actor's `_Inbox`
 
     def pending(self) -> Any:
         """The exit reason this actor has been asked to exit with, if any."""
@@ -633,6 +637,7 @@ class Actor(pykka.ThreadingActor):
         assert isinstance(inbox, _Inbox), "dspex_actors.Actor needs its own inbox"
         inbox.owner = str(self.actor_ref)
         inbox.proc = proc
+        proc.inbox = inbox
         thread = threading.Thread(
             target=self._actor_loop,
             name=f"dspex:{type(self).__name__}",
@@ -648,6 +653,7 @@ class Actor(pykka.ThreadingActor):
         try:
             with proc.exec_lock:  # nothing runs inline before on_start has finished
                 self.on_start()
+                proc.running = True
         except BaseException as exc:
             reason = _reason_for(exc)
             crash = exc if not is_normal_exit(reason) else None
@@ -783,9 +789,9 @@ def _run_inline(proc: _Proc, handler: Callable[[Any], bool | None], message: Any
     if not lock.acquire(False):
         return False
     try:
-        if proc.pending_exit is not None or proc.tearing_down or not proc.started.is_set():
-            return False  # exiting, or on_start has not finished (or not even begun)
-        inbox = cast(_Inbox, proc.ref.actor_inbox)  # our own Actor (only those run inline)
+        if not proc.running or proc.pending_exit is not None or proc.tearing_down:
+            return False  # on_start has not finished (or not even begun), or exiting
+        inbox = proc.inbox  # our own Actor's (only those run inline)
         if inbox.queue or inbox.closed:
             return False
         previous = getattr(_current, "proc", None)

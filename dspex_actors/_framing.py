@@ -263,6 +263,11 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise self._error
+        if self._need is None and not self._buffer and len(chunk) > HEADER_SIZE:
+            # Nothing pending, and the chunk may be exactly one frame (a reply read whole).
+            (size,) = _HEADER.unpack_from(chunk)
+            if size == len(chunk) - HEADER_SIZE and size <= self.max_frame:
+                return [chunk[HEADER_SIZE:]]
         self._buffer += chunk
         frames: list[bytes] = []
         buf = self._buffer

@@ -593,8 +593,9 @@ class Pool(ActorHandle):
         # The checkin, inlined (see _checkin): the request itself goes back to the pool.
         req.value = ret[1]
         req.kind = _RETURNED
-        handle = self.__core.handle  # type: ignore[union-attr]  # _acquire checked it
-        if handle is None or not _run_inline(self.__core.proc, handle, req):  # type: ignore[union-attr]
+        core = self.__core
+        checkin = core.checkin  # type: ignore[union-attr]  # _acquire checked it
+        if checkin is None or not _run_inline(core.proc, checkin, req):  # type: ignore[union-attr]
             try:  # noqa: SIM105 (cheaper than contextlib.suppress on the hot path)
                 self._ref.tell(req)
             except pykka.ActorDeadError:
@@ -674,7 +675,7 @@ class Pool(ActorHandle):
         # finds the request here and wakes us (see _PoolActor._dspex_on_exit).
         inflight[req] = None
         # Handled right here if the pool is idle (no thread hand-off), else sent.
-        handle = core.handle
+        handle = core.checkout
         if handle is None or not _run_inline(core.proc, handle, req):
             try:
                 self._ref.tell(req)
@@ -697,8 +698,8 @@ class Pool(ActorHandle):
         req.value = checkin_state
         req.kind = _RETURNED
         core = self._core
-        handle = core.handle
-        if handle is not None and _run_inline(core.proc, handle, req):
+        checkin = core.checkin
+        if checkin is not None and _run_inline(core.proc, checkin, req):
             return
         # A pool that is gone took its workers with it; the caller's result still stands.
         with contextlib.suppress(pykka.ActorDeadError):
@@ -791,13 +792,15 @@ class _Core:
     """What every handle of one pool shares: its label, the requests in flight, and the way
     to run a checkout or checkin in the caller's thread while the pool is idle."""
 
-    __slots__ = ("handle", "inflight", "label", "proc")
+    __slots__ = ("checkin", "checkout", "inflight", "label", "proc")
 
     def __init__(self, label: str) -> None:
         self.label = label
         self.inflight: dict[_Request, None] = {}
         self.proc: Any = None  # the pool actor's _Proc
-        self.handle: Callable[[_Request], bool] | None = None  # set while the pool runs
+        # The pool's handlers for a checkout and a checkin run inline; set while it runs.
+        self.checkout: Callable[[_Request], None] | None = None
+        self.checkin: Callable[[_Request], bool] | None = None
 
 
 class _Worker:
@@ -925,7 +928,8 @@ class _PoolActor(Actor):
                 raise self._bad_return("init_pool", result)
         self._ready = True
         self._core.proc = self._dspex_proc
-        self._core.handle = self._on_request
+        self._core.checkout = self._on_checkout
+        self._core.checkin = self._inline_checkin
         if not self._cfg.lazy:
             for _ in range(self._cfg.pool_size):
                 self._start_worker(starting=True)
@@ -952,7 +956,7 @@ class _PoolActor(Actor):
     def _dspex_on_exit(self, reason: Any) -> None:
         # Runs on every exit, kill included: wake every caller still waiting for a worker
         # (queued here, or whose request never reached us) so none waits for its timeout.
-        self._core.handle = None
+        self._core.checkout = self._core.checkin = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         for req in self._core.inflight.copy():
@@ -986,19 +990,17 @@ class _PoolActor(Actor):
 
     # -- messages --
 
-    def _on_request(self, req: _Request) -> bool:
-        """A checkout or checkin, run by the caller's thread while the pool is idle.
+    def _inline_checkin(self, req: _Request) -> bool:
+        """A checkin run by the caller's thread while the pool is idle (checkouts run
+        `_on_checkout` directly).
 
         Returns False to decline a checkin that has more to do than put the worker back (a
         poisoned lease, an overflow worker to dismiss, waiters to serve): the caller then sends
         it, and the pool's own thread does that work, as before.
         """
-        if req.kind is _RETURNED:
-            if req.poison is not None or self._overflow or self._waiting:
-                return False
-            self._on_checkin(req, req.value)
-        else:
-            self._on_checkout(req)
+        if req.poison is not None or self._overflow or self._waiting:
+            return False
+        self._on_checkin(req, req.value)
         return True
 
     def _handle_receive(self, message: Any) -> Any:

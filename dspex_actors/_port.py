@@ -253,8 +253,10 @@ class Port:
         self._reply_pending = False
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
         _PARENT_FDS.update((stdin_fd, stdout_fd, stderr_fd))
-        # Non-blocking stdin lets send() give up on a stalled process after its timeout.
+        # Non-blocking stdin lets send() give up on a stalled process after its timeout;
+        # non-blocking stdout lets recv() take a reply already there without polling first.
         os.set_blocking(stdin_fd, False)
+        os.set_blocking(stdout_fd, False)
         self._reader = threading.Thread(
             target=self._watch,
             args=(stderr_fd, child.exit_fd()),
@@ -889,31 +891,11 @@ class Port:
                 if not self._exited.wait(grace):
                     raise CallTimeout(str(self), "recv", timeout)
                 raise PortClosed(self, f"process exited with status {self.exit_status}")
-            # Wait for stdout or the exit pipe (written once the process is reaped). Once the
-            # exit is known, the pipe holds all the process wrote: drain it without waiting,
-            # then end the stream as EOF would (a grandchild may hold stdout open forever).
-            exited = self._exited.is_set()
-            if exited:
-                ms = 0
-            elif deadline is None:
-                ms = -1
-            else:
-                ms = max(0, int((deadline - time.monotonic()) * 1000))
-            events = self._poller.poll(ms)
-            for ready, _ in events:
-                if ready == fd:
-                    break
-            else:  # stdout has nothing to read
-                if exited:
-                    self._stream_done = True
-                    try:
-                        self._decoder.eof()
-                    except ProtocolError as exc:
-                        self._stream_error = exc
-                elif not events:
-                    raise CallTimeout(str(self), "recv", timeout)
-                continue  # woken by the exit: drain what the process wrote before it
-            chunk = os.read(fd, 65536)
+            try:  # what the process wrote already (often all of the reply): no poll needed
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                self._wait_readable(fd, deadline, timeout)
+                continue
             if not chunk:
                 self._stream_done = True
                 try:
@@ -932,6 +914,39 @@ class Port:
                 self._stream_error = exc
                 self._stream_done = True
                 self.kill()
+
+    def _wait_readable(self, fd: int, deadline: float | None, timeout: float | None) -> None:
+        """Wait until stdout is readable, or the process has exited (`_next_frame` then
+        reads again).
+
+        Waits on stdout and the exit pipe (written once the process is reaped). Once the exit
+        is known, the pipe holds all the process wrote: it is drained without waiting, then the
+        stream ends as on EOF (a grandchild may hold stdout open forever).
+
+        Raises:
+            CallTimeout: neither before `deadline`.
+        """
+        exited = self._exited.is_set()
+        if exited:
+            ms = 0
+        elif deadline is None:
+            ms = -1
+        else:
+            ms = max(0, int((deadline - time.monotonic()) * 1000))
+        events = self._poller.poll(ms)
+        for ready, _ in events:
+            if ready == fd:
+                return
+        # stdout has nothing to read
+        if exited:
+            self._stream_done = True
+            try:
+                self._decoder.eof()
+            except ProtocolError as exc:
+                self._stream_error = exc
+        elif not events:
+            raise CallTimeout(str(self), "recv", timeout)
+        # else woken by the exit: drain what the process wrote before it
 
     def _watch(self, stderr_fd: int, exit_fd: int | None) -> None:
         """The reader thread: log stderr; on the exit event, reap and tell the owner."""
@@ -1071,6 +1086,20 @@ def _validate(port: Any) -> None:
 
 def _hand_over(port: Any, target: Any) -> None:
     """`safe_connect` without building the `PortInfo`: the same checks and the same errors."""
+    # The common case first, in its cheapest form: the calling actor (a pool, in a checkout)
+    # owns the open port and hands it to the thread running the checkout. Anything else, or
+    # a port found closing, takes the full path below for its exact outcome.
+    proc = getattr(_current_actor, "proc", None)
+    if (
+        proc is not None
+        and isinstance(port, Port)
+        and port._owner is proc.ref
+        and target is threading.current_thread()
+    ):
+        with port._lock:
+            if not port._closing and port._exit is None:
+                port._owner = target
+                return
     try:
         _validate(port)
     except (NotAPort, PortClosed, PortNotOwned) as exc:

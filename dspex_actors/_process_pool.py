@@ -85,6 +85,7 @@ from ._port import (
     Owner,
     Port,
     PortExited,
+    _caller,
     _check_max_frame,
     _hand_over,
 )
@@ -333,14 +334,14 @@ class PortWorker(PoolWorker):
         """Take the port back; ``"close"``, a dead process or a request that timed out (its
         reply may still come) removes the worker."""
         port = worker_state.port
-        port._reclaim(current_actor() or threading.current_thread())
+        port._reclaim(_caller())
         worker_state.current_command = None
         if client_state == "close":
             return Remove("closed", pool_state)
         if port._reply_pending:
             # A request timed out in the lease: its late reply would reach the next caller.
             return Remove("reply_pending", pool_state)
-        if not port._is_open():
+        if port._closing or port._exit is not None:  # port._is_open(), inlined (hot path)
             return Remove(("port_exited", port.exit_status), pool_state)
         return Ok(worker_state, pool_state)
 
@@ -550,7 +551,8 @@ class ProcessPool(Pool):
                 return exc, "ok"
             return reply, "ok"
 
-        result = self.checkout(None, use, _remaining(deadline))
+        # self.checkout(None, ...), one call less (the hot path).
+        result = Pool.checkout(self, PortCheckout(_caller(), None), use, _remaining(deadline))
         if isinstance(result, RemoteError):
             raise result
         return result
@@ -568,10 +570,6 @@ _CHECKOUT_FAILED: dict[type, str] = {
 
 class _Undelivered(WorkerCrashed):
     """The worker was dead before the request was written: nothing ran, retry anywhere."""
-
-
-def _caller() -> Owner:
-    return current_actor() or threading.current_thread()
 
 
 def _remaining(deadline: float | None) -> float | None:

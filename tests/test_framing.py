@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -132,3 +133,69 @@ def test_fr_12_fuzzed_bytes_never_hang_or_crash_and_memory_stays_bounded(
         decoder.eof()
     except ProtocolError:
         pass
+
+
+def _reference_frames(stream: bytes, max_frame: int) -> tuple[list[bytes], bool]:
+    """The frames of a whole stream, decoded the slow obvious way, and whether it breaks."""
+    frames: list[bytes] = []
+    pos = 0
+    while len(stream) - pos >= HEADER_SIZE:
+        (size,) = struct.unpack_from(">I", stream, pos)
+        if size > max_frame:
+            return frames, True
+        if len(stream) - pos - HEADER_SIZE < size:
+            break
+        frames.append(stream[pos + HEADER_SIZE : pos + HEADER_SIZE + size])
+        pos += HEADER_SIZE + size
+    return frames, False
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.binary(max_size=40), max_size=12),
+    st.lists(st.integers(min_value=0, max_value=600), max_size=12),
+    st.booleans(),
+)
+def test_fr_13_chunks_cut_at_frame_boundaries_decode_as_the_whole_stream_does(
+    payloads: list[bytes], cuts: list[int], at_boundaries: bool
+) -> None:
+    """A chunk that is exactly one frame takes the decoder's shortcut: it must give what the
+    general path gives, for every cut (at frame boundaries, inside headers or payloads) and
+    for frames over max_frame (which the shortcut must refuse too)."""
+    max_frame = 24  # some payloads (up to 40 bytes) exceed it
+    stream = b"".join(encode_frame(p) for p in payloads)
+    points = set(cuts)
+    if at_boundaries:  # every frame its own chunk: the shortcut's case
+        offset = 0
+        for p in payloads:
+            offset += HEADER_SIZE + len(p)
+            points.add(offset)
+    bounds = sorted({0, len(stream), *(c for c in points if c < len(stream))})
+    decoder = FrameDecoder(max_frame=max_frame)
+    frames: list[bytes] = []
+    broke = False
+    try:
+        for start, end in itertools.pairwise(bounds):
+            frames += decoder.feed(stream[start:end])
+    except ProtocolError:
+        broke = True
+    expected, expect_broken = _reference_frames(stream, max_frame)
+    assert broke == expect_broken
+    if broke:  # the chunk that broke the stream loses the frames it completed: a prefix
+        assert frames == expected[: len(frames)]
+    else:
+        assert frames == expected
+        decoder.eof()  # every frame completed: nothing left over
+
+
+def test_fr_14_the_one_frame_shortcut_keeps_max_frame_and_pending_state() -> None:
+    """A whole frame over max_frame is refused; a chunk after a lone header is its payload,
+    even when it looks like a frame of its own."""
+    with pytest.raises(ProtocolError, match="exceeds max_frame"):
+        FrameDecoder(max_frame=4).feed(encode_frame(b"12345"))
+    decoder = FrameDecoder(max_frame=64)
+    assert decoder.feed(struct.pack(">I", 6)) == []  # a header alone: 6 payload bytes pending
+    looks_like_a_frame = encode_frame(b"ab")  # 6 bytes: \x00\x00\x00\x02ab
+    assert decoder.feed(looks_like_a_frame) == [looks_like_a_frame]
+    assert decoder.feed(encode_frame(b"next")) == [b"next"]
+    decoder.eof()

@@ -8,6 +8,8 @@
 - pg_06..pg_07: a payload the 4-byte prefix cannot express is a `ProtocolError`, and a
   `max_frame` above it is refused.
 - pg_08: `Port.open`'s pipe ends never leak into a `fork` port's child forked meanwhile.
+- pg_10..pg_11: stdout is read without polling first (a reply already there costs one read),
+  and a frame that arrives in parts still waits for the rest.
 
 Every child is real (a ``sys.executable -c`` program or a `Port.spawn` handler).
 """
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -345,3 +349,78 @@ def _pipes_of(pid: int, fds: tuple[int, ...] | None) -> set[str]:
             if target.startswith("pipe:"):
                 pipes.add(target)
     return pipes
+
+
+# --- the read path: no poll when the reply is there, a wait when it is not --------------------
+
+# Writes the first 3 bytes of a 5-byte frame, waits for SIGUSR1, then writes the rest.
+SPLIT_FRAME = """
+import signal, struct, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+out = sys.stdout.buffer
+frame = struct.pack(">I", 5) + b'"abc"'
+out.write(frame[:3]); out.flush()
+signal.sigwait([signal.SIGUSR1])
+out.write(frame[3:]); out.flush()
+sys.stdin.buffer.read()
+"""
+
+
+class PollSpy:
+    """Wraps a port's poller: counts its polls and sets `polled` on each."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.polls = 0
+        self.polled = threading.Event()
+
+    def poll(self, ms: int) -> Any:
+        self.polls += 1
+        self.polled.set()
+        return self.real.poll(ms)
+
+    def register(self, *args: Any) -> None:
+        self.real.register(*args)
+
+    def unregister(self, fd: int) -> None:
+        self.real.unregister(fd)
+
+
+def test_pg_10_a_reply_already_in_the_pipe_is_read_without_polling(ports: list[Port]) -> None:
+    port = Port.spawn(echo)
+    ports.append(port)
+    port.request("warm", timeout=30)
+    spy = PollSpy(port._poller)
+    port._poller = spy  # type: ignore[assignment]
+    port.send([99, "hello"], timeout=5)  # the envelope request() sends: [id, request]
+    fd = cast(int, port._stdout_fd)
+    assert select.select([fd], [], [], 10)[0] == [fd], "no reply within 10 s"
+    assert port.recv(timeout=5) == [99, True, "hello"]
+    assert spy.polls == 0
+    # With nothing there, recv waits (polls) and still times out as it should.
+    with pytest.raises(CallTimeout):
+        port.recv(timeout=0.05)
+    assert spy.polls >= 1
+
+
+def test_pg_11_a_frame_arriving_in_parts_is_waited_for_and_read_whole(ports: list[Port]) -> None:
+    port = Port.open([sys.executable, "-c", SPLIT_FRAME])
+    ports.append(port)
+    spy = PollSpy(port._poller)
+    port._poller = spy  # type: ignore[assignment]
+    fd = cast(int, port._stdout_fd)
+    assert select.select([fd], [], [], 10)[0] == [fd], "no first part within 10 s"
+
+    def finish_the_frame() -> None:
+        # recv has read the first part and found nothing more: now the rest may come.
+        if spy.polled.wait(10):
+            os.kill(port.os_pid, signal.SIGUSR1)
+
+    helper = threading.Thread(target=finish_the_frame)
+    helper.start()
+    try:
+        assert port.recv(timeout=10) == "abc"
+    finally:
+        spy.polled.set()
+        helper.join(10)
+    assert spy.polls >= 1
