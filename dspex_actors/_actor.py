@@ -263,8 +263,9 @@ class _Proc:
         # thread may run a message in the actor's place when it is idle (`_run_inline`).
         self.exec_lock = threading.Lock()
         self.inline_crash: BaseException | None = None  # what a message run inline raised
-        # Set under `exec_lock` once `on_start` has succeeded: only then may a message run
-        # inline (a plain flag: `_run_inline` reads it on every checkout).
+        # Set once `on_start` has succeeded and `started` is set (so `start()` has its answer):
+        # only then may a message run inline (a plain flag: `_run_inline` reads it on every
+        # checkout).
         self.running = False
         self.inbox: Any = None  # our own Actor's `_Inbox`
 
@@ -653,7 +654,6 @@ class Actor(pykka.ThreadingActor):
         try:
             with proc.exec_lock:  # nothing runs inline before on_start has finished
                 self.on_start()
-                proc.running = True
         except BaseException as exc:
             reason = _reason_for(exc)
             crash = exc if not is_normal_exit(reason) else None
@@ -662,6 +662,7 @@ class Actor(pykka.ThreadingActor):
             proc.started.set()
         else:
             proc.started.set()
+            proc.running = True
             reason, crash = self._dspex_run(proc)
         self._dspex_teardown(proc, reason, crash)
 
@@ -790,7 +791,7 @@ def _run_inline(proc: _Proc, handler: Callable[[Any], bool | None], message: Any
         return False
     try:
         if not proc.running or proc.pending_exit is not None or proc.tearing_down:
-            return False  # on_start has not finished (or not even begun), or exiting
+            return False  # not started yet (on_start running or not begun), or exiting
         inbox = proc.inbox  # our own Actor's (only those run inline)
         if inbox.queue or inbox.closed:
             return False

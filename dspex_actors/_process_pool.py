@@ -551,8 +551,7 @@ class ProcessPool(Pool):
                 return exc, "ok"
             return reply, "ok"
 
-        # self.checkout(None, ...), one call less (the hot path).
-        result = Pool.checkout(self, PortCheckout(_caller(), None), use, _remaining(deadline))
+        result = self.checkout(None, use, _remaining(deadline))  # a subclass's override too
         if isinstance(result, RemoteError):
             raise result
         return result

@@ -447,6 +447,55 @@ def test_ri_05_before_the_actor_thread_has_even_entered_on_start_inline_returns_
             stop(ref)
 
 
+class GatedStarted(threading.Event):
+    """A `_Proc.started` whose `set()` from the actor's own thread waits for `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def set(self) -> None:
+        if threading.current_thread().name.startswith("dspex:"):
+            self.entered.set()
+            assert self.release.wait(WAIT), "the test never released started.set()"
+        super().set()
+
+
+def test_ri_05_after_on_start_but_before_start_has_its_answer_inline_returns_false(
+    log: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ri_05: on_start has returned and released the exec lock, but `started` is not set yet
+    (`start()` has not returned, or may still decide it timed out): still too early."""
+    gates: list[GatedStarted] = []
+    real_init = _Proc.__init__
+
+    def init(self: _Proc, ref: Any, ours: bool) -> None:
+        real_init(self, ref, ours)
+        if ours:
+            self.started = gate_ = GatedStarted()
+            gates.append(gate_)
+
+    monkeypatch.setattr(_Proc, "__init__", init)
+    starter = Starter(log)
+    starter.release.set()  # on_start returns at once
+    try:
+        wait_for(lambda: bool(gates))
+        assert gates[0].entered.wait(WAIT)  # on_start is done, started.set() is held
+        assert log == ["on_start done"]
+        handler = Recorder()
+        assert attempt_in_thread(proc_of(starter.published[0]), handler, "early") is False
+        assert handler.calls == []
+    finally:
+        for gate_ in gates:
+            gate_.release.set()
+        ref = starter.join()
+    try:
+        assert _run_inline(proc_of(ref), Recorder(), "after start") is True
+    finally:
+        stop(ref)
+
+
 # --- 6. an exception crashes the actor, not the caller -----------------------------------------
 
 

@@ -456,3 +456,25 @@ def test_pp_23_target_workers_default_to_the_fork_server_which_the_pool_holds_fo
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     if server is not None:
         assert not psutil.pid_exists(server)
+
+
+class CountingPool(ProcessPool):
+    """A subclass that wraps `checkout` (as for metrics or a policy)."""
+
+    checkouts = 0
+
+    def checkout(self, command: Any, fn: Any, timeout: float | None = 5.0) -> Any:
+        CountingPool.checkouts += 1
+        return super().checkout(command, fn, timeout)
+
+
+def test_pp_24_call_goes_through_a_subclass_s_checkout() -> None:
+    """`call` checks a worker out with `self.checkout`, so an override sees every call."""
+    CountingPool.checkouts = 0
+    pool = CountingPool.start(target=double, pool_size=1)
+    try:
+        assert pool.call(7, timeout=30) == double(7)
+        assert pool.call(8, timeout=30) == double(8)
+    finally:
+        pool.stop(timeout=30)
+    assert CountingPool.checkouts == 2
