@@ -677,12 +677,18 @@ class Pool(ActorHandle):
         # Handled right here if the pool is idle (no thread hand-off), else sent.
         handle = core.checkout
         if handle is None or not _run_inline(core.proc, handle, req):
+            req.lock = _held_lock()  # before it is sent: the pool's thread releases it
             try:
                 self._ref.tell(req)
             except pykka.ActorDeadError:
                 inflight.pop(req, None)
                 raise NoProc(core.label, "checkout") from None
-        got = req.lock.acquire() if timeout is None else req.lock.acquire(True, timeout)
+        if req.kind is not _PENDING:
+            got = True  # answered already (inline, the common case)
+        elif (lock := req.lock) is None:
+            got = False  # handled inline and dropped: its deadline had passed (timeout 0)
+        else:  # sent to the pool's thread, or queued there (see _wait_for): wait
+            got = lock.acquire() if timeout is None else lock.acquire(True, timeout)
         inflight.pop(req, None)
         if not got:
             with contextlib.suppress(pykka.ActorDeadError):
@@ -741,8 +747,9 @@ class _Request(From, InternalMessage):
         self.command = command
         self.deadline = deadline
         self.client: pykka.ActorRef[Any] | None = None
-        self.lock = threading.Lock()
-        self.lock.acquire()  # released by the pool once `kind`/`value` hold the answer
+        # Held until the pool's answer is in `kind`/`value`; made only for a request that
+        # waits (sent to the pool's thread, or queued there), not one answered inline.
+        self.lock: threading.Lock | None = None
         self.kind = _PENDING
         self.value: Any = None
         self.mref: MonitorRef | None = None
@@ -1058,7 +1065,7 @@ class _PoolActor(Actor):
                     self._answer_error(req, self._bad_return("handle_enqueue", result))
                     return
         if self._waiting or not self._serve(req):
-            self._waiting[req] = None
+            self._wait_for(req)
 
     def _on_checkin(self, req: _Request, checkin_state: Any) -> None:
         worker = self._busy.pop(req, None)
@@ -1231,7 +1238,8 @@ class _PoolActor(Actor):
                     self._busy[req] = worker
                     req.value = client_state
                     req.kind = _GRANTED
-                    req.lock.release()
+                    if req.lock is not None:
+                        req.lock.release()
                     return True
                 match result:
                     case Remove(reason, ps) if ps is not NO_POOL_STATE:
@@ -1270,6 +1278,13 @@ class _PoolActor(Actor):
                 return False
             if not idle:
                 return False  # the new worker is being created asynchronously: wait for it
+
+    def _wait_for(self, req: _Request) -> None:
+        """Queue `req` until a worker is free. One handled inline has no lock yet: it gets
+        its held lock here, before any other thread can answer it (we hold `exec_lock`)."""
+        if req.lock is None:
+            req.lock = _held_lock()
+        self._waiting[req] = None
 
     def _serve_waiters(self) -> None:
         waiting = self._waiting
@@ -1450,7 +1465,8 @@ class _PoolActor(Actor):
     def _fail(req: _Request, error: BaseException) -> None:
         req.value = error
         req.kind = _FAILED
-        req.lock.release()
+        if req.lock is not None:
+            req.lock.release()
 
     def _forget_client(self, req: _Request) -> None:
         mref = req.mref
@@ -1554,6 +1570,12 @@ def _validate(
         max_idle_pings=max_idle_pings,
         clock=clock,
     )
+
+
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
 
 
 def _check_timeout(timeout: Any) -> None:

@@ -1,4 +1,4 @@
-"""A pool's checkout and checkin run in the caller's thread while the pool is idle (pi_01..pi_04).
+"""A pool's checkout and checkin run in the caller's thread while the pool is idle (pi_01..pi_05).
 
 `Pool` hands a checkout or checkin to `_run_inline`: if the pool actor is idle with an empty
 inbox, the calling thread runs the callbacks itself, as the pool; otherwise the request is
@@ -554,3 +554,34 @@ def test_pi_02_a_checkin_with_a_caller_waiting_is_left_to_the_pool_thread(
     assert [c.summary for c in checkouts] == [("checkout", "first", 1), ("checkout", "second", 1)]
     assert checkouts[1].thread is pool_thread(pool)
     assert second_checkin.summary == ("checkin", "w", 1)
+
+
+# --- pi_05: a checkout that is out of time --------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pi_05_timeout_zero_is_pool_timeout_on_both_paths_and_the_worker_stays_idle(
+    running: Pools, mode: Mode
+) -> None:
+    """pi_05: a checkout whose deadline has passed when the pool handles it is dropped, as
+    NimblePool does, and its caller gets `PoolTimeout`: inline (nothing to wait for, so no
+    lock is ever made) and queued (the caller gives up on its lock) alike."""
+    spy = Spy()
+    pool = running.start(SpyWorker, spy, pool_size=1)
+
+    def call() -> Any:
+        return pool.checkout("late", lambda f, cs: (cs, cs), timeout=0)
+
+    settle(pool)
+    if mode == "inline":
+        outcome = Outcome(call).join()
+    else:
+        with gate(pool.actor_ref):
+            outcome = Outcome(call).join()
+    assert isinstance(outcome.error, da.PoolTimeout)
+    settle(pool)
+    assert spy.calls("checkout") == []
+    status = pool.status()
+    assert (status.idle, status.busy, status.queued) == (1, 0, 0)
+    # And the pool serves the next caller as usual.
+    assert pool.checkout("next", lambda f, cs: (cs, "ok"), timeout=WAIT) == ("client", 1)
