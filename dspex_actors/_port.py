@@ -1626,9 +1626,11 @@ def _serve(
         except ProtocolError as exc:
             error = [value[0], False, ["ProtocolError", str(exc)]]
             data = encode_frame(codec.encode(error), max_frame=max_frame)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(out_fd, view) :]
+        written = os.write(out_fd, data)  # all of it, unless the pipe is full
+        if written < len(data):
+            view = memoryview(data)[written:]
+            while view:
+                view = view[os.write(out_fd, view) :]
 
     while True:
         for frame in pending:

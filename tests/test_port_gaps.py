@@ -10,6 +10,7 @@
 - pg_08: `Port.open`'s pipe ends never leak into a `fork` port's child forked meanwhile.
 - pg_10..pg_11: stdout is read without polling first (a reply already there costs one read),
   and a frame that arrives in parts still waits for the rest.
+- pg_12: a reply far larger than a pipe holds is written in parts and read whole, both ways.
 
 Every child is real (a ``sys.executable -c`` program or a `Port.spawn` handler).
 """
@@ -424,3 +425,19 @@ def test_pg_11_a_frame_arriving_in_parts_is_waited_for_and_read_whole(ports: lis
         spy.polled.set()
         helper.join(10)
     assert spy.polls >= 1
+
+
+def repeat(request: Any) -> Any:
+    text, times = request
+    return text * times
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_pg_12_a_reply_larger_than_a_pipe_holds_arrives_whole(
+    ports: list[Port], start_method: str
+) -> None:
+    port = Port.spawn(repeat, start_method=start_method, max_frame=8 << 20)
+    ports.append(port)
+    big = port.request(["ab", 1 << 20], timeout=30)  # 2 MiB of JSON string: many writes
+    assert big == "ab" * (1 << 20)
+    assert port.request(["c", 3], timeout=30) == "ccc"  # the stream is still in step
