@@ -341,7 +341,7 @@ class PortWorker(PoolWorker):
         if port._reply_pending:
             # A request timed out in the lease: its late reply would reach the next caller.
             return Remove("reply_pending", pool_state)
-        if port._closing or port._exit is not None:  # port._is_open(), inlined (hot path)
+        if not port._is_open():
             return Remove(("port_exited", port.exit_status), pool_state)
         return Ok(worker_state, pool_state)
 
