@@ -398,6 +398,10 @@ def bench_sigkill(rounds: int) -> None:
         ("ProcessPool (target, fork)", {"target": square, "start_method": "fork"}),
         ("ProcessPool (target, spawn)", {"target": square, "start_method": "spawn"}),
         ("ProcessPool (argv, python -S)", {"argv": [sys.executable, "-S", "-c", DOUBLER]}),
+        (
+            "ProcessPool (argv, forkserver)",
+            {"argv": [sys.executable, "-S", "-c", DOUBLER], "start_method": "forkserver"},
+        ),
     ):
         pool = da.ProcessPool.start(pool_size=1, **options)
         try:

@@ -1,4 +1,4 @@
-"""The fork server behind ``Port.spawn(..., start_method="forkserver")`` (private).
+"""The fork server behind ``start_method="forkserver"`` ports and pools (private).
 
 A ``"fork"`` worker starts fast but is forked from the parent, which always has threads (actors
 are threads): a lock another thread held at fork time stays held forever in the child. A
@@ -24,6 +24,13 @@ forking a small one is fast.
   ``"fork"`` worker. The handler is unpickled in the worker, never in
   the server, so user code (imports that start threads, say) cannot make the server unsafe to
   fork; a handler defined in an importable module is imported by each worker.
+- **Programs.** `Port.open(argv, start_method="forkserver")` sends the program's argv,
+  environment and working directory instead of a handler: the server forks a child that
+  resets the signals Python ignores, leads its own session, asks for ``PR_SET_PDEATHSIG``
+  (towards the server), enters the directory and execs the program. An exec (or ``chdir``)
+  failure comes back on a close-on-exec pipe, which the server reads before it answers, as
+  `subprocess.Popen` does in the parent; here no other thread can fork meanwhile and keep that
+  pipe open, which can stall a `Popen` in a threaded parent (CPython issue 103911).
 - **Exits.** The worker is the server's child: the server reaps it (SIGCHLD wakes its single
   thread through `signal.set_wakeup_fd`) and reports ``exited <pid> <status>`` (negative: killed
   by that signal, as `Port.exit_status`). A reader thread in the parent (``dspex-forkserver``)
@@ -64,7 +71,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from . import _port
@@ -79,8 +86,13 @@ _REQUEST = struct.Struct(">QQ")
 # server -> parent: what happened, to which request or pid, and a value.
 _REPLY = struct.Struct(">BQq")
 _STARTED = 1  # (request id, pid)
-_FAILED = 2  # (request id, errno)
+_FAILED = 2  # (request id, errno): fork failed
 _EXITED = 3  # (pid, status)
+_NO_EXEC = 4  # (request id, errno): a program's exec failed
+_NO_CWD = 5  # (request id, errno): a program's working directory could not be entered
+# The first byte of a request's setup: serve a Python handler, or exec a program.
+_SERVE = b"S"
+_EXEC = b"X"
 _WORKER_FDS = 4
 _Send = Callable[[int, int, int], None]
 _STOP_LIMIT = 10.0
@@ -159,8 +171,47 @@ class ForkServer:
             cwd: str | None = os.getcwd()
         except OSError:
             cwd = None  # deleted: the worker stays in the server's
-        payload = pickle.dumps((dict(os.environ), cwd, list(sys.path), setup))
+        payload = _SERVE + pickle.dumps((dict(os.environ), cwd, list(sys.path), setup))
         return server.start_worker(payload, timeout)
+
+    def start_program(
+        self,
+        argv: list[str],
+        env: Mapping[str, str] | None,
+        cwd: str | os.PathLike[str] | None,
+        timeout: float,
+    ) -> tuple[_ServedChild, tuple[int, int, int, int]]:
+        """Have the server start the program `argv`: it forks, the child leads its own
+        session, gets ``PR_SET_PDEATHSIG`` (SIGKILL once the server is gone) on Linux, enters
+        `cwd` and execs `argv` with `env` (default: this process's current environment and
+        working directory). Nothing is forked or exec'd in this process.
+
+        The caller must hold a reference. Returns what `start_worker` returns (the lifeline's
+        child end is closed in the program, which never reads it).
+
+        Raises:
+            OSError: the program or `cwd` cannot be used (e.g. `FileNotFoundError`, naming
+                it, as `subprocess.Popen` would), or the server could not fork, or exited.
+            CallTimeout: no answer within `timeout` seconds (the server is stalled).
+        """
+        with self._lock:
+            if self._users <= 0:
+                raise RuntimeError("ForkServer.start_program() without a reference")
+            server = self._running()
+        if cwd is None:
+            try:
+                cwd = os.getcwd()
+            except OSError:
+                cwd = None  # deleted: the program stays in the server's
+        environ = dict(os.environ) if env is None else dict(env)
+        where = None if cwd is None else os.fspath(cwd)
+        payload = _EXEC + pickle.dumps((list(argv), environ, where))
+        try:
+            return server.start_worker(payload, timeout)
+        except _StartFailed as exc:
+            # As Popen says it: the errno's own OSError subclass, naming what was missing.
+            name = where if exc.kind == _NO_CWD else argv[0]
+            raise OSError(exc.errno, os.strerror(exc.errno or 0), name) from None
 
     def _running(self) -> _Server:
         """The running server, started (again) if needed. Holds `_lock`."""
@@ -224,6 +275,14 @@ class _ServedChild:
         if fd is not None:
             _port._close_fd(fd)
         os.close(self._exit_r)
+
+
+class _StartFailed(OSError):
+    """The server forked, but the program's exec (or its `chdir`) failed: `kind` says which."""
+
+    def __init__(self, kind: int, errno: int) -> None:
+        super().__init__(errno, os.strerror(errno))
+        self.kind = kind
 
 
 class _Request:
@@ -408,7 +467,9 @@ class _Server:
             if kind == _STARTED:  # its requester gave up waiting
                 _kill_group(value)
             return
-        if kind != _STARTED:
+        if kind in (_NO_EXEC, _NO_CWD):
+            request.error = _StartFailed(kind, value)
+        elif kind != _STARTED:
             request.error = OSError(value, f"the fork server could not fork: {os.strerror(value)}")
         request.done.set()
 
@@ -512,6 +573,9 @@ def _server_main(fd: int) -> None:
     report their exits, and kill them all once the parent is gone."""
     import dill  # noqa: F401  (loaded once here, so every worker has it already)
 
+    if sys.platform.startswith("linux"):
+        _port._libc()  # loaded once here too: every started program calls prctl
+
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -590,6 +654,9 @@ def _fork_worker(
     workers: set[int],
     send: _Send,
 ) -> None:
+    if setup[:1] == _EXEC:
+        _start_program(request_id, fds, setup[1:], sock, sel, workers, send)
+        return
     try:
         pid = os.fork()
     except OSError as exc:
@@ -598,11 +665,105 @@ def _fork_worker(
         send(_FAILED, request_id, exc.errno or 0)
         return
     if pid == 0:
-        _worker_main(fds, setup, sock, sel)
+        _worker_main(fds, setup[1:], sock, sel)
     workers.add(pid)
     for fd in fds:
         os.close(fd)
     send(_STARTED, request_id, pid)
+
+
+def _start_program(
+    request_id: int,
+    fds: list[int],
+    setup: bytes,
+    sock: socket.socket,
+    sel: selectors.BaseSelector,
+    workers: set[int],
+    send: _Send,
+) -> None:
+    """Fork a child that execs a program; answer once the exec has succeeded or failed.
+
+    The child reports a failure on a close-on-exec pipe, which a successful exec closes: this
+    is what `subprocess.Popen` does, but here no other thread can fork meanwhile and keep the
+    pipe open (the hazard in the parent, which has threads; see docs/ports.md).
+    """
+    server = os.getpid()
+    made: list[int] = []
+    try:
+        report_r, report_w = os.pipe()  # O_CLOEXEC
+        made = [report_r, report_w]
+        pid = os.fork()
+    except OSError as exc:
+        for fd in fds + made:
+            os.close(fd)
+        send(_FAILED, request_id, exc.errno or 0)
+        return
+    if pid == 0:
+        _program_main(fds, setup, sock, sel, report_w, server)
+    os.close(report_w)
+    for fd in fds:
+        os.close(fd)
+    report = b""
+    try:
+        while chunk := os.read(report_r, 64):
+            report += chunk
+    finally:
+        os.close(report_r)
+    if report:
+        # Its child exits (127) and is reaped with the others, unreported (not a worker).
+        stage, _, number = report.partition(b":")
+        send(_NO_CWD if stage == b"cwd" else _NO_EXEC, request_id, int(number or b"0"))
+        return
+    workers.add(pid)
+    send(_STARTED, request_id, pid)
+
+
+def _program_main(
+    fds: list[int],
+    setup: bytes,
+    sock: socket.socket,
+    sel: selectors.BaseSelector,
+    report_w: int,
+    server: int,
+) -> NoReturn:
+    """A program's child, just forked from the server: set up as `Port.open` does, exec."""
+    in_fd, out_fd, err_fd, _lifeline = fds
+    stage = b"exec"
+    try:
+        signal.set_wakeup_fd(-1)
+        # Default dispositions, as Popen's restore_signals (Python ignores SIGPIPE and
+        # SIGXFSZ, and an ignored signal stays ignored across exec).
+        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        sel.close()
+        sock.close()
+        os.setsid()
+        if sys.platform.startswith("linux"):
+            _port._libc().prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+            if os.getppid() != server:  # the server died before prctl took effect
+                os._exit(1)
+        argv, env, cwd = pickle.loads(setup)
+        # In this order, a received fd numbered below 3 (the server's fd 2 may be closed) is
+        # copied before its number is reused. The copies are inheritable: they survive exec.
+        for fd, std in ((in_fd, 0), (out_fd, 1), (err_fd, 2)):
+            if fd == std:
+                os.set_inheritable(fd, True)
+            else:
+                os.dup2(fd, std)
+        # The lifeline too: the program cannot watch it (the server's death kills it).
+        _close_fds_except({0, 1, 2, report_w})
+        if cwd is not None:
+            stage = b"cwd"
+            os.chdir(cwd)
+            stage = b"exec"
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        report = b"%s:%d" % (stage, exc.errno or 0)
+    except BaseException:
+        report = b"exec:0"
+    with contextlib.suppress(OSError):
+        os.write(report_w, report)
+    os._exit(127)
 
 
 def _worker_main(

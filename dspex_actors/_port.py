@@ -73,7 +73,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import pykka
@@ -105,6 +105,9 @@ from ._framing import (
 )
 from ._logging import log_event
 
+if TYPE_CHECKING:
+    from ._forkserver import ForkServer, _ServedChild
+
 __all__ = [
     "START_METHODS",
     "Owner",
@@ -121,6 +124,9 @@ Owner = pykka.ActorRef[Any] | threading.Thread
 
 START_METHODS = ("spawn", "fork", "forkserver")
 """Start methods `Port.spawn` accepts (``"spawn"`` is the default)."""
+
+OPEN_METHODS = (None, "spawn", "forkserver")
+"""Start methods `Port.open` accepts: None or ``"spawn"`` (the default), or ``"forkserver"``."""
 
 _KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL in close()
 _REAP_LIMIT = 10.0
@@ -284,6 +290,7 @@ class Port:
         codec: Codec = JSON_CODEC,
         owner: Owner | None = None,
         on_exit: Callable[[PortExited], None] | None = None,
+        start_method: str | None = None,
     ) -> Port:
         """Start the program `argv` and return its port, owned by the caller (or `owner`).
 
@@ -301,10 +308,16 @@ class Port:
             owner: the first owner (default: the calling actor, else the calling thread).
             on_exit: called with `PortExited` once the process has exited and been reaped
                 (in the port's reader thread: keep it short).
+            start_method: ``"spawn"`` (default: this process forks and execs it, with
+                `subprocess`) or ``"forkserver"`` (the fork server does: this process forks
+                nothing, so a fork made meanwhile by another library cannot hold the start
+                up; see the module docs).
 
         Raises:
-            InvalidOption: a bad `argv`, `max_frame` or `codec`.
-            OSError: the program could not be started (e.g. `FileNotFoundError`).
+            InvalidOption: a bad `argv`, `max_frame`, `codec` or `start_method`.
+            OSError: the program could not be started (e.g. `FileNotFoundError`), or the fork
+                server could not be started, could not fork, or exited.
+            CallTimeout: the fork server did not answer within 30 s.
         """
         if isinstance(argv, str | bytes) or not argv or not all(isinstance(a, str) for a in argv):
             raise InvalidOption("argv", argv, "a non-empty sequence of strings")
@@ -312,6 +325,19 @@ class Port:
         if isinstance(codec, PickleCodec) or not isinstance(codec, Codec):
             raise InvalidOption(
                 "codec", codec, "JSON_CODEC, RAW_CODEC or another non-pickle Codec for Port.open"
+            )
+        if start_method not in OPEN_METHODS:
+            raise InvalidOption("start_method", start_method, f"None or one of {OPEN_METHODS[1:]}")
+        if start_method == "forkserver":
+            program = list(argv)
+            return cls._forkserver(
+                lambda server: server.start_program(program, env, cwd, _SETUP_TIMEOUT),
+                os.path.basename(argv[0]),
+                max_frame,
+                codec,
+                _resolve_owner(owner),
+                on_exit,
+                enveloped=False,
             )
         return cls._open(
             list(argv),
@@ -409,29 +435,40 @@ class Port:
                 raise
             return port
         if method == "forkserver":
-            return cls._forkserver(handler, args, name, max_frame, codec, owner, on_exit)
+            # Pickled before anything starts, so an unpicklable handler starts nothing.
+            setup = _pickle_setup(handler, args, codec, max_frame)
+            return cls._forkserver(
+                lambda server: server.start_worker(setup, _SETUP_TIMEOUT),
+                name,
+                max_frame,
+                codec,
+                owner,
+                on_exit,
+                enveloped=True,
+            )
         return cls._fork(handler, args, name, max_frame, codec, owner, on_exit)
 
     @classmethod
     def _forkserver(
         cls,
-        handler: Callable[..., Any],
-        args: tuple[Any, ...],
+        start: Callable[[ForkServer], tuple[_ServedChild, tuple[int, int, int, int]]],
         name: str,
         max_frame: int,
         codec: Codec,
         owner: Owner,
         on_exit: Callable[[PortExited], None] | None,
+        *,
+        enveloped: bool,
     ) -> Port:
+        """A port on a process the fork server starts: `start(server)` asks for it (a
+        handler's worker, or a program)."""
         from ._forkserver import FORK_SERVER, abandon_worker
 
-        # Pickled before anything starts, so an unpicklable handler starts nothing.
-        setup = _pickle_setup(handler, args, codec, max_frame)
         server = FORK_SERVER
         # The port holds the server until it is reaped: the server reports its worker's exit.
         server.acquire()
         try:
-            child, (in_w, out_r, err_r, life_w) = server.start_worker(setup, _SETUP_TIMEOUT)
+            child, (in_w, out_r, err_r, life_w) = start(server)
         except BaseException:
             server.release()
             raise
@@ -451,7 +488,7 @@ class Port:
                 max_frame=max_frame,
                 owner=owner,
                 on_exit=on_exit,
-                enveloped=True,
+                enveloped=enveloped,
                 on_reaped=forget,
             )
         except BaseException:

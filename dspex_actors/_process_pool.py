@@ -81,6 +81,7 @@ from ._logging import log_event
 from ._pool import From, Lease, Pool, PoolWorker
 from ._pool_results import Async, Ok, Remove, Skip, Stop
 from ._port import (
+    OPEN_METHODS,
     START_METHODS,
     Owner,
     Port,
@@ -120,9 +121,10 @@ class PortSpec:
         target: the callable, called as ``target(request, *args)``.
         args: extra arguments for `target`.
         start_method: ``"forkserver"`` (the default for pools: safe with threads, and a
-            replacement worker answers within milliseconds), ``"spawn"`` or ``"fork"``, for
-            `target` (a forkserver pool holds the fork server for its whole life). None means
-            the default; see `method`.
+            replacement worker answers within milliseconds), ``"spawn"`` or ``"fork"`` (not
+            for `argv`: a program is exec'd, by the fork server or by this process). A
+            forkserver pool holds the fork server for its whole life. None means the
+            default; see `method`.
         max_frame: the largest payload either way, in bytes.
         codec: the codec (JSON by default).
         env: the environment for `argv` programs.
@@ -158,6 +160,10 @@ class PortSpec:
         # at once instead of failing every worker start forever.
         if self.start_method is not None and self.start_method not in START_METHODS:
             raise InvalidOption("start_method", self.start_method, f"one of {START_METHODS}")
+        if self.argv is not None and self.start_method not in OPEN_METHODS:
+            raise InvalidOption(
+                "start_method", self.start_method, f"None or one of {OPEN_METHODS[1:]} for argv"
+            )
         _check_max_frame(self.max_frame)
         if self.target is not None and not isinstance(self.codec, JsonCodec | PickleCodec):
             raise InvalidOption("codec", self.codec, "JSON_CODEC or PICKLE_CODEC for target")
@@ -168,8 +174,12 @@ class PortSpec:
 
     @property
     def method(self) -> str:
-        """The start method `target` workers use: `start_method`, or ``"forkserver"``."""
-        return self.start_method or POOL_START_METHOD
+        """The start method workers use: `start_method`, else ``"forkserver"`` for `target`
+        workers and ``"spawn"`` for `argv` programs (started by this process: killing one
+        process never takes the others with it)."""
+        if self.start_method is not None:
+            return self.start_method
+        return POOL_START_METHOD if self.target is not None else "spawn"
 
     def open(self, owner: Owner) -> Port:
         """Start one worker process, owned by `owner`."""
@@ -181,6 +191,7 @@ class PortSpec:
                 max_frame=self.max_frame,
                 codec=self.codec,
                 owner=owner,
+                start_method=self.method,
             )
         assert self.target is not None
         return Port.spawn(
@@ -250,7 +261,7 @@ class PortWorker(PoolWorker):
         if not isinstance(init_arg, PortSpec):
             return Stop(InvalidOption("init_arg", init_arg, "a PortSpec"))
         state = _PoolState(init_arg)
-        if init_arg.target is not None and init_arg.method == "forkserver":
+        if init_arg.method == "forkserver":
             # Held for the pool's whole life: when its only worker dies, the replacement is
             # forked by the same server instead of waiting for a new one to boot.
             from ._forkserver import FORK_SERVER, release_from
@@ -447,7 +458,8 @@ class ProcessPool(Pool):
             retries: how often `call` retries a request whose worker crashed mid-request
                 (only for idempotent requests).
             start_method: ``"forkserver"`` (default), ``"spawn"`` or ``"fork"`` for
-                `target` workers (see `Port.spawn` and `PortSpec`).
+                `target` workers (see `Port.spawn`); ``"spawn"`` (default) or
+                ``"forkserver"`` for `argv` programs (see `Port.open` and `PortSpec`).
             name: register the pool under this local name.
             max_frame: see `PortSpec`.
             codec: see `PortSpec`.

@@ -1,4 +1,4 @@
-"""The fork server start method (issue 5 §1 "start method", §4 SIGKILL recovery): ids fs_01..fs_23.
+"""The fork server start method (issue 5 §1 "start method", §4 SIGKILL recovery): ids fs_01..fs_28.
 
 ``Port.spawn(..., start_method="forkserver")`` forks each worker from one small single-threaded
 server process owned by its users (`dspex_actors._forkserver`). Every process here is real: the
@@ -677,3 +677,150 @@ def test_fs_23_the_fork_guard_lets_creators_share_and_makes_a_fork_wait_for_them
     first.join(10)
     forker.join(10)
     assert order == ["second creator", "creator done", "fork"]
+
+
+# --- fs_24..fs_28: programs (Port.open) started by the fork server --------------------------
+
+PROGRAM = textwrap.dedent(
+    """
+    import json, os, struct, sys
+    r, w = sys.stdin.buffer, sys.stdout.buffer
+    while len(h := r.read(4)) == 4:
+        msg = json.loads(r.read(struct.unpack(">I", h)[0]))
+        if msg.get("exit") is not None:
+            sys.exit(msg["exit"])
+        print("seen", msg["id"], file=sys.stderr, flush=True)
+        reply = {"id": msg["id"], "pid": os.getpid(), "ppid": os.getppid(),
+                 "pgid": os.getpgid(0), "cwd": os.getcwd(), "foo": os.environ.get("FOO")}
+        data = json.dumps(reply).encode()
+        w.write(struct.pack(">I", len(data)) + data)
+        w.flush()
+    """
+)
+
+
+def open_program(ports: list[Port], **options: Any) -> Port:
+    port = Port.open([sys.executable, "-S", "-c", PROGRAM], start_method=FS, **options)
+    ports.append(port)
+    return port
+
+
+def test_fs_24_a_program_the_server_starts_talks_frames_with_our_env_cwd_and_session(
+    ports: list[Port], tmp_path: Any
+) -> None:
+    """Port.open(start_method="forkserver"): the server's child, leading its own session,
+    in `cwd` with `env`; stderr is the port's; its exit status is reported."""
+    port = open_program(ports, env={"FOO": "bar"}, cwd=tmp_path)
+    reply = port.request({"n": 1}, timeout=30)
+    assert reply["ppid"] == server_pid() != os.getpid()
+    assert reply["pid"] == port.os_pid == reply["pgid"]
+    assert (reply["cwd"], reply["foo"]) == (str(tmp_path), "bar")
+    wait_for(lambda: any("seen 1" in line for line in port.stderr_tail()), timeout=10)
+    # By default: our current environment and working directory, as with "spawn".
+    os.environ["FOO"] = "current"
+    try:
+        other = open_program(ports)
+        reply = other.request({"n": 2}, timeout=30)
+    finally:
+        del os.environ["FOO"]
+    assert (reply["cwd"], reply["foo"]) == (os.getcwd(), "current")
+    other.send({"id": 9, "exit": 3})
+    wait_for(lambda: other.exit_status is not None, timeout=30)
+    assert other.exit_status == 3
+
+
+def test_fs_25_a_program_starts_with_default_signal_dispositions_as_popen_gives(
+    ports: list[Port],
+) -> None:
+    """The server is Python, which ignores SIGPIPE and SIGXFSZ; an ignored signal stays
+    ignored across exec, so the program's child resets them (Popen's restore_signals)."""
+    shell = "grep SigIgn /proc/$$/status 1>&2; exec cat >/dev/null"
+    for method in ("spawn", FS):
+        port = Port.open(["sh", "-c", shell], start_method=method)
+        ports.append(port)
+        wait_for(lambda p=port: bool(p.stderr_tail()), timeout=30)  # type: ignore[misc]
+        assert port.stderr_tail() == ["SigIgn:\t0000000000000000"], method
+
+
+def test_fs_26_a_missing_program_or_cwd_is_the_error_popen_raises_and_leaves_nothing() -> None:
+    fds_before = set(_port._PARENT_FDS)
+    open_fds = set(os.listdir("/proc/self/fd"))
+    for argv, cwd, missing in (
+        (["/nonexistent/program"], None, "/nonexistent/program"),
+        ([sys.executable, "-c", "pass"], "/nonexistent/dir", "/nonexistent/dir"),
+    ):
+        for method in ("spawn", FS):
+            with pytest.raises(FileNotFoundError) as caught:
+                Port.open(argv, cwd=cwd, start_method=method)
+            assert caught.value.filename == missing, method
+    assert FORK_SERVER.users == 0
+    assert running_server() is None  # the last reference stopped and reaped it
+    assert set(_port._PARENT_FDS) == fds_before
+    assert set(os.listdir("/proc/self/fd")) == open_fds
+    assert [c for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_fs_27_a_server_started_program_needs_no_fork_here_nor_the_spawner_thread(
+    ports: list[Port], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hazard of docs/ports.md: another library's fork can leave subprocess.Popen (the
+    spawner thread's) waiting as long as that child lives. With the server starting the
+    program, this process forks nothing and the spawner can be stuck meanwhile."""
+    FORK_SERVER.acquire()  # the server runs before the ban below
+    try:
+        held, release = threading.Event(), threading.Event()
+
+        def stuck_popen() -> tuple[Any, Any]:
+            held.set()
+            release.wait(30)
+            raise RuntimeError("released")
+
+        replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        with _port._SPAWNER._lock:
+            _port._SPAWNER._live += 1
+            if _port._SPAWNER._thread is None:
+                _port._SPAWNER._thread = threading.Thread(
+                    target=_port._SPAWNER._run, name="dspex-port-spawner", daemon=True
+                )
+                _port._SPAWNER._thread.start()
+        _port._SPAWNER._jobs.put((stuck_popen, replies))
+        try:
+            assert held.wait(10)
+
+            def banned(*args: Any, **kwargs: Any) -> Any:
+                raise AssertionError("this process must not fork or exec")
+
+            monkeypatch.setattr(os, "fork", banned)
+            monkeypatch.setattr(os, "posix_spawn", banned)
+            monkeypatch.setattr(subprocess, "Popen", banned)
+            port = open_program(ports)
+            assert port.request({"n": 3}, timeout=30)["ppid"] == server_pid()
+            monkeypatch.undo()
+        finally:
+            release.set()
+            ok, error = replies.get(timeout=10)
+            assert not ok
+            assert str(error) == "released"
+            _port._SPAWNER.release()
+    finally:
+        FORK_SERVER.release()
+
+
+def test_fs_28_argv_pools_may_use_the_server_and_refuse_fork(pools: list[ProcessPool]) -> None:
+    with pytest.raises(InvalidOption, match="start_method"):
+        Port.open([sys.executable, "-c", PROGRAM], start_method="fork")
+    with pytest.raises(InvalidOption, match="start_method"):
+        PortSpec(argv=[sys.executable], start_method="fork")
+    assert PortSpec(argv=[sys.executable]).method == "spawn"  # argv pools: started here
+    assert PortSpec(target=echo).method == FS
+    pool = ProcessPool.start(
+        argv=[sys.executable, "-S", "-c", PROGRAM], pool_size=2, start_method=FS
+    )
+    pools.append(pool)
+    wait_for(lambda: settled(pool, 2), timeout=30)
+    assert FORK_SERVER.users == 3  # the pool's own reference, and one per live port
+    pids = {pool.call({"n": i}, timeout=30)["pid"] for i in range(4)}
+    assert {p.pid for p in psutil.Process(server_pid()).children()} >= pids
+    pool.stop(timeout=30)
+    assert FORK_SERVER.users == 0
+    assert running_server() is None

@@ -413,6 +413,7 @@ def test_pp_21_an_argv_worker_that_does_not_answer_its_ping_is_removed() -> None
         assert isinstance(result.reason[1], da.CallTimeout)
     finally:
         port.close(timeout=0.1)
+        w.terminate_pool("normal", pool_state)  # drops the pool's fork-server reference
 
 
 def test_pp_22_a_worker_that_never_answers_its_first_ping_is_not_handed_out() -> None:
@@ -421,8 +422,11 @@ def test_pp_22_a_worker_that_never_answers_its_first_ping_is_not_handed_out() ->
     assert isinstance(ok, Ok)
     started = w.init_worker(ok.values[0])
     assert isinstance(started, Async)
-    with pytest.raises(da.CallTimeout):
-        started.fn()  # the pool logs this and retries init_worker
+    try:
+        with pytest.raises(da.CallTimeout):
+            started.fn()  # the pool logs this and retries init_worker
+    finally:
+        w.terminate_pool("normal", ok.values[0])  # drops the pool's fork-server reference
     assert ok.values[0].live == set()
 
 

@@ -1,4 +1,4 @@
-"""ProcessPool under SIGKILL chaos; orphans after the parent dies (issue 5 §3): ids pc_01..pc_03.
+"""ProcessPool under SIGKILL chaos; orphans after the parent dies (issue 5 §3): ids pc_01..pc_04.
 
 The workers are a tiny ``python -c`` JSON program (fast to start) so the killer can keep the
 pool busy replacing workers without the test taking long on a loaded machine.
@@ -18,8 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
+import pytest
 
 import dspex_actors as da
+from dspex_actors._forkserver import FORK_SERVER
 from dspex_actors._process_pool import ProcessPool
 from dspex_actors.testing import wait_for
 
@@ -38,9 +40,10 @@ ARGV = [sys.executable, "-S", "-c", DOUBLER]
 POOL_SIZE = 4
 
 
-def live_workers() -> list[psutil.Process]:
+def live_workers(parent: psutil.Process | None = None) -> list[psutil.Process]:
+    """The live children of `parent` (default: this process)."""
     alive = []
-    for child in psutil.Process().children():
+    for child in (parent or psutil.Process()).children():
         try:
             if child.status() != psutil.STATUS_ZOMBIE:
                 alive.append(child)
@@ -50,18 +53,23 @@ def live_workers() -> list[psutil.Process]:
 
 
 class Killer(threading.Thread):
-    """SIGKILLs a random worker every `period` seconds until stopped; counts its kills."""
+    """SIGKILLs a random worker every `period` seconds until stopped; counts its kills.
 
-    def __init__(self, period: float) -> None:
+    The workers are the live children of `parent` (default: this process; for forkserver
+    workers, the fork server, which itself is spared).
+    """
+
+    def __init__(self, period: float, parent: psutil.Process | None = None) -> None:
         super().__init__(name="chaos-killer")
         self.period = period
+        self.parent = parent
         self.stopped = threading.Event()
         self.kills = 0
         self.rng = random.Random(5)
 
     def run(self) -> None:
         while not self.stopped.wait(self.period):  # sleep-ok: chaos pacing
-            workers = live_workers()
+            workers = live_workers(self.parent)
             if workers:
                 try:
                     os.kill(self.rng.choice(workers).pid, signal.SIGKILL)
@@ -98,11 +106,15 @@ def hammer(
     return errors
 
 
-def run_chaos(retries: int, calls: int, check: Callable[[int, Any], None]) -> int:
+def run_chaos(retries: int, calls: int, check: Callable[[int, Any], None], **options: Any) -> int:
     # The ping makes a new worker join the pool only once it answers: callers never wait on
     # a booting process, which the killer could otherwise hit again and again.
-    pool = ProcessPool.start(argv=ARGV, pool_size=POOL_SIZE, retries=retries, ping={"n": 0})
-    killer = Killer(period=0.05)
+    pool = ProcessPool.start(pool_size=POOL_SIZE, retries=retries, **options)
+    server = None
+    if FORK_SERVER.pid is not None:  # forkserver workers: the killer spares their server
+        server = psutil.Process(FORK_SERVER.pid)
+        assert {w.pid for w in live_workers()} == {server.pid}
+    killer = Killer(period=0.05, parent=server)
     try:
         killer.start()
         errors = hammer(pool, threads=8, calls=calls, check=check)
@@ -134,7 +146,7 @@ def test_pc_01_with_retries_every_call_succeeds_while_workers_are_sigkilled() ->
         assert not isinstance(reply, BaseException), reply
         assert reply["double"] == 2 * n
 
-    run_chaos(retries=2, calls=500, check=check)
+    run_chaos(retries=2, calls=500, check=check, argv=ARGV, ping={"n": 0})
 
 
 def test_pc_02_without_retries_every_call_is_correct_or_worker_crashed() -> None:
@@ -147,7 +159,30 @@ def test_pc_02_without_retries_every_call_is_correct_or_worker_crashed() -> None
         assert not isinstance(reply, BaseException), reply
         assert reply["double"] == 2 * n
 
-    run_chaos(retries=0, calls=150, check=check)
+    run_chaos(retries=0, calls=150, check=check, argv=ARGV, ping={"n": 0})
+
+
+def doubler(request: Any) -> Any:
+    return {"double": request["n"] * 2}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"target": doubler}, id="target-default"),
+        pytest.param({"argv": ARGV, "ping": {"n": 0}, "start_method": "forkserver"}, id="argv"),
+    ],
+)
+def test_pc_04_forkserver_workers_survive_the_same_chaos(options: dict[str, Any]) -> None:
+    """pc_01 with workers the fork server starts (the default for `target` pools, a choice for
+    `argv` pools): the killer SIGKILLs the server's children, the workers; every call still
+    succeeds with retries=2, and the pool is back at full size."""
+
+    def check(n: int, reply: Any) -> None:
+        assert not isinstance(reply, BaseException), reply
+        assert reply["double"] == 2 * n
+
+    assert run_chaos(retries=2, calls=300, check=check, **options) > 0
 
 
 ORPHAN_PARENT = """
@@ -160,7 +195,8 @@ if __name__ == "__main__":
     a = ProcessPool.start(argv=stall, pool_size=2)
     b = ProcessPool.start(target=lambda request: request, pool_size=2)  # forkserver
     c = ProcessPool.start(target=lambda request: request, pool_size=1, start_method="spawn")
-    for pool, size in ((a, 2), (b, 2), (c, 1)):
+    d = ProcessPool.start(argv=stall, pool_size=1, start_method="forkserver")
+    for pool, size in ((a, 2), (b, 2), (c, 1), (d, 1)):
         wait_for(lambda: pool.status().idle == size, timeout=60)
     assert b.call("up", timeout=60) == "up" and c.call("up", timeout=60) == "up"
     # The fork server and its workers (grandchildren) too.
@@ -176,7 +212,8 @@ def test_pc_03_a_pools_workers_are_gone_within_a_second_of_the_parent_being_sigk
     try:
         assert parent.stdout is not None
         pids = [int(p) for p in parent.stdout.readline().split()]
-        assert len(pids) == 6  # 2 argv, the fork server and its 2 workers, 1 spawned
+        # 2 argv, the fork server with its 2 target workers and 1 argv worker, 1 spawned
+        assert len(pids) == 7
         parent.kill()
         parent.wait(10)
         killed_at = time.monotonic()
