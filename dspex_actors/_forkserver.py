@@ -16,30 +16,36 @@ forking a small one is fast.
   A killed pool (no `terminate_pool`) drops its reference when its state is collected, or at
   interpreter exit; its workers' ports, left running by the kill, keep theirs until they die.
 - **Start a worker.** The parent makes the worker's pipes (stdin, stdout, stderr, lifeline)
-  as a ``"fork"`` port does, sends the child ends over a Unix socket (``SCM_RIGHTS``) with the
-  handler and its arguments, dill-pickled by value (closures work), and closes its copies. The
-  server forks; the worker closes every other fd, takes the parent's current environment
-  variables, working directory and `sys.path` (sent with each request, not those of when the
-  server started), leads its own session, watches its lifeline and serves, exactly as a
-  ``"fork"`` worker. The handler is unpickled in the worker, never in
-  the server, so user code (imports that start threads, say) cannot make the server unsafe to
-  fork; a handler defined in an importable module is imported by each worker.
-- **Programs.** `Port.open(argv, start_method="forkserver")` sends the program's argv,
-  environment and working directory instead of a handler: the server forks a child that
-  resets the signals Python ignores, leads its own session, asks for ``PR_SET_PDEATHSIG``
-  (towards the server), enters the directory and execs the program. An exec (or ``chdir``)
-  failure comes back on a close-on-exec pipe, which the server reads before it answers, as
-  `subprocess.Popen` does in the parent; here no other thread can fork meanwhile and keep that
-  pipe open, which can stall a `Popen` in a threaded parent (CPython issue 103911).
+  as a ``"fork"`` port does, sends the child ends over a Unix socket (``SCM_RIGHTS``) with an
+  fd of its working directory and the handler and its arguments, dill-pickled by value
+  (closures work), and closes its copies. The server forks; the worker closes every other fd,
+  takes the parent's current environment variables, working directory (through the fd: even a
+  deleted one), `sys.path`, umask and resource limits (sent with each request, not those of
+  when the server started), leads its own session, watches its lifeline and serves, exactly as
+  a ``"fork"`` worker. The handler is unpickled in the worker, never in the server, so user
+  code (imports that start threads, say) cannot make the server unsafe to fork; a handler
+  defined in an importable module is imported by each worker. A start after the parent changed
+  its user or groups is refused (`PermissionError`): the server has the old ones.
+- **Programs.** `Port.open(argv, start_method="forkserver")` sends the program's argv and
+  environment (checked in the parent, as `subprocess.Popen` checks them) and `cwd` instead of
+  a handler: the server forks a child that resets the signals Python ignores, leads its own
+  session, asks for ``PR_SET_PDEATHSIG`` (towards the server), enters the parent's directory
+  and then `cwd`, takes the umask and limits, and execs the program. An exec (or ``chdir``)
+  failure comes back on a close-on-exec pipe, as `subprocess.Popen` does in the parent; here no
+  other thread can fork meanwhile and keep that pipe open, which can stall a `Popen` in a
+  threaded parent (CPython issue 103911). The server does not wait on that pipe: it watches it
+  with its other fds, answers when it closes, and kills a child that has neither exec'd nor
+  failed within half the start timeout (`CallTimeout`), so one stuck start stalls no other.
 - **Exits.** The worker is the server's child: the server reaps it (SIGCHLD wakes its single
   thread through `signal.set_wakeup_fd`) and reports ``exited <pid> <status>`` (negative: killed
   by that signal, as `Port.exit_status`). A reader thread in the parent (``dspex-forkserver``)
   hands the status to the worker's record, which is the port's `_Child`.
 - **Shared.** Every forkserver pool and port of the process shares the server: if it is
   killed, all their workers die with it (below). ``"spawn"`` workers share nothing.
-- **Deaths.** The parent dies: the server sees EOF on its socket, SIGKILLs the process group of
-  every worker it started, reaps them and exits (each worker also has its own lifeline to the
-  parent). The server dies: the parent's reader sees EOF, SIGKILLs every worker it started and
+- **Deaths.** The parent dies: the server sees EOF on its socket, or its pidfd of the parent
+  becomes readable (a process the parent forked may hold the socket), SIGKILLs the process group
+  of every worker it started, reaps them and exits (each worker also has its own lifeline to
+  the parent). The server dies: the parent's reader sees EOF, SIGKILLs every worker it started and
   reports each exited with status ``-9`` (the real status is lost: init reaps them now); the
   next `acquire` or worker start runs a new server.
 
@@ -59,9 +65,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
+import fcntl
 import itertools
 import os
 import pickle
+import resource
 import selectors
 import signal
 import socket
@@ -90,10 +99,14 @@ _FAILED = 2  # (request id, errno): fork failed
 _EXITED = 3  # (pid, status)
 _NO_EXEC = 4  # (request id, errno): a program's exec failed
 _NO_CWD = 5  # (request id, errno): a program's working directory could not be entered
+_NO_SETUP = 6  # (request id, errno): a program's umask or resource limits could not be set
+_STALLED = 7  # (request id, 0): a program neither exec'd nor failed in time (it is killed)
 # The first byte of a request's setup: serve a Python handler, or exec a program.
 _SERVE = b"S"
 _EXEC = b"X"
-_WORKER_FDS = 4
+_PIPES = 5  # a worker's stdin, stdout, stderr and lifeline, and its exit pipe (parent only)
+_WORKER_FDS = 5  # the child ends of the first four pipes, and the working directory's fd
+_CWD_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 _Send = Callable[[int, int, int], None]
 _STOP_LIMIT = 10.0
 """Seconds `ForkServer.release` waits for the server to exit before it SIGKILLs it."""
@@ -159,19 +172,15 @@ class ForkServer:
 
         Raises:
             OSError: the server could not fork, or exited before it did.
+            PermissionError: this process's user or groups changed since the server started.
             CallTimeout: no answer within `timeout` seconds (the server is stalled).
         """
-        with self._lock:
-            if self._users <= 0:
-                raise RuntimeError("ForkServer.start_worker() without a reference")
-            server = self._running()
-        # The server's own environment, directory and sys.path are those of when it started:
-        # the worker takes this process's current ones, as a "spawn" child would.
-        try:
-            cwd: str | None = os.getcwd()
-        except OSError:
-            cwd = None  # deleted: the worker stays in the server's
-        payload = _SERVE + pickle.dumps((dict(os.environ), cwd, list(sys.path), setup))
+        server = self._checked("start_worker")
+        # The server's own environment, sys.path, umask and limits are those of when it
+        # started: the worker takes this process's current ones, as a "spawn" child would
+        # (its working directory crosses as an open fd: see _Server.start_worker).
+        state = (dict(os.environ), list(sys.path), _process_state())
+        payload = _SERVE + pickle.dumps((state, setup))
         return server.start_worker(payload, timeout)
 
     def start_program(
@@ -192,26 +201,52 @@ class ForkServer:
         Raises:
             OSError: the program or `cwd` cannot be used (e.g. `FileNotFoundError`, naming
                 it, as `subprocess.Popen` would), or the server could not fork, or exited.
-            CallTimeout: no answer within `timeout` seconds (the server is stalled).
+            PermissionError: this process's user or groups changed since the server started.
+            TypeError: an argument or environment entry is not a string, bytes or path.
+            ValueError: one holds a NUL byte, or a variable's name is empty or holds "="
+                (what `subprocess.Popen` raises; nothing is started).
+            CallTimeout: no answer within `timeout` seconds (the server is stalled), or the
+                child neither exec'd nor failed within `timeout / 2` (it has been killed).
         """
-        with self._lock:
-            if self._users <= 0:
-                raise RuntimeError("ForkServer.start_program() without a reference")
-            server = self._running()
-        if cwd is None:
-            try:
-                cwd = os.getcwd()
-            except OSError:
-                cwd = None  # deleted: the program stays in the server's
-        environ = dict(os.environ) if env is None else dict(env)
-        where = None if cwd is None else os.fspath(cwd)
-        payload = _EXEC + pickle.dumps((list(argv), environ, where))
+        server = self._checked("start_program")
+        # Checked here, as Popen checks them: nothing the child could trip on crosses.
+        args, environ = _exec_arguments(argv, env)
+        # A relative `cwd` is entered from this process's working directory (the child
+        # enters that first, from an fd), as Popen's child does.
+        where = None if cwd is None else os.fsencode(cwd)
+        limit = timeout / 2  # the server gives up on the exec first: it answers in time
+        payload = _EXEC + pickle.dumps((args, environ, where, _process_state(), limit))
         try:
             return server.start_worker(payload, timeout)
         except _StartFailed as exc:
+            if exc.kind == _STALLED:
+                raise CallTimeout(f"program {argv[0]!r}", "exec", limit) from None
+            if exc.kind == _NO_SETUP:
+                raise OSError(
+                    exc.errno,
+                    f"could not give the program this process's umask and resource limits: "
+                    f"{os.strerror(exc.errno or 0)}",
+                ) from None
             # As Popen says it: the errno's own OSError subclass, naming what was missing.
-            name = where if exc.kind == _NO_CWD else argv[0]
+            name = (None if cwd is None else os.fspath(cwd)) if exc.kind == _NO_CWD else argv[0]
             raise OSError(exc.errno, os.strerror(exc.errno or 0), name) from None
+
+    def _checked(self, what: str) -> _Server:
+        """The running server, for a start by a reference holder with the server's user."""
+        with self._lock:
+            if self._users <= 0:
+                raise RuntimeError(f"ForkServer.{what}() without a reference")
+            server = self._running()
+        if server.credentials != _credentials():
+            # Its children would run as the user and groups of when it started.
+            raise PermissionError(
+                errno.EPERM,
+                f"this process's user or groups changed since the fork server (pid "
+                f"{server.pid}) started; it would start the child with the old ones "
+                f"(use start_method='spawn', or make the change before the first forkserver "
+                f"port or pool starts)",
+            )
+        return server
 
     def _running(self) -> _Server:
         """The running server, started (again) if needed. Holds `_lock`."""
@@ -295,9 +330,13 @@ class _Request:
 class _Server:
     """One server process, its socket and its reader thread (``dspex-forkserver``)."""
 
+    BOOT = "from dspex_actors._forkserver import _server_main; _server_main({fd}, {parent})"
+    """What the server's interpreter runs (tests patch it to observe the server)."""
+
     def __init__(self, popen: subprocess.Popen[bytes], sock: socket.socket) -> None:
         self.popen = popen
         self.pid = popen.pid
+        self.credentials = _credentials()  # the server's: those of when it was started
         self.dead = False
         self._sock = sock
         self._lock = threading.Lock()
@@ -314,12 +353,13 @@ class _Server:
         # "fork" port's child forked meanwhile never holds the parent's end of the socket:
         # the server would never see EOF when the parent dies.
         with _port._FORK_GUARD.creating():
-            parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            parent_sock, child_sock = map(
+                _above_stdio, socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            )
             _port._PARENT_FDS.add(parent_sock.fileno())
             fd = child_sock.fileno()
-            boot = (
-                f"import sys; sys.path[:0] = {sys.path!r}; "
-                f"from dspex_actors._forkserver import _server_main; _server_main({fd})"
+            boot = f"import sys; sys.path[:0] = {sys.path!r}; " + cls.BOOT.format(
+                fd=fd, parent=os.getpid()
             )
             try:
                 popen = subprocess.Popen(
@@ -356,13 +396,20 @@ class _Server:
                 with _port._FORK_GUARD.creating():
                     fds: list[int] = []
                     try:
-                        for _ in range(_WORKER_FDS + 1):
+                        for _ in range(_PIPES):
                             fds.extend(os.pipe())
+                        # This process's working directory, as an fd: the child enters it
+                        # even if it has been deleted or renamed since, as a "spawn" child
+                        # (which inherits it) would.
+                        fds.append(os.open(".", _CWD_FLAGS))
                     except BaseException:
                         for fd in fds:
                             os.close(fd)
                         raise
-                    in_r, in_w, out_r, out_w, err_r, err_w, life_r, life_w, exit_r, exit_w = fds
+                    in_r, in_w, out_r, out_w, err_r, err_w, life_r, life_w, exit_r, exit_w = fds[
+                        :-1
+                    ]
+                    cwd_fd = fds[-1]
                     parent_ends = (in_w, out_r, err_r, life_w)
                     _port._PARENT_FDS.update((*parent_ends, exit_w))
                     request = _Request(_ServedChild(exit_r, exit_w))
@@ -372,10 +419,10 @@ class _Server:
                                 raise OSError("the fork server exited")
                             self._pending[request_id] = request
                         registered = sending = True
-                        child_ends = [in_r, out_w, err_w, life_r]
+                        child_ends = [in_r, out_w, err_w, life_r, cwd_fd]
                         message = _send_bounded(self._sock, message, child_ends, first=True)
                     finally:
-                        for fd in (in_r, out_w, err_w, life_r):
+                        for fd in (in_r, out_w, err_w, life_r, cwd_fd):
                             os.close(fd)
                 message = _send_bounded(self._sock, message, [])
                 sending = False
@@ -467,7 +514,7 @@ class _Server:
             if kind == _STARTED:  # its requester gave up waiting
                 _kill_group(value)
             return
-        if kind in (_NO_EXEC, _NO_CWD):
+        if kind in (_NO_EXEC, _NO_CWD, _NO_SETUP, _STALLED):
             request.error = _StartFailed(kind, value)
         elif kind != _STARTED:
             request.error = OSError(value, f"the fork server could not fork: {os.strerror(value)}")
@@ -497,6 +544,19 @@ class _Server:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
+
+
+def _above_stdio(sock: socket.socket) -> socket.socket:
+    """`sock`, moved above fd 2 if it got a free stdio number (a parent that closed them):
+    the server's stdin and stdout are replaced at its start, and what this process writes
+    to fds 0-2 must never reach the server's stream."""
+    if sock.fileno() > 2:
+        return sock
+    try:
+        fd = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        sock.close()
+    return socket.socket(fileno=fd)
 
 
 def _send_bounded(
@@ -556,6 +616,57 @@ def _kill_group(pid: int) -> None:
             send(pid, signal.SIGKILL)
 
 
+_LIMITS = sorted({getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")})
+_ProcessState = tuple[int | None, list[tuple[int, int, int]]]
+
+
+def _process_state() -> _ProcessState:
+    """This process's umask (None where unreadable) and resource limits, which a child of
+    the server takes (the server's are those of when it started)."""
+    umask = None
+    # Read, not set and restored: os.umask() would change it for every thread meanwhile.
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Umask:"):
+                umask = int(line.split()[1], 8)
+                break
+    return umask, [(which, *resource.getrlimit(which)) for which in _LIMITS]
+
+
+def _take_process_state(state: _ProcessState) -> None:
+    """In a child of the server: take the umask and limits `_process_state` read."""
+    umask, limits = state
+    if umask is not None:
+        os.umask(umask)
+    for which, soft, hard in limits:
+        if resource.getrlimit(which) != (soft, hard):
+            resource.setrlimit(which, (soft, hard))
+
+
+def _credentials() -> tuple[int, int, int, int, list[int]]:
+    return os.getuid(), os.geteuid(), os.getgid(), os.getegid(), sorted(os.getgroups())
+
+
+def _exec_arguments(
+    argv: list[str], env: Mapping[str, str] | None
+) -> tuple[list[bytes], dict[bytes, bytes]]:
+    """`argv` and `env` (default: ours) as bytes, refused as `subprocess.Popen` refuses
+    them: `TypeError` for what is not a string, bytes or path, `ValueError` for a NUL byte or
+    a variable named "" or with "=" (which `os.execve` would refuse in the child)."""
+    args = [os.fsencode(arg) for arg in argv]
+    if any(b"\0" in arg for arg in args):
+        raise ValueError("embedded null byte")
+    environ: dict[bytes, bytes] = {}
+    for name, value in (os.environb if env is None else env).items():
+        key, data = os.fsencode(name), os.fsencode(value)
+        if not key or b"=" in key:
+            raise ValueError(f"illegal environment variable name: {name!r}")
+        if b"\0" in key or b"\0" in data:
+            raise ValueError("embedded null byte")
+        environ[key] = data
+    return args, environ
+
+
 def _reset_after_fork_in_child() -> None:
     # A forked child shares none of the parent's users: it starts its own server if it needs one.
     global FORK_SERVER
@@ -568,7 +679,7 @@ os.register_at_fork(after_in_child=_reset_after_fork_in_child)
 # --- private helpers: the server's side --------------------------------------------------------
 
 
-def _server_main(fd: int) -> None:
+def _server_main(fd: int, parent: int) -> None:
     """The fork server (runs in its own process, single-threaded): fork workers on request,
     report their exits, and kill them all once the parent is gone."""
     import dill  # noqa: F401  (loaded once here, so every worker has it already)
@@ -586,19 +697,26 @@ def _server_main(fd: int) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, "parent")
     sel.register(wake_r, selectors.EVENT_READ, "child")
-    workers: set[int] = set()
+    state = _State(sock, sel)
     buffer = bytearray()
     fds: collections.deque[int] = collections.deque()
-
-    def send(kind: int, key: int, value: int) -> None:
-        sock.sendall(_REPLY.pack(kind, key, value))
-
     try:
+        # EOF on the socket says the parent is gone, unless a process it forked (another
+        # library's fork) still holds the parent's end: so the server watches the parent too.
+        with contextlib.suppress(AttributeError, OSError):  # no pidfd (before Linux 5.3)
+            sel.register(os.pidfd_open(parent), selectors.EVENT_READ, "parent-exit")
+        if os.getppid() != parent:
+            return  # gone already: the pidfd (if any) may name a new process with its pid
         while True:
-            for key, _ in sel.select():
+            for key, _ in sel.select(state.next_deadline()):
                 if key.data == "child":
                     _drain(wake_r)
-                    _reap(workers, send)
+                    state.reap()
+                    continue
+                if key.data == "parent-exit":
+                    return
+                if isinstance(key.data, _Starting):
+                    state.read_report(key.data)
                     continue
                 data, new_fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 64)
                 fds.extend(new_fds)
@@ -614,12 +732,123 @@ def _server_main(fd: int) -> None:
                         return  # cannot happen: the fds arrive with the header's first byte
                     setup = bytes(buffer[_REQUEST.size : end])
                     del buffer[:end]
-                    mine = [fds.popleft() for _ in range(_WORKER_FDS)]
-                    _fork_worker(request_id, mine, setup, sock, sel, workers, send)
+                    # Above fd 2 (ours is closed if the parent's was): a child moves its
+                    # stdio onto 0-2 and must not overwrite one of these doing so.
+                    mine = [_raised(fds.popleft()) for _ in range(_WORKER_FDS)]
+                    state.fork(request_id, mine, setup)
+            state.expire()
     except OSError:
         pass  # the parent is gone mid-send
     finally:
-        _stop_workers(workers, wake_r, send)
+        state.workers.update(state.starting)
+        _stop_workers(state.workers, wake_r, state.send)
+
+
+class _Starting:
+    """A program's child between its fork and its exec, as the server tracks it."""
+
+    def __init__(self, request_id: int, pid: int, report_fd: int, limit: float) -> None:
+        self.request_id = request_id
+        self.pid = pid
+        self.report_fd = report_fd
+        self.report = b""
+        self.deadline = time.monotonic() + limit
+        self.status: int | None = None  # reaped before its report pipe's EOF was read
+
+
+class _State:
+    """The server's children: the workers it reports on, and programs not yet exec'd."""
+
+    def __init__(self, sock: socket.socket, sel: selectors.BaseSelector) -> None:
+        self.sock = sock
+        self.sel = sel
+        self.workers: set[int] = set()
+        self.starting: dict[int, _Starting] = {}
+
+    def send(self, kind: int, key: int, value: int) -> None:
+        self.sock.sendall(_REPLY.pack(kind, key, value))
+
+    def next_deadline(self) -> float | None:
+        if not self.starting:
+            return None
+        first = min(start.deadline for start in self.starting.values())
+        return max(0.0, first - time.monotonic())
+
+    def reap(self) -> None:
+        _reap(self.workers, self.send, self.starting)
+
+    def fork(self, request_id: int, fds: list[int], setup: bytes) -> None:
+        """Fork a worker (or a program's child) for the request; answer once it runs."""
+        program = setup[:1] == _EXEC
+        made: list[int] = []
+        server = os.getpid()
+        try:
+            if program:
+                made.extend(os.pipe())  # O_CLOEXEC: a successful exec closes it
+            pid = os.fork()
+        except OSError as exc:
+            for fd in fds + made:
+                os.close(fd)
+            self.send(_FAILED, request_id, exc.errno or 0)
+            return
+        if pid == 0:
+            if program:
+                _program_main(fds, setup[1:], self.sock, self.sel, made[1], server)
+            _worker_main(fds, setup[1:], self.sock, self.sel)
+        for fd in fds + made[1:]:
+            os.close(fd)
+        if not program:
+            self.workers.add(pid)
+            self.send(_STARTED, request_id, pid)
+            return
+        # Answered once the exec has succeeded or failed (the child reports a failure on
+        # the pipe, which the exec closes), as `subprocess.Popen` does, without blocking:
+        # meanwhile the server serves other requests, and a child stuck before its exec is
+        # killed at its deadline.
+        limit = pickle.loads(setup[1:])[-1]
+        start = _Starting(request_id, pid, made[0], limit)
+        self.starting[pid] = start
+        self.sel.register(made[0], selectors.EVENT_READ, start)
+
+    def read_report(self, start: _Starting) -> None:
+        chunk = os.read(start.report_fd, 256)
+        if chunk:
+            start.report += chunk
+            return
+        self._forget(start)
+        if start.report:
+            # Its child exits (127) and is reaped with the others, unreported (not a worker).
+            stage, _, number = start.report.partition(b":")
+            kind = {b"cwd": _NO_CWD, b"setup": _NO_SETUP}.get(stage, _NO_EXEC)
+            self.send(kind, start.request_id, int(number or b"0"))
+            return
+        self.send(_STARTED, start.request_id, start.pid)
+        if start.status is None:
+            self.workers.add(start.pid)
+        else:  # it has exited already: reported after its start, as any exit is
+            self.send(_EXITED, start.pid, start.status)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for start in [s for s in self.starting.values() if s.deadline <= now]:
+            self._forget(start)
+            if start.status is None:  # a reaped pid may be someone else's by now
+                _kill_group(start.pid)  # reaped with the others, unreported
+            self.send(_STALLED, start.request_id, 0)
+
+    def _forget(self, start: _Starting) -> None:
+        del self.starting[start.pid]
+        self.sel.unregister(start.report_fd)
+        os.close(start.report_fd)
+
+
+def _raised(fd: int) -> int:
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
 
 
 def _on_sigchld(signum: int, frame: Any) -> None:
@@ -632,7 +861,7 @@ def _drain(fd: int) -> None:
             pass
 
 
-def _reap(workers: set[int], send: _Send) -> None:
+def _reap(workers: set[int], send: _Send, starting: Mapping[int, _Starting] | None = None) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -643,79 +872,8 @@ def _reap(workers: set[int], send: _Send) -> None:
         if pid in workers:
             workers.discard(pid)
             send(_EXITED, pid, os.waitstatus_to_exitcode(status))
-
-
-def _fork_worker(
-    request_id: int,
-    fds: list[int],
-    setup: bytes,
-    sock: socket.socket,
-    sel: selectors.BaseSelector,
-    workers: set[int],
-    send: _Send,
-) -> None:
-    if setup[:1] == _EXEC:
-        _start_program(request_id, fds, setup[1:], sock, sel, workers, send)
-        return
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        for fd in fds:
-            os.close(fd)
-        send(_FAILED, request_id, exc.errno or 0)
-        return
-    if pid == 0:
-        _worker_main(fds, setup[1:], sock, sel)
-    workers.add(pid)
-    for fd in fds:
-        os.close(fd)
-    send(_STARTED, request_id, pid)
-
-
-def _start_program(
-    request_id: int,
-    fds: list[int],
-    setup: bytes,
-    sock: socket.socket,
-    sel: selectors.BaseSelector,
-    workers: set[int],
-    send: _Send,
-) -> None:
-    """Fork a child that execs a program; answer once the exec has succeeded or failed.
-
-    The child reports a failure on a close-on-exec pipe, which a successful exec closes: this
-    is what `subprocess.Popen` does, but here no other thread can fork meanwhile and keep the
-    pipe open (the hazard in the parent, which has threads; see docs/ports.md).
-    """
-    server = os.getpid()
-    made: list[int] = []
-    try:
-        report_r, report_w = os.pipe()  # O_CLOEXEC
-        made = [report_r, report_w]
-        pid = os.fork()
-    except OSError as exc:
-        for fd in fds + made:
-            os.close(fd)
-        send(_FAILED, request_id, exc.errno or 0)
-        return
-    if pid == 0:
-        _program_main(fds, setup, sock, sel, report_w, server)
-    os.close(report_w)
-    for fd in fds:
-        os.close(fd)
-    report = b""
-    try:
-        while chunk := os.read(report_r, 64):
-            report += chunk
-    finally:
-        os.close(report_r)
-    if report:
-        # Its child exits (127) and is reaped with the others, unreported (not a worker).
-        stage, _, number = report.partition(b":")
-        send(_NO_CWD if stage == b"cwd" else _NO_EXEC, request_id, int(number or b"0"))
-        return
-    workers.add(pid)
-    send(_STARTED, request_id, pid)
+        elif starting and pid in starting:
+            starting[pid].status = os.waitstatus_to_exitcode(status)
 
 
 def _program_main(
@@ -727,7 +885,7 @@ def _program_main(
     server: int,
 ) -> NoReturn:
     """A program's child, just forked from the server: set up as `Port.open` does, exec."""
-    in_fd, out_fd, err_fd, _lifeline = fds
+    in_fd, out_fd, err_fd, _lifeline, cwd_fd = fds
     stage = b"exec"
     try:
         signal.set_wakeup_fd(-1)
@@ -742,25 +900,27 @@ def _program_main(
             _port._libc().prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
             if os.getppid() != server:  # the server died before prctl took effect
                 os._exit(1)
-        argv, env, cwd = pickle.loads(setup)
-        # In this order, a received fd numbered below 3 (the server's fd 2 may be closed) is
-        # copied before its number is reused. The copies are inheritable: they survive exec.
+        args, env, cwd, state, _limit = pickle.loads(setup)
+        # The requester's working directory first (a relative `cwd` starts from there),
+        # before any fd is moved: its fd may have any number.
+        stage = b"cwd"
+        os.fchdir(cwd_fd)
+        if cwd is not None:
+            os.chdir(cwd)
+        stage = b"setup"
+        _take_process_state(state)
+        stage = b"exec"
+        # The received fds are above 2 (see _raised); the copies are inheritable: they
+        # survive exec.
         for fd, std in ((in_fd, 0), (out_fd, 1), (err_fd, 2)):
-            if fd == std:
-                os.set_inheritable(fd, True)
-            else:
-                os.dup2(fd, std)
+            os.dup2(fd, std)
         # The lifeline too: the program cannot watch it (the server's death kills it).
         _close_fds_except({0, 1, 2, report_w})
-        if cwd is not None:
-            stage = b"cwd"
-            os.chdir(cwd)
-            stage = b"exec"
-        os.execvpe(argv[0], argv, env)
+        os.execvpe(args[0], args, env)
     except OSError as exc:
         report = b"%s:%d" % (stage, exc.errno or 0)
     except BaseException:
-        report = b"exec:0"
+        report = b"%s:%d" % (stage, errno.EINVAL)
     with contextlib.suppress(OSError):
         os.write(report_w, report)
     os._exit(127)
@@ -770,7 +930,7 @@ def _worker_main(
     fds: list[int], setup: bytes, sock: socket.socket, sel: selectors.BaseSelector
 ) -> NoReturn:
     """A worker, just forked from the server: become a ``"fork"`` port's child and serve."""
-    in_fd, out_fd, err_fd, life_fd = fds
+    in_fd, out_fd, err_fd, life_fd, cwd_fd = fds
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -778,15 +938,16 @@ def _worker_main(
         sel.close()
         sock.close()
         # Nothing of the server's (nor the fds of requests queued behind this one) stays open.
-        _close_fds_except({0, 1, 2, in_fd, out_fd, err_fd, life_fd})
+        _close_fds_except({0, 1, 2, in_fd, out_fd, err_fd, life_fd, cwd_fd})
+        with contextlib.suppress(OSError):
+            os.fchdir(cwd_fd)  # the requester's working directory, even if deleted since
+        os.close(cwd_fd)  # before any fd is moved below: it may have any number
         _port._forked_child_setup(err_fd, life_fd)
-        environ, cwd, path, setup = pickle.loads(setup)
+        (environ, path, state), setup = pickle.loads(setup)
         os.environ.clear()
         os.environ.update(environ)
-        if cwd is not None:
-            with contextlib.suppress(OSError):
-                os.chdir(cwd)
         sys.path[:] = path
+        _take_process_state(state)
         import dill
 
         handler, args, codec_name, max_frame = dill.loads(setup)

@@ -315,9 +315,14 @@ class Port:
 
         Raises:
             InvalidOption: a bad `argv`, `max_frame`, `codec` or `start_method`.
+            TypeError: an `env` name or value is not a string, bytes or path.
+            ValueError: a NUL byte in `argv` or `env`, or an `env` name with ``=`` (as
+                `subprocess.Popen` raises them; nothing is started).
             OSError: the program could not be started (e.g. `FileNotFoundError`), or the fork
-                server could not be started, could not fork, or exited.
-            CallTimeout: the fork server did not answer within 30 s.
+                server could not be started, could not fork, or exited; `PermissionError`
+                with ``"forkserver"`` after this process changed its user or groups.
+            CallTimeout: the fork server did not answer within 30 s, or the program's child
+                neither exec'd nor failed within 15 s (it has been killed).
         """
         if isinstance(argv, str | bytes) or not argv or not all(isinstance(a, str) for a in argv):
             raise InvalidOption("argv", argv, "a non-empty sequence of strings")
@@ -1532,6 +1537,30 @@ def _reset_after_fork_in_child() -> None:
     global _FORK_GUARD, _SPAWNER
     _FORK_GUARD = _ForkGuard()
     _SPAWNER = _Spawner()
+    _drop_parent_fds()
+
+
+def _drop_parent_fds() -> None:
+    """In any forked child (another library's too): let go of the parent's port fds.
+
+    They are not this child's to use, and while it held them (it may outlive the parent)
+    those ports' workers would miss the parent's death: EOF on their lifeline, or on the fork
+    server's socket. ``/dev/null`` takes their numbers (close-on-exec), so that no object
+    copied from the parent closes, under the same number, an fd this child opens later. A
+    ``"fork"`` port's child then closes them. Only forks that run Python's at-fork hooks
+    (`os.fork`, `multiprocessing`, a `subprocess` with a ``preexec_fn``) come here; the fork
+    server watches the parent's pid as well, for the others.
+    """
+    if not _PARENT_FDS:
+        return
+    try:
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return
+    for fd in _PARENT_FDS:
+        with contextlib.suppress(OSError):
+            os.dup2(null, fd, inheritable=False)
+    os.close(null)
 
 
 os.register_at_fork(after_in_child=_reset_after_fork_in_child)
@@ -1615,6 +1644,9 @@ def _fork_child_main(
     for fd in _PARENT_FDS - {in_fd, out_fd, err_fd, life_fd}:
         with contextlib.suppress(OSError):
             os.close(fd)
+    # Their numbers are free now: a port this worker opens must not find them listed (its
+    # own forks would let go of whatever took them).
+    _PARENT_FDS.clear()
     _forked_child_setup(err_fd, life_fd)
     _serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], FrameDecoder(max_frame))
 
@@ -1628,8 +1660,9 @@ def _forked_child_setup(err_fd: int, life_fd: int) -> None:
     """
     with contextlib.suppress(OSError):
         os.setsid()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None: the process started with that fd closed
+            stream.flush()
     os.dup2(err_fd, 1)
     os.dup2(err_fd, 2)
     _line_buffered_std_streams()

@@ -683,15 +683,18 @@ def test_fs_23_the_fork_guard_lets_creators_share_and_makes_a_fork_wait_for_them
 
 PROGRAM = textwrap.dedent(
     """
-    import json, os, struct, sys
+    import json, os, resource, struct, sys
     r, w = sys.stdin.buffer, sys.stdout.buffer
     while len(h := r.read(4)) == 4:
         msg = json.loads(r.read(struct.unpack(">I", h)[0]))
         if msg.get("exit") is not None:
             sys.exit(msg["exit"])
         print("seen", msg["id"], file=sys.stderr, flush=True)
+        status = open("/proc/self/status").read()
         reply = {"id": msg["id"], "pid": os.getpid(), "ppid": os.getppid(),
-                 "pgid": os.getpgid(0), "cwd": os.getcwd(), "foo": os.environ.get("FOO")}
+                 "pgid": os.getpgid(0), "cwd": os.readlink("/proc/self/cwd"),
+                 "foo": os.environ.get("FOO"), "umask": status.split("Umask:")[1].split()[0],
+                 "core": resource.getrlimit(resource.RLIMIT_CORE)}
         data = json.dumps(reply).encode()
         w.write(struct.pack(">I", len(data)) + data)
         w.flush()
@@ -824,3 +827,268 @@ def test_fs_28_argv_pools_may_use_the_server_and_refuse_fork(pools: list[Process
     pool.stop(timeout=30)
     assert FORK_SERVER.users == 0
     assert running_server() is None
+
+
+# --- review findings on programs: arguments, cwd, process state, stalls, foreign forks -------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "error"),
+    [
+        (["cat"], {"A=B": "x"}, ValueError),
+        (["cat"], {1: "x"}, TypeError),
+        (["cat"], {"A": 3}, TypeError),
+        (["cat"], {"A": "x\0y"}, ValueError),
+        (["ca\0t"], None, ValueError),
+    ],
+    ids=["equals_in_name", "int_name", "int_value", "nul_in_value", "nul_in_argv"],
+)
+def test_fs_29_bad_arguments_or_environment_raise_what_popen_raises_and_start_nothing(
+    argv: list[str], env: Any, error: type[Exception]
+) -> None:
+    """Checked in this process as Popen checks them (they used to fail in the server's child
+    as ``OSError(0, 'Success')``); nothing is left behind."""
+    fds_before = set(_port._PARENT_FDS)
+    for method in ("spawn", FS):
+        with pytest.raises(error):
+            Port.open(argv, env=env, start_method=method)
+    assert FORK_SERVER.users == 0
+    assert running_server() is None
+    assert set(_port._PARENT_FDS) == fds_before
+    assert [c for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def cwd_link(request: Any) -> str:
+    return os.readlink("/proc/self/cwd")
+
+
+def test_fs_30_relative_and_deleted_working_directories_are_ours_not_the_servers(
+    ports: list[Port], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative `cwd` starts from our working directory, and a deleted one is still
+    entered, as a ``"spawn"`` child would: the server's directory is never used."""
+    FORK_SERVER.acquire()  # the server runs (in the old directory) before we move
+    try:
+        (tmp_path / "sub").mkdir()
+        monkeypatch.chdir(tmp_path)
+        reply = open_program(ports, cwd="sub").request({"n": 1}, timeout=30)
+        assert reply["cwd"] == str(tmp_path / "sub")
+        with pytest.raises(FileNotFoundError) as caught:
+            open_program(ports, cwd="missing")
+        assert caught.value.filename == "missing"
+        (tmp_path / "gone").mkdir()
+        monkeypatch.chdir(tmp_path / "gone")
+        (tmp_path / "gone").rmdir()
+        deleted = f"{tmp_path / 'gone'} (deleted)"
+        assert open_program(ports).request({"n": 2}, timeout=30)["cwd"] == deleted
+        for method in ("spawn", FS):
+            worker = Port.spawn(cwd_link, start_method=method)
+            ports.append(worker)
+            assert worker.request(None, timeout=30) == deleted, method
+    finally:
+        FORK_SERVER.release()
+
+
+def umask_and_core(request: Any) -> list[Any]:
+    import resource
+
+    status = open("/proc/self/status").read()  # noqa: SIM115
+    return [status.split("Umask:")[1].split()[0], list(resource.getrlimit(resource.RLIMIT_CORE))]
+
+
+def test_fs_31_children_take_our_current_umask_and_resource_limits(ports: list[Port]) -> None:
+    """The server's umask and limits are those of when it started; its children take ours."""
+    import resource
+
+    FORK_SERVER.acquire()
+    old_core = resource.getrlimit(resource.RLIMIT_CORE)
+    old_umask = os.umask(0o027)
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, old_core[1]))
+        reply = open_program(ports).request({"n": 1}, timeout=30)
+        assert (reply["umask"], reply["core"]) == ("0027", [0, old_core[1]])
+        worker = Port.spawn(umask_and_core, start_method=FS)
+        ports.append(worker)
+        assert worker.request(None, timeout=30) == ["0027", [0, old_core[1]]]
+    finally:
+        os.umask(old_umask)
+        resource.setrlimit(resource.RLIMIT_CORE, old_core)
+        FORK_SERVER.release()
+
+
+CHANGED_GROUP = textwrap.dedent(
+    """
+    import os, sys
+    from dspex_actors import Port
+    from dspex_actors._forkserver import FORK_SERVER
+    FORK_SERVER.acquire()
+    os.setegid(65534)
+    for start in (lambda: Port.open(["cat"], start_method="forkserver"),
+                  lambda: Port.spawn(len, start_method="forkserver")):
+        try:
+            start().close()
+        except PermissionError as exc:
+            print("refused", "changed since the fork server" in str(exc))
+    os.setegid(0)
+    port = Port.open(["cat"], start_method="forkserver")
+    port.close()
+    print("started", port.exit_status is not None)
+    FORK_SERVER.release()
+    """
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing the group needs root")
+def test_fs_32_a_start_after_our_user_or_groups_changed_is_refused() -> None:
+    """The server's children would run with the credentials of when it started."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHANGED_GROUP], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n") == ["refused True", "refused True", "started True", ""]
+
+
+STALLING_SERVER = (
+    "import dspex_actors._forkserver as fs, time\n"
+    "real = fs._program_main\n"
+    "def stalled(fds, setup, *rest):\n"
+    "    if b'stall-here' in setup:\n"
+    "        time.sleep(120)  # sleep-ok: a child stuck before its exec (a hung mount, say)\n"
+    "    real(fds, setup, *rest)\n"
+    "fs._program_main = stalled\n"
+    "fs._server_main({fd}, {parent})\n"
+)
+
+
+def test_fs_33_a_program_stuck_before_its_exec_times_out_alone_and_is_killed(
+    ports: list[Port], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server waits for no exec: it serves other starts meanwhile, kills the stuck child
+    at its deadline (half the start timeout) and answers before the parent gives up."""
+    from dspex_actors import _forkserver
+
+    monkeypatch.setattr(_forkserver._Server, "BOOT", STALLING_SERVER)
+    monkeypatch.setattr(_port, "_SETUP_TIMEOUT", 6.0)
+    FORK_SERVER.acquire()
+    try:
+        server = server_pid()
+        errors: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+
+        def start_stalled() -> None:
+            try:
+                Port.open([sys.executable, "-c", "pass", "stall-here"], start_method=FS)
+                errors.put(None)
+            except BaseException as exc:
+                errors.put(exc)
+
+        thread = threading.Thread(target=start_stalled)
+        thread.start()
+        try:
+            assert wait_for(lambda: len(psutil.Process(server).children()) == 1, timeout=10)
+            (stuck,) = psutil.Process(server).children()
+            port = open_program(ports)  # served while the other start waits
+            assert port.request({"n": 1}, timeout=30)["ppid"] == server
+        finally:
+            thread.join(30)
+        error = errors.get(timeout=1)
+        assert isinstance(error, da.CallTimeout)
+        assert error.timeout == 3.0
+        assert wait_for(lambda: gone(stuck.pid), timeout=10)
+        assert server_pid() == server  # not replaced: it answered in time
+    finally:
+        FORK_SERVER.release()
+
+
+def test_fs_34_a_program_that_exits_at_once_has_its_status_reported(ports: list[Port]) -> None:
+    """Its exit may be reaped before the exec report is read: reported after its start."""
+    for code in range(20):
+        port = Port.open(["sh", "-c", f"exit {code}"], start_method=FS)
+        ports.append(port)
+        assert port.wait_exit(30) == code
+
+
+FOREIGN_FORK_PARENT = textwrap.dedent(
+    """
+    import ctypes, os, sys
+    import psutil
+    from dspex_actors import Port
+    program = Port.open(["cat"], start_method="forkserver")
+    served = Port.spawn(len, start_method="forkserver")
+    forked = Port.spawn(len, start_method=sys.argv[1] == "hooks" and "fork" or "forkserver")
+    assert served.request("ab", timeout=60) == forked.request("ab", timeout=60) == 2
+    if sys.argv[1] == "hooks":
+        holder = os.fork()  # another library's fork: Python's at-fork hooks run
+    else:
+        libc = ctypes.PyDLL(None)  # a C-level fork: they do not
+        holder = libc.fork()
+    if holder == 0:
+        os.read(0, 1)  # holds every fd it inherited until the test closes our stdin
+        os._exit(0)
+    workers = [p.os_pid for p in (program, served, forked)]
+    print(holder, *workers, flush=True)
+    sys.stdin.read()  # until SIGKILLed
+    """
+)
+
+
+@pytest.mark.parametrize("fork", ["hooks", "raw"])
+def test_fs_35_workers_die_with_a_sigkilled_parent_even_if_a_fork_of_it_lives_on(
+    fork: str,
+) -> None:
+    """A fork of the parent (another library's) must not hold our fds' ends: with Python's
+    at-fork hooks it lets go of them; without (a C-level fork), the server watches the
+    parent's pid. Either way every worker is gone within the issue's 1 s."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", FOREIGN_FORK_PARENT, fork],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    holder = 0
+    try:
+        assert parent.stdout is not None
+        holder, *workers = [int(p) for p in parent.stdout.readline().split()]
+        assert len(workers) == 3
+        parent.kill()
+        parent.wait(10)
+        assert wait_for(lambda: all(gone(p) for p in workers), timeout=1.0)
+        assert not gone(holder)  # it outlived the parent: the case under test
+    finally:
+        parent.kill()
+        parent.wait(10)
+        for stream in (parent.stdin, parent.stdout):
+            if stream is not None:
+                stream.close()  # the holder reads EOF and exits
+        if holder:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(holder).wait(10)
+
+
+CLOSED_STDIO = textwrap.dedent(
+    """
+    import os, sys
+    report = os.dup(1)
+    for fd in (0, 1, 2):
+        os.close(fd)  # a daemon's way: our first fds land on these numbers
+    from dspex_actors import RAW_CODEC, Port
+    replies = []
+    for method in ("fork", "spawn", "forkserver"):
+        port = Port.spawn(len, start_method=method)
+        replies.append(port.request("abc", timeout=60))
+        port.close(10)
+    program = Port.open(["cat"], codec=RAW_CODEC, start_method="forkserver")
+    program.send(b"abc")
+    replies.append(program.recv(timeout=60).decode())
+    program.close(10)
+    os.write(report, repr(replies).encode())
+    """
+)
+
+
+def test_fs_36_a_parent_with_stdin_stdout_and_stderr_closed_starts_every_kind_of_worker() -> None:
+    """Its fork server's socket and a worker's fds used to take the free numbers 0-2, where
+    the server's stdio replaced them (the socket) or the child's own stdio did (a pipe)."""
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSED_STDIO], capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stdout) == (0, "[3, 3, 3, 'abc']"), done.stderr
