@@ -531,7 +531,7 @@ class Port:
             try:
                 process = ctx.Process(
                     target=_fork_child_main,
-                    args=(handler, args, *child_ends, codec.name, max_frame),
+                    args=(handler, args, *child_ends, codec.name, max_frame, os.getpid()),
                     name=f"dspex-port-{name}",
                     daemon=False,
                 )
@@ -1638,6 +1638,7 @@ def _fork_child_main(
     lifeline: Any,
     codec_name: str,
     max_frame: int,
+    parent: int,
 ) -> None:
     """The start of a ``"fork"`` child (runs in the child)."""
     in_fd, out_fd, err_fd, life_fd = (c.fileno() for c in (stdin, stdout, stderr, lifeline))
@@ -1647,16 +1648,19 @@ def _fork_child_main(
     # Their numbers are free now: a port this worker opens must not find them listed (its
     # own forks would let go of whatever took them).
     _PARENT_FDS.clear()
-    _forked_child_setup(err_fd, life_fd)
+    _forked_child_setup(err_fd, life_fd, parent)
     _serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], FrameDecoder(max_frame))
 
 
-def _forked_child_setup(err_fd: int, life_fd: int) -> None:
+def _forked_child_setup(err_fd: int, life_fd: int, parent: int | None = None) -> None:
     """What a forked worker does before serving (``"fork"`` and ``"forkserver"`` children).
 
     It leads its own session (so the port signals its whole process group), sends what it
     prints to the port's stderr pipe, and watches its lifeline: EOF there means the parent is
-    gone, and the worker SIGKILLs its own process group.
+    gone, and the worker SIGKILLs its own process group. A ``"fork"`` worker also watches its
+    `parent` (a pidfd, where there is one): a process forked from the parent without Python's
+    at-fork hooks (a C-level fork) may hold the lifeline's other end past the parent's death.
+    A ``"forkserver"`` worker leaves that to the server, which watches the parent.
     """
     with contextlib.suppress(OSError):
         os.setsid()
@@ -1667,9 +1671,19 @@ def _forked_child_setup(err_fd: int, life_fd: int) -> None:
     os.dup2(err_fd, 2)
     _line_buffered_std_streams()
 
+    watched = [life_fd]
+    if parent is not None:
+        with contextlib.suppress(AttributeError, OSError):  # no pidfd (before Linux 5.3)
+            watched.append(os.pidfd_open(parent))
+        if os.getppid() != parent:  # gone already (the pidfd may name a new process)
+            os.killpg(0, signal.SIGKILL)
+
     def watch_parent() -> None:
         try:
-            os.read(life_fd, 1)
+            poller = select.poll()  # not select(): fds above 1023 are common in a fork
+            for fd in watched:
+                poller.register(fd, select.POLLIN)
+            poller.poll()  # EOF on the lifeline, or the parent's exit
         finally:
             os.killpg(0, signal.SIGKILL)
 

@@ -1014,7 +1014,7 @@ FOREIGN_FORK_PARENT = textwrap.dedent(
     from dspex_actors import Port
     program = Port.open(["cat"], start_method="forkserver")
     served = Port.spawn(len, start_method="forkserver")
-    forked = Port.spawn(len, start_method=sys.argv[1] == "hooks" and "fork" or "forkserver")
+    forked = Port.spawn(len, start_method="fork")
     assert served.request("ab", timeout=60) == forked.request("ab", timeout=60) == 2
     if sys.argv[1] == "hooks":
         holder = os.fork()  # another library's fork: Python's at-fork hooks run
@@ -1036,8 +1036,8 @@ def test_fs_35_workers_die_with_a_sigkilled_parent_even_if_a_fork_of_it_lives_on
     fork: str,
 ) -> None:
     """A fork of the parent (another library's) must not hold our fds' ends: with Python's
-    at-fork hooks it lets go of them; without (a C-level fork), the server watches the
-    parent's pid. Either way every worker is gone within the issue's 1 s."""
+    at-fork hooks it lets go of them; without (a C-level fork), the server and each "fork"
+    worker watch the parent's pid. Either way every worker is gone within the issue's 1 s."""
     parent = subprocess.Popen(
         [sys.executable, "-c", FOREIGN_FORK_PARENT, fork],
         stdin=subprocess.PIPE,
