@@ -15,27 +15,28 @@ forking a small one is fast.
   reaped on the last `release`: it does not outlive its users (unlike `multiprocessing`'s).
   A killed pool (no `terminate_pool`) drops its reference when its state is collected, or at
   interpreter exit; its workers' ports, left running by the kill, keep theirs until they die.
-- **Start a worker.** The parent makes the worker's pipes (stdin, stdout, stderr, lifeline)
-  as a ``"fork"`` port does, sends the child ends over a Unix socket (``SCM_RIGHTS``) with an
-  fd of its working directory and the handler and its arguments, dill-pickled by value
-  (closures work), and closes its copies. The server forks; the worker closes every other fd,
-  takes the parent's current environment variables, working directory (through the fd: even a
-  deleted one), `sys.path`, umask and resource limits (sent with each request, not those of
-  when the server started), leads its own session, watches its lifeline and serves, exactly as
-  a ``"fork"`` worker. The handler is unpickled in the worker, never in the server, so user
-  code (imports that start threads, say) cannot make the server unsafe to fork; a handler
-  defined in an importable module is imported by each worker. A start after the parent changed
-  its user or groups is refused (`PermissionError`): the server has the old ones.
+- **Start a worker.** The parent makes the worker's pipes (stdin, stdout, stderr, lifeline) as a
+  ``"fork"`` port does, sends the child ends over a Unix socket (``SCM_RIGHTS``) with an fd of its
+  working directory and the handler and its arguments, dill-pickled by value (closures work), and
+  closes its copies. The server forks; the worker closes every other fd, takes the parent's
+  current environment variables, working directory (through the fd: even a deleted one),
+  `sys.path`, umask, resource limits and ignored signals (sent with each request, not those of
+  when the server started), leads its own session, watches its lifeline and serves, exactly as a
+  ``"fork"`` worker. The handler is unpickled in the worker, never in the server, so user code
+  (imports that start threads, say) cannot make the server unsafe to fork; a handler defined in an
+  importable module is imported by each worker. A start after the parent changed its user or
+  groups is refused (`PermissionError`): the server has the old ones.
 - **Programs.** `Port.open(argv, start_method="forkserver")` sends the program's argv and
-  environment (checked in the parent, as `subprocess.Popen` checks them) and `cwd` instead of
-  a handler: the server forks a child that resets the signals Python ignores, leads its own
-  session, asks for ``PR_SET_PDEATHSIG`` (towards the server), enters the parent's directory
-  and then `cwd`, takes the umask and limits, and execs the program. An exec (or ``chdir``)
-  failure comes back on a close-on-exec pipe, as `subprocess.Popen` does in the parent; here no
-  other thread can fork meanwhile and keep that pipe open, which can stall a `Popen` in a
-  threaded parent (CPython issue 103911). The server does not wait on that pipe: it watches it
-  with its other fds, answers when it closes, and kills a child that has neither exec'd nor
-  failed within half the start timeout (`CallTimeout`), so one stuck start stalls no other.
+  environment (checked in the parent, as `subprocess.Popen` checks them) and `cwd` instead of a
+  handler: the server forks a child that leads its own session, asks for ``PR_SET_PDEATHSIG``
+  (towards the server), enters the parent's directory and then `cwd`, takes the umask, limits and
+  ignored signals (not SIGPIPE and SIGXFSZ, which Python ignores: Popen's restore_signals), and
+  execs the program. An exec (or ``chdir``) failure comes back on a close-on-exec pipe, as
+  `subprocess.Popen` does in the parent; here no other thread can fork meanwhile and keep that
+  pipe open, which can stall a `Popen` in a threaded parent (CPython issue 103911). The server
+  does not wait on that pipe: it watches it with its other fds, answers when it closes, and kills
+  a child that has neither exec'd nor failed within half the start timeout (`CallTimeout`), so one
+  stuck start stalls no other.
 - **Exits.** The worker is the server's child: the server reaps it (SIGCHLD wakes its single
   thread through `signal.set_wakeup_fd`) and reports ``exited <pid> <status>`` (negative: killed
   by that signal, as `Port.exit_status`). A reader thread in the parent (``dspex-forkserver``)
@@ -176,9 +177,9 @@ class ForkServer:
             CallTimeout: no answer within `timeout` seconds (the server is stalled).
         """
         server = self._checked("start_worker")
-        # The server's own environment, sys.path, umask and limits are those of when it
-        # started: the worker takes this process's current ones, as a "spawn" child would
-        # (its working directory crosses as an open fd: see _Server.start_worker).
+        # The server's own environment, sys.path, umask, limits and ignored signals are those
+        # of when it started: the worker takes this process's current ones, as a "spawn"
+        # child would (its working directory crosses as an open fd: see start_worker).
         state = (dict(os.environ), list(sys.path), _process_state())
         payload = _SERVE + pickle.dumps((state, setup))
         return server.start_worker(payload, timeout)
@@ -224,7 +225,7 @@ class ForkServer:
             if exc.kind == _NO_SETUP:
                 raise OSError(
                     exc.errno,
-                    f"could not give the program this process's umask and resource limits: "
+                    f"could not give the program this process's umask, limits or signals: "
                     f"{os.strerror(exc.errno or 0)}",
                 ) from None
             # As Popen says it: the errno's own OSError subclass, naming what was missing.
@@ -401,7 +402,7 @@ class _Server:
                         # This process's working directory, as an fd: the child enters it
                         # even if it has been deleted or renamed since, as a "spawn" child
                         # (which inherits it) would.
-                        fds.append(os.open(".", _CWD_FLAGS))
+                        fds.append(_open_cwd())
                     except BaseException:
                         for fd in fds:
                             os.close(fd)
@@ -546,6 +547,19 @@ class _Server:
             self.popen.wait()
 
 
+def _open_cwd() -> int:
+    try:
+        return os.open(".", _CWD_FLAGS)
+    except OSError as exc:
+        # E.g. no search permission on it (a "spawn" child, which inherits it, would run).
+        raise OSError(
+            exc.errno,
+            f"cannot hand this process's working directory to the fork server's child "
+            f"({exc.strerror}); use start_method='spawn' or change directory",
+            ".",
+        ) from exc
+
+
 def _above_stdio(sock: socket.socket) -> socket.socket:
     """`sock`, moved above fd 2 if it got a free stdio number (a parent that closed them):
     the server's stdin and stdout are replaced at its start, and what this process writes
@@ -617,30 +631,46 @@ def _kill_group(pid: int) -> None:
 
 
 _LIMITS = sorted({getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")})
-_ProcessState = tuple[int | None, list[tuple[int, int, int]]]
+_ProcessState = tuple[int | None, int | None, list[tuple[int, int, int]]]
 
 
 def _process_state() -> _ProcessState:
-    """This process's umask (None where unreadable) and resource limits, which a child of
-    the server takes (the server's are those of when it started)."""
-    umask = None
+    """This process's umask and ignored signals (None where unreadable) and resource limits,
+    which a child of the server takes (the server's are those of when it started)."""
+    umask = ignored = None
     # Read, not set and restored: os.umask() would change it for every thread meanwhile.
     with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as status:
         for line in status:
             if line.startswith(b"Umask:"):
                 umask = int(line.split()[1], 8)
-                break
-    return umask, [(which, *resource.getrlimit(which)) for which in _LIMITS]
+            elif line.startswith(b"SigIgn:"):
+                ignored = int(line.split()[1], 16)
+    return umask, ignored, [(which, *resource.getrlimit(which)) for which in _LIMITS]
 
 
-def _take_process_state(state: _ProcessState) -> None:
-    """In a child of the server: take the umask and limits `_process_state` read."""
-    umask, limits = state
+def _take_process_state(state: _ProcessState, *, python: bool) -> None:
+    """In a child of the server: take the umask, limits and ignored signals `_process_state`
+    read. Every other signal gets its default action, as an exec gives: a program gets
+    SIGPIPE and SIGXFSZ back too (Popen's restore_signals), a `python` worker keeps them
+    ignored and SIGINT raising KeyboardInterrupt, as a fresh interpreter has them."""
+    umask, ignored, limits = state
     if umask is not None:
         os.umask(umask)
     for which, soft, hard in limits:
         if resource.getrlimit(which) != (soft, hard):
             resource.setrlimit(which, (soft, hard))
+    for sig in signal.valid_signals():
+        action: Any = signal.SIG_DFL
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        if sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            action = signal.SIG_IGN if python else signal.SIG_DFL
+        elif ignored is not None and ignored >> (sig - 1) & 1:
+            action = signal.SIG_IGN
+        elif python and sig == signal.SIGINT:
+            action = signal.default_int_handler
+        with contextlib.suppress(OSError, ValueError):  # signals the C library reserves
+            signal.signal(sig, action)
 
 
 def _credentials() -> tuple[int, int, int, int, list[int]]:
@@ -740,8 +770,7 @@ def _server_main(fd: int, parent: int) -> None:
     except OSError:
         pass  # the parent is gone mid-send
     finally:
-        state.workers.update(state.starting)
-        _stop_workers(state.workers, wake_r, state.send)
+        state.stop(wake_r)
 
 
 class _Starting:
@@ -822,19 +851,27 @@ class _State:
             kind = {b"cwd": _NO_CWD, b"setup": _NO_SETUP}.get(stage, _NO_EXEC)
             self.send(kind, start.request_id, int(number or b"0"))
             return
-        self.send(_STARTED, start.request_id, start.pid)
         if start.status is None:
-            self.workers.add(start.pid)
+            self.workers.add(start.pid)  # before any send: killed at our exit if that fails
+            self.send(_STARTED, start.request_id, start.pid)
         else:  # it has exited already: reported after its start, as any exit is
+            self.send(_STARTED, start.request_id, start.pid)
             self.send(_EXITED, start.pid, start.status)
 
     def expire(self) -> None:
         now = time.monotonic()
-        for start in [s for s in self.starting.values() if s.deadline <= now]:
+        # A reaped child's report pipe has reached EOF: its answer is known, not stalled.
+        late = [s for s in self.starting.values() if s.deadline <= now and s.status is None]
+        for start in late:
             self._forget(start)
-            if start.status is None:  # a reaped pid may be someone else's by now
-                _kill_group(start.pid)  # reaped with the others, unreported
+            _kill_group(start.pid)  # reaped with the others, unreported
             self.send(_STALLED, start.request_id, 0)
+
+    def stop(self, wake_r: int) -> None:
+        """The parent is gone: kill and reap every child, those not exec'd yet too (not
+        those reaped already: their pid may be someone else's by now)."""
+        self.workers.update(p for p, s in self.starting.items() if s.status is None)
+        _stop_workers(self.workers, wake_r, self.send)
 
     def _forget(self, start: _Starting) -> None:
         del self.starting[start.pid]
@@ -889,10 +926,7 @@ def _program_main(
     stage = b"exec"
     try:
         signal.set_wakeup_fd(-1)
-        # Default dispositions, as Popen's restore_signals (Python ignores SIGPIPE and
-        # SIGXFSZ, and an ignored signal stays ignored across exec).
-        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the rest: _take_process_state
         sel.close()
         sock.close()
         os.setsid()
@@ -908,7 +942,9 @@ def _program_main(
         if cwd is not None:
             os.chdir(cwd)
         stage = b"setup"
-        _take_process_state(state)
+        # Our signal handlers are reset by the exec; an ignored signal stays ignored across
+        # it: the caller's, not the server's.
+        _take_process_state(state, python=False)
         stage = b"exec"
         # The received fds are above 2 (see _raised); the copies are inheritable: they
         # survive exec.
@@ -947,7 +983,7 @@ def _worker_main(
         os.environ.clear()
         os.environ.update(environ)
         sys.path[:] = path
-        _take_process_state(state)
+        _take_process_state(state, python=True)
         import dill
 
         handler, args, codec_name, max_frame = dill.loads(setup)

@@ -1556,11 +1556,18 @@ def _drop_parent_fds() -> None:
     try:
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     except OSError:
-        return
+        null = -1  # closed instead: better than holding them
     for fd in _PARENT_FDS:
         with contextlib.suppress(OSError):
-            os.dup2(null, fd, inheritable=False)
-    os.close(null)
+            if null < 0:
+                os.close(fd)
+            else:
+                os.dup2(null, fd, inheritable=False)
+    if null >= 0:
+        os.close(null)
+    # This child's own ports start a new list: a number listed here could be reused for
+    # anything (a daemon closes what it inherited), and a fork of this child would null it.
+    _PARENT_FDS.clear()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork_in_child)
@@ -1641,13 +1648,8 @@ def _fork_child_main(
     parent: int,
 ) -> None:
     """The start of a ``"fork"`` child (runs in the child)."""
+    # The parent's port fds are /dev/null here already (_drop_parent_fds, at the fork).
     in_fd, out_fd, err_fd, life_fd = (c.fileno() for c in (stdin, stdout, stderr, lifeline))
-    for fd in _PARENT_FDS - {in_fd, out_fd, err_fd, life_fd}:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    # Their numbers are free now: a port this worker opens must not find them listed (its
-    # own forks would let go of whatever took them).
-    _PARENT_FDS.clear()
     _forked_child_setup(err_fd, life_fd, parent)
     _serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], FrameDecoder(max_frame))
 

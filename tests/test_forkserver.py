@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -1092,3 +1092,162 @@ def test_fs_36_a_parent_with_stdin_stdout_and_stderr_closed_starts_every_kind_of
         [sys.executable, "-c", CLOSED_STDIO], capture_output=True, text=True, timeout=120
     )
     assert (done.returncode, done.stdout) == (0, "[3, 3, 3, 'abc']"), done.stderr
+
+
+def hup_ignored(request: Any) -> bool:
+    return signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+
+def test_fs_37_children_ignore_the_signals_we_ignore_now_as_spawn_children_do(
+    ports: list[Port],
+) -> None:
+    """An ignored signal stays ignored across exec: ours, not the server's of its start."""
+    shell = "grep SigIgn /proc/$$/status 1>&2; exec cat >/dev/null"
+    FORK_SERVER.acquire()  # started while SIGHUP has its default action
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        for method in ("spawn", FS):
+            port = Port.open(["sh", "-c", shell], start_method=method)
+            ports.append(port)
+            wait_for(lambda p=port: bool(p.stderr_tail()), timeout=30)  # type: ignore[misc]
+            assert port.stderr_tail() == ["SigIgn:\t0000000000000001"], method
+            worker = Port.spawn(hup_ignored, start_method=method)
+            ports.append(worker)
+            assert worker.request(None, timeout=30) is True, method
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        FORK_SERVER.release()
+    worker = Port.spawn(hup_ignored, start_method=FS)  # and no longer, once we stop
+    ports.append(worker)
+    assert worker.request(None, timeout=30) is False
+
+
+FORKED_CHILD_FDS = textwrap.dedent(
+    """
+    import os
+    from dspex_actors import Port, _port
+    port = Port.spawn(len, start_method="forkserver")
+    assert port.request("ab", timeout=60) == 2
+    listed = sorted(_port._PARENT_FDS)
+    null = os.stat(os.devnull).st_rdev
+    r, w = os.pipe()
+    pid = os.fork()  # another library's fork
+    if pid == 0:
+        nulled = all(os.fstat(fd).st_rdev == null for fd in listed)
+        os.write(w, repr([nulled, sorted(_port._PARENT_FDS)]).encode())
+        os._exit(0)
+    os.close(w)
+    print(bool(listed), os.read(r, 1000).decode())
+    os.waitpid(pid, 0)
+    port.close(10)
+    """
+)
+
+
+def test_fs_38_a_forked_child_nulls_the_parents_port_fds_and_lists_none_of_them() -> None:
+    """Listed still, a number the child reuses would be nulled by the child's next fork."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_CHILD_FDS], capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stdout) == (0, "True [True, []]\n"), done.stderr
+
+
+SERVER_STATE = textwrap.dedent(
+    """
+    import os, pickle, selectors, signal, socket
+    import dspex_actors._forkserver as fs
+
+    signal.signal(signal.SIGCHLD, lambda *a: None)
+
+    def state():
+        mine, theirs = socket.socketpair()
+        return fs._State(mine, selectors.DefaultSelector()), theirs
+
+    def start(st, request_id, argv, limit):
+        pipes = [os.pipe() for _ in range(4)]
+        fds = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][0], fs._open_cwd()]
+        setup = pickle.dumps(([a.encode() for a in argv], dict(os.environb), None,
+                              fs._process_state(), limit))
+        st.fork(request_id, fds, fs._EXEC + setup)
+        (pid,) = [p for p, s in st.starting.items() if s.request_id == request_id]
+        return pid, pipes
+
+    def replies(sock):
+        sock.setblocking(False)
+        data = b""
+        try:
+            while chunk := sock.recv(4096):
+                data += chunk
+        except BlockingIOError:
+            pass
+        return [fs._REPLY.unpack_from(data, i) for i in range(0, len(data), fs._REPLY.size)]
+
+    # 1. Exec'd and exited, reaped in the batch that finds its deadline passed (limit 0),
+    # its report's EOF read in the next: started and exited, not stalled.
+    st, theirs = state()
+    pid, _ = start(st, 1, ["true"], 0.0)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    st.reap()
+    st.expire()
+    st.read_report(st.starting[pid])
+    print(replies(theirs) == [(fs._STARTED, 1, pid), (fs._EXITED, pid, 0)])
+
+    # 2. The parent goes away: a start reaped already is neither signalled nor waited for.
+    st, theirs = state()
+    pid, _ = start(st, 2, ["true"], 30.0)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    st.reap()
+    given = []
+    fs._stop_workers = lambda workers, wake_r, send: given.append(set(workers))
+    st.stop(-1)
+    print(given == [set()])
+
+    # 3. The parent is gone as a start succeeds: the program is a worker before the reply
+    # fails, so the server's exit kills it.
+    st, theirs = state()
+    pid, pipes = start(st, 3, ["cat"], 30.0)
+    with selectors.DefaultSelector() as sel:
+        sel.register(st.starting[pid].report_fd, selectors.EVENT_READ)
+        sel.select(30)  # its exec closed the report pipe
+    theirs.close()
+    try:
+        st.read_report(st.starting[pid])
+    except OSError:
+        pass
+    print(pid in st.workers)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    """
+)
+
+
+def test_fs_39_server_state_start_exit_and_parent_loss_orders() -> None:
+    """The server's `_State`, driven by hand: an exit reaped before the exec report is read
+    is still a start then an exit; a reaped start is left alone at the parent's loss; a
+    program whose start cannot be reported is still killed with the others."""
+    done = subprocess.run(
+        [sys.executable, "-c", SERVER_STATE], capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stdout) == (0, "True\nTrue\nTrue\n"), done.stderr
+
+
+def test_fs_40_a_working_directory_we_cannot_hand_over_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_open = os.open
+
+    def no_search(path: Any, flags: int, *args: Any) -> int:
+        if path == ".":
+            raise PermissionError(13, "Permission denied", ".")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_search)
+    starts: list[Callable[[], Port]] = [
+        lambda: Port.spawn(echo, start_method=FS),
+        lambda: Port.open(["cat"], start_method=FS),
+    ]
+    for start in starts:
+        with pytest.raises(PermissionError, match=r"working directory.*start_method='spawn'"):
+            start()
+    monkeypatch.undo()
+    assert FORK_SERVER.users == 0
