@@ -631,12 +631,13 @@ def _kill_group(pid: int) -> None:
 
 
 _LIMITS = sorted({getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")})
-_ProcessState = tuple[int | None, int | None, list[tuple[int, int, int]]]
+_ProcessState = tuple[int | None, int, list[tuple[int, int, int]]]
 
 
 def _process_state() -> _ProcessState:
-    """This process's umask and ignored signals (None where unreadable) and resource limits,
-    which a child of the server takes (the server's are those of when it started)."""
+    """This process's umask (None where unreadable), ignored signals (a mask: bit n-1 for
+    signal n) and resource limits, which a child of the server takes (the server's are those
+    of when it started)."""
     umask = ignored = None
     # Read, not set and restored: os.umask() would change it for every thread meanwhile.
     with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as status:
@@ -645,14 +646,22 @@ def _process_state() -> _ProcessState:
                 umask = int(line.split()[1], 8)
             elif line.startswith(b"SigIgn:"):
                 ignored = int(line.split()[1], 16)
+    if ignored is None:  # no /proc: what Python knows (misses what C code ignored)
+        ignored = sum(
+            1 << (sig - 1)
+            for sig in signal.valid_signals()
+            if signal.getsignal(sig) == signal.SIG_IGN
+        )
     return umask, ignored, [(which, *resource.getrlimit(which)) for which in _LIMITS]
 
 
 def _take_process_state(state: _ProcessState, *, python: bool) -> None:
     """In a child of the server: take the umask, limits and ignored signals `_process_state`
-    read. Every other signal gets its default action, as an exec gives: a program gets
-    SIGPIPE and SIGXFSZ back too (Popen's restore_signals), a `python` worker keeps them
-    ignored and SIGINT raising KeyboardInterrupt, as a fresh interpreter has them."""
+    read. Only whether a signal is ignored changes (handlers installed here, as
+    faulthandler's, stay): a signal the caller ignores is ignored, one ignored here but not
+    by the caller gets its default action. A program gets SIGPIPE and SIGXFSZ back (Popen's
+    restore_signals); a `python` worker keeps them ignored and SIGINT raising
+    KeyboardInterrupt, as a fresh interpreter has them."""
     umask, ignored, limits = state
     if umask is not None:
         os.umask(umask)
@@ -660,17 +669,16 @@ def _take_process_state(state: _ProcessState, *, python: bool) -> None:
         if resource.getrlimit(which) != (soft, hard):
             resource.setrlimit(which, (soft, hard))
     for sig in signal.valid_signals():
-        action: Any = signal.SIG_DFL
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        if sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            action = signal.SIG_IGN if python else signal.SIG_DFL
-        elif ignored is not None and ignored >> (sig - 1) & 1:
-            action = signal.SIG_IGN
-        elif python and sig == signal.SIGINT:
-            action = signal.default_int_handler
+        by_python = sig in (signal.SIGPIPE, signal.SIGXFSZ)
+        ignore = python if by_python else bool(ignored >> (sig - 1) & 1)
         with contextlib.suppress(OSError, ValueError):  # signals the C library reserves
-            signal.signal(sig, action)
+            if ignore:
+                signal.signal(sig, signal.SIG_IGN)
+            elif signal.getsignal(sig) == signal.SIG_IGN:
+                default = signal.default_int_handler if python and sig == signal.SIGINT else None
+                signal.signal(sig, default or signal.SIG_DFL)
 
 
 def _credentials() -> tuple[int, int, int, int, list[int]]:

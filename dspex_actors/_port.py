@@ -1357,8 +1357,9 @@ class _ProcessChild:
         return False
 
 
-# Parent-side fds of every port: a child started with "fork" inherits them and must close
-# them, or its own (and its siblings') lifeline and stdin would never reach EOF.
+# Parent-side fds of every port: a forked child inherits them and must let go of them
+# (_drop_parent_fds, at every fork), or its own (and its siblings') lifeline and stdin would
+# never reach EOF.
 _PARENT_FDS: set[int] = set()
 
 
@@ -1367,7 +1368,7 @@ class _ForkGuard:
 
     A fork copies every fd (O_CLOEXEC does not help without an exec), and a child that kept a
     write end of another port's pipe would hide that port's EOF. So an fd is made and either
-    listed in `_PARENT_FDS` (which such a child closes) or closed again while `creating()` is
+    listed in `_PARENT_FDS` (which such a child lets go of) or closed again while `creating()` is
     held, and `Port._fork` forks holding `forking()`, which excludes every creator and other
     forks. Creators do not exclude each other: a creator stuck in `subprocess.Popen` (whose
     error pipe another library's fork may have copied: CPython issue 103911) then holds up
@@ -1448,7 +1449,7 @@ class _Spawner:
         def start() -> tuple[subprocess.Popen[bytes], tuple[int, int, int]]:
             # Popen's pipes must not leak into a `fork` port's child forked meanwhile (a fork
             # copies every fd, O_CLOEXEC or not): they exist only while the guard is held, and
-            # the raw fds kept instead are in _PARENT_FDS (which such a child closes) before
+            # the raw fds kept instead are in _PARENT_FDS (which such a child drops) before
             # it is released. Else that child would hold this program's stdin open, and
             # closing it would never reach EOF.
             with _FORK_GUARD.creating():
@@ -1546,10 +1547,10 @@ def _drop_parent_fds() -> None:
     They are not this child's to use, and while it held them (it may outlive the parent)
     those ports' workers would miss the parent's death: EOF on their lifeline, or on the fork
     server's socket. ``/dev/null`` takes their numbers (close-on-exec), so that no object
-    copied from the parent closes, under the same number, an fd this child opens later. A
-    ``"fork"`` port's child then closes them. Only forks that run Python's at-fork hooks
-    (`os.fork`, `multiprocessing`, a `subprocess` with a ``preexec_fn``) come here; the fork
-    server watches the parent's pid as well, for the others.
+    copied from the parent closes, under the same number, an fd this child opens later (a
+    ``"fork"`` port's child relies on this too). Only forks that run Python's at-fork hooks
+    (`os.fork`, `multiprocessing`, a `subprocess` with a ``preexec_fn``) come here; for the
+    others, the fork server and ``"fork"`` workers watch the parent's pid as well.
     """
     if not _PARENT_FDS:
         return

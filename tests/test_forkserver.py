@@ -702,6 +702,14 @@ PROGRAM = textwrap.dedent(
 )
 
 
+PYTHON_IGNORES = (1 << (signal.SIGPIPE - 1)) | (1 << (signal.SIGXFSZ - 1))
+
+
+def ignored_mask() -> int:
+    with open("/proc/self/status") as status:
+        return int(status.read().split("SigIgn:")[1].split()[0], 16)
+
+
 def open_program(ports: list[Port], **options: Any) -> Port:
     port = Port.open([sys.executable, "-S", "-c", PROGRAM], start_method=FS, **options)
     ports.append(port)
@@ -736,13 +744,16 @@ def test_fs_25_a_program_starts_with_default_signal_dispositions_as_popen_gives(
     ports: list[Port],
 ) -> None:
     """The server is Python, which ignores SIGPIPE and SIGXFSZ; an ignored signal stays
-    ignored across exec, so the program's child resets them (Popen's restore_signals)."""
+    ignored across exec, so the program's child resets them (Popen's restore_signals).
+    Whatever else this test process ignores (nohup, a background job) stays ignored."""
     shell = "grep SigIgn /proc/$$/status 1>&2; exec cat >/dev/null"
+    assert ignored_mask() & PYTHON_IGNORES == PYTHON_IGNORES
+    expected = f"SigIgn:\t{ignored_mask() & ~PYTHON_IGNORES:016x}"
     for method in ("spawn", FS):
         port = Port.open(["sh", "-c", shell], start_method=method)
         ports.append(port)
         wait_for(lambda p=port: bool(p.stderr_tail()), timeout=30)  # type: ignore[misc]
-        assert port.stderr_tail() == ["SigIgn:\t0000000000000000"], method
+        assert port.stderr_tail() == [expected], method
 
 
 def test_fs_26_a_missing_program_or_cwd_is_the_error_popen_raises_and_leaves_nothing() -> None:
@@ -1101,25 +1112,74 @@ def hup_ignored(request: Any) -> bool:
 def test_fs_37_children_ignore_the_signals_we_ignore_now_as_spawn_children_do(
     ports: list[Port],
 ) -> None:
-    """An ignored signal stays ignored across exec: ours, not the server's of its start."""
+    """An ignored signal stays ignored across exec: ours at the start, not the server's of
+    its own start, either way round (whatever this test process ignores already: nohup, a
+    background job)."""
     shell = "grep SigIgn /proc/$$/status 1>&2; exec cat >/dev/null"
-    FORK_SERVER.acquire()  # started while SIGHUP has its default action
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    previous = signal.getsignal(signal.SIGHUP)
     try:
-        for method in ("spawn", FS):
-            port = Port.open(["sh", "-c", shell], start_method=method)
-            ports.append(port)
-            wait_for(lambda p=port: bool(p.stderr_tail()), timeout=30)  # type: ignore[misc]
-            assert port.stderr_tail() == ["SigIgn:\t0000000000000001"], method
-            worker = Port.spawn(hup_ignored, start_method=method)
-            ports.append(worker)
-            assert worker.request(None, timeout=30) is True, method
+        for server_ignores in (False, True):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN if server_ignores else signal.SIG_DFL)
+            assert running_server() is None
+            FORK_SERVER.acquire()  # the server starts with SIGHUP as set above
+            try:
+                signal.signal(signal.SIGHUP, signal.SIG_DFL if server_ignores else signal.SIG_IGN)
+                expected = f"SigIgn:\t{ignored_mask() & ~PYTHON_IGNORES:016x}"
+                for method in ("spawn", FS):
+                    port = Port.open(["sh", "-c", shell], start_method=method)
+                    ports.append(port)
+                    wait_for(lambda p=port: bool(p.stderr_tail()), timeout=30)  # type: ignore[misc]
+                    assert port.stderr_tail() == [expected], (method, server_ignores)
+                    worker = Port.spawn(hup_ignored, start_method=method)
+                    ports.append(worker)
+                    assert worker.request(None, timeout=30) is not server_ignores, method
+            finally:
+                for port in ports:
+                    port.kill()
+                    port.close(timeout=10)
+                ports.clear()
+                FORK_SERVER.release()
     finally:
         signal.signal(signal.SIGHUP, previous)
-        FORK_SERVER.release()
-    worker = Port.spawn(hup_ignored, start_method=FS)  # and no longer, once we stop
-    ports.append(worker)
-    assert worker.request(None, timeout=30) is False
+
+
+FAULTHANDLER = textwrap.dedent(
+    """
+    import ctypes, signal
+    from dspex_actors import Port
+
+    def crash(request):
+        ctypes.string_at(0)  # SIGSEGV: faulthandler (PYTHONFAULTHANDLER) prints a traceback
+
+    for method in ("spawn", "forkserver"):
+        port = Port.spawn(crash, start_method=method)
+        try:
+            port.request(None, timeout=60)
+        except Exception:
+            pass
+        status = port.wait_exit(60)
+        print(method, status, any("Fatal Python error" in line for line in port.stderr_tail()))
+        port.close(10)
+    """
+)
+
+
+def test_fs_41_forkserver_workers_keep_the_handlers_the_server_installed_like_faulthandler() -> (
+    None
+):
+    """Only whether a signal is ignored is changed in a worker: faulthandler's SIGSEGV handler
+    (installed when the server started) still reports a crash, as in a "spawn" worker."""
+    done = subprocess.run(
+        [sys.executable, "-c", FAULTHANDLER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+    )
+    assert (done.returncode, done.stdout) == (
+        0,
+        f"spawn {-signal.SIGSEGV} True\nforkserver {-signal.SIGSEGV} True\n",
+    ), done.stderr
 
 
 FORKED_CHILD_FDS = textwrap.dedent(
