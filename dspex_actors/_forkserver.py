@@ -631,6 +631,7 @@ def _kill_group(pid: int) -> None:
 
 
 _LIMITS = sorted({getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")})
+_SIGNALS = sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 _ProcessState = tuple[int | None, int, list[tuple[int, int, int]]]
 
 
@@ -668,17 +669,18 @@ def _take_process_state(state: _ProcessState, *, python: bool) -> None:
     for which, soft, hard in limits:
         if resource.getrlimit(which) != (soft, hard):
             resource.setrlimit(which, (soft, hard))
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
+    for sig in _SIGNALS:
         by_python = sig in (signal.SIGPIPE, signal.SIGXFSZ)
         ignore = python if by_python else bool(ignored >> (sig - 1) & 1)
-        with contextlib.suppress(OSError, ValueError):  # signals the C library reserves
-            if ignore:
-                signal.signal(sig, signal.SIG_IGN)
-            elif signal.getsignal(sig) == signal.SIG_IGN:
-                default = signal.default_int_handler if python and sig == signal.SIGINT else None
-                signal.signal(sig, default or signal.SIG_DFL)
+        ignored_here = signal.getsignal(sig) == signal.SIG_IGN
+        if ignore == ignored_here:
+            continue  # the usual case: nothing to do (a start costs no syscall per signal)
+        action: Any = signal.SIG_IGN
+        if not ignore:
+            default = python and sig == signal.SIGINT
+            action = signal.default_int_handler if default else signal.SIG_DFL
+        with contextlib.suppress(OSError, ValueError):  # a signal the C library reserves
+            signal.signal(sig, action)
 
 
 def _credentials() -> tuple[int, int, int, int, list[int]]:
