@@ -722,7 +722,10 @@ os.register_at_fork(after_in_child=_reset_after_fork_in_child)
 def _server_main(fd: int, parent: int) -> None:
     """The fork server (runs in its own process, single-threaded): fork workers on request,
     report their exits, and kill them all once the parent is gone."""
-    import dill  # noqa: F401  (loaded once here, so every worker has it already)
+    import dill
+
+    # Loaded and used once here, so every worker has it ready (its lazy set-up done).
+    dill.loads(dill.dumps((_on_sigchld, (), "json", 1), recurse=True))
 
     if sys.platform.startswith("linux"):
         _port._libc()  # loaded once here too: every started program calls prctl
@@ -988,17 +991,26 @@ def _worker_main(
         with contextlib.suppress(OSError):
             os.fchdir(cwd_fd)  # the requester's working directory, even if deleted since
         os.close(cwd_fd)  # before any fd is moved below: it may have any number
-        _port._forked_child_setup(err_fd, life_fd)
+        # The lifeline is watched once the first request is answered: until then the server
+        # (which watches the parent) is enough, and the pool's ping is answered sooner.
+        watch_lifeline = _port._forked_child_setup(err_fd, life_fd)
         (environ, path, state), setup = pickle.loads(setup)
-        os.environ.clear()
-        os.environ.update(environ)
+        # Only what differs (a fork has the server's): setting each variable costs a
+        # start about half a millisecond.
+        for name in [name for name in os.environ if name not in environ]:
+            del os.environ[name]
+        for name, value in environ.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
         sys.path[:] = path
         _take_process_state(state, python=True)
         import dill
 
         handler, args, codec_name, max_frame = dill.loads(setup)
         decoder = FrameDecoder(max_frame)
-        _port._serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], decoder)
+        _port._serve(
+            in_fd, out_fd, handler, args, codec_name, max_frame, [], decoder, watch_lifeline
+        )
         code = 0
     except SystemExit as exc:
         # As the interpreter does: None is 0, an int is the status, anything else is printed

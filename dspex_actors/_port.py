@@ -1651,19 +1651,20 @@ def _fork_child_main(
     """The start of a ``"fork"`` child (runs in the child)."""
     # The parent's port fds are /dev/null here already (_drop_parent_fds, at the fork).
     in_fd, out_fd, err_fd, life_fd = (c.fileno() for c in (stdin, stdout, stderr, lifeline))
-    _forked_child_setup(err_fd, life_fd, parent)
+    _forked_child_setup(err_fd, life_fd, parent)()
     _serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], FrameDecoder(max_frame))
 
 
-def _forked_child_setup(err_fd: int, life_fd: int, parent: int | None = None) -> None:
+def _forked_child_setup(err_fd: int, life_fd: int, parent: int | None = None) -> Callable[[], None]:
     """What a forked worker does before serving (``"fork"`` and ``"forkserver"`` children).
 
     It leads its own session (so the port signals its whole process group), sends what it
-    prints to the port's stderr pipe, and watches its lifeline: EOF there means the parent is
-    gone, and the worker SIGKILLs its own process group. A ``"fork"`` worker also watches its
-    `parent` (a pidfd, where there is one): a process forked from the parent without Python's
-    at-fork hooks (a C-level fork) may hold the lifeline's other end past the parent's death.
-    A ``"forkserver"`` worker leaves that to the server, which watches the parent.
+    prints to the port's stderr pipe, and returns what starts watching its lifeline: EOF
+    there means the parent is gone, and the worker SIGKILLs its own process group. A
+    ``"fork"`` worker also watches its `parent` (a pidfd, where there is one): a process
+    forked from the parent without Python's at-fork hooks (a C-level fork) may hold the
+    lifeline's other end past the parent's death. A ``"forkserver"`` worker leaves that to
+    the server, which watches the parent.
     """
     with contextlib.suppress(OSError):
         os.setsid()
@@ -1690,7 +1691,10 @@ def _forked_child_setup(err_fd: int, life_fd: int, parent: int | None = None) ->
         finally:
             os.killpg(0, signal.SIGKILL)
 
-    threading.Thread(target=watch_parent, name="port-lifeline", daemon=True).start()
+    def start_watching() -> None:
+        threading.Thread(target=watch_parent, name="port-lifeline", daemon=True).start()
+
+    return start_watching
 
 
 def _serve(
@@ -1702,8 +1706,13 @@ def _serve(
     max_frame: int,
     pending: list[bytes],
     decoder: FrameDecoder,
+    after_first_reply: Callable[[], None] | None = None,
 ) -> None:
-    """The frame loop of a `Port.spawn` child: ``[id, request]`` in, ``[id, ok, value]`` out."""
+    """The frame loop of a `Port.spawn` child: ``[id, request]`` in, ``[id, ok, value]`` out.
+
+    `after_first_reply` runs once the first frames have been answered (what a worker need not
+    do before its first answer: a new worker is waited for until it answers a ping).
+    """
     codec: Codec = PICKLE_CODEC if codec_name == "pickle" else JSON_CODEC
     decoder.max_frame = max_frame
 
@@ -1734,6 +1743,9 @@ def _serve(
                 write([request_id, False, [type(exc).__name__, str(exc)]])
             else:
                 write([request_id, True, result])
+        if pending and after_first_reply is not None:
+            after_first_reply()
+            after_first_reply = None
         chunk = os.read(in_fd, 65536)
         if not chunk:
             decoder.eof()

@@ -1311,3 +1311,60 @@ def test_fs_40_a_working_directory_we_cannot_hand_over_is_a_clear_error(
             start()
     monkeypatch.undo()
     assert FORK_SERVER.users == 0
+
+
+STOPPED_SERVER_PARENT = textwrap.dedent(
+    """
+    import sys, threading
+    from dspex_actors import CallTimeout, Port
+    from dspex_actors._forkserver import FORK_SERVER
+
+    def handler(request):
+        if request == "block":  # busy: not reading stdin, whose EOF would end it too
+            threading.Event().wait()
+        return len(request)
+
+    port = Port.spawn(handler, start_method="forkserver")
+    assert port.request("ab", timeout=60) == 2  # answered: its lifeline is watched now
+    try:
+        port.request("block", timeout=0.2)
+    except CallTimeout:
+        pass
+    print(FORK_SERVER.pid, port.os_pid, flush=True)
+    sys.stdin.read()  # until SIGKILLed
+    """
+)
+
+
+def test_fs_42_a_worker_that_answered_dies_with_the_parent_even_while_the_server_is_stopped() -> (
+    None
+):
+    """A forkserver worker watches its own lifeline (from its first answer on): with its server
+    stopped (SIGSTOP), the parent's death still takes it down within 1 s."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_SERVER_PARENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    server = worker = 0
+    try:
+        assert parent.stdout is not None
+        server, worker = (int(p) for p in parent.stdout.readline().split())
+        os.kill(server, signal.SIGSTOP)
+        parent.kill()
+        parent.wait(10)
+        assert wait_for(lambda: gone(worker), timeout=1.0)
+    finally:
+        parent.kill()
+        parent.wait(10)
+        for stream in (parent.stdin, parent.stdout):
+            if stream is not None:
+                stream.close()
+        for pid in (worker, server):  # the worker is left only if the test failed
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too
+        if server:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(server).wait(10)
