@@ -319,16 +319,30 @@ ORPHAN_PARENT = textwrap.dedent(
 )
 
 
-def test_fs_09_a_sigkilled_parents_server_and_workers_are_gone_within_bounded_time() -> None:
+@contextlib.contextmanager
+def parent_process(script: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """Run `script`, a parent that prints pids on its first line and then waits to be
+    SIGKILLed; yield it and those pids. Afterwards it is killed and its pipes are closed
+    (a child of it that reads its stdin sees EOF)."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", ORPHAN_PARENT],
+        [sys.executable, "-c", script, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert parent.stdout is not None
-        pids = [int(p) for p in parent.stdout.readline().split()]
+        yield parent, [int(p) for p in parent.stdout.readline().split()]
+    finally:
+        parent.kill()
+        parent.wait(10)
+        for stream in (parent.stdin, parent.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def test_fs_09_a_sigkilled_parents_server_and_workers_are_gone_within_bounded_time() -> None:
+    with parent_process(ORPHAN_PARENT) as (parent, pids):
         assert len(pids) == 3  # the server and its two workers
         servers = [p for p in pids if psutil.Process(p).ppid() == parent.pid]
         assert len(servers) == 1
@@ -339,12 +353,6 @@ def test_fs_09_a_sigkilled_parents_server_and_workers_are_gone_within_bounded_ti
         # EOF on its socket, SIGKILLs and reaps what is left, and exits.
         assert wait_for(lambda: all(gone(p) for p in workers), timeout=1.0)
         assert wait_for(lambda: gone(servers[0]), timeout=5.0)
-    finally:
-        parent.kill()
-        parent.wait(10)
-        for stream in (parent.stdin, parent.stdout):
-            if stream is not None:
-                stream.close()
 
 
 # --- pools ------------------------------------------------------------------------------------
@@ -1049,28 +1057,17 @@ def test_fs_35_workers_die_with_a_sigkilled_parent_even_if_a_fork_of_it_lives_on
     """A fork of the parent (another library's) must not hold our fds' ends: with Python's
     at-fork hooks it lets go of them; without (a C-level fork), the server and each "fork"
     worker watch the parent's pid. Either way every worker is gone within the issue's 1 s."""
-    parent = subprocess.Popen(
-        [sys.executable, "-c", FOREIGN_FORK_PARENT, fork],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     holder = 0
     try:
-        assert parent.stdout is not None
-        holder, *workers = [int(p) for p in parent.stdout.readline().split()]
-        assert len(workers) == 3
-        parent.kill()
-        parent.wait(10)
-        assert wait_for(lambda: all(gone(p) for p in workers), timeout=1.0)
-        assert not gone(holder)  # it outlived the parent: the case under test
+        with parent_process(FOREIGN_FORK_PARENT, fork) as (parent, pids):
+            holder, *workers = pids
+            assert len(workers) == 3
+            parent.kill()
+            parent.wait(10)
+            assert wait_for(lambda: all(gone(p) for p in workers), timeout=1.0)
+            assert not gone(holder)  # it outlived the parent: the case under test
     finally:
-        parent.kill()
-        parent.wait(10)
-        for stream in (parent.stdin, parent.stdout):
-            if stream is not None:
-                stream.close()  # the holder reads EOF and exits
-        if holder:
+        if holder:  # it has read EOF on the parent's stdin: it exits
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(holder).wait(10)
 
@@ -1341,26 +1338,14 @@ def test_fs_42_a_worker_that_answered_dies_with_the_parent_even_while_the_server
 ):
     """A forkserver worker watches its own lifeline (from its first answer on): with its server
     stopped (SIGSTOP), the parent's death still takes it down within 1 s."""
-    parent = subprocess.Popen(
-        [sys.executable, "-c", STOPPED_SERVER_PARENT],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     server = worker = 0
     try:
-        assert parent.stdout is not None
-        server, worker = (int(p) for p in parent.stdout.readline().split())
-        os.kill(server, signal.SIGSTOP)
-        parent.kill()
-        parent.wait(10)
-        assert wait_for(lambda: gone(worker), timeout=1.0)
+        with parent_process(STOPPED_SERVER_PARENT) as (parent, (server, worker)):
+            os.kill(server, signal.SIGSTOP)
+            parent.kill()
+            parent.wait(10)
+            assert wait_for(lambda: gone(worker), timeout=1.0)
     finally:
-        parent.kill()
-        parent.wait(10)
-        for stream in (parent.stdin, parent.stdout):
-            if stream is not None:
-                stream.close()
         for pid in (worker, server):  # the worker is left only if the test failed
             if pid:
                 with contextlib.suppress(ProcessLookupError):
