@@ -21,11 +21,13 @@ forking a small one is fast.
   closes its copies. The server forks; the worker closes every other fd, takes the parent's
   current environment variables, working directory (through the fd: even a deleted one),
   `sys.path`, umask, resource limits and ignored signals (sent with each request, not those of
-  when the server started), leads its own session, watches its lifeline and serves, exactly as a
-  ``"fork"`` worker. The handler is unpickled in the worker, never in the server, so user code
-  (imports that start threads, say) cannot make the server unsafe to fork; a handler defined in an
-  importable module is imported by each worker. A start after the parent changed its user or
-  groups is refused (`PermissionError`): the server has the old ones.
+  when the server started), leads its own session, asks for ``PR_SET_PDEATHSIG`` (towards the
+  server) and serves as a ``"fork"`` worker does, watching its lifeline from its first request on
+  (before the first handler call, or once the first pings are answered). The handler is unpickled
+  in the worker, never in the server, so user code (imports that start threads, say) cannot make
+  the server unsafe to fork; a handler defined in an importable module is imported by each worker.
+  A start after the parent changed its user or groups is refused (`PermissionError`): the server
+  has the old ones.
 - **Programs.** `Port.open(argv, start_method="forkserver")` sends the program's argv and
   environment (checked in the parent, as `subprocess.Popen` checks them) and `cwd` instead of a
   handler: the server forks a child that leads its own session, asks for ``PR_SET_PDEATHSIG``
@@ -45,8 +47,9 @@ forking a small one is fast.
   killed, all their workers die with it (below). ``"spawn"`` workers share nothing.
 - **Deaths.** The parent dies: the server sees EOF on its socket, or its pidfd of the parent
   becomes readable (a process the parent forked may hold the socket), SIGKILLs the process group
-  of every worker it started, reaps them and exits (each worker also has its own lifeline to
-  the parent). The server dies: the parent's reader sees EOF, SIGKILLs every worker it started and
+  of every worker it started, reaps them and exits (each worker that has served also watches
+  its own lifeline to the parent). The server dies: its workers get ``PR_SET_PDEATHSIG``, and
+  the parent's reader sees EOF, SIGKILLs every worker it started (their process groups) and
   reports each exited with status ``-9`` (the real status is lost: init reaps them now); the
   next `acquire` or worker start runs a new server.
 
@@ -725,7 +728,8 @@ def _server_main(fd: int, parent: int) -> None:
     import dill
 
     # Loaded and used once here, so every worker has it ready (its lazy set-up done).
-    dill.loads(dill.dumps((_on_sigchld, (), "json", 1), recurse=True))
+    with contextlib.suppress(Exception):  # only an optimisation
+        dill.loads(dill.dumps((_on_sigchld, (), "json", 1), recurse=True))
 
     if sys.platform.startswith("linux"):
         _port._libc()  # loaded once here too: every started program calls prctl
@@ -836,7 +840,7 @@ class _State:
         if pid == 0:
             if program:
                 _program_main(fds, setup[1:], self.sock, self.sel, made[1], server)
-            _worker_main(fds, setup[1:], self.sock, self.sel)
+            _worker_main(fds, setup[1:], self.sock, self.sel, server)
         for fd in fds + made[1:]:
             os.close(fd)
         if not program:
@@ -976,7 +980,7 @@ def _program_main(
 
 
 def _worker_main(
-    fds: list[int], setup: bytes, sock: socket.socket, sel: selectors.BaseSelector
+    fds: list[int], setup: bytes, sock: socket.socket, sel: selectors.BaseSelector, server: int
 ) -> NoReturn:
     """A worker, just forked from the server: become a ``"fork"`` port's child and serve."""
     in_fd, out_fd, err_fd, life_fd, cwd_fd = fds
@@ -991,8 +995,14 @@ def _worker_main(
         with contextlib.suppress(OSError):
             os.fchdir(cwd_fd)  # the requester's working directory, even if deleted since
         os.close(cwd_fd)  # before any fd is moved below: it may have any number
-        # The lifeline is watched once the first request is answered: until then the server
-        # (which watches the parent) is enough, and the pool's ping is answered sooner.
+        if sys.platform.startswith("linux"):
+            # Killed with the server (which kills us if the parent dies): what covers the
+            # boot, before the lifeline is watched, if both die at once.
+            _port._libc().prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+            if os.getppid() != server:
+                os._exit(1)
+        # The lifeline is watched from the first request on (see _serve): until then the
+        # server and PR_SET_PDEATHSIG do, and the pool's first ping is answered sooner.
         watch_lifeline = _port._forked_child_setup(err_fd, life_fd)
         (environ, path, state), setup = pickle.loads(setup)
         # Only what differs (a fork has the server's): setting each variable costs a

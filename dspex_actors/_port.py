@@ -1692,7 +1692,13 @@ def _forked_child_setup(err_fd: int, life_fd: int, parent: int | None = None) ->
             os.killpg(0, signal.SIGKILL)
 
     def start_watching() -> None:
-        threading.Thread(target=watch_parent, name="port-lifeline", daemon=True).start()
+        # A limit the parent set (RLIMIT_NPROC) may refuse the thread: a forkserver worker
+        # still has its server's watch and PR_SET_PDEATHSIG, a "fork" one fails to start.
+        try:
+            threading.Thread(target=watch_parent, name="port-lifeline", daemon=True).start()
+        except RuntimeError:
+            if parent is not None:
+                raise
 
     return start_watching
 
@@ -1706,12 +1712,13 @@ def _serve(
     max_frame: int,
     pending: list[bytes],
     decoder: FrameDecoder,
-    after_first_reply: Callable[[], None] | None = None,
+    start_watching: Callable[[], None] | None = None,
 ) -> None:
     """The frame loop of a `Port.spawn` child: ``[id, request]`` in, ``[id, ok, value]`` out.
 
-    `after_first_reply` runs once the first frames have been answered (what a worker need not
-    do before its first answer: a new worker is waited for until it answers a ping).
+    `start_watching` runs once, before the first handler call or once the first frames (pings)
+    are answered, whichever comes first: a pool waits for a new worker's answer to a ping, so
+    that answer comes sooner, and no handler ever runs unwatched.
     """
     codec: Codec = PICKLE_CODEC if codec_name == "pickle" else JSON_CODEC
     decoder.max_frame = max_frame
@@ -1737,15 +1744,18 @@ def _serve(
             if not (isinstance(message, list) and len(message) == 2):
                 raise ProtocolError(f"expected a [id, request] envelope, got {_short(message)}")
             request_id, request = message
+            if start_watching is not None:
+                start_watching()
+                start_watching = None
             try:
                 result = handler(request, *args)
             except Exception as exc:
                 write([request_id, False, [type(exc).__name__, str(exc)]])
             else:
                 write([request_id, True, result])
-        if pending and after_first_reply is not None:
-            after_first_reply()
-            after_first_reply = None
+        if pending and start_watching is not None:
+            start_watching()
+            start_watching = None
         chunk = os.read(in_fd, 65536)
         if not chunk:
             decoder.eof()

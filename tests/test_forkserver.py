@@ -1316,28 +1316,27 @@ STOPPED_SERVER_PARENT = textwrap.dedent(
     from dspex_actors import CallTimeout, Port
     from dspex_actors._forkserver import FORK_SERVER
 
+    from dspex_actors.testing import wait_for
+
     def handler(request):
-        if request == "block":  # busy: not reading stdin, whose EOF would end it too
-            threading.Event().wait()
-        return len(request)
+        print("blocking", file=sys.stderr, flush=True)
+        threading.Event().wait()  # busy: not reading stdin, whose EOF would end it too
 
     port = Port.spawn(handler, start_method="forkserver")
-    assert port.request("ab", timeout=60) == 2  # answered: its lifeline is watched now
     try:
-        port.request("block", timeout=0.2)
+        port.request("block", timeout=0.2)  # its first request: nothing answered before
     except CallTimeout:
         pass
+    wait_for(lambda: "blocking" in port.stderr_tail(), timeout=60)
     print(FORK_SERVER.pid, port.os_pid, flush=True)
     sys.stdin.read()  # until SIGKILLed
     """
 )
 
 
-def test_fs_42_a_worker_that_answered_dies_with_the_parent_even_while_the_server_is_stopped() -> (
-    None
-):
-    """A forkserver worker watches its own lifeline (from its first answer on): with its server
-    stopped (SIGSTOP), the parent's death still takes it down within 1 s."""
+def test_fs_42_a_busy_worker_dies_with_the_parent_even_while_the_server_is_stopped() -> None:
+    """A forkserver worker watches its own lifeline before its first handler call: busy in it
+    with its server stopped (SIGSTOP), it still dies with the parent within 1 s."""
     server = worker = 0
     try:
         with parent_process(STOPPED_SERVER_PARENT) as (parent, (server, worker)):
@@ -1350,6 +1349,58 @@ def test_fs_42_a_worker_that_answered_dies_with_the_parent_even_while_the_server
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too
+        if server:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(server).wait(10)
+
+
+BLOCKING_MODULE = textwrap.dedent(
+    """
+    import os, sys, threading
+    if os.environ.get("DSPEX_BLOCK_IMPORT"):  # in the worker only: set after our import
+        print("importing", file=sys.stderr, flush=True)
+        threading.Event().wait()
+    def handler(request):
+        return request
+    """
+)
+
+BOOTING_WORKER_PARENT = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, sys.argv[1])
+    import blocking_module
+    from dspex_actors import Port
+    from dspex_actors._forkserver import FORK_SERVER
+    from dspex_actors.testing import wait_for
+    os.environ["DSPEX_BLOCK_IMPORT"] = "1"
+    port = Port.spawn(blocking_module.handler, start_method="forkserver")
+    wait_for(lambda: "importing" in port.stderr_tail(), timeout=60)
+    print(FORK_SERVER.pid, port.os_pid, flush=True)
+    sys.stdin.read()  # until SIGKILLed
+    """
+)
+
+
+def test_fs_43_a_booting_worker_dies_when_its_server_and_parent_die_together(
+    tmp_path: Any,
+) -> None:
+    """Before its first request (stuck importing its handler's module), a worker watches no
+    lifeline and reads no stdin; the server would kill it on the parent's death, the parent
+    on the server's: if both die at once, PR_SET_PDEATHSIG (towards the server) does."""
+    (tmp_path / "blocking_module.py").write_text(BLOCKING_MODULE)
+    server = worker = 0
+    try:
+        with parent_process(BOOTING_WORKER_PARENT, str(tmp_path)) as (parent, (server, worker)):
+            os.kill(server, signal.SIGKILL)
+            parent.kill()
+            parent.wait(10)
+            assert wait_for(lambda: gone(worker), timeout=1.0)
+    finally:
+        for pid in (worker, server):  # the worker is left only if the test failed
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         if server:
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(server).wait(10)
