@@ -1310,6 +1310,18 @@ def test_fs_40_a_working_directory_we_cannot_hand_over_is_a_clear_error(
     assert FORK_SERVER.users == 0
 
 
+def kill_leftovers(worker: int, server: int) -> None:
+    """SIGKILL an orphaned server (a stopped one dies of it too) and a worker left only if the
+    test failed; wait for the server (a child of init now, not ours to reap)."""
+    for pid in (worker, server):
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    if server:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(server).wait(10)
+
+
 STOPPED_SERVER_PARENT = textwrap.dedent(
     """
     import sys, threading
@@ -1345,13 +1357,7 @@ def test_fs_42_a_busy_worker_dies_with_the_parent_even_while_the_server_is_stopp
             parent.wait(10)
             assert wait_for(lambda: gone(worker), timeout=1.0)
     finally:
-        for pid in (worker, server):  # the worker is left only if the test failed
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too
-        if server:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(server).wait(10)
+        kill_leftovers(worker, server)
 
 
 BLOCKING_MODULE = textwrap.dedent(
@@ -1397,10 +1403,4 @@ def test_fs_43_a_booting_worker_dies_when_its_server_and_parent_die_together(
             parent.wait(10)
             assert wait_for(lambda: gone(worker), timeout=1.0)
     finally:
-        for pid in (worker, server):  # the worker is left only if the test failed
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        if server:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(server).wait(10)
+        kill_leftovers(worker, server)
