@@ -410,10 +410,8 @@ class _Server:
                         for fd in fds:
                             os.close(fd)
                         raise
-                    in_r, in_w, out_r, out_w, err_r, err_w, life_r, life_w, exit_r, exit_w = fds[
-                        :-1
-                    ]
-                    cwd_fd = fds[-1]
+                    *pipes, cwd_fd = fds
+                    in_r, in_w, out_r, out_w, err_r, err_w, life_r, life_w, exit_r, exit_w = pipes
                     parent_ends = (in_w, out_r, err_r, life_w)
                     _port._PARENT_FDS.update((*parent_ends, exit_w))
                     request = _Request(_ServedChild(exit_r, exit_w))
@@ -569,11 +567,7 @@ def _above_stdio(sock: socket.socket) -> socket.socket:
     to fds 0-2 must never reach the server's stream."""
     if sock.fileno() > 2:
         return sock
-    try:
-        fd = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
-    finally:
-        sock.close()
-    return socket.socket(fileno=fd)
+    return socket.socket(fileno=_raised(sock.detach()))
 
 
 def _send_bounded(
@@ -651,11 +645,7 @@ def _process_state() -> _ProcessState:
             elif line.startswith(b"SigIgn:"):
                 ignored = int(line.split()[1], 16)
     if ignored is None:  # no /proc: what Python knows (misses what C code ignored)
-        ignored = sum(
-            1 << (sig - 1)
-            for sig in signal.valid_signals()
-            if signal.getsignal(sig) == signal.SIG_IGN
-        )
+        ignored = sum(1 << (sig - 1) for sig in _SIGNALS if signal.getsignal(sig) == signal.SIG_IGN)
     return umask, ignored, [(which, *resource.getrlimit(which)) for which in _LIMITS]
 
 
@@ -897,6 +887,7 @@ class _State:
 
 
 def _raised(fd: int) -> int:
+    """`fd`, or (if it is 0-2) a close-on-exec copy above 2, the original closed."""
     if fd > 2:
         return fd
     try:
@@ -948,9 +939,7 @@ def _program_main(
         sock.close()
         os.setsid()
         if sys.platform.startswith("linux"):
-            _port._libc().prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-            if os.getppid() != server:  # the server died before prctl took effect
-                os._exit(1)
+            _port._die_with(server)
         args, env, cwd, state, _limit = pickle.loads(setup)
         # The requester's working directory first (a relative `cwd` starts from there),
         # before any fd is moved: its fd may have any number.
@@ -998,9 +987,7 @@ def _worker_main(
         if sys.platform.startswith("linux"):
             # Killed with the server (which kills us if the parent dies): what covers the
             # boot, before the lifeline is watched, if both die at once.
-            _port._libc().prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-            if os.getppid() != server:
-                os._exit(1)
+            _port._die_with(server)
         # The lifeline is watched from the first request on (see _serve): until then the
         # server and PR_SET_PDEATHSIG do, and the pool's first ping is answered sooner.
         watch_lifeline = _port._forked_child_setup(err_fd, life_fd)

@@ -1584,15 +1584,20 @@ def _libc() -> Any:
     return _LIBC
 
 
+def _die_with(parent: int) -> None:
+    """In a child just forked by `parent` (Linux): be SIGKILLed when the thread that forked it
+    ends (``PR_SET_PDEATHSIG``); exit at once if `parent` died before that took effect."""
+    _libc().prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _pdeathsig_preexec(parent: int) -> Callable[[], None]:
     """A preexec_fn: SIGKILL this child when its parent thread dies; exit if it already has."""
-    prctl = _libc().prctl
-    pr_set_pdeathsig = 1
+    _libc()  # loaded here, not in the child
 
     def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # died before prctl took effect
-            os._exit(1)
+        _die_with(parent)
 
     return preexec
 

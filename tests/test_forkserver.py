@@ -1310,16 +1310,27 @@ def test_fs_40_a_working_directory_we_cannot_hand_over_is_a_clear_error(
     assert FORK_SERVER.users == 0
 
 
-def kill_leftovers(worker: int, server: int) -> None:
-    """SIGKILL an orphaned server (a stopped one dies of it too) and a worker left only if the
-    test failed; wait for the server (a child of init now, not ours to reap)."""
-    for pid in (worker, server):
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    if server:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            psutil.Process(server).wait(10)
+def assert_worker_dies_with_parent(script: str, server_signal: int, *args: str) -> None:
+    """Run `script` (it prints its fork server's pid and a worker's), send the server
+    `server_signal`, SIGKILL the parent: the worker must be gone within the issue's 1 s.
+
+    Afterwards the server (a stopped one dies of SIGKILL too) and a worker left over are
+    SIGKILLed, and the server, a child of init now, is waited for."""
+    server = worker = 0
+    try:
+        with parent_process(script, *args) as (parent, (server, worker)):
+            os.kill(server, server_signal)
+            parent.kill()
+            parent.wait(10)
+            assert wait_for(lambda: gone(worker), timeout=1.0)
+    finally:
+        for pid in (worker, server):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if server:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(server).wait(10)
 
 
 STOPPED_SERVER_PARENT = textwrap.dedent(
@@ -1349,15 +1360,7 @@ STOPPED_SERVER_PARENT = textwrap.dedent(
 def test_fs_42_a_busy_worker_dies_with_the_parent_even_while_the_server_is_stopped() -> None:
     """A forkserver worker watches its own lifeline before its first handler call: busy in it
     with its server stopped (SIGSTOP), it still dies with the parent within 1 s."""
-    server = worker = 0
-    try:
-        with parent_process(STOPPED_SERVER_PARENT) as (parent, (server, worker)):
-            os.kill(server, signal.SIGSTOP)
-            parent.kill()
-            parent.wait(10)
-            assert wait_for(lambda: gone(worker), timeout=1.0)
-    finally:
-        kill_leftovers(worker, server)
+    assert_worker_dies_with_parent(STOPPED_SERVER_PARENT, signal.SIGSTOP)
 
 
 BLOCKING_MODULE = textwrap.dedent(
@@ -1395,12 +1398,4 @@ def test_fs_43_a_booting_worker_dies_when_its_server_and_parent_die_together(
     lifeline and reads no stdin; the server would kill it on the parent's death, the parent
     on the server's: if both die at once, PR_SET_PDEATHSIG (towards the server) does."""
     (tmp_path / "blocking_module.py").write_text(BLOCKING_MODULE)
-    server = worker = 0
-    try:
-        with parent_process(BOOTING_WORKER_PARENT, str(tmp_path)) as (parent, (server, worker)):
-            os.kill(server, signal.SIGKILL)
-            parent.kill()
-            parent.wait(10)
-            assert wait_for(lambda: gone(worker), timeout=1.0)
-    finally:
-        kill_leftovers(worker, server)
+    assert_worker_dies_with_parent(BOOTING_WORKER_PARENT, signal.SIGKILL, str(tmp_path))
