@@ -34,9 +34,6 @@ from ._clock import (
     SystemClock,
     TimerHandle,
 )
-from ._dynamic_supervisor import (
-    DynamicSupervisor,
-)
 from ._errors import (
     AlreadyNamed,
     AlreadyPresent,
@@ -70,19 +67,24 @@ from ._errors import (
     SupervisorStartError,
     WorkerCrashed,
 )
-from ._framing import (
-    JSON_CODEC,
-    PICKLE_CODEC,
-    RAW_CODEC,
-    Codec,
-)
-from ._names import (
+from ._naming._names import (
     Via,
     register,
     unregister,
     whereis,
 )
-from ._pool import (
+from ._naming._registry import (
+    Entry,
+    Keys,
+    Registered,
+    Registry,
+    Unregistered,
+)
+from ._naming._service import (
+    Service,
+    detect_service,
+)
+from ._pool._pool import (
     From,
     Lease,
     Pool,
@@ -90,14 +92,20 @@ from ._pool import (
     PoolWorker,
     WorkerStats,
 )
-from ._pool_results import (
+from ._pool._results import (
     Async,
     Ok,
     Remove,
     Skip,
     Stop,
 )
-from ._port import (
+from ._ports._framing import (
+    JSON_CODEC,
+    PICKLE_CODEC,
+    RAW_CODEC,
+    Codec,
+)
+from ._ports._port import (
     Port,
     PortActor,
     PortExited,
@@ -105,7 +113,7 @@ from ._port import (
     safe_connect,
     validate_port,
 )
-from ._process_pool import (
+from ._ports._process_pool import (
     PortCheckout,
     PortSpec,
     PortWorker,
@@ -123,25 +131,17 @@ from ._reasons import (
     Shutdown,
     is_normal_exit,
 )
-from ._registry import (
-    Entry,
-    Keys,
-    Registered,
-    Registry,
-    Unregistered,
+from ._supervision._dynamic import (
+    DynamicSupervisor,
 )
-from ._service import (
-    Service,
-    detect_service,
-)
-from ._supervisor import (
+from ._supervision._supervisor import (
     RESTARTING,
     BadStartReturn,
     ChildCounts,
     ChildInfo,
     Supervisor,
 )
-from ._tree import (
+from ._supervision._tree import (
     short_ref,
     supervision_tree,
 )

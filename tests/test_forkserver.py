@@ -1,7 +1,8 @@
 """The fork server start method (issue 5 §1 "start method", §4 SIGKILL recovery): ids fs_01..fs_28.
 
 ``Port.spawn(..., start_method="forkserver")`` forks each worker from one small single-threaded
-server process owned by its users (`dspex_actors._forkserver`). Every process here is real: the
+server process owned by its users (`dspex_actors._ports._forkserver`). Every process here is real:
+the
 server, its workers, and (fs_09) a parent process SIGKILLed with its pool.
 """
 
@@ -23,11 +24,11 @@ import psutil
 import pytest
 
 import dspex_actors as da
-from dspex_actors import _port
 from dspex_actors._errors import InvalidOption
-from dspex_actors._forkserver import FORK_SERVER
-from dspex_actors._port import Port, PortExited
-from dspex_actors._process_pool import PortSpec, ProcessPool
+from dspex_actors._ports import _port
+from dspex_actors._ports._forkserver import FORK_SERVER
+from dspex_actors._ports._port import Port, PortExited
+from dspex_actors._ports._process_pool import PortSpec, ProcessPool
 from dspex_actors.testing import wait_for
 
 FS = "forkserver"
@@ -531,7 +532,7 @@ def test_fs_18_a_stalled_server_is_replaced_after_the_start_timeout(
 def test_fs_19_an_interrupt_while_waiting_for_the_server_kills_the_worker_it_forked(
     ports: list[Port], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dspex_actors import _forkserver
+    from dspex_actors._ports import _forkserver
 
     warm = Port.spawn(echo, start_method=FS)
     ports.append(warm)
@@ -591,7 +592,7 @@ def test_fs_21_a_request_interrupted_half_sent_replaces_the_server(
 ) -> None:
     """Half a request in the server's stream would swallow the next one: the server is killed
     (its workers with it) and the next worker start runs a new one."""
-    from dspex_actors import _forkserver
+    from dspex_actors._ports import _forkserver
 
     warm = Port.spawn(echo, start_method=FS)
     ports.append(warm)
@@ -939,7 +940,7 @@ CHANGED_GROUP = textwrap.dedent(
     """
     import os, sys
     from dspex_actors import Port
-    from dspex_actors._forkserver import FORK_SERVER
+    from dspex_actors._ports._forkserver import FORK_SERVER
     FORK_SERVER.acquire()
     os.setegid(65534)
     for start in (lambda: Port.open(["cat"], start_method="forkserver"),
@@ -968,7 +969,7 @@ def test_fs_32_a_start_after_our_user_or_groups_changed_is_refused() -> None:
 
 
 STALLING_SERVER = (
-    "import dspex_actors._forkserver as fs, time\n"
+    "import dspex_actors._ports._forkserver as fs, time\n"
     "real = fs._program_main\n"
     "def stalled(fds, setup, *rest):\n"
     "    if b'stall-here' in setup:\n"
@@ -984,7 +985,7 @@ def test_fs_33_a_program_stuck_before_its_exec_times_out_alone_and_is_killed(
 ) -> None:
     """The server waits for no exec: it serves other starts meanwhile, kills the stuck child
     at its deadline (half the start timeout) and answers before the parent gives up."""
-    from dspex_actors import _forkserver
+    from dspex_actors._ports import _forkserver
 
     monkeypatch.setattr(_forkserver._Server, "BOOT", STALLING_SERVER)
     monkeypatch.setattr(_port, "_SETUP_TIMEOUT", 6.0)
@@ -1182,7 +1183,8 @@ def test_fs_41_forkserver_workers_keep_the_handlers_the_server_installed_like_fa
 FORKED_CHILD_FDS = textwrap.dedent(
     """
     import os
-    from dspex_actors import Port, _port
+    from dspex_actors import Port
+    from dspex_actors._ports import _port
     port = Port.spawn(len, start_method="forkserver")
     assert port.request("ab", timeout=60) == 2
     listed = sorted(_port._PARENT_FDS)
@@ -1212,7 +1214,7 @@ def test_fs_38_a_forked_child_nulls_the_parents_port_fds_and_lists_none_of_them(
 SERVER_STATE = textwrap.dedent(
     """
     import os, pickle, selectors, signal, socket
-    import dspex_actors._forkserver as fs
+    import dspex_actors._ports._forkserver as fs
 
     signal.signal(signal.SIGCHLD, lambda *a: None)
 
@@ -1337,7 +1339,7 @@ STOPPED_SERVER_PARENT = textwrap.dedent(
     """
     import sys, threading
     from dspex_actors import CallTimeout, Port
-    from dspex_actors._forkserver import FORK_SERVER
+    from dspex_actors._ports._forkserver import FORK_SERVER
 
     from dspex_actors.testing import wait_for
 
@@ -1380,7 +1382,7 @@ BOOTING_WORKER_PARENT = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     import blocking_module
     from dspex_actors import Port
-    from dspex_actors._forkserver import FORK_SERVER
+    from dspex_actors._ports._forkserver import FORK_SERVER
     from dspex_actors.testing import wait_for
     os.environ["DSPEX_BLOCK_IMPORT"] = "1"
     port = Port.spawn(blocking_module.handler, start_method="forkserver")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dspex_actors import ProtocolError
-from dspex_actors._framing import (
+from dspex_actors._ports._framing import (
     HEADER_SIZE,
     JSON_CODEC,
     PICKLE_CODEC,

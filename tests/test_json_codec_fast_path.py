@@ -19,8 +19,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dspex_actors import ProtocolError, _framing
-from dspex_actors._framing import JSON_CODEC
+from dspex_actors import ProtocolError
+from dspex_actors._ports import _framing
+from dspex_actors._ports._framing import JSON_CODEC
 
 SETTINGS = settings(max_examples=200, deadline=None)
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import Supervisors
 
 import dspex_actors as da
-from dspex_actors import _names
+from dspex_actors._naming import _names
 from dspex_actors.testing import sync, wait_for
 
 

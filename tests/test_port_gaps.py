@@ -30,7 +30,6 @@ from typing import Any, cast
 import psutil
 import pytest
 
-from dspex_actors import _port
 from dspex_actors._errors import (
     CallTimeout,
     InvalidOption,
@@ -38,9 +37,10 @@ from dspex_actors._errors import (
     ProtocolError,
     WorkerCrashed,
 )
-from dspex_actors._framing import encode_frame
-from dspex_actors._port import Port
-from dspex_actors._process_pool import ProcessPool
+from dspex_actors._ports import _port
+from dspex_actors._ports._framing import encode_frame
+from dspex_actors._ports._port import Port
+from dspex_actors._ports._process_pool import ProcessPool
 from dspex_actors.testing import wait_for
 
 STALL = "import time; time.sleep(30)"  # sleep-ok: a stalled child program that never reads

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from dspex_actors._errors import CallTimeout, InvalidOption, PortClosed, ProtocolError
-from dspex_actors._framing import JSON_CODEC, PICKLE_CODEC, RAW_CODEC
-from dspex_actors._port import Port
-from dspex_actors._process_pool import ProcessPool
+from dspex_actors._ports._framing import JSON_CODEC, PICKLE_CODEC, RAW_CODEC
+from dspex_actors._ports._port import Port
+from dspex_actors._ports._process_pool import ProcessPool
 from dspex_actors.testing import wait_for
 
 STALL = "import time; time.sleep(30)"  # sleep-ok: a stalled child program that never reads
@@ -251,7 +251,7 @@ def test_prr_07_close_gives_up_waiting_when_a_killed_process_is_never_reaped(
 ) -> None:
     """prr_07: `close` is bounded even after SIGKILL (a process in uninterruptible sleep ignores
     it until its I/O ends). Simulated by a SIGKILL that does nothing and a short reap limit."""
-    import dspex_actors._port as port_module
+    import dspex_actors._ports._port as port_module
 
     port = Port.open([sys.executable, "-c", IGNORES_SIGTERM])
     real_kill = Port.kill

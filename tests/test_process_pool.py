@@ -16,11 +16,11 @@ import psutil
 import pytest
 
 import dspex_actors as da
-from dspex_actors._forkserver import FORK_SERVER
-from dspex_actors._pool import From
-from dspex_actors._pool_results import Async, Ok, Remove, Skip
-from dspex_actors._port import Port, PortExited
-from dspex_actors._process_pool import (
+from dspex_actors._pool._pool import From
+from dspex_actors._pool._results import Async, Ok, Remove, Skip
+from dspex_actors._ports._forkserver import FORK_SERVER
+from dspex_actors._ports._port import Port, PortExited
+from dspex_actors._ports._process_pool import (
     PortCheckout,
     PortSpec,
     PortWorker,

@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 import dspex_actors as da
-from dspex_actors._forkserver import FORK_SERVER
-from dspex_actors._process_pool import ProcessPool
+from dspex_actors._ports._forkserver import FORK_SERVER
+from dspex_actors._ports._process_pool import ProcessPool
 from dspex_actors.testing import wait_for
 
 DOUBLER = textwrap.dedent(

@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dspex_actors._restart_intensity import add_restart
+from dspex_actors._supervision._intensity import add_restart
 
 
 def run(times: list[float], max_restarts: int, max_seconds: float) -> list[bool]:

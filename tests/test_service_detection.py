@@ -18,7 +18,8 @@ import pytest
 from conftest import Supervisors
 
 import dspex_actors as da
-from dspex_actors import Keys, Registry, Service, _names, detect_service
+from dspex_actors import Keys, Registry, Service, detect_service
+from dspex_actors._naming import _names
 from dspex_actors.testing import sync, wait_for
 
 CANDIDATES = ["session_pool", "bridge"]

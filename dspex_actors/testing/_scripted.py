@@ -42,8 +42,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-from .._pool import From, PoolWorker
-from .._pool_results import Ok
+from .._pool._pool import From, PoolWorker
+from .._pool._results import Ok
 
 __all__ = ["Script", "ScriptError", "ScriptedWorker"]
 

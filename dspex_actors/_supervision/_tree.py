@@ -15,7 +15,7 @@ from typing import Any
 import pykka
 from rich.tree import Tree
 
-from ._dynamic_supervisor import DynamicSupervisor, _DynamicSupervisorActor
+from ._dynamic import DynamicSupervisor, _DynamicSupervisorActor
 from ._supervisor import RESTARTING, ChildInfo, Supervisor, _SupervisorActor
 
 __all__ = ["short_ref", "supervision_tree"]

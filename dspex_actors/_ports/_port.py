@@ -78,9 +78,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import pykka
 
-from ._actor import Actor
-from ._actor import _current as _current_actor
-from ._errors import (
+from .._actor import Actor
+from .._actor import _current as _current_actor
+from .._errors import (
     CallTimeout,
     ConnectError,
     ConnectExited,
@@ -92,6 +92,7 @@ from ._errors import (
     ProtocolError,
     RemoteError,
 )
+from .._logging import log_event
 from ._framing import (
     DEFAULT_MAX_FRAME,
     JSON_CODEC,
@@ -103,7 +104,6 @@ from ._framing import (
     PickleCodec,
     encode_frame,
 )
-from ._logging import log_event
 
 if TYPE_CHECKING:
     from ._forkserver import ForkServer, _ServedChild
@@ -411,7 +411,7 @@ class Port:
             # arrives as the first frame, dill-pickled by value.
             boot = (
                 f"import sys; sys.path[:0] = {sys.path!r}; "
-                "from dspex_actors._port import _spawn_entry; _spawn_entry()"
+                "from dspex_actors._ports._port import _spawn_entry; _spawn_entry()"
             )
             # Pickled and framed before the process starts, so an unpicklable handler (or one
             # over 4 GiB pickled: ProtocolError) starts nothing.

@@ -75,10 +75,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Self
 import attrs
 import pykka
 
-from ._actor import Actor, ActorHandle, InternalMessage, _run_inline, current_actor
-from ._actor import _current as _actor_thread
-from ._clock import SYSTEM_CLOCK, Clock, TimerHandle
-from ._errors import (
+from .._actor import Actor, ActorHandle, InternalMessage, _run_inline, current_actor
+from .._actor import _current as _actor_thread
+from .._clock import SYSTEM_CLOCK, Clock, TimerHandle
+from .._errors import (
     CallbackReturnError,
     DspexActorsError,
     InvalidOption,
@@ -86,13 +86,13 @@ from ._errors import (
     PoolTimeout,
     StartError,
 )
-from ._logging import log_event
-from ._names import register
-from ._pool_results import NO_POOL_STATE, Async, Ok, Remove, Skip, Stop
-from ._reasons import NORMAL, Down, Exit, MonitorRef, Shutdown
+from .._logging import log_event
+from .._naming._names import register
+from .._reasons import NORMAL, Down, Exit, MonitorRef, Shutdown
+from ._results import NO_POOL_STATE, Async, Ok, Remove, Skip, Stop
 
 if TYPE_CHECKING:
-    from ._child_spec import ChildSpec
+    from .._child_spec import ChildSpec
 
 __all__ = ["From", "Lease", "Pool", "PoolStatus", "PoolWorker", "WorkerStats"]
 
@@ -526,7 +526,7 @@ class Pool(ActorHandle):
         Keyword options named like `ChildSpec` fields (`id`, `restart`, `shutdown`, ...)
         configure the spec; the others are `Pool.start` options, validated now.
         """
-        from ._child_spec import ChildSpec, split_spec_options
+        from .._child_spec import ChildSpec, split_spec_options
 
         spec_options, start_options = split_spec_options(options)
         _validate(

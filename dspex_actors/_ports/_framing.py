@@ -16,7 +16,7 @@ When not to use it: for a stream with its own framing (newline-delimited JSON, H
 framing; this module only knows 4-byte length prefixes.
 
 Example:
-    >>> from dspex_actors._framing import FrameDecoder, encode_frame
+    >>> from dspex_actors._ports._framing import FrameDecoder, encode_frame
     >>> decoder = FrameDecoder(max_frame=1024)
     >>> data = encode_frame(b"hello", max_frame=1024) + encode_frame(b"!", max_frame=1024)
     >>> decoder.feed(data[:3]), decoder.feed(data[3:])
@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from ._errors import ProtocolError
+from .._errors import ProtocolError
 
 __all__ = [
     "DEFAULT_MAX_FRAME",

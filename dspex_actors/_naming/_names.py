@@ -57,10 +57,10 @@ from typing import Any, Protocol
 import attrs
 import pykka
 
-from ._actor import demonitor, monitor
-from ._errors import AlreadyNamed, InvalidOption, NameNotRegistered, NameTaken, NoProc
-from ._logging import log_event
-from ._reasons import Down, MonitorRef
+from .._actor import demonitor, monitor
+from .._errors import AlreadyNamed, InvalidOption, NameNotRegistered, NameTaken, NoProc
+from .._logging import log_event
+from .._reasons import Down, MonitorRef
 
 __all__ = ["Via", "register", "unregister", "whereis"]
 

@@ -63,8 +63,8 @@ from typing import Any, ClassVar
 import attrs
 import pykka
 
-from ._actor import current_actor
-from ._errors import (
+from .._actor import current_actor
+from .._errors import (
     CallTimeout,
     ConnectError,
     ConnectExited,
@@ -76,10 +76,11 @@ from ._errors import (
     RemoteError,
     WorkerCrashed,
 )
+from .._logging import log_event
+from .._pool._pool import From, Lease, Pool, PoolWorker
+from .._pool._results import Async, Ok, Remove, Skip, Stop
+from .._reasons import is_normal_exit
 from ._framing import DEFAULT_MAX_FRAME, JSON_CODEC, Codec, JsonCodec, PickleCodec
-from ._logging import log_event
-from ._pool import From, Lease, Pool, PoolWorker
-from ._pool_results import Async, Ok, Remove, Skip, Stop
 from ._port import (
     OPEN_METHODS,
     START_METHODS,
@@ -90,7 +91,6 @@ from ._port import (
     _check_max_frame,
     _hand_over,
 )
-from ._reasons import is_normal_exit
 
 __all__ = ["PortCheckout", "PortSpec", "PortWorker", "PortWorkerState", "ProcessPool"]
 

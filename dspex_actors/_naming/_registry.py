@@ -61,12 +61,12 @@ from typing import Any, Final, final
 import attrs
 import pykka
 
-from ._actor import Actor, ActorHandle, demonitor, monitor, start_actor
-from ._child_spec import ChildSpec
-from ._errors import InvalidOption, NameNotRegistered, NameTaken, NoProc
+from .._actor import Actor, ActorHandle, demonitor, monitor, start_actor
+from .._child_spec import ChildSpec
+from .._errors import InvalidOption, NameNotRegistered, NameTaken, NoProc
+from .._reasons import Down, MonitorRef
 from ._names import Via, _as_ref, whereis
 from ._names import register as register_name
-from ._reasons import Down, MonitorRef
 
 __all__ = ["Entry", "Keys", "Registered", "Registry", "Unregistered"]
 

@@ -87,8 +87,8 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
+from .._errors import CallTimeout
 from . import _port
-from ._errors import CallTimeout
 from ._framing import FrameDecoder
 
 __all__ = ["FORK_SERVER", "ForkServer", "abandon_worker", "release_from"]
@@ -334,7 +334,7 @@ class _Request:
 class _Server:
     """One server process, its socket and its reader thread (``dspex-forkserver``)."""
 
-    BOOT = "from dspex_actors._forkserver import _server_main; _server_main({fd}, {parent})"
+    BOOT = "from dspex_actors._ports._forkserver import _server_main; _server_main({fd}, {parent})"
     """What the server's interpreter runs (tests patch it to observe the server)."""
 
     def __init__(self, popen: subprocess.Popen[bytes], sock: socket.socket) -> None:

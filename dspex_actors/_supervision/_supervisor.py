@@ -50,7 +50,7 @@ from typing import Any, ClassVar, Final, final
 import attrs
 import pykka
 
-from ._actor import (
+from .._actor import (
     Actor,
     ActorHandle,
     InternalMessage,
@@ -61,7 +61,7 @@ from ._actor import (
     send_exit,
     start_actor,
 )
-from ._child_spec import (
+from .._child_spec import (
     BRUTAL_KILL,
     INFINITY,
     AutoShutdown,
@@ -71,8 +71,8 @@ from ._child_spec import (
     Strategy,
     check_child_specs,
 )
-from ._clock import SYSTEM_CLOCK, Clock
-from ._errors import (
+from .._clock import SYSTEM_CLOCK, Clock
+from .._errors import (
     AlreadyNamed,
     AlreadyPresent,
     AlreadyStarted,
@@ -85,10 +85,10 @@ from ._errors import (
     StartError,
     SupervisorStartError,
 )
-from ._logging import log_event
-from ._names import _check_name, register
-from ._reasons import KILLED, SHUTDOWN, Down, Exit, MonitorRef, is_normal_exit
-from ._restart_intensity import add_restart
+from .._logging import log_event
+from .._naming._names import _check_name, register
+from .._reasons import KILLED, SHUTDOWN, Down, Exit, MonitorRef, is_normal_exit
+from ._intensity import add_restart
 
 __all__ = [
     "RESTARTING",

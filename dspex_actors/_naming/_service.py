@@ -42,8 +42,8 @@ from typing import Any, Literal
 import attrs
 import pykka
 
+from .._errors import InvalidOption, NoProc, ServiceUnavailable
 from . import _names
-from ._errors import InvalidOption, NoProc, ServiceUnavailable
 from ._registry import Registry
 
 __all__ = ["Service", "detect_service"]

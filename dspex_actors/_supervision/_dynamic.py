@@ -31,8 +31,8 @@ from typing import Any, ClassVar
 import attrs
 import pykka
 
-from ._actor import ActorHandle, InternalMessage, current_actor, kill, start_actor
-from ._child_spec import (
+from .._actor import ActorHandle, InternalMessage, current_actor, kill, start_actor
+from .._child_spec import (
     BRUTAL_KILL,
     AutoShutdown,
     ChildSpec,
@@ -41,8 +41,8 @@ from ._child_spec import (
     Strategy,
     check_child_specs,
 )
-from ._clock import Clock
-from ._errors import (
+from .._clock import Clock
+from .._errors import (
     AlreadyStarted,
     ChildNotFound,
     ChildSpecError,
@@ -50,9 +50,9 @@ from ._errors import (
     MaxChildren,
     StartChildError,
 )
-from ._logging import log_event
-from ._names import register
-from ._reasons import SHUTDOWN, Exit, is_normal_exit
+from .._logging import log_event
+from .._naming._names import register
+from .._reasons import SHUTDOWN, Exit, is_normal_exit
 from ._supervisor import (
     RESTARTING,
     ChildCounts,

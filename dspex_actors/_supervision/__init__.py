@@ -1,0 +1,1 @@
+"""Private layer of dspex_actors."""
