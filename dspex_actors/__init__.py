@@ -38,6 +38,7 @@ from ._errors import (
     AlreadyNamed,
     AlreadyPresent,
     AlreadyStarted,
+    BadStartReturn,
     CallbackReturnError,
     CallTimeout,
     CheckoutFailed,
@@ -84,13 +85,15 @@ from ._naming._service import (
     Service,
     detect_service,
 )
-from ._pool._pool import (
+from ._pool._contract import (
     From,
-    Lease,
-    Pool,
     PoolStatus,
     PoolWorker,
     WorkerStats,
+)
+from ._pool._handle import (
+    Lease,
+    Pool,
 )
 from ._pool._results import (
     Async,
@@ -131,14 +134,15 @@ from ._reasons import (
     Shutdown,
     is_normal_exit,
 )
+from ._supervision._base import (
+    RESTARTING,
+    ChildCounts,
+    ChildInfo,
+)
 from ._supervision._dynamic import (
     DynamicSupervisor,
 )
 from ._supervision._supervisor import (
-    RESTARTING,
-    BadStartReturn,
-    ChildCounts,
-    ChildInfo,
     Supervisor,
 )
 from ._supervision._tree import (

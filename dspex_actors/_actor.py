@@ -66,6 +66,7 @@ import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
+from ._checks import os_timeout
 from ._errors import CallTimeout, NoProc, StartError
 from ._logging import log, log_event
 from ._reasons import KILLED, NOPROC, NORMAL, Down, Exit, MonitorRef, is_normal_exit
@@ -76,12 +77,15 @@ if TYPE_CHECKING:
 __all__ = [
     "Actor",
     "ActorHandle",
+    "InternalMessage",
     "current_actor",
     "demonitor",
     "exit_reason",
     "kill",
     "monitor",
+    "run_inline",
     "send_exit",
+    "start_actor",
     "wait_exit",
 ]
 
@@ -186,7 +190,7 @@ class _Inbox(queue.Queue[Envelope[Any]]):
             self.not_empty.notify()
 
     def wait_nonempty(self) -> None:
-        """Block until a message is queued (without taking it: see `_run_inline`)."""
+        """Block until a message is queued (without taking it: see `run_inline`)."""
         with self.not_empty:
             while not self.queue:
                 self.not_empty.wait()
@@ -260,11 +264,11 @@ class _Proc:
         self.tearing_down = False
         self.killed = False  # kill() was called: no cleanup hook runs
         # Held while the actor handles a message (and while it starts), so that another
-        # thread may run a message in the actor's place when it is idle (`_run_inline`).
+        # thread may run a message in the actor's place when it is idle (`run_inline`).
         self.exec_lock = threading.Lock()
         self.inline_crash: BaseException | None = None  # what a message run inline raised
         # Set once `on_start` has succeeded and `started` is set (so `start()` has its answer):
-        # only then may a message run inline (a plain flag: `_run_inline` reads it on every
+        # only then may a message run inline (a plain flag: `run_inline` reads it on every
         # checkout).
         self.running = False
         self.inbox: Any = None  # our own Actor's `_Inbox`
@@ -491,7 +495,7 @@ def wait_exit(ref: pykka.ActorRef[Any], timeout: float | None = 5.0) -> Any:
         CallTimeout: it is still running after `timeout` seconds (`None` waits forever).
     """
     proc = _proc_of(ref)
-    if not proc.done.wait(_os_timeout(timeout)):
+    if not proc.done.wait(os_timeout(timeout)):
         raise CallTimeout(str(ref), "wait_exit", timeout)
     return proc.reason
 
@@ -533,7 +537,7 @@ class Actor(pykka.ThreadingActor):
         proc = _proc_of(ref)
         if cls.on_start is pykka.Actor.on_start:
             return ref  # nothing can fail before the first message: no need to wait for it
-        if not proc.started.wait(_os_timeout(cls.start_timeout)):
+        if not proc.started.wait(os_timeout(cls.start_timeout)):
             proc.interrupt(KILLED, kill=True)
             cause = TimeoutError(f"on_start did not return within {cls.start_timeout}s")
             raise StartError(cls, cause) from cause
@@ -675,7 +679,7 @@ class Actor(pykka.ThreadingActor):
                 return pending, proc.inline_crash
             inbox.wait_nonempty()
             # Taken from the inbox under the lock: a thread that holds it and finds the inbox
-            # empty knows every message sent before has been handled (see `_run_inline`).
+            # empty knows every message sent before has been handled (see `run_inline`).
             with proc.exec_lock:
                 envelope = inbox.get_nowait()
                 message = envelope.message
@@ -769,7 +773,7 @@ class Actor(pykka.ThreadingActor):
         return None
 
 
-def _run_inline(proc: _Proc, handler: Callable[[Any], bool | None], message: Any) -> bool:
+def run_inline(proc: _Proc, handler: Callable[[Any], bool | None], message: Any) -> bool:
     """Handle `message` with `handler` in this thread, in the actor's place, if it is idle.
 
     The actor's own loop takes a message from the inbox and handles it while holding
@@ -814,16 +818,6 @@ def _run_inline(proc: _Proc, handler: Callable[[Any], bool | None], message: Any
         return handled is not False
     finally:
         lock.release()
-
-
-def _os_timeout(timeout: float | None) -> float | None:
-    """A timeout the OS can wait on: beyond `threading.TIMEOUT_MAX` (e.g. `inf`) is forever.
-
-    A longer wait raises OverflowError, and for an `ask` only after the message was sent.
-    """
-    if timeout is not None and timeout > threading.TIMEOUT_MAX:
-        return None
-    return timeout
 
 
 def _reason_for(exc: BaseException) -> Any:
@@ -911,7 +905,7 @@ class ActorHandle:
         if proc is not None and proc.thread is threading.current_thread():
             raise RuntimeError(f"{call} on {self._ref} from its own thread would deadlock")
         try:
-            return self._ref.ask(message, timeout=_os_timeout(timeout))
+            return self._ref.ask(message, timeout=os_timeout(timeout))
         except pykka.ActorDeadError as exc:
             if isinstance(exc, NoProc):
                 raise

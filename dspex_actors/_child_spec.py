@@ -26,7 +26,9 @@ from typing import Any, Final, cast, final
 
 import attrs
 
+from ._checks import enum_member, is_hashable
 from ._errors import ChildSpecError, DuplicateChildId
+from ._reasons import is_normal_exit
 
 __all__ = [
     "BRUTAL_KILL",
@@ -100,31 +102,20 @@ INFINITY: Final = _Infinity()
 BRUTAL_KILL: Final = _BrutalKill()
 """`shutdown=BRUTAL_KILL`: kill the child at once, no cleanup (see `kill`)."""
 
-Shutdown = float | _Infinity | _BrutalKill
+ShutdownSpec = float | _Infinity | _BrutalKill
+"""What `ChildSpec.shutdown` holds: seconds, `INFINITY` or `BRUTAL_KILL`."""
 
 _DEFAULT: Final = object()
 _SPEC_FIELDS = frozenset({"id", "restart", "shutdown", "type", "significant", "name"})
 
 
-def _enum_converter(enum_cls: type[enum.Enum]) -> Callable[[Any], Any]:
-    def convert(value: Any) -> Any:
-        if isinstance(value, enum_cls):
-            return value
-        if isinstance(value, str):
-            for member in enum_cls:
-                if value.lower() in (member.value, member.name.lower()):
-                    return member
-        return value  # left for the validator to reject with a clear message
-
-    return convert
-
-
 def _to_restart(value: Any) -> Any:
-    return _enum_converter(Restart)(value)
+    # An unknown value is left for the validator to reject with a clear message.
+    return enum_member(value, Restart) or value
 
 
 def _to_child_type(value: Any) -> Any:
-    return _enum_converter(ChildType)(value)
+    return enum_member(value, ChildType) or value
 
 
 def _check_enum(field: str, code: str, enum_cls: type[enum.Enum]) -> Callable[..., None]:
@@ -141,7 +132,7 @@ def _check_enum(field: str, code: str, enum_cls: type[enum.Enum]) -> Callable[..
 def _check_id(_instance: Any, _attribute: Any, value: Any) -> None:
     if value is None:
         raise ChildSpecError("id", value, "a child spec needs an id, got: None", "missing_id")
-    if not _hashable(value):  # e.g. ("a", []) is a Hashable tuple that cannot be hashed
+    if not is_hashable(value):  # e.g. ("a", []) is a Hashable tuple that cannot be hashed
         raise ChildSpecError("id", value, f"id must be hashable, got: {value!r}", "invalid_id")
 
 
@@ -190,20 +181,12 @@ def _check_significant(instance: Any, _attribute: Any, value: Any) -> None:
         )
 
 
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
-
-
 def _check_name(_instance: Any, _attribute: Any, value: Any) -> None:
     # The same rule as `register` (reserved: True/False; must be hashable), checked here so a
     # bad name fails when the spec is built, not when the supervisor starts the child.
     if value is None:
         return
-    if value is True or value is False or not _hashable(value):
+    if value is True or value is False or not is_hashable(value):
         raise ChildSpecError(
             "name",
             value,
@@ -263,7 +246,9 @@ class ChildSpec:
         converter=_to_restart,
         validator=_check_enum("restart", "invalid_restart_type", Restart),
     )
-    shutdown: Shutdown = attrs.field(default=cast(Shutdown, _DEFAULT), validator=_check_shutdown)
+    shutdown: ShutdownSpec = attrs.field(
+        default=cast(ShutdownSpec, _DEFAULT), validator=_check_shutdown
+    )
     type: ChildType = attrs.field(
         default=ChildType.WORKER,
         converter=_to_child_type,
@@ -290,6 +275,16 @@ class ChildSpec:
                 field, changes[field], f"unknown child spec field {field!r}", "unknown_key"
             )
         return attrs.evolve(self, **changes)
+
+    def restarts_after(self, reason: Any) -> bool:
+        """Whether a child of this spec is restarted after exiting on its own with `reason`.
+
+        `PERMANENT`: always; `TRANSIENT`: unless the exit is normal (`NORMAL`, `SHUTDOWN`,
+        `Shutdown(_)`); `TEMPORARY`: never.
+        """
+        return self.restart is Restart.PERMANENT or (
+            self.restart is Restart.TRANSIENT and not is_normal_exit(reason)
+        )
 
     @property
     def start_description(self) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "AlreadyNamed",
     "AlreadyPresent",
     "AlreadyStarted",
+    "BadStartReturn",
     "CallTimeout",
     "CallbackReturnError",
     "CheckoutFailed",
@@ -156,6 +157,22 @@ class SupervisorStartError(DspexActorsError, RuntimeError):
         self.child_id = child_id
         self.reason = reason
         super().__init__(f"failed to start child {child_id!r}: {reason!r}")
+
+
+class BadStartReturn(DspexActorsError, TypeError):
+    """A child's start function returned something that is not an `ActorRef`, a handle with
+    `actor_ref`, or None (ignore).
+
+    Attributes:
+        value: what it returned.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        super().__init__(
+            f"start function returned {value!r}; expected an ActorRef, a handle with "
+            "`actor_ref`, or None (ignore)"
+        )
 
 
 class StartChildError(DspexActorsError, RuntimeError):

@@ -1,4 +1,4 @@
-"""`_run_inline`: a thread handles one message in an idle actor's place (ids ri_01..ri_10).
+"""`run_inline`: a thread handles one message in an idle actor's place (ids ri_01..ri_10).
 
 The actor loop dequeues and handles each message while holding `proc.exec_lock`; a thread
 that takes that lock (without blocking) and finds the inbox empty may run a handler itself,
@@ -22,7 +22,7 @@ import pytest
 from pykka._envelope import Envelope
 
 import dspex_actors as da
-from dspex_actors._actor import _Inbox, _Proc, _run_inline
+from dspex_actors._actor import _Inbox, _Proc, run_inline
 from dspex_actors.testing import gate, sync, wait_for
 
 WAIT = 5.0
@@ -101,12 +101,12 @@ class Box(da.Actor):
 
 
 class Caller(da.Actor):
-    """Runs `_run_inline` on another actor from inside its own handler (an ask)."""
+    """Runs `run_inline` on another actor from inside its own handler (an ask)."""
 
     def on_receive(self, message: Any) -> Any:
         proc, handler, payload = message
         before = da.current_actor()
-        ran = _run_inline(proc, handler, payload)
+        ran = run_inline(proc, handler, payload)
         after = da.current_actor()
         return before, ran, after, threading.current_thread()
 
@@ -142,7 +142,7 @@ def idle(ref: pykka.ActorRef[Any]) -> None:
 
     `sync` returns once its ask is answered, but the reply is set while the actor still holds
     its exec lock (it is inside that message): wait for the lock too, so that the next
-    `_run_inline` finds the actor idle for sure.
+    `run_inline` finds the actor idle for sure.
     """
     sync(ref)
     proc = proc_of(ref)
@@ -179,7 +179,7 @@ def test_ri_01_an_idle_actor_s_message_runs_in_the_calling_thread_as_that_actor(
     """ri_01: runs in the calling thread; current_actor() is the actor, then restored."""
     handler = Recorder()
     assert da.current_actor() is None
-    assert _run_inline(proc_of(box), handler, "hello") is True
+    assert run_inline(proc_of(box), handler, "hello") is True
     assert handler.calls == [("hello", threading.current_thread(), box)]
     assert da.current_actor() is None
 
@@ -209,19 +209,19 @@ def test_ri_01_from_inside_another_actor_current_actor_is_the_target_then_the_ca
 
 
 def test_ri_02_a_busy_actor_is_not_run_inline(box: pykka.ActorRef[Any], log: list[Any]) -> None:
-    """ri_02: while the actor handles a message, _run_inline returns False and runs nothing."""
+    """ri_02: while the actor handles a message, run_inline returns False and runs nothing."""
     entered, release = threading.Event(), threading.Event()
     box.tell(Block(entered, release))
     try:
         assert entered.wait(WAIT)
         handler = Recorder()
-        assert _run_inline(proc_of(box), handler, "busy") is False
+        assert run_inline(proc_of(box), handler, "busy") is False
         assert handler.calls == []
     finally:
         release.set()
     idle(box)
     handler = Recorder()
-    assert _run_inline(proc_of(box), handler, "idle") is True
+    assert run_inline(proc_of(box), handler, "idle") is True
     assert [c[0] for c in handler.calls] == ["idle"]
 
 
@@ -229,10 +229,10 @@ def test_ri_02_a_gated_actor_refuses_inline_until_released(box: pykka.ActorRef[A
     """ri_02: the same with `dspex_actors.testing.gate` holding the actor between messages."""
     with gate(box):
         handler = Recorder()
-        assert _run_inline(proc_of(box), handler, "gated") is False
+        assert run_inline(proc_of(box), handler, "gated") is False
         assert handler.calls == []
     idle(box)
-    assert _run_inline(proc_of(box), Recorder(), "free") is True
+    assert run_inline(proc_of(box), Recorder(), "free") is True
 
 
 # --- 3. queued messages come first ------------------------------------------------------------
@@ -248,14 +248,14 @@ def test_ri_03_a_message_queued_before_is_handled_first_and_its_effect_is_seen_i
         assert entered.wait(WAIT)
         box.tell(Append("B"))
         refused = Recorder()
-        assert _run_inline(proc_of(box), refused, "too early") is False
+        assert run_inline(proc_of(box), refused, "too early") is False
         assert refused.calls == []
     finally:
         release.set()
     idle(box)
     seen: list[list[Any]] = []
     handler = Recorder(lambda message: seen.append(list(log)))
-    assert _run_inline(proc_of(box), handler, "after B") is True
+    assert run_inline(proc_of(box), handler, "after B") is True
     assert seen == [["B"]]
 
 
@@ -278,7 +278,7 @@ def test_ri_03_a_non_empty_inbox_refuses_even_when_nothing_is_being_handled(
         inbox.unfinished_tasks += 1
     assert not proc.exec_lock.locked()
     handler = Recorder()
-    assert _run_inline(proc, handler, "jumps the queue") is False
+    assert run_inline(proc, handler, "jumps the queue") is False
     assert handler.calls == []
     assert log == []
     with inbox.mutex:
@@ -286,7 +286,7 @@ def test_ri_03_a_non_empty_inbox_refuses_even_when_nothing_is_being_handled(
     idle(box)
     assert log == ["queued"]
     seen: list[list[Any]] = []
-    assert _run_inline(proc, Recorder(lambda message: seen.append(list(log))), "now") is True
+    assert run_inline(proc, Recorder(lambda message: seen.append(list(log))), "now") is True
     assert seen == [["queued"]]
 
 
@@ -302,13 +302,13 @@ def test_ri_04_an_exiting_or_exited_actor_is_not_run_inline(log: list[Any]) -> N
         da.send_exit(ref, da.SHUTDOWN)
         assert stop_entered.wait(WAIT)
         handler = Recorder()
-        assert _run_inline(proc, handler, "while exiting") is False
+        assert run_inline(proc, handler, "while exiting") is False
         assert handler.calls == []
     finally:
         stop_release.set()
     assert da.wait_exit(ref, WAIT) is da.SHUTDOWN
     handler = Recorder()
-    assert _run_inline(proc, handler, "after exit") is False
+    assert run_inline(proc, handler, "after exit") is False
     assert handler.calls == []
     assert log == [("on_stop", da.SHUTDOWN)]
 
@@ -322,7 +322,7 @@ def test_ri_04_an_actor_stopped_by_stop_refuses_inline_afterwards(
     ref.stop(timeout=WAIT)
     assert da.wait_exit(ref, WAIT) is da.NORMAL
     handler = Recorder()
-    assert _run_inline(proc, handler, "late") is False
+    assert run_inline(proc, handler, "late") is False
     assert handler.calls == []
 
 
@@ -389,14 +389,14 @@ class Starter:
 
 
 def attempt_in_thread(proc: _Proc, handler: Recorder, message: Any) -> bool:
-    """`_run_inline` from another thread, bounded: a blocking attempt fails the test."""
+    """`run_inline` from another thread, bounded: a blocking attempt fails the test."""
     results: list[bool] = []
     thread = threading.Thread(
-        target=lambda: results.append(_run_inline(proc, handler, message)), name="test-inline"
+        target=lambda: results.append(run_inline(proc, handler, message)), name="test-inline"
     )
     thread.start()
     thread.join(WAIT)
-    assert not thread.is_alive(), "_run_inline blocked instead of returning False"
+    assert not thread.is_alive(), "run_inline blocked instead of returning False"
     return results[0]
 
 
@@ -416,7 +416,7 @@ def test_ri_05_while_on_start_runs_inline_returns_false_without_blocking(
         ref = starter.join()
     try:
         seen: list[list[Any]] = []
-        assert _run_inline(proc_of(ref), Recorder(lambda m: seen.append(list(log))), "x") is True
+        assert run_inline(proc_of(ref), Recorder(lambda m: seen.append(list(log))), "x") is True
         assert seen == [["on_start done"]]
     finally:
         stop(ref)
@@ -442,7 +442,7 @@ def test_ri_05_before_the_actor_thread_has_even_entered_on_start_inline_returns_
         ref = starter.join()
         try:
             assert log == ["on_start done"]
-            assert _run_inline(proc_of(ref), Recorder(), "after start") is True
+            assert run_inline(proc_of(ref), Recorder(), "after start") is True
         finally:
             stop(ref)
 
@@ -491,7 +491,7 @@ def test_ri_05_after_on_start_but_before_start_has_its_answer_inline_returns_fal
             gate_.release.set()
         ref = starter.join()
     try:
-        assert _run_inline(proc_of(ref), Recorder(), "after start") is True
+        assert run_inline(proc_of(ref), Recorder(), "after start") is True
     finally:
         stop(ref)
 
@@ -514,13 +514,13 @@ def test_ri_06_an_exception_in_the_handler_crashes_the_actor_and_is_not_raised_h
 
     mref = da.monitor(ref, on_down)
     error = ValueError("inline boom")
-    assert _run_inline(proc_of(ref), actor_of(ref).on_receive, Crash(error)) is True
+    assert run_inline(proc_of(ref), actor_of(ref).on_receive, Crash(error)) is True
     assert da.wait_exit(ref, WAIT) is error
     assert got_down.wait(WAIT)
     assert downs == [da.Down(mref, ref, error)]
     assert downs[0].reason is error
     assert log == [("on_failure", error)]
-    assert _run_inline(proc_of(ref), Recorder(), "after crash") is False
+    assert run_inline(proc_of(ref), Recorder(), "after crash") is False
 
 
 # --- 7. KeyboardInterrupt reaches the caller ----------------------------------------------------
@@ -533,7 +533,7 @@ def test_ri_07_a_keyboard_interrupt_in_the_handler_is_re_raised_and_ends_the_act
     ref = Box.start(log)
     interrupt = KeyboardInterrupt()
     with pytest.raises(KeyboardInterrupt) as info:
-        _run_inline(proc_of(ref), actor_of(ref).on_receive, Crash(interrupt))
+        run_inline(proc_of(ref), actor_of(ref).on_receive, Crash(interrupt))
     assert info.value is interrupt
     assert da.current_actor() is None  # restored on the way out too
     assert da.wait_exit(ref, WAIT) is interrupt
@@ -547,7 +547,7 @@ def test_ri_07_system_exit_zero_in_the_handler_is_re_raised_and_is_a_normal_exit
     as it is for a handler run by the actor's own thread."""
     ref = Box.start(log)
     with pytest.raises(SystemExit):
-        _run_inline(proc_of(ref), actor_of(ref).on_receive, Crash(SystemExit(0)))
+        run_inline(proc_of(ref), actor_of(ref).on_receive, Crash(SystemExit(0)))
     assert da.wait_exit(ref, WAIT) is da.NORMAL
     assert log == [("on_stop", da.NORMAL)]
 
@@ -561,10 +561,10 @@ def test_ri_08_exit_called_inline_ends_the_actor_after_the_handler_with_on_stop(
     """ri_08: the handler finishes, then the actor exits with the reason; on_stop runs."""
     ref = Box.start(log)
     reason = da.Shutdown("inline exit")
-    assert _run_inline(proc_of(ref), actor_of(ref).on_receive, ExitWith(reason)) is True
+    assert run_inline(proc_of(ref), actor_of(ref).on_receive, ExitWith(reason)) is True
     # Already asked to exit: nothing more runs inline, whatever the loop is doing right now.
     late = Recorder()
-    assert _run_inline(proc_of(ref), late, "after exit()") is False
+    assert run_inline(proc_of(ref), late, "after exit()") is False
     assert late.calls == []
     assert da.wait_exit(ref, WAIT) == reason
     assert log == ["after exit", ("on_stop", reason)]
@@ -627,7 +627,7 @@ def test_ri_09_concurrent_inline_and_told_increments_are_exact_and_in_order_per_
             for seq in range(PER_THREAD):
                 # Every tenth is told regardless, so both paths interleave within each thread;
                 # the asks (barriers) drain the inbox now and then, so inline attempts succeed.
-                if seq % 10 != 9 and _run_inline(proc, handler, Incr(t, seq)):
+                if seq % 10 != 9 and run_inline(proc, handler, Incr(t, seq)):
                     inline_runs[t] += 1
                 else:
                     ref.tell(Incr(t, seq))
@@ -655,7 +655,7 @@ def test_ri_09_concurrent_inline_and_told_increments_are_exact_and_in_order_per_
         assert ref.ask("last", timeout=WAIT) == dict.fromkeys(range(THREADS), PER_THREAD - 1)
         idle(ref)
         # Idle now: the next increment runs inline for sure, and continues every sequence.
-        assert _run_inline(proc, handler, Incr(0, PER_THREAD)) is True
+        assert run_inline(proc, handler, Incr(0, PER_THREAD)) is True
         assert count_of(ref) == THREADS * PER_THREAD + 1
     finally:
         stop(ref)
@@ -665,8 +665,8 @@ def test_ri_09_an_out_of_order_increment_is_detected_by_the_counter() -> None:
     """ri_09: the order check itself can fail: a sequence that goes backwards crashes it."""
     ref = Counter.start()
     handler = actor_of(ref).on_receive
-    assert _run_inline(proc_of(ref), handler, Incr(0, 0)) is True
-    assert _run_inline(proc_of(ref), handler, Incr(0, 0)) is True  # ran, and crashed it
+    assert run_inline(proc_of(ref), handler, Incr(0, 0)) is True
+    assert run_inline(proc_of(ref), handler, Incr(0, 0)) is True  # ran, and crashed it
     reason = da.wait_exit(ref, WAIT)
     assert isinstance(reason, AssertionError)
     assert "got 0 after 0" in str(reason)
@@ -678,10 +678,10 @@ def test_ri_10_a_handler_that_declines_with_false_makes_run_inline_return_false(
     """ri_10: a handler returning False declined the message (the caller sends it instead);
     None, or any other value, means handled. The actor runs on either way."""
     proc = proc_of(box)
-    assert _run_inline(proc, lambda message: False, "declined") is False
+    assert run_inline(proc, lambda message: False, "declined") is False
     assert da.current_actor() is None
-    assert _run_inline(proc, lambda message: None, "handled") is True
-    assert _run_inline(proc, lambda message: True, "handled too") is True
+    assert run_inline(proc, lambda message: None, "handled") is True
+    assert run_inline(proc, lambda message: True, "handled too") is True
     box.tell(Append("still running"))
     idle(box)
     assert log == ["still running"]

@@ -22,7 +22,7 @@ from conftest import (
 
 import dspex_actors as da
 from dspex_actors import BRUTAL_KILL, INFINITY, ChildSpec, Restart
-from dspex_actors._supervision._dynamic import _WhichChildren
+from dspex_actors._supervision._base import _WhichChildren
 from dspex_actors.testing import FakeClock, gate, sync
 
 

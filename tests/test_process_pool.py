@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 import dspex_actors as da
-from dspex_actors._pool._pool import From
+from dspex_actors import From
 from dspex_actors._pool._results import Async, Ok, Remove, Skip
 from dspex_actors._ports._forkserver import FORK_SERVER
 from dspex_actors._ports._port import Port, PortExited

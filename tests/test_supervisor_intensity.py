@@ -22,7 +22,7 @@ from conftest import (
 import dspex_actors as da
 from dspex_actors import ChildSpec, Strategy
 from dspex_actors._actor import _StopRequest
-from dspex_actors._supervision._supervisor import _WhichChildren
+from dspex_actors._supervision._base import _WhichChildren
 from dspex_actors.testing import FakeClock, gate, sync
 
 

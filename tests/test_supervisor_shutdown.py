@@ -26,7 +26,7 @@ from conftest import (
 import dspex_actors as da
 from dspex_actors import BRUTAL_KILL, INFINITY, ChildSpec, Restart
 from dspex_actors._actor import _StopRequest
-from dspex_actors._supervision import _supervisor as sup_module
+from dspex_actors._supervision import _base as sup_module
 from dspex_actors.testing import gate, sync
 
 

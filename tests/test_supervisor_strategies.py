@@ -21,7 +21,7 @@ from conftest import (
 
 import dspex_actors as da
 from dspex_actors import ChildSpec, Strategy
-from dspex_actors._supervision._supervisor import _CountChildren, _WhichChildren
+from dspex_actors._supervision._base import _CountChildren, _WhichChildren
 from dspex_actors.testing import gate, sync
 
 

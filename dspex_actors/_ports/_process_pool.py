@@ -77,7 +77,8 @@ from .._errors import (
     WorkerCrashed,
 )
 from .._logging import log_event
-from .._pool._pool import From, Lease, Pool, PoolWorker
+from .._pool._contract import From, PoolWorker
+from .._pool._handle import Lease, Pool
 from .._pool._results import Async, Ok, Remove, Skip, Stop
 from .._reasons import is_normal_exit
 from ._framing import DEFAULT_MAX_FRAME, JSON_CODEC, Codec, JsonCodec, PickleCodec

@@ -24,14 +24,14 @@ Example:
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from typing import Any, ClassVar
 
 import attrs
 import pykka
 
-from .._actor import ActorHandle, InternalMessage, current_actor, kill, start_actor
+from .._actor import ActorHandle, current_actor, kill, start_actor
+from .._checks import check_clock, check_name_option, enum_option, is_int, os_timeout
 from .._child_spec import (
     BRUTAL_KILL,
     AutoShutdown,
@@ -50,23 +50,21 @@ from .._errors import (
     MaxChildren,
     StartChildError,
 )
-from .._logging import log_event
 from .._naming._names import register
-from .._reasons import SHUTDOWN, Exit, is_normal_exit
-from ._supervisor import (
-    RESTARTING,
+from .._reasons import SHUTDOWN
+from ._base import (
     ChildCounts,
     ChildInfo,
+    _CountChildren,
     _Restarting,
+    _StartChild,
     _StartFailure,
     _SupervisorBase,
+    _TerminateChild,
     _Waiter,
-    enum_option,
-    offender,
+    _WhichChildren,
     start_spec,
-    validate_clock,
     validate_intensity,
-    validate_name,
 )
 
 __all__ = ["DynamicSupervisor"]
@@ -77,32 +75,9 @@ class _DynChild:
     key: int
     spec: ChildSpec
     ref: pykka.ActorRef[Any] | _Restarting
+    # Its latest ref, also while it is restarting: `terminate_child` names a child by the ref
+    # its caller got, which stays its name until a restart gives it a new one.
     last_ref: pykka.ActorRef[Any]
-
-
-@attrs.frozen
-class _StartChild:
-    spec: ChildSpec
-
-
-@attrs.frozen
-class _TerminateChild:
-    ref: Any
-
-
-@attrs.frozen
-class _WhichChildren:
-    pass
-
-
-@attrs.frozen
-class _CountChildren:
-    pass
-
-
-@attrs.frozen
-class _TryAgainRestart(InternalMessage):
-    key: int
 
 
 class _DynamicSupervisorActor(_SupervisorBase):
@@ -122,47 +97,14 @@ class _DynamicSupervisorActor(_SupervisorBase):
         self._register_as = name
         self._keys = itertools.count()
         self._children: dict[int, _DynChild] = {}
-        self._by_ref: dict[pykka.ActorRef[Any], int] = {}
 
     def on_start(self) -> None:
         if self._register_as is not None:
             register(self._register_as, self.actor_ref)
         self._link_parent()
 
-    def on_receive(self, message: Any) -> Any:
-        match message:
-            case _TryAgainRestart(key):
-                child = self._children.get(key)
-                if child is not None and child.ref is RESTARTING:
-                    self._restart(child)
-                return None
-            case _StartChild(spec):
-                return self._api_start_child(spec)
-            case _TerminateChild(ref):
-                return self._api_terminate_child(ref)
-            case _WhichChildren():
-                return [ChildInfo(None, c.ref, c.spec.type) for c in self._children.values()]
-            case _CountChildren():
-                active = sum(
-                    1
-                    for c in self._children.values()
-                    if isinstance(c.ref, pykka.ActorRef) and c.ref.is_alive()
-                )
-                sups = sum(
-                    1 for c in self._children.values() if c.spec.type is ChildType.SUPERVISOR
-                )
-                total = len(self._children)
-                return ChildCounts(
-                    specs=total, active=active, supervisors=sups, workers=total - sups
-                )
-        log_event(
-            "WARNING",
-            "unexpected_message",
-            "dynamic supervisor {supervisor} received unexpected message {message!r}",
-            supervisor=self._name,
-            message=message,
-        )
-        return None
+    def _which_children(self) -> list[ChildInfo]:
+        return [ChildInfo(None, c.ref, c.spec.type) for c in self._children.values()]
 
     def _start(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
         ref = start_spec(spec, self._extra_args)
@@ -171,7 +113,7 @@ class _DynamicSupervisorActor(_SupervisorBase):
         return ref
 
     def _api_start_child(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
-        if spec.significant:  # DYN-09
+        if spec.significant:  # Elixir refuses it: a dynamic child never shuts its parent down
             raise ChildSpecError(
                 "significant",
                 True,
@@ -187,17 +129,17 @@ class _DynamicSupervisorActor(_SupervisorBase):
                 raise failure.reason from None
             raise StartChildError(spec.id, failure.reason) from None
         if ref is None:
-            return None  # DYN-02: ignore stores nothing
+            return None  # an ignored child is not kept
         key = next(self._keys)
         self._children[key] = _DynChild(key, spec, ref, ref)
         self._by_ref[ref] = key
         return ref
 
-    def _api_terminate_child(self, ref: Any) -> None:
-        key = self._by_ref.get(ref) if isinstance(ref, pykka.ActorRef) else None
-        if key is None:
-            raise ChildNotFound(ref)
-        child = self._remove(key)
+    def _api_terminate_child(self, key: Any) -> None:
+        found = self._by_ref.get(key) if isinstance(key, pykka.ActorRef) else None
+        if found is None:
+            raise ChildNotFound(key)
+        child = self._remove(found)
         if isinstance(child.ref, pykka.ActorRef):
             self._shutdown(child.spec, child.ref)
 
@@ -206,23 +148,16 @@ class _DynamicSupervisorActor(_SupervisorBase):
         self._by_ref.pop(child.last_ref, None)
         return child
 
-    def _is_child_exit(self, exit: Exit) -> bool:
-        key = self._by_ref.get(exit.ref) if exit.ref is not None else None
-        if key is None:
-            return False
-        child = self._children[key]
-        if child.ref is not exit.ref:
-            return False
-        spec, reason = child.spec, exit.reason
-        self._report_exit(spec, exit.ref, reason)
-        restart = spec.restart is Restart.PERMANENT or (
-            spec.restart is Restart.TRANSIENT and not is_normal_exit(reason)
-        )
-        if restart:
-            self._restart(child)
-        else:
-            self._remove(key)
-        return True
+    def _set_ref(self, child: _DynChild, ref: pykka.ActorRef[Any] | _Restarting | None) -> None:
+        if isinstance(ref, pykka.ActorRef):
+            self._by_ref.pop(child.last_ref, None)
+            child.last_ref = ref
+            self._by_ref[ref] = child.key
+        if ref is not None:
+            child.ref = ref
+
+    def _let_go(self, child: _DynChild) -> None:
+        self._remove(child.key)
 
     def _restart(self, child: _DynChild) -> None:
         if self._intensity_exceeded():
@@ -232,27 +167,16 @@ class _DynamicSupervisorActor(_SupervisorBase):
         try:
             ref = self._start(child.spec)
         except _StartFailure as failure:
-            log_event(
-                "ERROR",
-                "start_error",
-                "dynamic supervisor {supervisor} failed to restart a {child_id!r} child: {reason}",
-                supervisor=self._name,
-                child_id=child.spec.id,
-                reason=repr(failure.reason),
-                offender=offender(child.spec, None),
-            )
-            child.ref = RESTARTING
-            self.actor_ref.tell(_TryAgainRestart(child.key))
+            self._restart_failed(child, failure)
             return
-        if ref is None:  # DYN-07: ignore on restart removes the child
+        if ref is None:  # ignored on restart: the child is removed, as in Elixir
             self._remove(child.key)
             return
-        self._by_ref.pop(child.last_ref, None)
-        child.ref = child.last_ref = ref
-        self._by_ref[ref] = child.key
+        self._set_ref(child, ref)
 
     def _terminate_children(self) -> None:
-        """Signal every child at once; kill each when its own shutdown time runs out (DYN-08)."""
+        """Signal every child at once; kill each when its own shutdown time runs out (the
+        children of a DynamicSupervisor have no order to stop in)."""
         children = list(self._children.values())
         self._children.clear()
         self._by_ref.clear()
@@ -272,10 +196,8 @@ class _DynamicSupervisorActor(_SupervisorBase):
         for deadline, spec, ref, waiter in pending:
             if spec.shutdown is BRUTAL_KILL:
                 continue  # already killed
-            remaining = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
-            if remaining is not None:  # a longer wait raises OverflowError (and strands children)
-                remaining = min(remaining, threading.TIMEOUT_MAX)
-            if not waiter.event.wait(remaining):
+            remaining = max(0.0, deadline - time.monotonic())
+            if not waiter.event.wait(os_timeout(remaining)):
                 kill(ref)
         for _deadline, spec, ref, waiter in pending:
             self._finish_shutdown(spec, ref, waiter)
@@ -322,7 +244,7 @@ class DynamicSupervisor(ActorHandle):
         the_clock = _validate_options(
             max_children, max_restarts, max_seconds, extra_args, strategy, auto_shutdown, clock
         )
-        validate_name(name)
+        check_name_option(name)
         return cls(
             start_actor(
                 _DynamicSupervisorActor,
@@ -430,9 +352,7 @@ def _validate_options(
     clock: Any,
 ) -> Clock:
     """Check every `DynamicSupervisor.start` option; return the clock to use."""
-    if max_children is not None and (
-        isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 0
-    ):
+    if max_children is not None and (not is_int(max_children) or max_children < 0):
         raise InvalidOption(
             "max_children", max_children, "an integer >= 0 or None", code="invalid_max_children"
         )
@@ -448,4 +368,4 @@ def _validate_options(
     if shutdown_mode is not AutoShutdown.NEVER:
         raise InvalidOption("auto_shutdown", auto_shutdown, "NEVER", code="invalid_auto_shutdown")
     validate_intensity(max_restarts, max_seconds)
-    return validate_clock(clock)
+    return check_clock(clock)

@@ -43,26 +43,15 @@ How it works:
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Final, final
+from typing import Any, ClassVar
 
 import attrs
 import pykka
 
-from .._actor import (
-    Actor,
-    ActorHandle,
-    InternalMessage,
-    current_actor,
-    demonitor,
-    kill,
-    monitor,
-    send_exit,
-    start_actor,
-)
+from .._actor import ActorHandle, current_actor, start_actor
+from .._checks import check_clock, check_name_option, enum_option, is_hashable
 from .._child_spec import (
-    BRUTAL_KILL,
     INFINITY,
     AutoShutdown,
     ChildSpec,
@@ -71,346 +60,37 @@ from .._child_spec import (
     Strategy,
     check_child_specs,
 )
-from .._clock import SYSTEM_CLOCK, Clock
+from .._clock import Clock
 from .._errors import (
-    AlreadyNamed,
     AlreadyPresent,
     AlreadyStarted,
     ChildNotFound,
     ChildRestarting,
     ChildRunning,
     InvalidOption,
-    NoProc,
     StartChildError,
-    StartError,
     SupervisorStartError,
 )
 from .._logging import log_event
-from .._naming._names import _check_name, register
-from .._reasons import KILLED, SHUTDOWN, Down, Exit, MonitorRef, is_normal_exit
-from ._intensity import add_restart
+from .._naming._names import register
+from .._reasons import SHUTDOWN
+from ._base import (
+    RESTARTING,
+    ChildCounts,
+    ChildInfo,
+    _CountChildren,
+    _Restarting,
+    _StartChild,
+    _StartFailure,
+    _SupervisorBase,
+    _TerminateChild,
+    _WhichChildren,
+    offender,
+    start_spec,
+    validate_intensity,
+)
 
-__all__ = [
-    "RESTARTING",
-    "BadStartReturn",
-    "ChildCounts",
-    "ChildInfo",
-    "Supervisor",
-]
-
-
-@final
-class _Restarting:
-    def __repr__(self) -> str:
-        return "RESTARTING"
-
-    def __reduce__(self) -> str:
-        return "RESTARTING"
-
-
-RESTARTING: Final = _Restarting()
-"""In `ChildInfo.ref`: the child failed to restart and a retry is queued."""
-
-KILL_TIMEOUT: Final = 5.0
-"""Seconds to wait for a killed thread actor to reach its next message boundary."""
-
-
-@attrs.frozen
-class ChildInfo:
-    """One line of `which_children()`.
-
-    Attributes:
-        id: the child's id (None under a `DynamicSupervisor`).
-        ref: its `ActorRef` while running, `None` when stopped, `RESTARTING` between failed
-            restart attempts.
-        type: `ChildType.WORKER` or `ChildType.SUPERVISOR`.
-    """
-
-    id: Any
-    ref: pykka.ActorRef[Any] | _Restarting | None = attrs.field(repr=str)
-    type: ChildType
-
-
-@attrs.frozen
-class ChildCounts:
-    """`count_children()`: `specs` known, `active` running, and totals by type."""
-
-    specs: int
-    active: int
-    supervisors: int
-    workers: int
-
-
-class BadStartReturn(TypeError):
-    """A start function returned something that is not an ActorRef, a handle, or None."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-        super().__init__(
-            f"start function returned {value!r}; expected an ActorRef, a handle with "
-            "`actor_ref`, or None (ignore)"
-        )
-
-
-# --- shared child mechanics (also used by DynamicSupervisor) ---------------------------------
-
-
-class _StartFailure(Exception):
-    def __init__(self, reason: Any) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-def start_spec(spec: ChildSpec, extra_args: tuple[Any, ...] = ()) -> pykka.ActorRef[Any] | None:
-    """Call a spec's start function and normalise what it returns (OTP start result rules).
-
-    Raises:
-        _StartFailure: the start function raised, or returned something invalid.
-    """
-    try:
-        result = spec.start(*extra_args, *spec.args, **spec.kwargs)
-    except StartError as exc:
-        raise _StartFailure(exc.reason) from exc
-    except Exception as exc:
-        raise _StartFailure(exc) from exc
-    if result is None:
-        return None
-    if isinstance(result, pykka.ActorRef):
-        return result
-    ref = getattr(result, "actor_ref", None)
-    if isinstance(ref, pykka.ActorRef):
-        return ref
-    raise _StartFailure(BadStartReturn(result))
-
-
-def offender(spec: ChildSpec, ref: Any) -> dict[str, Any]:
-    """OTP's offender fields, for error reports."""
-    return {
-        "id": spec.id,
-        "ref": str(ref) if ref is not None else None,
-        "start": spec.start_description,
-        "restart": spec.restart.value,
-        "shutdown": spec.shutdown,
-        "type": spec.type.value,
-        "significant": spec.significant,
-    }
-
-
-class _Waiter:
-    """A one-shot `Down` catcher: the selective receive OTP's shutdown does on a monitor."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.reason: Any = None
-        self.mref: MonitorRef | None = None
-
-    def __call__(self, down: Down) -> None:
-        self.reason = down.reason
-        self.event.set()
-
-
-class _SupervisorBase(Actor):
-    """What `Supervisor` and `DynamicSupervisor` share: linking, stopping children, intensity."""
-
-    trap_exits = True
-    start_timeout = None  # like start_link for supervisors: wait for every child (infinity)
-
-    def __init__(
-        self, max_restarts: int, max_seconds: float, clock: Clock, parent: Any, label: Any
-    ) -> None:
-        super().__init__()
-        self._max_restarts = max_restarts
-        self._max_seconds = max_seconds
-        self._clock = clock
-        self._parent = parent
-        self._label = label
-        self._restarts: tuple[float, ...] = ()
-
-    @property
-    def _name(self) -> str:
-        return str(self._label) if self._label is not None else str(self.actor_ref)
-
-    def _link_parent(self) -> None:
-        """Link to the actor that started us, as OTP's ``start_link`` does.
-
-        Done last in `on_start`: a failed start reports its error to the caller and sends it no
-        exit signal (OTP 26+ synchronous init failure).
-        """
-        if isinstance(self._parent, pykka.ActorRef):
-            self.link(self._parent)
-
-    def _intensity_exceeded(self) -> bool:
-        self._restarts, exceeded = add_restart(
-            self._restarts, self._clock.monotonic(), self._max_restarts, self._max_seconds
-        )
-        return exceeded
-
-    def _give_up(self, spec: ChildSpec, ref: Any) -> None:
-        log_event(
-            "ERROR",
-            "reached_max_restart_intensity",
-            "supervisor {supervisor} reached max restart intensity; offender {child_id!r}",
-            supervisor=self._name,
-            child_id=spec.id,
-            reason="reached_max_restart_intensity",
-            offender=offender(spec, ref),
-        )
-        self.exit(SHUTDOWN)
-
-    def _link_started(self, spec: ChildSpec, ref: pykka.ActorRef[Any]) -> None:
-        """Link a freshly started child and register its name; a name clash stops it again."""
-        self.link(ref)
-        if spec.name is not None:
-            try:
-                register(spec.name, ref)
-            except NoProc:
-                if ref.is_alive():  # the NoProc came from elsewhere (a Via's stopped registry)
-                    self.unlink(ref)
-                    self._shutdown(spec, ref)
-                    raise _StartFailure(NoProc(repr(spec.name), "register")) from None
-                # it already exited: its exit signal is queued and handled as any other
-            except (AlreadyStarted, AlreadyNamed) as exc:
-                self.unlink(ref)
-                self._shutdown(spec, ref)
-                raise _StartFailure(exc) from exc
-        log_event(
-            "INFO",
-            "child_started",
-            "supervisor {supervisor} started child {child_id!r}: {ref}",
-            supervisor=self._name,
-            child_id=spec.id,
-            ref=str(ref),
-        )
-
-    def _shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any]) -> Any:
-        """Stop one child by OTP's shutdown protocol and return the reason it exited with."""
-        waiter = self._begin_shutdown(spec, ref)
-        if spec.shutdown is not BRUTAL_KILL:
-            limit = spec.shutdown if isinstance(spec.shutdown, float | int) else None
-            if limit is not None:  # a longer wait raises OverflowError (and strands the child)
-                limit = min(limit, threading.TIMEOUT_MAX)
-            if not waiter.event.wait(limit):
-                kill(ref)
-        return self._finish_shutdown(spec, ref, waiter)
-
-    def _begin_shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any]) -> _Waiter:
-        """Unlink, monitor, then signal the child (kill it for `BRUTAL_KILL`)."""
-        self.unlink(ref)
-        waiter = _Waiter()
-        # Monitor before sending the signal, so a child that unlinked itself cannot hang us.
-        waiter.mref = monitor(ref, waiter)
-        if spec.shutdown is BRUTAL_KILL:
-            kill(ref)
-        else:
-            send_exit(ref, SHUTDOWN, sender=self.actor_ref)
-        return waiter
-
-    def _finish_shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any], waiter: _Waiter) -> Any:
-        """Wait (bounded) for a signalled or killed child's exit; report unexpected reasons."""
-        if not waiter.event.wait(KILL_TIMEOUT):
-            if waiter.mref is not None:
-                demonitor(waiter.mref)
-            log_event(
-                "ERROR",
-                "kill_timeout",
-                "supervisor {supervisor}: child {child_id!r} is blocked in a handler and cannot "
-                "be killed; reported as KILLED, its thread exits at its next message boundary",
-                supervisor=self._name,
-                child_id=spec.id,
-                offender=offender(spec, ref),
-            )
-            return KILLED
-        reason = waiter.reason
-        expected = KILLED if spec.shutdown is BRUTAL_KILL else SHUTDOWN
-        fine = reason is expected or (
-            spec.restart is not Restart.PERMANENT and is_normal_exit(reason)
-        )
-        if not fine:
-            log_event(
-                "ERROR",
-                "shutdown_error",
-                "supervisor {supervisor}: child {child_id!r} shut down with {reason}",
-                supervisor=self._name,
-                child_id=spec.id,
-                reason=repr(reason),
-                offender=offender(spec, ref),
-            )
-        return reason
-
-    def _report_exit(self, spec: ChildSpec, ref: Any, reason: Any) -> None:
-        level = "INFO" if is_normal_exit(reason) else "ERROR"
-        log_event(
-            level,
-            "child_terminated",
-            "supervisor {supervisor}: child {child_id!r} exited with {reason}",
-            supervisor=self._name,
-            child_id=spec.id,
-            reason=repr(reason),
-            offender=offender(spec, ref),
-        )
-
-    def on_exit_signal(self, exit: Exit) -> None:
-        if self._is_child_exit(exit):
-            return
-        if exit.ref is not None and exit.ref is self._parent:
-            # Our parent exited, for any reason (gen_server's rule for a trapping process):
-            # terminate, children first (`on_stop` does it, also when the parent was killed:
-            # only our own kill skips the hook).
-            self.exit(exit.reason)
-        # An exit signal from anything else (a child we already let go) is ignored (SUP-20).
-
-    def _is_child_exit(self, exit: Exit) -> bool:
-        raise NotImplementedError
-
-    def on_stop(self) -> None:
-        self._terminate_children()
-
-    def on_failure(self, *_exc_info: Any) -> None:
-        self._terminate_children()
-
-    def _terminate_children(self) -> None:
-        raise NotImplementedError
-
-
-def validate_intensity(max_restarts: Any, max_seconds: Any) -> None:
-    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-        raise InvalidOption(
-            "max_restarts", max_restarts, "an integer >= 0", code="invalid_intensity"
-        )
-    if (
-        isinstance(max_seconds, bool)
-        or not isinstance(max_seconds, int | float)
-        or not max_seconds > 0
-        or max_seconds == float("inf")
-    ):
-        raise InvalidOption(
-            "max_seconds", max_seconds, "a finite number of seconds > 0", code="invalid_period"
-        )
-
-
-def validate_name(name: Any) -> None:
-    """Check a `name=` option up front, with `register`'s rules (None: no name)."""
-    if name is not None:
-        _check_name(name)
-
-
-def validate_clock(clock: Any) -> Clock:
-    if clock is None:
-        return SYSTEM_CLOCK
-    if not isinstance(clock, Clock):
-        raise InvalidOption("clock", clock, "a Clock (monotonic() and call_later())")
-    return clock
-
-
-def enum_option(name: str, value: Any, enum_cls: Any, code: str) -> Any:
-    if isinstance(value, enum_cls):
-        return value
-    if isinstance(value, str):
-        for member in enum_cls:
-            if value.lower() in (member.value, member.name.lower()):
-                return member
-    names = ", ".join(m.name for m in enum_cls)
-    raise InvalidOption(name, value, f"one of {names}", code=code)
+__all__ = ["Supervisor"]
 
 
 # --- the static supervisor -------------------------------------------------------------------
@@ -421,15 +101,9 @@ class _Child:
     spec: ChildSpec
     ref: pykka.ActorRef[Any] | _Restarting | None = None
 
-
-@attrs.frozen
-class _StartChild:
-    spec: ChildSpec
-
-
-@attrs.frozen
-class _TerminateChild:
-    id: Any
+    @property
+    def key(self) -> Any:
+        return self.spec.id
 
 
 @attrs.frozen
@@ -443,27 +117,12 @@ class _DeleteChild:
 
 
 @attrs.frozen
-class _WhichChildren:
-    pass
-
-
-@attrs.frozen
 class _WhichChild:
     id: Any
 
 
 @attrs.frozen
-class _CountChildren:
-    pass
-
-
-@attrs.frozen
 class _GetChildSpec:
-    id: Any
-
-
-@attrs.frozen
-class _TryAgainRestart(InternalMessage):
     id: Any
 
 
@@ -486,7 +145,6 @@ class _SupervisorActor(_SupervisorBase):
         self._register_as = name
         self._order: list[Any] = []  # child ids in start order
         self._children: dict[Any, _Child] = {}
-        self._by_ref: dict[pykka.ActorRef[Any], Any] = {}
 
     # -- init --
 
@@ -508,12 +166,7 @@ class _SupervisorActor(_SupervisorBase):
                 )
                 self._terminate_children()
                 raise SupervisorStartError(spec.id, failure.reason) from None
-            if ref is None and spec.restart is Restart.TEMPORARY:
-                continue  # an ignored temporary child is not kept (SUP-14)
-            self._order.append(spec.id)
-            self._children[spec.id] = _Child(spec, ref)
-            if ref is not None:
-                self._by_ref[ref] = spec.id
+            self._keep(spec, ref)
         self._initial = []
         self._link_parent()
 
@@ -523,67 +176,47 @@ class _SupervisorActor(_SupervisorBase):
             self._link_started(spec, ref)
         return ref
 
+    def _keep(self, spec: ChildSpec, ref: pykka.ActorRef[Any] | None) -> None:
+        """Add a just-started child at the end of the start order (an ignored temporary child
+        is not kept: OTP forgets it at once)."""
+        if ref is None and spec.restart is Restart.TEMPORARY:
+            return
+        child = _Child(spec)
+        self._order.append(spec.id)
+        self._children[spec.id] = child
+        self._set_ref(child, ref)
+
     # -- API --
 
-    def on_receive(self, message: Any) -> Any:
+    def _on_other(self, message: Any) -> Any:
         match message:
-            case _TryAgainRestart(child_id):
-                child = self._children.get(child_id)
-                if child is not None and child.ref is RESTARTING:
-                    self._restart(child)
-                return None
-            case _StartChild(spec):
-                return self._api_start_child(spec)
-            case _TerminateChild(child_id):
-                return self._api_terminate_child(child_id)
             case _RestartChild(child_id):
                 return self._api_restart_child(child_id)
             case _DeleteChild(child_id):
                 return self._api_delete_child(child_id)
-            case _WhichChildren():
-                return [self._info(self._children[i]) for i in reversed(self._order)]
             case _WhichChild(key):
                 return self._info(self._find(key))
-            case _CountChildren():
-                return self._count()
             case _GetChildSpec(key):
                 return self._find(key).spec
-        log_event(
-            "WARNING",
-            "unexpected_message",
-            "supervisor {supervisor} received unexpected message {message!r}",
-            supervisor=self._name,
-            message=message,
-        )
-        return None
+        return super()._on_other(message)
+
+    def _which_children(self) -> list[ChildInfo]:
+        return [self._info(self._children[i]) for i in reversed(self._order)]
 
     def _find(self, key: Any) -> _Child:
         if isinstance(key, pykka.ActorRef):
             child_id = self._by_ref.get(key)
             if child_id is None:
                 raise ChildNotFound(key)
-            return self._children[child_id]
-        child = self._children.get(key) if _hashable(key) else None
-        if child is None:
+            child: _Child = self._children[child_id]
+            return child
+        found: _Child | None = self._children.get(key) if is_hashable(key) else None
+        if found is None:
             raise ChildNotFound(key)
-        return child
+        return found
 
     def _info(self, child: _Child) -> ChildInfo:
         return ChildInfo(child.spec.id, child.ref, child.spec.type)
-
-    def _count(self) -> ChildCounts:
-        active = sum(
-            1
-            for c in self._children.values()
-            if isinstance(c.ref, pykka.ActorRef) and c.ref.is_alive()
-        )
-        supervisors = sum(1 for c in self._children.values() if c.spec.type is ChildType.SUPERVISOR)
-        return ChildCounts(
-            specs=len(self._children),
-            active=active,
-            supervisors=supervisors,
-            workers=len(self._children) - supervisors,
-        )
 
     def _api_start_child(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
         check_child_specs([spec], self._auto_shutdown)
@@ -595,20 +228,15 @@ class _SupervisorActor(_SupervisorBase):
         try:
             ref = self._start(spec)
         except _StartFailure as failure:
-            if isinstance(failure.reason, AlreadyStarted):  # a name clash passes through (SUP-53)
+            if isinstance(failure.reason, AlreadyStarted):  # a name clash passes through
                 raise failure.reason from None
             raise StartChildError(spec.id, failure.reason) from None
-        if ref is None and spec.restart is Restart.TEMPORARY:
-            return None
-        self._order.append(spec.id)
-        self._children[spec.id] = _Child(spec, ref)
-        if ref is not None:
-            self._by_ref[ref] = spec.id
+        self._keep(spec, ref)
         return ref
 
     def _api_terminate_child(self, key: Any) -> None:
         if isinstance(key, pykka.ActorRef):
-            raise ChildNotFound(key)  # a static supervisor's children are named by id (SUP-54)
+            raise ChildNotFound(key)  # a static supervisor's children are named by id, as in OTP
         child = self._find(key)
         self._stop_child(child)
         if child.spec.restart is Restart.TEMPORARY:
@@ -616,10 +244,7 @@ class _SupervisorActor(_SupervisorBase):
 
     def _api_restart_child(self, child_id: Any) -> pykka.ActorRef[Any] | None:
         child = self._find(child_id)
-        if isinstance(child.ref, pykka.ActorRef):
-            raise ChildRunning(child_id)
-        if child.ref is RESTARTING:
-            raise ChildRestarting(child_id)
+        self._check_stopped(child)
         try:
             ref = self._start(child.spec)
         except _StartFailure as failure:
@@ -629,11 +254,15 @@ class _SupervisorActor(_SupervisorBase):
 
     def _api_delete_child(self, child_id: Any) -> None:
         child = self._find(child_id)
-        if isinstance(child.ref, pykka.ActorRef):
-            raise ChildRunning(child_id)
-        if child.ref is RESTARTING:
-            raise ChildRestarting(child_id)
+        self._check_stopped(child)
         self._forget(child)
+
+    @staticmethod
+    def _check_stopped(child: _Child) -> None:
+        if isinstance(child.ref, pykka.ActorRef):
+            raise ChildRunning(child.spec.id)
+        if child.ref is RESTARTING:
+            raise ChildRestarting(child.spec.id)
 
     # -- child bookkeeping --
 
@@ -658,24 +287,12 @@ class _SupervisorActor(_SupervisorBase):
 
     # -- exits and restarts --
 
-    def _is_child_exit(self, exit: Exit) -> bool:
-        child_id = self._by_ref.get(exit.ref) if exit.ref is not None else None
-        if child_id is None:
-            return False
-        child = self._children[child_id]
-        self._set_ref(child, None)
-        self._child_exited(child, exit.ref, exit.reason)
-        return True
-
     def _child_exited(self, child: _Child, ref: Any, reason: Any) -> None:
+        self._set_ref(child, None)
+        super()._child_exited(child, ref, reason)
+
+    def _let_go(self, child: _Child) -> None:
         spec = child.spec
-        self._report_exit(spec, ref, reason)
-        restart = spec.restart is Restart.PERMANENT or (
-            spec.restart is Restart.TRANSIENT and not is_normal_exit(reason)
-        )
-        if restart:
-            self._restart(child)
-            return
         if spec.restart is Restart.TEMPORARY:
             self._forget(child)
         self._check_auto_shutdown(spec)
@@ -722,17 +339,7 @@ class _SupervisorActor(_SupervisorBase):
             try:
                 ref = self._start(target.spec)
             except _StartFailure as failure:
-                log_event(
-                    "ERROR",
-                    "start_error",
-                    "supervisor {supervisor} failed to restart child {child_id!r}: {reason}",
-                    supervisor=self._name,
-                    child_id=child_id,
-                    reason=repr(failure.reason),
-                    offender=offender(target.spec, None),
-                )
-                self._set_ref(target, RESTARTING)
-                self.actor_ref.tell(_TryAgainRestart(child_id))
+                self._restart_failed(target, failure)
                 return
             self._set_ref(target, ref)
 
@@ -745,14 +352,6 @@ class _SupervisorActor(_SupervisorBase):
                 self._stop_child(child)
                 if child.spec.restart is Restart.TEMPORARY:
                     self._forget(child)
-
-
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
 
 
 def _check_children(children: Any, auto_shutdown: AutoShutdown) -> list[ChildSpec]:
@@ -818,8 +417,8 @@ class Supervisor(ActorHandle):
             "auto_shutdown", auto_shutdown, AutoShutdown, "invalid_auto_shutdown"
         )
         validate_intensity(max_restarts, max_seconds)
-        clock = validate_clock(clock)
-        validate_name(name)
+        clock = check_clock(clock)
+        check_name_option(name)
         specs = _check_children(children, auto_mode)
         return cls(
             start_actor(
@@ -861,7 +460,7 @@ class Supervisor(ActorHandle):
         )
         enum_option("strategy", strategy, Strategy, "invalid_strategy")
         validate_intensity(options.get("max_restarts", 3), options.get("max_seconds", 5.0))
-        validate_clock(options.get("clock"))
+        check_clock(options.get("clock"))
         children = _check_children(children, auto)
         unknown = set(options) - {
             "strategy",

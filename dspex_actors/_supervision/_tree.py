@@ -15,8 +15,9 @@ from typing import Any
 import pykka
 from rich.tree import Tree
 
+from ._base import RESTARTING, ChildInfo
 from ._dynamic import DynamicSupervisor, _DynamicSupervisorActor
-from ._supervisor import RESTARTING, ChildInfo, Supervisor, _SupervisorActor
+from ._supervisor import Supervisor, _SupervisorActor
 
 __all__ = ["short_ref", "supervision_tree"]
 

@@ -21,7 +21,8 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from .._errors import NoProc
-from .._pool._pool import From, Pool, PoolStatus, PoolWorker
+from .._pool._contract import From, PoolStatus, PoolWorker
+from .._pool._handle import Pool
 from .._pool._results import Ok
 
 __all__ = ["EchoWorker", "start_test_pool", "wait_for_pool_ready"]

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-from .._pool._pool import From, PoolWorker
+from .._pool._contract import From, PoolWorker
 from .._pool._results import Ok
 
 __all__ = ["Script", "ScriptError", "ScriptedWorker"]
