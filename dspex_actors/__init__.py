@@ -108,13 +108,15 @@ from ._ports._framing import (
     RAW_CODEC,
     Codec,
 )
-from ._ports._port import (
-    Port,
+from ._ports._handover import (
     PortActor,
-    PortExited,
-    PortInfo,
     safe_connect,
     validate_port,
+)
+from ._ports._port import (
+    Port,
+    PortExited,
+    PortInfo,
 )
 from ._ports._process_pool import (
     PortCheckout,

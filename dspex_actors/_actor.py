@@ -68,7 +68,7 @@ from pykka._envelope import Envelope
 
 from ._checks import os_timeout
 from ._errors import CallTimeout, NoProc, StartError
-from ._logging import log, log_event
+from ._logging import log, log_event, short_repr
 from ._reasons import KILLED, NOPROC, NORMAL, Down, Exit, MonitorRef, is_normal_exit
 
 if TYPE_CHECKING:
@@ -221,13 +221,8 @@ def _reject(envelope: Envelope[Any], owner: str, proc: _Proc | None) -> None:
             "dead_letter",
             "dead letter: {actor} exited before handling {message}",
             actor=owner,
-            message=_short_repr(message),
+            message=short_repr(message, 200),
         )
-
-
-def _short_repr(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- the per-actor record --------------------------------------------------------------------

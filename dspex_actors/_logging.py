@@ -19,7 +19,7 @@ from typing import Any
 
 from loguru import logger
 
-__all__ = ["log", "log_event"]
+__all__ = ["log", "log_event", "short_repr"]
 
 log = logger
 """The loguru logger, as used inside dspex_actors (records are named after our modules)."""
@@ -31,6 +31,12 @@ _LEVELS = {
     logging.INFO: "INFO",
     logging.DEBUG: "DEBUG",
 }
+
+
+def short_repr(value: Any, limit: int = 120) -> str:
+    """`repr(value)`, cut to `limit` characters (ending in ``...``) for messages and logs."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def log_event(level: str, event: str, message: str, /, **fields: Any) -> None:

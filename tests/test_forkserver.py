@@ -24,10 +24,10 @@ import psutil
 import pytest
 
 import dspex_actors as da
+from dspex_actors import Port, PortExited
 from dspex_actors._errors import InvalidOption
-from dspex_actors._ports import _port
+from dspex_actors._ports import _fds, _launch
 from dspex_actors._ports._forkserver import FORK_SERVER
-from dspex_actors._ports._port import Port, PortExited
 from dspex_actors._ports._process_pool import PortSpec, ProcessPool
 from dspex_actors.testing import wait_for
 
@@ -410,10 +410,10 @@ def test_fs_13_the_servers_socket_is_in_the_fork_registry_while_the_server_runs(
     try:
         assert FORK_SERVER._server is not None
         fd = FORK_SERVER._server._sock.fileno()
-        assert fd in _port._PARENT_FDS
+        assert fd in _fds.PARENT_FDS
     finally:
         port.close(timeout=10)
-    assert fd not in _port._PARENT_FDS
+    assert fd not in _fds.PARENT_FDS
 
 
 # --- review findings: environment, exit codes, failures half way, a stalled server -------------
@@ -473,14 +473,14 @@ def test_fs_16_a_port_that_cannot_be_built_leaves_no_worker_fd_or_server_referen
             raise RuntimeError("can't start new thread")
         real_start(self)
 
-    fds_before = set(_port._PARENT_FDS)
+    fds_before = set(_fds.PARENT_FDS)
     monkeypatch.setattr(threading.Thread, "start", no_port_thread)
     with pytest.raises(RuntimeError, match="can't start new thread"):
         Port.spawn(echo, start_method=FS)
     monkeypatch.undo()
     assert FORK_SERVER.users == 0
     assert running_server() is None  # the last reference stopped and reaped it
-    assert set(_port._PARENT_FDS) == fds_before
+    assert set(_fds.PARENT_FDS) == fds_before
 
 
 def test_fs_17_a_killed_pool_drops_its_server_reference_once_collected() -> None:
@@ -512,7 +512,7 @@ def test_fs_18_a_stalled_server_is_replaced_after_the_start_timeout(
     first = Port.spawn(echo, start_method=FS)
     ports.append(first)
     stalled = server_pid()
-    monkeypatch.setattr(_port, "_SETUP_TIMEOUT", 0.5)
+    monkeypatch.setattr(_launch, "SETUP_TIMEOUT", 0.5)
     os.kill(stalled, signal.SIGSTOP)
     try:
         with pytest.raises(da.CallTimeout):
@@ -538,7 +538,7 @@ def test_fs_19_an_interrupt_while_waiting_for_the_server_kills_the_worker_it_for
     ports.append(warm)
     warm.request(1, timeout=30)
     server = server_pid()
-    fds_before = set(_port._PARENT_FDS)
+    fds_before = set(_fds.PARENT_FDS)
 
     class Interrupted(_forkserver._Request):
         """The first wait returns once the server has answered (the worker exists), then
@@ -563,7 +563,7 @@ def test_fs_19_an_interrupt_while_waiting_for_the_server_kills_the_worker_it_for
     monkeypatch.undo()
     wait_for(lambda: [c.pid for c in psutil.Process(server).children()] == [warm.os_pid])
     assert FORK_SERVER.users == 1
-    assert set(_port._PARENT_FDS) == fds_before
+    assert set(_fds.PARENT_FDS) == fds_before
 
 
 def test_fs_20_a_worker_the_server_has_reaped_is_never_signalled(
@@ -626,7 +626,7 @@ def test_fs_22_a_port_start_stuck_in_popen_does_not_stop_forkserver_ports(
     held, release = threading.Event(), threading.Event()
 
     def stuck_popen() -> None:
-        with _port._FORK_GUARD.creating():
+        with _fds.FORK_GUARD.creating():
             held.set()
             release.wait(30)
 
@@ -641,7 +641,7 @@ def test_fs_22_a_port_start_stuck_in_popen_does_not_stop_forkserver_ports(
     try:
         assert held.wait(10)
         fork_start.start()  # a "fork" port waits for the guard meanwhile: others must not
-        waiters: Any = _port._FORK_GUARD._cond._waiters  # type: ignore[attr-defined]
+        waiters: Any = _fds.FORK_GUARD._cond._waiters  # type: ignore[attr-defined]
         wait_for(lambda: len(waiters) == 1, timeout=10)
         port = Port.spawn(echo, start_method=FS)
         ports.append(port)
@@ -657,7 +657,7 @@ def test_fs_22_a_port_start_stuck_in_popen_does_not_stop_forkserver_ports(
 
 
 def test_fs_23_the_fork_guard_lets_creators_share_and_makes_a_fork_wait_for_them() -> None:
-    guard = _port._ForkGuard()
+    guard = _fds.ForkGuard()
     order: list[str] = []
     inside, go, forked = threading.Event(), threading.Event(), threading.Event()
 
@@ -766,7 +766,7 @@ def test_fs_25_a_program_starts_with_default_signal_dispositions_as_popen_gives(
 
 
 def test_fs_26_a_missing_program_or_cwd_is_the_error_popen_raises_and_leaves_nothing() -> None:
-    fds_before = set(_port._PARENT_FDS)
+    fds_before = set(_fds.PARENT_FDS)
     open_fds = set(os.listdir("/proc/self/fd"))
     for argv, cwd, missing in (
         (["/nonexistent/program"], None, "/nonexistent/program"),
@@ -778,7 +778,7 @@ def test_fs_26_a_missing_program_or_cwd_is_the_error_popen_raises_and_leaves_not
             assert caught.value.filename == missing, method
     assert FORK_SERVER.users == 0
     assert running_server() is None  # the last reference stopped and reaped it
-    assert set(_port._PARENT_FDS) == fds_before
+    assert set(_fds.PARENT_FDS) == fds_before
     assert set(os.listdir("/proc/self/fd")) == open_fds
     assert [c for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE] == []
 
@@ -799,14 +799,14 @@ def test_fs_27_a_server_started_program_needs_no_fork_here_nor_the_spawner_threa
             raise RuntimeError("released")
 
         replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        with _port._SPAWNER._lock:
-            _port._SPAWNER._live += 1
-            if _port._SPAWNER._thread is None:
-                _port._SPAWNER._thread = threading.Thread(
-                    target=_port._SPAWNER._run, name="dspex-port-spawner", daemon=True
+        with _launch.SPAWNER._lock:
+            _launch.SPAWNER._live += 1
+            if _launch.SPAWNER._thread is None:
+                _launch.SPAWNER._thread = threading.Thread(
+                    target=_launch.SPAWNER._run, name="dspex-port-spawner", daemon=True
                 )
-                _port._SPAWNER._thread.start()
-        _port._SPAWNER._jobs.put((stuck_popen, replies))
+                _launch.SPAWNER._thread.start()
+        _launch.SPAWNER._jobs.put((stuck_popen, replies))
         try:
             assert held.wait(10)
 
@@ -824,7 +824,7 @@ def test_fs_27_a_server_started_program_needs_no_fork_here_nor_the_spawner_threa
             ok, error = replies.get(timeout=10)
             assert not ok
             assert str(error) == "released"
-            _port._SPAWNER.release()
+            _launch.SPAWNER.release()
     finally:
         FORK_SERVER.release()
 
@@ -868,13 +868,13 @@ def test_fs_29_bad_arguments_or_environment_raise_what_popen_raises_and_start_no
 ) -> None:
     """Checked in this process as Popen checks them (they used to fail in the server's child
     as ``OSError(0, 'Success')``); nothing is left behind."""
-    fds_before = set(_port._PARENT_FDS)
+    fds_before = set(_fds.PARENT_FDS)
     for method in ("spawn", FS):
         with pytest.raises(error):
             Port.open(argv, env=env, start_method=method)
     assert FORK_SERVER.users == 0
     assert running_server() is None
-    assert set(_port._PARENT_FDS) == fds_before
+    assert set(_fds.PARENT_FDS) == fds_before
     assert [c for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE] == []
 
 
@@ -969,14 +969,14 @@ def test_fs_32_a_start_after_our_user_or_groups_changed_is_refused() -> None:
 
 
 STALLING_SERVER = (
-    "import dspex_actors._ports._forkserver as fs, time\n"
+    "import dspex_actors._ports._forkserver_server as fs, time\n"
     "real = fs._program_main\n"
     "def stalled(fds, setup, *rest):\n"
     "    if b'stall-here' in setup:\n"
     "        time.sleep(120)  # sleep-ok: a child stuck before its exec (a hung mount, say)\n"
     "    real(fds, setup, *rest)\n"
     "fs._program_main = stalled\n"
-    "fs._server_main({fd}, {parent})\n"
+    "fs.server_main({fd}, {parent})\n"
 )
 
 
@@ -988,7 +988,7 @@ def test_fs_33_a_program_stuck_before_its_exec_times_out_alone_and_is_killed(
     from dspex_actors._ports import _forkserver
 
     monkeypatch.setattr(_forkserver._Server, "BOOT", STALLING_SERVER)
-    monkeypatch.setattr(_port, "_SETUP_TIMEOUT", 6.0)
+    monkeypatch.setattr(_launch, "SETUP_TIMEOUT", 6.0)
     FORK_SERVER.acquire()
     try:
         server = server_pid()
@@ -1184,16 +1184,16 @@ FORKED_CHILD_FDS = textwrap.dedent(
     """
     import os
     from dspex_actors import Port
-    from dspex_actors._ports import _port
+    from dspex_actors._ports import _fds
     port = Port.spawn(len, start_method="forkserver")
     assert port.request("ab", timeout=60) == 2
-    listed = sorted(_port._PARENT_FDS)
+    listed = sorted(_fds.PARENT_FDS)
     null = os.stat(os.devnull).st_rdev
     r, w = os.pipe()
     pid = os.fork()  # another library's fork
     if pid == 0:
         nulled = all(os.fstat(fd).st_rdev == null for fd in listed)
-        os.write(w, repr([nulled, sorted(_port._PARENT_FDS)]).encode())
+        os.write(w, repr([nulled, sorted(_fds.PARENT_FDS)]).encode())
         os._exit(0)
     os.close(w)
     print(bool(listed), os.read(r, 1000).decode())
@@ -1214,7 +1214,8 @@ def test_fs_38_a_forked_child_nulls_the_parents_port_fds_and_lists_none_of_them(
 SERVER_STATE = textwrap.dedent(
     """
     import os, pickle, selectors, signal, socket
-    import dspex_actors._ports._forkserver as fs
+    import dspex_actors._ports._forkserver_server as fs
+    from dspex_actors._ports._forkserver import _open_cwd
 
     signal.signal(signal.SIGCHLD, lambda *a: None)
 
@@ -1224,10 +1225,10 @@ SERVER_STATE = textwrap.dedent(
 
     def start(st, request_id, argv, limit):
         pipes = [os.pipe() for _ in range(4)]
-        fds = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][0], fs._open_cwd()]
+        fds = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][0], _open_cwd()]
         setup = pickle.dumps(([a.encode() for a in argv], dict(os.environb), None,
-                              fs._process_state(), limit))
-        st.fork(request_id, fds, fs._EXEC + setup)
+                              fs.process_state(), limit))
+        st.fork(request_id, fds, fs.EXEC + setup)
         (pid,) = [p for p, s in st.starting.items() if s.request_id == request_id]
         return pid, pipes
 
@@ -1239,7 +1240,7 @@ SERVER_STATE = textwrap.dedent(
                 data += chunk
         except BlockingIOError:
             pass
-        return [fs._REPLY.unpack_from(data, i) for i in range(0, len(data), fs._REPLY.size)]
+        return [fs.REPLY.unpack_from(data, i) for i in range(0, len(data), fs.REPLY.size)]
 
     # 1. Exec'd and exited, reaped in the batch that finds its deadline passed (limit 0),
     # its report's EOF read in the next: started and exited, not stalled.
@@ -1249,7 +1250,7 @@ SERVER_STATE = textwrap.dedent(
     st.reap()
     st.expire()
     st.read_report(st.starting[pid])
-    print(replies(theirs) == [(fs._STARTED, 1, pid), (fs._EXITED, pid, 0)])
+    print(replies(theirs) == [(fs.STARTED, 1, pid), (fs.EXITED, pid, 0)])
 
     # 2. The parent goes away: a start reaped already is neither signalled nor waited for.
     st, theirs = state()

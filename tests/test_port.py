@@ -21,8 +21,9 @@ import pykka
 import pytest
 
 import dspex_actors as da
-from dspex_actors._ports._framing import PICKLE_CODEC, RAW_CODEC
-from dspex_actors._ports._port import (
+from dspex_actors import (
+    PICKLE_CODEC,
+    RAW_CODEC,
     Port,
     PortActor,
     PortExited,
@@ -640,7 +641,7 @@ def test_pt_33_a_supervisor_restarts_a_port_actor_whose_process_crashed() -> Non
 
 ORPHAN_PARENT = """
 import sys, time
-from dspex_actors._ports._port import Port
+from dspex_actors import Port
 if __name__ == "__main__":
     a = Port.open([sys.executable, "-c", "import time; time.sleep(60)"])  # sleep-ok: stall
     b = Port.spawn(lambda request: request)

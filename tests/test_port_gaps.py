@@ -30,6 +30,7 @@ from typing import Any, cast
 import psutil
 import pytest
 
+from dspex_actors import Port
 from dspex_actors._errors import (
     CallTimeout,
     InvalidOption,
@@ -37,9 +38,8 @@ from dspex_actors._errors import (
     ProtocolError,
     WorkerCrashed,
 )
-from dspex_actors._ports import _port
+from dspex_actors._ports import _launch
 from dspex_actors._ports._framing import encode_frame
-from dspex_actors._ports._port import Port
 from dspex_actors._ports._process_pool import ProcessPool
 from dspex_actors.testing import wait_for
 
@@ -223,30 +223,18 @@ def test_pg_05_spawn_gives_up_on_a_child_that_never_reads_its_setup_frame(
 ) -> None:
     """pg_05: a 2 MiB handler (more than a pipe holds) sent to a child that never reads:
     `CallTimeout` after the setup timeout, and the child is killed and reaped."""
-    monkeypatch.setattr(_port, "_SETUP_TIMEOUT", 0.5, raising=False)
-    real_open = Port._open
-    opened: list[Port] = []
-
-    def stalled_open(cls: type[Port], /, argv: list[str], **options: Any) -> Port:
-        port = real_open([sys.executable, "-c", STALL], **options)
-        opened.append(port)
-        return port
-
-    monkeypatch.setattr(Port, "_open", classmethod(stalled_open))
+    monkeypatch.setattr(_launch, "SETUP_TIMEOUT", 0.5)
+    monkeypatch.setattr(_launch, "spawn_argv", lambda: [sys.executable, "-c", STALL])
     blob = os.urandom(2 << 20)
 
     def handler(request: Any) -> Any:
         return len(blob)
 
-    try:
-        with pytest.raises(CallTimeout, match="spawn"):
-            Port.spawn(handler)
-        assert len(opened) == 1
-        assert opened[0].info() is None
-        assert opened[0].exit_status == -signal.SIGKILL  # reaped before spawn raised
-    finally:
-        for port in opened:
-            port.close(timeout=5)
+    before = {child.pid for child in psutil.Process().children()}
+    with pytest.raises(CallTimeout, match="spawn"):
+        Port.spawn(handler)
+    # Killed and reaped before spawn raised: no child of ours is left, not even a zombie.
+    assert {child.pid for child in psutil.Process().children()} == before
 
 
 # --- item 3: payloads the 4-byte prefix cannot express -----------------------------------------
@@ -295,17 +283,17 @@ def test_pg_08_a_fork_port_started_while_an_open_port_starts_does_not_inherit_it
     port was built, must not keep that program's stdin open: else closing it never reaches
     EOF and `close` has to SIGTERM a well-behaved program.
 
-    The fork is forced into that window: building the `_PopenChild` (the step between the
+    The fork is forced into that window: building the `PopenChild` (the step between the
     program's start and the port's construction) first spawns a `fork` port.
     """
-    real_child = _port._PopenChild
+    real_child = _launch.PopenChild
 
     def child_after_a_fork(popen: Any) -> Any:
-        monkeypatch.setattr(_port, "_PopenChild", real_child)  # only the first one
+        monkeypatch.setattr(_launch, "PopenChild", real_child)  # only the first one
         ports.append(Port.spawn(echo, start_method="fork"))
         return real_child(popen)
 
-    monkeypatch.setattr(_port, "_PopenChild", child_after_a_fork)
+    monkeypatch.setattr(_launch, "PopenChild", child_after_a_fork)
     port = Port.open([sys.executable, "-c", READ_TO_EOF])
     ports.append(port)
     forked = ports[0]
@@ -322,14 +310,14 @@ def test_pg_09_a_fork_port_child_holds_no_pipe_end_of_an_open_port(
 ) -> None:
     """pg_09: the same window, checked on the fds themselves: the `fork` child has none of
     the open port's pipes (stdin, stdout, stderr) open."""
-    real_child = _port._PopenChild
+    real_child = _launch.PopenChild
 
     def child_after_a_fork(popen: Any) -> Any:
-        monkeypatch.setattr(_port, "_PopenChild", real_child)
+        monkeypatch.setattr(_launch, "PopenChild", real_child)
         ports.append(Port.spawn(echo, start_method="fork"))
         return real_child(popen)
 
-    monkeypatch.setattr(_port, "_PopenChild", child_after_a_fork)
+    monkeypatch.setattr(_launch, "PopenChild", child_after_a_fork)
     port = Port.open([sys.executable, "-c", READ_TO_EOF])
     ports.append(port)
     forked = ports[0]

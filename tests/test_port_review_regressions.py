@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from dspex_actors import Port
 from dspex_actors._errors import CallTimeout, InvalidOption, PortClosed, ProtocolError
 from dspex_actors._ports._framing import JSON_CODEC, PICKLE_CODEC, RAW_CODEC
-from dspex_actors._ports._port import Port
 from dspex_actors._ports._process_pool import ProcessPool
 from dspex_actors.testing import wait_for
 

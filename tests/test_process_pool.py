@@ -16,10 +16,9 @@ import psutil
 import pytest
 
 import dspex_actors as da
-from dspex_actors import From
+from dspex_actors import From, Port, PortExited
 from dspex_actors._pool._results import Async, Ok, Remove, Skip
 from dspex_actors._ports._forkserver import FORK_SERVER
-from dspex_actors._ports._port import Port, PortExited
 from dspex_actors._ports._process_pool import (
     PortCheckout,
     PortSpec,

@@ -61,62 +61,63 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import itertools
 import os
-import queue
 import select
 import selectors
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 import pykka
 
-from .._actor import Actor
 from .._actor import _current as _current_actor
+from .._checks import lock_timeout, remaining
 from .._errors import (
     CallTimeout,
-    ConnectError,
-    ConnectExited,
     ConnectFailed,
     InvalidOption,
-    NotAPort,
     PortClosed,
     PortNotOwned,
     ProtocolError,
     RemoteError,
 )
-from .._logging import log_event
+from .._logging import log_event, short_repr
+from . import _fds, _launch
+from ._fds import PARENT_FDS, close_fd, wait_writable
 from ._framing import (
     DEFAULT_MAX_FRAME,
     JSON_CODEC,
     MAX_PAYLOAD,
-    PICKLE_CODEC,
     Codec,
     FrameDecoder,
     JsonCodec,
     PickleCodec,
     encode_frame,
 )
-
-if TYPE_CHECKING:
-    from ._forkserver import ForkServer, _ServedChild
+from ._launch import (
+    Started,
+    pickle_setup,
+    start_forked,
+    start_forkserver_program,
+    start_forkserver_worker,
+    start_program,
+    start_spawned,
+)
 
 __all__ = [
+    "OPEN_METHODS",
     "START_METHODS",
     "Owner",
     "Port",
-    "PortActor",
     "PortExited",
     "PortInfo",
-    "safe_connect",
-    "validate_port",
+    "calling_owner",
+    "check_max_frame",
+    "same_owner",
 ]
 
 Owner = pykka.ActorRef[Any] | threading.Thread
@@ -132,9 +133,6 @@ _KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL in close()
 _REAP_LIMIT = 10.0
 """Seconds `close` waits for a SIGKILLed process to be reaped before it gives up waiting."""
 _STDERR_TAIL = 50  # stderr lines kept per port for diagnostics
-_SETUP_TIMEOUT = 30.0
-"""Seconds `Port.spawn` waits for a ``"spawn"`` child to read its handler (a fresh interpreter
-that has not started reading by then is stalled)."""
 
 
 # --- public types ------------------------------------------------------------------------------
@@ -179,21 +177,6 @@ class PortInfo:
     max_frame: int
 
 
-class _Child(Protocol):
-    """The OS process behind a port: a `subprocess.Popen`, a `multiprocess` process, or a
-    worker of the fork server (`_forkserver._ServedChild`, whose status the server reports)."""
-
-    pid: int
-
-    def wait_status(self, timeout: float | None) -> int | None: ...
-
-    def exit_fd(self) -> int | None: ...
-
-    def reaped(self) -> bool:
-        """The process has been reaped, so its pid may be reused: signal it no more."""
-        ...
-
-
 # --- public API --------------------------------------------------------------------------------
 
 
@@ -208,19 +191,18 @@ class Port:
 
     def __init__(
         self,
-        child: _Child,
+        started: Started,
         *,
-        stdin_fd: int,
-        stdout_fd: int,
-        stderr_fd: int,
         name: str,
         codec: Codec,
         max_frame: int,
         owner: Owner,
         on_exit: Callable[[PortExited], None] | None,
         enveloped: bool,
-        on_reaped: Callable[[], None] | None = None,
     ) -> None:
+        """Adopt a process just started (use `open` or `spawn`, which start it)."""
+        child = started.child
+        stdin_fd, stdout_fd, stderr_fd = started.stdin_fd, started.stdout_fd, started.stderr_fd
         self.id = next(_ids)
         self._child = child
         self._stdin_fd: int | None = stdin_fd
@@ -230,7 +212,7 @@ class Port:
         self._owner: Owner = owner
         self._on_exit = on_exit
         self._enveloped = enveloped
-        self._on_reaped = on_reaped
+        self._on_reaped = started.on_reaped
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         # The owner reads stdout itself, in its own thread (no hand-off on the hot path); the
@@ -246,10 +228,10 @@ class Port:
         # The reader thread writes a byte here once the process is reaped, so a recv blocked on
         # stdout wakes on the exit even while a grandchild outside the process group (it
         # called setsid) still holds stdout open and EOF never comes. Made under the fork guard
-        # and listed in _PARENT_FDS, like every parent-side fd, so no `fork` child keeps it.
-        with _FORK_GUARD.creating():
+        # and listed in PARENT_FDS, like every parent-side fd, so no `fork` child keeps it.
+        with _fds.FORK_GUARD.creating():
             self._exit_r, self._exit_w = os.pipe()
-            _PARENT_FDS.update((self._exit_r, self._exit_w))
+            PARENT_FDS.update((self._exit_r, self._exit_w))
         self._poller.register(self._exit_r, select.POLLIN)
         self._closing = False
         self._exit: PortExited | None = None
@@ -258,7 +240,7 @@ class Port:
         # A request timed out: its reply may still come and must not reach another caller.
         self._reply_pending = False
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
-        _PARENT_FDS.update((stdin_fd, stdout_fd, stderr_fd))
+        PARENT_FDS.update((stdin_fd, stdout_fd, stderr_fd))
         # Non-blocking stdin lets send() give up on a stalled process after its timeout;
         # non-blocking stdout lets recv() take a reply already there without polling first.
         os.set_blocking(stdin_fd, False)
@@ -272,9 +254,10 @@ class Port:
         try:
             self._reader.start()
         except BaseException:
-            # No reader, no port: the caller undoes the process and its pipes; these are ours.
+            # No reader, no port: the process and its pipes are undone; these are ours.
             for fd in (self._exit_r, self._exit_w):
-                _close_fd(fd)
+                close_fd(fd)
+            started.abandon()
             raise
 
     # -- constructors --
@@ -326,34 +309,27 @@ class Port:
         """
         if isinstance(argv, str | bytes) or not argv or not all(isinstance(a, str) for a in argv):
             raise InvalidOption("argv", argv, "a non-empty sequence of strings")
-        _check_max_frame(max_frame)
+        check_max_frame(max_frame)
         if isinstance(codec, PickleCodec) or not isinstance(codec, Codec):
             raise InvalidOption(
                 "codec", codec, "JSON_CODEC, RAW_CODEC or another non-pickle Codec for Port.open"
             )
         if start_method not in OPEN_METHODS:
             raise InvalidOption("start_method", start_method, f"None or one of {OPEN_METHODS[1:]}")
+        owner = _resolve_owner(owner)  # before anything starts
+        name = os.path.basename(argv[0])
         if start_method == "forkserver":
-            program = list(argv)
-            return cls._forkserver(
-                lambda server: server.start_program(program, env, cwd, _SETUP_TIMEOUT),
-                os.path.basename(argv[0]),
-                max_frame,
-                codec,
-                _resolve_owner(owner),
-                on_exit,
-                enveloped=False,
-            )
-        return cls._open(
-            list(argv),
-            env=env,
-            cwd=cwd,
-            max_frame=max_frame,
+            started = start_forkserver_program(list(argv), env, cwd)
+        else:
+            started = start_program(list(argv), env, cwd)
+        return cls(
+            started,
+            name=name,
             codec=codec,
-            owner=_resolve_owner(owner),
+            max_frame=max_frame,
+            owner=owner,
             on_exit=on_exit,
             enveloped=False,
-            name=os.path.basename(argv[0]),
         )
 
     @classmethod
@@ -400,196 +376,58 @@ class Port:
         method = start_method or "spawn"
         if method not in START_METHODS:
             raise InvalidOption("start_method", start_method, f"one of {START_METHODS}")
-        _check_max_frame(max_frame)
+        check_max_frame(max_frame)
         if not isinstance(codec, JsonCodec | PickleCodec):
             raise InvalidOption("codec", codec, "JSON_CODEC or PICKLE_CODEC for Port.spawn")
         owner = _resolve_owner(owner)
         name = getattr(handler, "__qualname__", repr(handler))
-        if method == "spawn":
-            # A fresh interpreter that imports only dspex_actors (multiprocess's own "spawn"
-            # would re-run the parent's __main__, which breaks unguarded scripts): the handler
-            # arrives as the first frame, dill-pickled by value.
-            boot = (
-                f"import sys; sys.path[:0] = {sys.path!r}; "
-                "from dspex_actors._ports._port import _spawn_entry; _spawn_entry()"
-            )
-            # Pickled and framed before the process starts, so an unpicklable handler (or one
-            # over 4 GiB pickled: ProtocolError) starts nothing.
-            setup = _pickle_setup(handler, args, codec, max_frame)
-            frame = encode_frame(setup, max_frame=len(setup))
-            port = cls._open(
-                [sys.executable, "-c", boot],
-                env=None,
-                cwd=None,
-                max_frame=max_frame,
-                codec=codec,
-                owner=owner,
-                on_exit=on_exit,
-                enveloped=True,
-                name=name,
-            )
-            try:
-                port._write(frame, _SETUP_TIMEOUT)
-            except BaseException as exc:
-                # Never leave a child behind: a stalled one (its pipe is full of half a
-                # handler) or one that died first. _write has SIGKILLed a stalled one.
-                port.kill()
-                port.close(timeout=0)
-                if isinstance(exc, CallTimeout):
-                    raise CallTimeout(str(port), "spawn", _SETUP_TIMEOUT) from None
-                raise
-            return port
-        if method == "forkserver":
-            # Pickled before anything starts, so an unpicklable handler starts nothing.
-            setup = _pickle_setup(handler, args, codec, max_frame)
-            return cls._forkserver(
-                lambda server: server.start_worker(setup, _SETUP_TIMEOUT),
-                name,
-                max_frame,
-                codec,
-                owner,
-                on_exit,
-                enveloped=True,
-            )
-        return cls._fork(handler, args, name, max_frame, codec, owner, on_exit)
-
-    @classmethod
-    def _forkserver(
-        cls,
-        start: Callable[[ForkServer], tuple[_ServedChild, tuple[int, int, int, int]]],
-        name: str,
-        max_frame: int,
-        codec: Codec,
-        owner: Owner,
-        on_exit: Callable[[PortExited], None] | None,
-        *,
-        enveloped: bool,
-    ) -> Port:
-        """A port on a process the fork server starts: `start(server)` asks for it (a
-        handler's worker, or a program)."""
-        from ._forkserver import FORK_SERVER, abandon_worker
-
-        server = FORK_SERVER
-        # The port holds the server until it is reaped: the server reports its worker's exit.
-        server.acquire()
-        try:
-            child, (in_w, out_r, err_r, life_w) = start(server)
-        except BaseException:
-            server.release()
-            raise
-
-        def forget() -> None:
-            _close_fd(life_w)
-            server.release()
-
-        try:
+        if method == "fork":
+            started = start_forked(handler, args, codec, max_frame, name)
             return cls(
-                child,
-                stdin_fd=in_w,
-                stdout_fd=out_r,
-                stderr_fd=err_r,
+                started,
                 name=name,
                 codec=codec,
                 max_frame=max_frame,
                 owner=owner,
                 on_exit=on_exit,
-                enveloped=enveloped,
-                on_reaped=forget,
+                enveloped=True,
             )
-        except BaseException:
-            # No port owns the worker (e.g. its reader thread could not start): undo it all.
-            abandon_worker(child, (in_w, out_r, err_r, life_w))
-            server.release()
-            raise
-
-    @classmethod
-    def _fork(
-        cls,
-        handler: Callable[..., Any],
-        args: tuple[Any, ...],
-        name: str,
-        max_frame: int,
-        codec: Codec,
-        owner: Owner,
-        on_exit: Callable[[PortExited], None] | None,
-    ) -> Port:
-        import multiprocess
-        from multiprocess.connection import Connection
-
-        ctx = multiprocess.get_context("fork")
-        # Serialised with every other fork of ours: a child forked meanwhile would inherit
-        # this one's child-side pipe ends (and its sentinel's write end) and keep them open,
-        # so this child's EOF and exit event would never come while that one lives.
-        with _FORK_GUARD.forking():
-            in_r, in_w = os.pipe()  # parent -> child frames
-            out_r, out_w = os.pipe()  # child -> parent frames
-            err_r, err_w = os.pipe()  # child's stdout and stderr
-            life_r, life_w = os.pipe()  # never written: EOF in the child = the parent died
-            parent_fds = (in_w, out_r, err_r, life_w)
-            child_ends = [Connection(fd) for fd in (in_r, out_w, err_w, life_r)]
-            _PARENT_FDS.update(parent_fds)
-            try:
-                process = ctx.Process(
-                    target=_fork_child_main,
-                    args=(handler, args, *child_ends, codec.name, max_frame, os.getpid()),
-                    name=f"dspex-port-{name}",
-                    daemon=False,
-                )
-                process.start()
-            except BaseException:
-                for fd in parent_fds:
-                    _close_fd(fd)
-                raise
-            finally:
-                for conn in child_ends:
-                    conn.close()
-
-        def forget_fds() -> None:
-            _close_fd(life_w)
-
-        return cls(
-            _ProcessChild(process),
-            stdin_fd=in_w,
-            stdout_fd=out_r,
-            stderr_fd=err_r,
+        # Pickled before anything starts, so an unpicklable handler (or one over 4 GiB pickled:
+        # ProtocolError) starts nothing.
+        setup = pickle_setup(handler, args, codec, max_frame)
+        if method == "forkserver":
+            started = start_forkserver_worker(setup)
+            return cls(
+                started,
+                name=name,
+                codec=codec,
+                max_frame=max_frame,
+                owner=owner,
+                on_exit=on_exit,
+                enveloped=True,
+            )
+        # "spawn": the handler arrives as the fresh interpreter's first frame.
+        frame = encode_frame(setup, max_frame=len(setup))
+        port = cls(
+            start_spawned(),
             name=name,
             codec=codec,
             max_frame=max_frame,
             owner=owner,
             on_exit=on_exit,
             enveloped=True,
-            on_reaped=forget_fds,
         )
-
-    @classmethod
-    def _open(
-        cls,
-        argv: list[str],
-        *,
-        env: Mapping[str, str] | None,
-        cwd: str | os.PathLike[str] | None,
-        max_frame: int,
-        codec: Codec,
-        owner: Owner,
-        on_exit: Callable[[PortExited], None] | None,
-        enveloped: bool,
-        name: str,
-    ) -> Port:
-        # The raw fds are made (and listed in _PARENT_FDS) under the fork guard: see _Spawner.
-        popen, (stdin_fd, stdout_fd, stderr_fd) = _SPAWNER.popen(argv, env=env, cwd=cwd)
-        return cls(
-            _PopenChild(popen),
-            stdin_fd=stdin_fd,
-            stdout_fd=stdout_fd,
-            stderr_fd=stderr_fd,
-            name=name,
-            codec=codec,
-            max_frame=max_frame,
-            owner=owner,
-            on_exit=on_exit,
-            enveloped=enveloped,
-            on_reaped=_SPAWNER.release,
-        )
+        try:
+            port._write(frame, _launch.SETUP_TIMEOUT)
+        except BaseException as exc:
+            # Never leave a child behind: a stalled one (its pipe is full of half a
+            # handler) or one that died first. _write has SIGKILLed a stalled one.
+            port.kill()
+            port.close(timeout=0)
+            if isinstance(exc, CallTimeout):
+                raise CallTimeout(str(port), "spawn", _launch.SETUP_TIMEOUT) from None
+            raise
+        return port
 
     # -- talking to it (owner only) --
 
@@ -673,7 +511,7 @@ class Port:
             request_id: Any = next(self._request_ids)
             message: Any = [request_id, obj]
         elif not isinstance(obj, Mapping):
-            raise ProtocolError(f"request() needs a mapping to carry an id, got {_short(obj)}")
+            raise ProtocolError(f"request() needs a mapping to carry an id, got {short_repr(obj)}")
         else:
             request_id = obj.get("id")
             if request_id is None:
@@ -694,17 +532,17 @@ class Port:
             raise
         if self._enveloped:
             if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[1], bool)):
-                raise ProtocolError(f"malformed reply from {self}: {_short(reply)}")
+                raise ProtocolError(f"malformed reply from {self}: {short_repr(reply)}")
             if reply[0] != request_id:
                 raise ProtocolError(
                     f"reply id mismatch from {self}: expected {request_id}, got {reply[0]!r}"
                 )
             if reply[1]:
                 return reply[2]
-            kind, message = _error_fields(reply[2])
+            kind, message = error_fields(reply[2])
             raise RemoteError(kind, message, str(self))
         if not isinstance(reply, Mapping) or "id" not in reply:
-            raise ProtocolError(f"reply without an id from {self}: {_short(reply)}")
+            raise ProtocolError(f"reply without an id from {self}: {short_repr(reply)}")
         if reply["id"] != request_id:
             raise ProtocolError(
                 f"reply id mismatch from {self}: expected {request_id!r}, got {reply['id']!r}"
@@ -800,7 +638,7 @@ class Port:
         with self._lock:
             self._closing = True
         self._close_stdin(timeout)
-        if not self._exited.wait(_remaining(deadline)):
+        if not self._exited.wait(remaining(deadline)):
             self._signal_group(signal.SIGTERM)
             if not self._exited.wait(_KILL_GRACE):
                 self.kill()
@@ -823,9 +661,9 @@ class Port:
                 fd, self._stdout_fd = self._stdout_fd, None
                 if fd is not None:
                     self._poller.unregister(fd)
-                    _close_fd(fd)
+                    close_fd(fd)
                     self._poller.unregister(self._exit_r)
-                    _close_fd(self._exit_r)
+                    close_fd(self._exit_r)
             finally:
                 self._recv_lock.release()
 
@@ -847,9 +685,9 @@ class Port:
     def _check_owner(self) -> None:
         # Two plain reads (each atomic): a concurrent connect or close is seen by the next call.
         owner = self._owner
-        proc = getattr(_current_actor, "proc", None)  # _caller(), inlined (hot path)
+        proc = getattr(_current_actor, "proc", None)  # calling_owner(), without the call
         caller = proc.ref if proc is not None else threading.current_thread()
-        if owner is not caller and not _same_owner(owner, caller):
+        if owner is not caller and not same_owner(owner, caller):
             raise PortNotOwned(self, owner, caller)
         if self._closing:
             raise PortClosed(self, "closed")
@@ -880,7 +718,7 @@ class Port:
                     except BlockingIOError:
                         written = 0
                     view = view[written:]
-                    if view and not _wait_writable(fd, _remaining(deadline)):
+                    if view and not wait_writable(fd, remaining(deadline)):
                         break
             except (BrokenPipeError, OSError) as exc:
                 raise PortClosed(self, f"process gone while sending: {exc}") from exc
@@ -892,15 +730,14 @@ class Port:
     def _close_stdin(self, timeout: float | None = None) -> None:
         # A send stuck on a process that does not read holds the lock: close() gives up on
         # the graceful step after `timeout` and signals; the send then fails and lets go.
-        wait = -1 if timeout is None else min(timeout, threading.TIMEOUT_MAX)
-        if not self._send_lock.acquire(timeout=wait):
+        if not self._send_lock.acquire(timeout=lock_timeout(timeout)):
             return
         try:
             fd, self._stdin_fd = self._stdin_fd, None
         finally:
             self._send_lock.release()
         if fd is not None:
-            _close_fd(fd)
+            close_fd(fd)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         if self._exited.is_set() or self._child.reaped():
@@ -1022,7 +859,7 @@ class Port:
             self._log_stderr(err_buffer, final=True)
         finally:
             sel.close()
-            _close_fd(stderr_fd)
+            close_fd(stderr_fd)
             status = self._child.wait_status(None)
             if exit_fd is not None:
                 os.close(exit_fd)
@@ -1055,7 +892,7 @@ class Port:
         # on_exit, so close() (which waits for this thread) never closes the read end first.
         with contextlib.suppress(OSError):
             os.write(self._exit_w, b"x")
-        _close_fd(self._exit_w)
+        close_fd(self._exit_w)
         log_event(
             "INFO" if status == 0 else "WARNING",
             "port_exited",
@@ -1079,203 +916,30 @@ class Port:
                 )
 
 
-def validate_port(port: Any) -> PortInfo:
-    """Check that `port` is an open port owned by the caller (seed Fix 2) and return its info.
-
-    Raises:
-        NotAPort: `port` is not a `Port` (seed ``:not_a_port``).
-        PortClosed: it is closed or its process has exited (``:port_closed``).
-        PortNotOwned: the calling actor or thread is not its owner (``:port_not_owned``).
-    """
-    _validate(port)
-    info: PortInfo | None = port.info()
-    if info is None:
-        raise PortClosed(port)
-    return info
-
-
-def safe_connect(port: Any, target: Any) -> PortInfo:
-    """Validate `port`, then hand it to `target`, classifying every failure (seed Fix 2).
-
-    Returns the port's info as seen by the new owner.
-
-    Raises:
-        ConnectFailed: `reason` is the validation error (`NotAPort`, `PortClosed` or
-            `PortNotOwned`, also the `__cause__`) when the port is not ours to give;
-            ``"target_dead"`` when `target` is not alive; ``"process_died"`` when the port's
-            process exited between the check and the hand-over.
-        ConnectExited: `target` exited during the hand-over (the port is taken back).
-        ConnectError: anything unexpected, as ``(kind, reason)``.
-    """
-    _hand_over(port, target)
-    info: PortInfo | None = port.info()
-    if info is None:
-        raise ConnectFailed("process_died")
-    return info
-
-
-def _validate(port: Any) -> None:
-    """`validate_port` without building the `PortInfo` (a pool's checkout runs it each time)."""
-    if not isinstance(port, Port):
-        raise NotAPort(port)
-    if not port._is_open():
-        raise PortClosed(port)
-    owner = port._owner
-    caller = _caller()
-    if owner is not caller and not _same_owner(owner, caller):
-        raise PortNotOwned(port, owner, caller)
-
-
-def _hand_over(port: Any, target: Any) -> None:
-    """`safe_connect` without building the `PortInfo`: the same checks and the same errors."""
-    # The common case first, in its cheapest form: the calling actor (a pool, in a checkout)
-    # owns the open port and hands it to the thread running the checkout. Anything else, or
-    # a port found closing, takes the full path below for its exact outcome.
-    proc = getattr(_current_actor, "proc", None)
-    if (
-        proc is not None
-        and isinstance(port, Port)
-        and port._owner is proc.ref
-        and target is threading.current_thread()
-    ):
-        with port._lock:
-            if not port._closing and port._exit is None:
-                port._owner = target
-                return
-    try:
-        _validate(port)
-    except (NotAPort, PortClosed, PortNotOwned) as exc:
-        raise ConnectFailed(exc) from exc
-    if not isinstance(target, pykka.ActorRef | threading.Thread):
-        error = TypeError(f"a port's owner is an ActorRef or a Thread, got: {target!r}")
-        raise ConnectFailed(error) from error
-    # The thread running this is alive: only another target can be dead or die meanwhile.
-    elsewhere = target is not threading.current_thread()
-    if elsewhere and not target.is_alive():
-        raise ConnectFailed("target_dead")
-    previous = port._owner
-    try:
-        with port._lock:
-            if port._closing or port._exit is not None:
-                raise PortClosed(port, "closed during connect")
-            port._owner = target
-        if elsewhere and not target.is_alive():
-            port._reclaim(previous)
-            raise ConnectExited("target_exited")
-    except PortClosed as exc:
-        raise ConnectFailed("process_died") from exc
-    except ConnectExited:
-        raise
-    except Exception as exc:
-        port._reclaim(previous)  # the port is never lost on the way
-        raise ConnectError(type(exc).__name__, exc) from exc
-
-
-# --- PortActor ---------------------------------------------------------------------------------
-
-
-class PortActor(Actor):
-    """An `Actor` owning one `Port`, so an OS process can be a supervised child.
-
-    The process exiting (for any reason, including status 0) makes the actor exit with reason
-    `PortExited(port, status)`, which a supervisor treats as a crash. Stopping or killing the
-    actor closes the port (the process group is terminated and reaped).
-
-    Talk to it through its proxy: ``ref.proxy().request(obj).get()``; the actor's thread owns
-    the port, so requests are serialised through it.
-
-    Args:
-        argv: the program, for `Port.open`; or
-        target: a callable, for `Port.spawn` (with `args`).
-        close_timeout: seconds `close` waits for a graceful exit before signalling.
-        **options: passed to `Port.open` / `Port.spawn` (`max_frame`, `codec`, ...).
-
-    Example:
-        >>> ref = PortActor.start(target=lambda request: request)
-        >>> ref.proxy().request("hi", 30).get()
-        'hi'
-        >>> ref.stop()
-        True
-    """
-
-    def __init__(
-        self,
-        argv: Sequence[str] | None = None,
-        target: Callable[..., Any] | None = None,
-        args: Sequence[Any] = (),
-        close_timeout: float = 2.0,
-        **options: Any,
-    ) -> None:
-        super().__init__()
-        if (argv is None) == (target is None):
-            raise InvalidOption("argv", argv, "given alone, or target given alone")
-        self._argv = argv
-        self._target = target
-        self._args = tuple(args)
-        self._options = options
-        self._close_timeout = close_timeout
-        self.port: Port | None = None
-
-    def on_start(self) -> None:
-        if self._argv is not None:
-            self.port = Port.open(self._argv, owner=self.actor_ref, **self._options)
-        else:
-            assert self._target is not None
-            self.port = Port.spawn(self._target, *self._args, owner=self.actor_ref, **self._options)
-
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, PortExited) and message.port is self.port:
-            self.exit(message)
-        return None
-
-    def request(self, obj: Any, timeout: float | None = 5.0) -> Any:
-        """`Port.request` on the owned port."""
-        assert self.port is not None
-        return self.port.request(obj, timeout)
-
-    def send(self, obj: Any, timeout: float | None = 5.0) -> None:
-        """`Port.send` on the owned port."""
-        assert self.port is not None
-        self.port.send(obj, timeout)
-
-    def recv(self, timeout: float | None = 5.0) -> Any:
-        """`Port.recv` on the owned port."""
-        assert self.port is not None
-        return self.port.recv(timeout)
-
-    def os_pid(self) -> int:
-        """The OS process id of the port's program."""
-        assert self.port is not None
-        return self.port.os_pid
-
-    def _dspex_on_exit(self, reason: Any) -> None:
-        if self.port is not None:
-            self.port.close(self._close_timeout)
-
-
 # --- private helpers ---------------------------------------------------------------------------
 
 
-def _caller() -> Owner:
-    proc = getattr(_current_actor, "proc", None)  # current_actor(), inlined (hot path)
+def calling_owner() -> Owner:
+    """The calling actor's ref, else the calling thread: who a port would see as its caller."""
+    proc = getattr(_current_actor, "proc", None)  # current_actor(), without the call
     return proc.ref if proc is not None else threading.current_thread()
 
 
 def _resolve_owner(owner: Owner | None) -> Owner:
     if owner is None:
-        return _caller()
+        return calling_owner()
     if not isinstance(owner, pykka.ActorRef | threading.Thread):
         raise InvalidOption("owner", owner, "an ActorRef or a Thread")
     return owner
 
 
-def _same_owner(a: Owner, b: Owner) -> bool:
+def same_owner(a: Owner, b: Owner) -> bool:
     if isinstance(a, pykka.ActorRef) and isinstance(b, pykka.ActorRef):
         return a.actor_urn == b.actor_urn
     return a is b
 
 
-def _check_max_frame(max_frame: Any) -> None:
+def check_max_frame(max_frame: Any) -> None:
     # Above MAX_PAYLOAD a frame's length no longer fits its 4-byte prefix.
     if (
         not isinstance(max_frame, int)
@@ -1287,482 +951,7 @@ def _check_max_frame(max_frame: Any) -> None:
         )
 
 
-def _remaining(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
-
-
-def _wait_writable(fd: int, timeout: float | None) -> bool:
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_WRITE)
-        return bool(sel.select(timeout))
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _error_fields(error: Any) -> tuple[str, str]:
+def error_fields(error: Any) -> tuple[str, str]:
     if isinstance(error, list) and len(error) == 2:
         return str(error[0]), str(error[1])
     return "Exception", str(error)
-
-
-class _PopenChild:
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        self.popen = popen
-        self.pid = popen.pid
-
-    def wait_status(self, timeout: float | None) -> int | None:
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def exit_fd(self) -> int | None:
-        # A pidfd becomes readable when the process exits (Linux >= 5.3); elsewhere the
-        # reader thread learns of the exit from EOF on stderr.
-        pidfd_open = getattr(os, "pidfd_open", None)
-        if pidfd_open is None:
-            return None
-        try:
-            fd: int = pidfd_open(self.pid)
-        except OSError:
-            return None
-        return fd
-
-    def reaped(self) -> bool:
-        return self.popen.returncode is not None  # set by our own wait, which reaps
-
-
-class _ProcessChild:
-    def __init__(self, process: Any) -> None:
-        self.process = process
-        self.pid: int = process.pid
-
-    def wait_status(self, timeout: float | None) -> int | None:
-        self.process.join(timeout)
-        code: int | None = self.process.exitcode
-        return code
-
-    def exit_fd(self) -> int | None:
-        # The process sentinel becomes readable when the process exits.
-        return os.dup(self.process.sentinel)
-
-    def reaped(self) -> bool:
-        # Only our reader thread's join reaps it, and `Port._exited` is set soon after; until
-        # then the pid stays reserved (a zombie at worst). Polling here would race that join.
-        return False
-
-
-# Parent-side fds of every port: a forked child inherits them and must let go of them
-# (_drop_parent_fds, at every fork), or its own (and its siblings') lifeline and stdin would
-# never reach EOF.
-_PARENT_FDS: set[int] = set()
-
-
-class _ForkGuard:
-    """Keeps a ``"fork"`` child of ours from copying another port's pipe ends.
-
-    A fork copies every fd (O_CLOEXEC does not help without an exec), and a child that kept a
-    write end of another port's pipe would hide that port's EOF. So an fd is made and either
-    listed in `_PARENT_FDS` (which such a child lets go of) or closed again while `creating()` is
-    held, and `Port._fork` forks holding `forking()`, which excludes every creator and other
-    forks. Creators do not exclude each other: a creator stuck in `subprocess.Popen` (whose
-    error pipe another library's fork may have copied: CPython issue 103911) then holds up
-    ``"fork"`` ports (and, through the one spawner thread, other `Port.open` and ``"spawn"``
-    starts), not forkserver workers, even while a fork waits: creators never wait for a
-    waiting fork (a fork may wait while creators overlap; each of them is brief). The exit fds (a
-    pidfd, a dup of a sentinel's read end) are made outside on purpose: a copy of one changes
-    nothing for anyone.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._creators = 0
-        self._forking = False
-
-    @contextlib.contextmanager
-    def creating(self) -> Iterator[None]:
-        with self._cond:
-            while self._forking:
-                self._cond.wait()
-            self._creators += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._creators -= 1
-                if not self._creators:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def forking(self) -> Iterator[None]:
-        with self._cond:
-            while self._forking or self._creators:
-                self._cond.wait()
-            self._forking = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._forking = False
-                self._cond.notify_all()
-
-
-_FORK_GUARD = _ForkGuard()
-
-
-def _close_fd(fd: int) -> None:
-    _PARENT_FDS.discard(fd)
-    os.close(fd)
-
-
-class _Spawner:
-    """Forks `Port.open` children from one thread that lives while any opened port does.
-
-    Linux sends ``PR_SET_PDEATHSIG`` when the *thread* that forked the child exits, not the
-    process, so children must not be forked from short-lived actor or client threads.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[Any]] | None]
-        self._jobs = queue.SimpleQueue()
-        self._live = 0
-        self._thread: threading.Thread | None = None
-
-    def popen(
-        self,
-        argv: list[str],
-        *,
-        env: Mapping[str, str] | None,
-        cwd: str | os.PathLike[str] | None,
-    ) -> tuple[subprocess.Popen[bytes], tuple[int, int, int]]:
-        """Start `argv`; return its `Popen` and the parent's raw stdin, stdout and stderr fds
-        (listed in `_PARENT_FDS`; Popen's own file objects are closed)."""
-        parent = os.getpid()
-        preexec = _pdeathsig_preexec(parent) if sys.platform.startswith("linux") else None
-
-        def start() -> tuple[subprocess.Popen[bytes], tuple[int, int, int]]:
-            # Popen's pipes must not leak into a `fork` port's child forked meanwhile (a fork
-            # copies every fd, O_CLOEXEC or not): they exist only while the guard is held, and
-            # the raw fds kept instead are in _PARENT_FDS (which such a child drops) before
-            # it is released. Else that child would hold this program's stdin open, and
-            # closing it would never reach EOF.
-            with _FORK_GUARD.creating():
-                popen = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    env=None if env is None else dict(env),
-                    cwd=cwd,
-                    start_new_session=True,
-                    preexec_fn=preexec,
-                )
-                try:
-                    return popen, _raw_fds(popen)
-                except BaseException:
-                    popen.kill()
-                    popen.wait()
-                    raise
-
-        with self._lock:
-            self._live += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="dspex-port-spawner", daemon=True
-                )
-                self._thread.start()
-        reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._jobs.put((start, reply))
-        ok, value = reply.get()
-        if not ok:
-            self.release()
-            raise value
-        started: tuple[subprocess.Popen[bytes], tuple[int, int, int]] = value
-        return started
-
-    def release(self) -> None:
-        """One opened port has been reaped; the last one lets the spawner thread end."""
-        with self._lock:
-            self._live -= 1
-            if self._live == 0 and self._thread is not None:
-                self._jobs.put(None)
-                self._thread = None
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            start, reply = job
-            try:
-                reply.put((True, start()))
-            except BaseException as exc:
-                reply.put((False, exc))
-
-
-_SPAWNER = _Spawner()
-
-
-def _raw_fds(popen: subprocess.Popen[bytes]) -> tuple[int, int, int]:
-    """Popen's stdin, stdout and stderr as raw fds listed in `_PARENT_FDS` (inside
-    `_FORK_GUARD.creating()`).
-
-    Only raw fds are kept: the reader thread and send() do their own buffering.
-    """
-    assert popen.stdin is not None
-    assert popen.stdout is not None
-    assert popen.stderr is not None
-    fds: list[int] = []
-    try:
-        for stream in (popen.stdin, popen.stdout, popen.stderr):
-            fds.append(os.dup(stream.fileno()))
-            _PARENT_FDS.add(fds[-1])
-    except BaseException:
-        for fd in fds:
-            _close_fd(fd)
-        raise
-    for stream in (popen.stdin, popen.stdout, popen.stderr):
-        stream.close()
-    return fds[0], fds[1], fds[2]
-
-
-def _reset_after_fork_in_child() -> None:
-    # A forked child has only the forking thread: the parent's spawner thread is not there
-    # to serve it, and the fork guard may be held by another parent thread. Start afresh.
-    global _FORK_GUARD, _SPAWNER
-    _FORK_GUARD = _ForkGuard()
-    _SPAWNER = _Spawner()
-    _drop_parent_fds()
-
-
-def _drop_parent_fds() -> None:
-    """In any forked child (another library's too): let go of the parent's port fds.
-
-    They are not this child's to use, and while it held them (it may outlive the parent)
-    those ports' workers would miss the parent's death: EOF on their lifeline, or on the fork
-    server's socket. ``/dev/null`` takes their numbers (close-on-exec), so that no object
-    copied from the parent closes, under the same number, an fd this child opens later (a
-    ``"fork"`` port's child relies on this too). Only forks that run Python's at-fork hooks
-    (`os.fork`, `multiprocessing`, a `subprocess` with a ``preexec_fn``) come here; for the
-    others, the fork server and ``"fork"`` workers watch the parent's pid as well.
-    """
-    if not _PARENT_FDS:
-        return
-    try:
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        null = -1  # closed instead: better than holding them
-    for fd in _PARENT_FDS:
-        with contextlib.suppress(OSError):
-            if null < 0:
-                os.close(fd)
-            else:
-                os.dup2(null, fd, inheritable=False)
-    if null >= 0:
-        os.close(null)
-    # This child's own ports start a new list: a number listed here could be reused for
-    # anything (a daemon closes what it inherited), and a fork of this child would null it.
-    _PARENT_FDS.clear()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork_in_child)
-
-
-_LIBC: Any = None
-
-
-def _libc() -> Any:
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    return _LIBC
-
-
-def _die_with(parent: int) -> None:
-    """In a child just forked by `parent` (Linux): be SIGKILLed when the thread that forked it
-    ends (``PR_SET_PDEATHSIG``); exit at once if `parent` died before that took effect."""
-    _libc().prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _pdeathsig_preexec(parent: int) -> Callable[[], None]:
-    """A preexec_fn: SIGKILL this child when its parent thread dies; exit if it already has."""
-    _libc()  # loaded here, not in the child
-
-    def preexec() -> None:
-        _die_with(parent)
-
-    return preexec
-
-
-def _pickle_setup(
-    handler: Callable[..., Any], args: tuple[Any, ...], codec: Codec, max_frame: int
-) -> bytes:
-    """What a ``"spawn"`` or ``"forkserver"`` child needs, dill-pickled (by value: closures)."""
-    import dill
-
-    try:
-        setup: bytes = dill.dumps((handler, args, codec.name, max_frame), recurse=True)
-    except Exception as exc:
-        raise InvalidOption("handler", handler, f"picklable by dill with its args ({exc})") from exc
-    return setup
-
-
-def _spawn_entry() -> None:
-    """The start of a ``"spawn"`` child (runs in the child): read the handler, then serve."""
-    import dill
-
-    in_fd = 0
-    out_fd = os.dup(1)
-    # Anything the handler prints goes to the port's stderr log, never into the frames.
-    os.dup2(2, 1)
-    _line_buffered_std_streams()
-    decoder = FrameDecoder(2**32 - 1)
-    frames: list[bytes] = []
-    while not frames:
-        chunk = os.read(in_fd, 1 << 20)
-        if not chunk:
-            return
-        frames = decoder.feed(chunk)
-    handler, args, codec_name, max_frame = dill.loads(frames[0])
-    _serve(in_fd, out_fd, handler, args, codec_name, max_frame, frames[1:], decoder)
-
-
-def _line_buffered_std_streams() -> None:
-    # Fresh line-buffered streams on fds 1 and 2: a forked child may have inherited replaced
-    # sys.stdout/sys.stderr objects (pytest's capture, a GUI), and a pipe is block-buffered.
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-
-
-def _fork_child_main(
-    handler: Callable[..., Any],
-    args: tuple[Any, ...],
-    stdin: Any,
-    stdout: Any,
-    stderr: Any,
-    lifeline: Any,
-    codec_name: str,
-    max_frame: int,
-    parent: int,
-) -> None:
-    """The start of a ``"fork"`` child (runs in the child)."""
-    # The parent's port fds are /dev/null here already (_drop_parent_fds, at the fork).
-    in_fd, out_fd, err_fd, life_fd = (c.fileno() for c in (stdin, stdout, stderr, lifeline))
-    _forked_child_setup(err_fd, life_fd, parent)()
-    _serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], FrameDecoder(max_frame))
-
-
-def _forked_child_setup(err_fd: int, life_fd: int, parent: int | None = None) -> Callable[[], None]:
-    """What a forked worker does before serving (``"fork"`` and ``"forkserver"`` children).
-
-    It leads its own session (so the port signals its whole process group), sends what it
-    prints to the port's stderr pipe, and returns what starts watching its lifeline: EOF
-    there means the parent is gone, and the worker SIGKILLs its own process group. A
-    ``"fork"`` worker also watches its `parent` (a pidfd, where there is one): a process
-    forked from the parent without Python's at-fork hooks (a C-level fork) may hold the
-    lifeline's other end past the parent's death. A ``"forkserver"`` worker leaves that to
-    the server, which watches the parent.
-    """
-    with contextlib.suppress(OSError):
-        os.setsid()
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:  # None: the process started with that fd closed
-            stream.flush()
-    os.dup2(err_fd, 1)
-    os.dup2(err_fd, 2)
-    _line_buffered_std_streams()
-
-    watched = [life_fd]
-    if parent is not None:
-        with contextlib.suppress(AttributeError, OSError):  # no pidfd (before Linux 5.3)
-            watched.append(os.pidfd_open(parent))
-        if os.getppid() != parent:  # gone already (the pidfd may name a new process)
-            os.killpg(0, signal.SIGKILL)
-
-    def watch_parent() -> None:
-        try:
-            poller = select.poll()  # not select(): fds above 1023 are common in a fork
-            for fd in watched:
-                poller.register(fd, select.POLLIN)
-            poller.poll()  # EOF on the lifeline, or the parent's exit
-        finally:
-            os.killpg(0, signal.SIGKILL)
-
-    def start_watching() -> None:
-        # A limit the parent set (RLIMIT_NPROC) may refuse the thread: a forkserver worker
-        # still has its server's watch and PR_SET_PDEATHSIG, a "fork" one fails to start.
-        try:
-            threading.Thread(target=watch_parent, name="port-lifeline", daemon=True).start()
-        except RuntimeError:
-            if parent is not None:
-                raise
-
-    return start_watching
-
-
-def _serve(
-    in_fd: int,
-    out_fd: int,
-    handler: Callable[..., Any],
-    args: tuple[Any, ...],
-    codec_name: str,
-    max_frame: int,
-    pending: list[bytes],
-    decoder: FrameDecoder,
-    start_watching: Callable[[], None] | None = None,
-) -> None:
-    """The frame loop of a `Port.spawn` child: ``[id, request]`` in, ``[id, ok, value]`` out.
-
-    `start_watching` runs once, before the first handler call or once the first frames (pings)
-    are answered, whichever comes first: a pool waits for a new worker's answer to a ping, so
-    that answer comes sooner, and no handler ever runs unwatched.
-    """
-    codec: Codec = PICKLE_CODEC if codec_name == "pickle" else JSON_CODEC
-    decoder.max_frame = max_frame
-
-    def write(value: Any) -> None:
-        try:
-            data = encode_frame(codec.encode(value), max_frame=max_frame)
-        except ProtocolError as exc:
-            error = [value[0], False, ["ProtocolError", str(exc)]]
-            data = encode_frame(codec.encode(error), max_frame=max_frame)
-        written = os.write(out_fd, data)  # all of it, unless the pipe is full
-        if written < len(data):
-            view = memoryview(data)[written:]
-            while view:
-                view = view[os.write(out_fd, view) :]
-
-    while True:
-        for frame in pending:
-            message = codec.decode(frame)
-            if isinstance(message, list) and len(message) == 1:  # a ping: [id]
-                write([message[0], True, "pong"])
-                continue
-            if not (isinstance(message, list) and len(message) == 2):
-                raise ProtocolError(f"expected a [id, request] envelope, got {_short(message)}")
-            request_id, request = message
-            if start_watching is not None:
-                start_watching()
-                start_watching = None
-            try:
-                result = handler(request, *args)
-            except Exception as exc:
-                write([request_id, False, [type(exc).__name__, str(exc)]])
-            else:
-                write([request_id, True, result])
-        if pending and start_watching is not None:
-            start_watching()
-            start_watching = None
-        chunk = os.read(in_fd, 65536)
-        if not chunk:
-            decoder.eof()
-            return
-        pending = decoder.feed(chunk)

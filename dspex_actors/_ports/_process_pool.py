@@ -64,6 +64,7 @@ import attrs
 import pykka
 
 from .._actor import current_actor
+from .._checks import remaining
 from .._errors import (
     CallTimeout,
     ConnectError,
@@ -81,16 +82,17 @@ from .._pool._contract import From, PoolWorker
 from .._pool._handle import Lease, Pool
 from .._pool._results import Async, Ok, Remove, Skip, Stop
 from .._reasons import is_normal_exit
+from . import _forkserver
 from ._framing import DEFAULT_MAX_FRAME, JSON_CODEC, Codec, JsonCodec, PickleCodec
+from ._handover import hand_over
 from ._port import (
     OPEN_METHODS,
     START_METHODS,
     Owner,
     Port,
     PortExited,
-    _caller,
-    _check_max_frame,
-    _hand_over,
+    calling_owner,
+    check_max_frame,
 )
 
 __all__ = ["PortCheckout", "PortSpec", "PortWorker", "PortWorkerState", "ProcessPool"]
@@ -165,7 +167,7 @@ class PortSpec:
             raise InvalidOption(
                 "start_method", self.start_method, f"None or one of {OPEN_METHODS[1:]} for argv"
             )
-        _check_max_frame(self.max_frame)
+        check_max_frame(self.max_frame)
         if self.target is not None and not isinstance(self.codec, JsonCodec | PickleCodec):
             raise InvalidOption("codec", self.codec, "JSON_CODEC or PICKLE_CODEC for target")
         if self.argv is not None and (
@@ -265,13 +267,11 @@ class PortWorker(PoolWorker):
         if init_arg.method == "forkserver":
             # Held for the pool's whole life: when its only worker dies, the replacement is
             # forked by the same server instead of waiting for a new one to boot.
-            from ._forkserver import FORK_SERVER, release_from
-
             try:
-                FORK_SERVER.acquire()
+                _forkserver.FORK_SERVER.acquire()
             except OSError as exc:
                 return Stop(exc)
-            state.release_server = weakref.finalize(state, release_from, os.getpid())
+            state.release_server = weakref.finalize(state, _forkserver.release_from, os.getpid())
         return Ok(state)
 
     def init_worker(self, pool_state: Any) -> Async:
@@ -325,7 +325,7 @@ class PortWorker(PoolWorker):
             return Skip(error, pool_state)
         port = worker_state.port
         try:
-            _hand_over(port, command.owner)  # safe_connect, without building a PortInfo
+            hand_over(port, command.owner)  # safe_connect, without building a PortInfo
         except ConnectFailed as exc:
             code = _CHECKOUT_FAILED.get(type(exc.reason))
             if code is not None:  # validate_port's errors: the port was not ours to give
@@ -346,7 +346,7 @@ class PortWorker(PoolWorker):
         """Take the port back; ``"close"``, a dead process or a request that timed out (its
         reply may still come) removes the worker."""
         port = worker_state.port
-        port._reclaim(_caller())
+        port._reclaim(calling_owner())
         worker_state.current_command = None
         if client_state == "close":
             return Remove("closed", pool_state)
@@ -505,11 +505,11 @@ class ProcessPool(Pool):
         timeout: float | None = 5.0,
     ) -> Any:
         """`Pool.checkout`; `fn(from_, port)` gets the worker's `Port`, owned by the caller."""
-        return super().checkout(PortCheckout(_caller(), command), fn, timeout)
+        return super().checkout(PortCheckout(calling_owner(), command), fn, timeout)
 
     def lease(self, command: Any, timeout: float | None = 5.0) -> Lease:
         """`Pool.lease`; `lease.client_state` is the worker's `Port`, owned by the caller."""
-        return super().lease(PortCheckout(_caller(), command), timeout)
+        return super().lease(PortCheckout(calling_owner(), command), timeout)
 
     def call(self, request: Any, timeout: float | None = 5.0) -> Any:
         """Send `request` to a worker and return its reply.
@@ -550,7 +550,7 @@ class ProcessPool(Pool):
     def _call_once(self, request: Any, deadline: float | None, timeout: float | None) -> Any:
         def use(from_: From, port: Port) -> tuple[Any, str]:
             try:
-                request_id, _ = port._send_request(request, _remaining(deadline))
+                request_id, _ = port._send_request(request, remaining(deadline))
             except PortClosed as exc:
                 # Nothing reached the process: safe to run elsewhere, idempotent or not.
                 raise _Undelivered(str(port), port.exit_status) from exc
@@ -564,7 +564,7 @@ class ProcessPool(Pool):
                 return exc, "ok"
             return reply, "ok"
 
-        result = self.checkout(None, use, _remaining(deadline))  # a subclass's override too
+        result = self.checkout(None, use, remaining(deadline))  # a subclass's override too
         if isinstance(result, RemoteError):
             raise result
         return result
@@ -582,9 +582,3 @@ _CHECKOUT_FAILED: dict[type, str] = {
 
 class _Undelivered(WorkerCrashed):
     """The worker was dead before the request was written: nothing ran, retry anywhere."""
-
-
-def _remaining(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())

@@ -1,0 +1,488 @@
+"""The fork server's own process (private): it forks workers and programs on request.
+
+This module is the server's side of `_forkserver` (read that first): `server_main` runs in the
+server process, single-threaded, and everything below it runs in the server or in a child it
+has just forked. The wire format both sides speak is defined here too.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import fcntl
+import os
+import pickle
+import resource
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
+
+from ._fds import die_with, libc
+from ._framing import FrameDecoder
+from ._worker import forked_child_setup, serve
+
+__all__ = [
+    "EXEC",
+    "EXITED",
+    "FAILED",
+    "NO_CWD",
+    "NO_EXEC",
+    "NO_SETUP",
+    "PIPES",
+    "REPLY",
+    "REQUEST",
+    "SERVE",
+    "STALLED",
+    "STARTED",
+    "WORKER_FDS",
+    "ProcessState",
+    "kill_group",
+    "process_state",
+    "raised",
+    "server_main",
+]
+
+# parent -> server: a request id and the setup's length, then the setup; the worker's four
+# child-side fds (stdin, stdout, stderr, lifeline) ride with the header (SCM_RIGHTS).
+REQUEST = struct.Struct(">QQ")
+# server -> parent: what happened, to which request or pid, and a value.
+REPLY = struct.Struct(">BQq")
+STARTED = 1  # (request id, pid)
+FAILED = 2  # (request id, errno): fork failed
+EXITED = 3  # (pid, status)
+NO_EXEC = 4  # (request id, errno): a program's exec failed
+NO_CWD = 5  # (request id, errno): a program's working directory could not be entered
+NO_SETUP = 6  # (request id, errno): a program's umask or resource limits could not be set
+STALLED = 7  # (request id, 0): a program neither exec'd nor failed in time (it is killed)
+# The first byte of a request's setup: serve a Python handler, or exec a program.
+SERVE = b"S"
+EXEC = b"X"
+PIPES = 5  # a worker's stdin, stdout, stderr and lifeline, and its exit pipe (parent only)
+WORKER_FDS = 5  # the child ends of the first four pipes, and the working directory's fd
+_CWD_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+_Send = Callable[[int, int, int], None]
+_STOP_LIMIT = 10.0
+"""Seconds `ForkServer.release` waits for the server to exit before it SIGKILLs it."""
+_REAP_LIMIT = 5.0
+"""Seconds the server waits, once its parent is gone, for its SIGKILLed workers to be reaped."""
+
+
+def kill_group(pid: int) -> None:
+    # The worker leads its own session (pgid = pid) once it has called setsid(); before
+    # that only the pid itself exists to be signalled.
+    for send in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            send(pid, signal.SIGKILL)
+
+
+_LIMITS = sorted({getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")})
+_SIGNALS = sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+ProcessState = tuple[int | None, int, list[tuple[int, int, int]]]
+
+
+def process_state() -> ProcessState:
+    """This process's umask (None where unreadable), ignored signals (a mask: bit n-1 for
+    signal n) and resource limits, which a child of the server takes (the server's are those
+    of when it started)."""
+    umask = ignored = None
+    # Read, not set and restored: os.umask() would change it for every thread meanwhile.
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Umask:"):
+                umask = int(line.split()[1], 8)
+            elif line.startswith(b"SigIgn:"):
+                ignored = int(line.split()[1], 16)
+    if ignored is None:  # no /proc: what Python knows (misses what C code ignored)
+        ignored = sum(1 << (sig - 1) for sig in _SIGNALS if signal.getsignal(sig) == signal.SIG_IGN)
+    return umask, ignored, [(which, *resource.getrlimit(which)) for which in _LIMITS]
+
+
+def take_process_state(state: ProcessState, *, python: bool) -> None:
+    """In a child of the server: take the umask, limits and ignored signals `process_state`
+    read. Only whether a signal is ignored changes (handlers installed here, as
+    faulthandler's, stay): a signal the caller ignores is ignored, one ignored here but not
+    by the caller gets its default action. A program gets SIGPIPE and SIGXFSZ back (Popen's
+    restore_signals); a `python` worker keeps them ignored and SIGINT raising
+    KeyboardInterrupt, as a fresh interpreter has them."""
+    umask, ignored, limits = state
+    if umask is not None:
+        os.umask(umask)
+    for which, soft, hard in limits:
+        if resource.getrlimit(which) != (soft, hard):
+            resource.setrlimit(which, (soft, hard))
+    for sig in _SIGNALS:
+        by_python = sig in (signal.SIGPIPE, signal.SIGXFSZ)
+        ignore = python if by_python else bool(ignored >> (sig - 1) & 1)
+        ignored_here = signal.getsignal(sig) == signal.SIG_IGN
+        if ignore == ignored_here:
+            continue  # the usual case: nothing to do (a start costs no syscall per signal)
+        action: Any = signal.SIG_IGN
+        if not ignore:
+            default = python and sig == signal.SIGINT
+            action = signal.default_int_handler if default else signal.SIG_DFL
+        with contextlib.suppress(OSError, ValueError):  # a signal the C library reserves
+            signal.signal(sig, action)
+
+
+# --- the server process ----------------------------------------------------------------------
+
+
+def server_main(fd: int, parent: int) -> None:
+    """The fork server (runs in its own process, single-threaded): fork workers on request,
+    report their exits, and kill them all once the parent is gone."""
+    import dill
+
+    # Loaded and used once here, so every worker has it ready (its lazy set-up done).
+    with contextlib.suppress(Exception):  # only an optimisation
+        dill.loads(dill.dumps((_on_sigchld, (), "json", 1), recurse=True))
+
+    if sys.platform.startswith("linux"):
+        libc()  # loaded once here too: every started program calls prctl
+
+    sock = socket.socket(fileno=fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    # A Python-level handler so the C handler writes to the wakeup fd; the select loop reaps.
+    signal.signal(signal.SIGCHLD, _on_sigchld)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ, "parent")
+    sel.register(wake_r, selectors.EVENT_READ, "child")
+    state = _State(sock, sel)
+    buffer = bytearray()
+    fds: collections.deque[int] = collections.deque()
+    try:
+        # EOF on the socket says the parent is gone, unless a process it forked (another
+        # library's fork) still holds the parent's end: so the server watches the parent too.
+        with contextlib.suppress(AttributeError, OSError):  # no pidfd (before Linux 5.3)
+            sel.register(os.pidfd_open(parent), selectors.EVENT_READ, "parent-exit")
+        if os.getppid() != parent:
+            return  # gone already: the pidfd (if any) may name a new process with its pid
+        while True:
+            for key, _ in sel.select(state.next_deadline()):
+                if key.data == "child":
+                    _drain(wake_r)
+                    state.reap()
+                    continue
+                if key.data == "parent-exit":
+                    return
+                if isinstance(key.data, _Starting):
+                    state.read_report(key.data)
+                    continue
+                data, new_fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 64)
+                fds.extend(new_fds)
+                if not data:
+                    return  # the parent is gone (or stopped us)
+                buffer += data
+                while len(buffer) >= REQUEST.size:
+                    request_id, size = REQUEST.unpack_from(buffer)
+                    end = REQUEST.size + size
+                    if len(buffer) < end:
+                        break
+                    if len(fds) < WORKER_FDS:
+                        return  # cannot happen: the fds arrive with the header's first byte
+                    setup = bytes(buffer[REQUEST.size : end])
+                    del buffer[:end]
+                    # Above fd 2 (ours is closed if the parent's was): a child moves its
+                    # stdio onto 0-2 and must not overwrite one of these doing so.
+                    mine = [raised(fds.popleft()) for _ in range(WORKER_FDS)]
+                    state.fork(request_id, mine, setup)
+            state.expire()
+    except OSError:
+        pass  # the parent is gone mid-send
+    finally:
+        state.stop(wake_r)
+
+
+class _Starting:
+    """A program's child between its fork and its exec, as the server tracks it."""
+
+    def __init__(self, request_id: int, pid: int, report_fd: int, limit: float) -> None:
+        self.request_id = request_id
+        self.pid = pid
+        self.report_fd = report_fd
+        self.report = b""
+        self.deadline = time.monotonic() + limit
+        self.status: int | None = None  # reaped before its report pipe's EOF was read
+
+
+class _State:
+    """The server's children: the workers it reports on, and programs not yet exec'd."""
+
+    def __init__(self, sock: socket.socket, sel: selectors.BaseSelector) -> None:
+        self.sock = sock
+        self.sel = sel
+        self.workers: set[int] = set()
+        self.starting: dict[int, _Starting] = {}
+
+    def send(self, kind: int, key: int, value: int) -> None:
+        self.sock.sendall(REPLY.pack(kind, key, value))
+
+    def next_deadline(self) -> float | None:
+        if not self.starting:
+            return None
+        first = min(start.deadline for start in self.starting.values())
+        return max(0.0, first - time.monotonic())
+
+    def reap(self) -> None:
+        _reap(self.workers, self.send, self.starting)
+
+    def fork(self, request_id: int, fds: list[int], setup: bytes) -> None:
+        """Fork a worker (or a program's child) for the request; answer once it runs."""
+        program = setup[:1] == EXEC
+        made: list[int] = []
+        server = os.getpid()
+        try:
+            if program:
+                made.extend(os.pipe())  # O_CLOEXEC: a successful exec closes it
+            pid = os.fork()
+        except OSError as exc:
+            for fd in fds + made:
+                os.close(fd)
+            self.send(FAILED, request_id, exc.errno or 0)
+            return
+        if pid == 0:
+            if program:
+                _program_main(fds, setup[1:], self.sock, self.sel, made[1], server)
+            _worker_main(fds, setup[1:], self.sock, self.sel, server)
+        for fd in fds + made[1:]:
+            os.close(fd)
+        if not program:
+            self.workers.add(pid)
+            self.send(STARTED, request_id, pid)
+            return
+        # Answered once the exec has succeeded or failed (the child reports a failure on
+        # the pipe, which the exec closes), as `subprocess.Popen` does, without blocking:
+        # meanwhile the server serves other requests, and a child stuck before its exec is
+        # killed at its deadline.
+        limit = pickle.loads(setup[1:])[-1]
+        start = _Starting(request_id, pid, made[0], limit)
+        self.starting[pid] = start
+        self.sel.register(made[0], selectors.EVENT_READ, start)
+
+    def read_report(self, start: _Starting) -> None:
+        chunk = os.read(start.report_fd, 256)
+        if chunk:
+            start.report += chunk
+            return
+        self._forget(start)
+        if start.report:
+            # Its child exits (127) and is reaped with the others, unreported (not a worker).
+            stage, _, number = start.report.partition(b":")
+            kind = {b"cwd": NO_CWD, b"setup": NO_SETUP}.get(stage, NO_EXEC)
+            self.send(kind, start.request_id, int(number or b"0"))
+            return
+        if start.status is None:
+            self.workers.add(start.pid)  # before any send: killed at our exit if that fails
+            self.send(STARTED, start.request_id, start.pid)
+        else:  # it has exited already: reported after its start, as any exit is
+            self.send(STARTED, start.request_id, start.pid)
+            self.send(EXITED, start.pid, start.status)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        # A reaped child's report pipe has reached EOF: its answer is known, not stalled.
+        late = [s for s in self.starting.values() if s.deadline <= now and s.status is None]
+        for start in late:
+            self._forget(start)
+            kill_group(start.pid)  # reaped with the others, unreported
+            self.send(STALLED, start.request_id, 0)
+
+    def stop(self, wake_r: int) -> None:
+        """The parent is gone: kill and reap every child, those not exec'd yet too (not
+        those reaped already: their pid may be someone else's by now)."""
+        self.workers.update(p for p, s in self.starting.items() if s.status is None)
+        _stop_workers(self.workers, wake_r, self.send)
+
+    def _forget(self, start: _Starting) -> None:
+        del self.starting[start.pid]
+        self.sel.unregister(start.report_fd)
+        os.close(start.report_fd)
+
+
+def raised(fd: int) -> int:
+    """`fd`, or (if it is 0-2) a close-on-exec copy above 2, the original closed."""
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
+def _on_sigchld(signum: int, frame: Any) -> None:
+    pass
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
+
+
+def _reap(workers: set[int], send: _Send, starting: Mapping[int, _Starting] | None = None) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid in workers:
+            workers.discard(pid)
+            send(EXITED, pid, os.waitstatus_to_exitcode(status))
+        elif starting and pid in starting:
+            starting[pid].status = os.waitstatus_to_exitcode(status)
+
+
+def _program_main(
+    fds: list[int],
+    setup: bytes,
+    sock: socket.socket,
+    sel: selectors.BaseSelector,
+    report_w: int,
+    server: int,
+) -> NoReturn:
+    """A program's child, just forked from the server: set up as `Port.open` does, exec."""
+    in_fd, out_fd, err_fd, _lifeline, cwd_fd = fds
+    stage = b"exec"
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the rest: take_process_state
+        sel.close()
+        sock.close()
+        os.setsid()
+        if sys.platform.startswith("linux"):
+            die_with(server)
+        args, env, cwd, state, _limit = pickle.loads(setup)
+        # The requester's working directory first (a relative `cwd` starts from there),
+        # before any fd is moved: its fd may have any number.
+        stage = b"cwd"
+        os.fchdir(cwd_fd)
+        if cwd is not None:
+            os.chdir(cwd)
+        stage = b"setup"
+        # Our signal handlers are reset by the exec; an ignored signal stays ignored across
+        # it: the caller's, not the server's.
+        take_process_state(state, python=False)
+        stage = b"exec"
+        # The received fds are above 2 (see raised); the copies are inheritable: they
+        # survive exec.
+        for fd, std in ((in_fd, 0), (out_fd, 1), (err_fd, 2)):
+            os.dup2(fd, std)
+        # The lifeline too: the program cannot watch it (the server's death kills it).
+        _close_fds_except({0, 1, 2, report_w})
+        os.execvpe(args[0], args, env)
+    except OSError as exc:
+        report = b"%s:%d" % (stage, exc.errno or 0)
+    except BaseException:
+        report = b"%s:%d" % (stage, errno.EINVAL)
+    with contextlib.suppress(OSError):
+        os.write(report_w, report)
+    os._exit(127)
+
+
+def _worker_main(
+    fds: list[int], setup: bytes, sock: socket.socket, sel: selectors.BaseSelector, server: int
+) -> NoReturn:
+    """A worker, just forked from the server: become a ``"fork"`` port's child and serve."""
+    in_fd, out_fd, err_fd, life_fd, cwd_fd = fds
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sel.close()
+        sock.close()
+        # Nothing of the server's (nor the fds of requests queued behind this one) stays open.
+        _close_fds_except({0, 1, 2, in_fd, out_fd, err_fd, life_fd, cwd_fd})
+        with contextlib.suppress(OSError):
+            os.fchdir(cwd_fd)  # the requester's working directory, even if deleted since
+        os.close(cwd_fd)  # before any fd is moved below: it may have any number
+        if sys.platform.startswith("linux"):
+            # Killed with the server (which kills us if the parent dies): what covers the
+            # boot, before the lifeline is watched, if both die at once.
+            die_with(server)
+        # The lifeline is watched from the first request on (see _serve): until then the
+        # server and PR_SET_PDEATHSIG do, and the pool's first ping is answered sooner.
+        watch_lifeline = forked_child_setup(err_fd, life_fd)
+        (environ, path, state), setup = pickle.loads(setup)
+        # Only what differs (a fork has the server's): setting each variable costs a
+        # start about half a millisecond.
+        for name in [name for name in os.environ if name not in environ]:
+            del os.environ[name]
+        for name, value in environ.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+        sys.path[:] = path
+        take_process_state(state, python=True)
+        import dill
+
+        handler, args, codec_name, max_frame = dill.loads(setup)
+        decoder = FrameDecoder(max_frame)
+        serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], decoder, watch_lifeline)
+        code = 0
+    except SystemExit as exc:
+        # As the interpreter does: None is 0, an int is the status, anything else is printed
+        # (to the port's stderr) and is 1.
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            with contextlib.suppress(BaseException):
+                print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    try:
+        # Only the fds that are open: closing every number up to the limit (1M in some
+        # containers) costs seconds where the close_range syscall is missing.
+        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        low = 0
+        for fd in sorted(keep):
+            if fd > low:
+                os.closerange(low, fd)
+            low = max(low, fd + 1)
+        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+        return
+    for fd in open_fds:
+        if fd not in keep:
+            with contextlib.suppress(OSError):  # the listing's own fd, closed already
+                os.close(fd)
+
+
+def _stop_workers(workers: set[int], wake_r: int, send: _Send) -> None:
+    """The parent is gone: SIGKILL every worker's process group, reap them (bounded)."""
+
+    def report(kind: int, key: int, value: int) -> None:
+        # Still worth trying: a parent that stopped us (rather than died) reads the exits.
+        with contextlib.suppress(OSError):
+            send(kind, key, value)
+
+    for pid in workers:
+        kill_group(pid)
+    deadline = time.monotonic() + _REAP_LIMIT
+    with selectors.DefaultSelector() as sel:
+        sel.register(wake_r, selectors.EVENT_READ)
+        while True:
+            _reap(workers, report)
+            if not workers or time.monotonic() >= deadline:
+                return
+            sel.select(max(0.0, deadline - time.monotonic()))
+            _drain(wake_r)

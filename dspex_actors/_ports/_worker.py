@@ -1,0 +1,186 @@
+"""The code that runs inside a `Port.spawn` worker process: its start, and its frame loop.
+
+Nothing here runs in the parent. A worker reads ``[id, request]`` frames on stdin, calls the
+handler, and writes ``[id, True, result]`` or ``[id, False, [kind, message]]`` on stdout; a
+``[id]`` frame is a ping, answered ``[id, True, "pong"]`` without calling the handler. What the
+handler prints goes to stderr (the port's log), never into the frames. How the process started
+decides how it gets there: `spawn_entry` (a fresh interpreter reads the handler as its first
+frame), `fork_child_main` (a ``"fork"`` child has it already), or the fork server's worker
+start (`_forkserver_server`), each ending in `serve`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .._errors import ProtocolError
+from .._logging import short_repr
+from ._framing import JSON_CODEC, PICKLE_CODEC, Codec, FrameDecoder, encode_frame
+
+__all__ = [
+    "fork_child_main",
+    "forked_child_setup",
+    "line_buffered_std_streams",
+    "serve",
+    "spawn_entry",
+]
+
+
+def spawn_entry() -> None:
+    """The start of a ``"spawn"`` child (runs in the child): read the handler, then serve."""
+    import dill
+
+    in_fd = 0
+    out_fd = os.dup(1)
+    # Anything the handler prints goes to the port's stderr log, never into the frames.
+    os.dup2(2, 1)
+    line_buffered_std_streams()
+    decoder = FrameDecoder(2**32 - 1)
+    frames: list[bytes] = []
+    while not frames:
+        chunk = os.read(in_fd, 1 << 20)
+        if not chunk:
+            return
+        frames = decoder.feed(chunk)
+    handler, args, codec_name, max_frame = dill.loads(frames[0])
+    serve(in_fd, out_fd, handler, args, codec_name, max_frame, frames[1:], decoder)
+
+
+def line_buffered_std_streams() -> None:
+    # Fresh line-buffered streams on fds 1 and 2: a forked child may have inherited replaced
+    # sys.stdout/sys.stderr objects (pytest's capture, a GUI), and a pipe is block-buffered.
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+
+def fork_child_main(
+    handler: Callable[..., Any],
+    args: tuple[Any, ...],
+    stdin: Any,
+    stdout: Any,
+    stderr: Any,
+    lifeline: Any,
+    codec_name: str,
+    max_frame: int,
+    parent: int,
+) -> None:
+    """The start of a ``"fork"`` child (runs in the child)."""
+    # The parent's port fds are /dev/null here already (_drop_parent_fds, at the fork).
+    in_fd, out_fd, err_fd, life_fd = (c.fileno() for c in (stdin, stdout, stderr, lifeline))
+    forked_child_setup(err_fd, life_fd, parent)()
+    serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], FrameDecoder(max_frame))
+
+
+def forked_child_setup(err_fd: int, life_fd: int, parent: int | None = None) -> Callable[[], None]:
+    """What a forked worker does before serving (``"fork"`` and ``"forkserver"`` children).
+
+    It leads its own session (so the port signals its whole process group), sends what it
+    prints to the port's stderr pipe, and returns what starts watching its lifeline: EOF
+    there means the parent is gone, and the worker SIGKILLs its own process group. A
+    ``"fork"`` worker also watches its `parent` (a pidfd, where there is one): a process
+    forked from the parent without Python's at-fork hooks (a C-level fork) may hold the
+    lifeline's other end past the parent's death. A ``"forkserver"`` worker leaves that to
+    the server, which watches the parent.
+    """
+    with contextlib.suppress(OSError):
+        os.setsid()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None: the process started with that fd closed
+            stream.flush()
+    os.dup2(err_fd, 1)
+    os.dup2(err_fd, 2)
+    line_buffered_std_streams()
+
+    watched = [life_fd]
+    if parent is not None:
+        with contextlib.suppress(AttributeError, OSError):  # no pidfd (before Linux 5.3)
+            watched.append(os.pidfd_open(parent))
+        if os.getppid() != parent:  # gone already (the pidfd may name a new process)
+            os.killpg(0, signal.SIGKILL)
+
+    def watch_parent() -> None:
+        try:
+            poller = select.poll()  # not select(): fds above 1023 are common in a fork
+            for fd in watched:
+                poller.register(fd, select.POLLIN)
+            poller.poll()  # EOF on the lifeline, or the parent's exit
+        finally:
+            os.killpg(0, signal.SIGKILL)
+
+    def start_watching() -> None:
+        # A limit the parent set (RLIMIT_NPROC) may refuse the thread: a forkserver worker
+        # still has its server's watch and PR_SET_PDEATHSIG, a "fork" one fails to start.
+        try:
+            threading.Thread(target=watch_parent, name="port-lifeline", daemon=True).start()
+        except RuntimeError:
+            if parent is not None:
+                raise
+
+    return start_watching
+
+
+def serve(
+    in_fd: int,
+    out_fd: int,
+    handler: Callable[..., Any],
+    args: tuple[Any, ...],
+    codec_name: str,
+    max_frame: int,
+    pending: list[bytes],
+    decoder: FrameDecoder,
+    start_watching: Callable[[], None] | None = None,
+) -> None:
+    """The frame loop of a `Port.spawn` child: ``[id, request]`` in, ``[id, ok, value]`` out.
+
+    `start_watching` runs once, before the first handler call or once the first frames (pings)
+    are answered, whichever comes first: a pool waits for a new worker's answer to a ping, so
+    that answer comes sooner, and no handler ever runs unwatched.
+    """
+    codec: Codec = PICKLE_CODEC if codec_name == "pickle" else JSON_CODEC
+    decoder.max_frame = max_frame
+
+    def write(value: Any) -> None:
+        try:
+            data = encode_frame(codec.encode(value), max_frame=max_frame)
+        except ProtocolError as exc:
+            error = [value[0], False, ["ProtocolError", str(exc)]]
+            data = encode_frame(codec.encode(error), max_frame=max_frame)
+        written = os.write(out_fd, data)  # all of it, unless the pipe is full
+        if written < len(data):
+            view = memoryview(data)[written:]
+            while view:
+                view = view[os.write(out_fd, view) :]
+
+    while True:
+        for frame in pending:
+            message = codec.decode(frame)
+            if isinstance(message, list) and len(message) == 1:  # a ping: [id]
+                write([message[0], True, "pong"])
+                continue
+            if not (isinstance(message, list) and len(message) == 2):
+                raise ProtocolError(f"expected a [id, request] envelope, got {short_repr(message)}")
+            request_id, request = message
+            if start_watching is not None:
+                start_watching()
+                start_watching = None
+            try:
+                result = handler(request, *args)
+            except Exception as exc:
+                write([request_id, False, [type(exc).__name__, str(exc)]])
+            else:
+                write([request_id, True, result])
+        if pending and start_watching is not None:
+            start_watching()
+            start_watching = None
+        chunk = os.read(in_fd, 65536)
+        if not chunk:
+            decoder.eof()
+            return
+        pending = decoder.feed(chunk)
