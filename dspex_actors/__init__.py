@@ -4,8 +4,6 @@ Import everything from here (or from `dspex_actors.testing`); the underscore mod
 private and may move.
 """
 
-from loguru import logger
-
 from ._actor import (
     Actor,
     ActorHandle,
@@ -68,6 +66,7 @@ from ._errors import (
     SupervisorStartError,
     WorkerCrashed,
 )
+from ._logging import log_to_loguru
 from ._naming._names import (
     Via,
     register,
@@ -151,8 +150,6 @@ from ._supervision._tree import (
     short_ref,
     supervision_tree,
 )
-
-logger.disable("dspex_actors")
 
 __all__ = [
     "Actor",
@@ -252,6 +249,7 @@ __all__ = [
     "exit_reason",
     "is_normal_exit",
     "kill",
+    "log_to_loguru",
     "monitor",
     "register",
     "safe_connect",

@@ -68,7 +68,7 @@ from pykka._envelope import Envelope
 
 from ._checks import os_timeout
 from ._errors import CallTimeout, NoProc, StartError
-from ._logging import log, log_event, short_repr
+from ._logging import area_logger, log_event, short_repr
 from ._reasons import KILLED, NOPROC, NORMAL, Down, Exit, MonitorRef, is_normal_exit
 
 if TYPE_CHECKING:
@@ -88,6 +88,8 @@ __all__ = [
     "start_actor",
     "wait_exit",
 ]
+
+_log = area_logger("actor")
 
 DownCallback = Callable[[Down], None]
 
@@ -217,6 +219,7 @@ def _reject(envelope: Envelope[Any], owner: str, proc: _Proc | None) -> None:
         envelope.reply_to.set_exception(exc_info=(type(error), error, None))
     elif not isinstance(message, _SYSTEM):
         log_event(
+            _log,
             "WARNING",
             "dead_letter",
             "dead letter: {actor} exited before handling {message}",
@@ -358,8 +361,15 @@ def _deliver_down(watcher: _Proc | DownCallback, down: Down) -> None:
         return
     try:
         watcher(down)
-    except Exception:
-        log.opt(exception=True).error("monitor callback {cb!r} raised", cb=watcher)
+    except Exception as exc:
+        log_event(
+            _log,
+            "ERROR",
+            "monitor_callback_failed",
+            "monitor callback {callback!r} raised",
+            callback=watcher,
+            exc=exc,
+        )
 
 
 def _proc_of(ref: Any) -> _Proc:
@@ -737,6 +747,7 @@ class Actor(pykka.ThreadingActor):
         self.actor_stopped.set()
         if crash is not None:
             log_event(
+                _log,
                 "ERROR",
                 "actor_crashed",
                 "{actor} crashed: {reason}",
@@ -761,8 +772,14 @@ class Actor(pykka.ThreadingActor):
         try:
             hook(*args)
         except BaseException as exc:
-            log.opt(exception=exc).error(
-                "{hook} of {actor} raised", hook=hook.__name__, actor=str(self.actor_ref)
+            log_event(
+                _log,
+                "ERROR",
+                "hook_failed",
+                "{hook} of {actor} raised",
+                hook=hook.__name__,
+                actor=str(self.actor_ref),
+                exc=exc,
             )
             return exc
         return None

@@ -19,7 +19,11 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from ._logging import area_logger, log_event
+
 __all__ = ["SYSTEM_CLOCK", "Clock", "FakeClock", "SystemClock", "TimerHandle"]
+
+_log = area_logger("clock")
 
 
 @attrs.define(eq=False)
@@ -107,10 +111,15 @@ class SystemClock:
 def _run_timer(handle: TimerHandle) -> None:
     try:
         handle.callback()
-    except BaseException:
-        from ._logging import log  # local import: _logging imports nothing of ours at load time
-
-        log.opt(exception=True).error("timer callback {cb!r} raised", cb=handle.callback)
+    except BaseException as exc:
+        log_event(
+            _log,
+            "ERROR",
+            "timer_callback_failed",
+            "timer callback {callback!r} raised",
+            callback=handle.callback,
+            exc=exc,
+        )
 
 
 SYSTEM_CLOCK = SystemClock()

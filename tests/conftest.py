@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -309,33 +310,40 @@ def clock() -> FakeClock:
     return FakeClock(start=100.0)
 
 
-class Records:
-    """Structured dspex_actors log records captured during one test (`extra` dicts)."""
+class Records(logging.Handler):
+    """Structured dspex_actors log records captured during one test: each is the record's
+    fields (``record.dspex``) plus ``event`` and ``level``."""
 
     def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
         self._items: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
 
-    def sink(self, message: Any) -> None:
-        extra = dict(message.record["extra"])
-        extra["level"] = message.record["level"].name
-        with self._lock:
-            self._items.append(extra)
+    def emit(self, record: logging.LogRecord) -> None:
+        item = dict(getattr(record, "dspex", {}))
+        item["event"] = getattr(record, "event", None)
+        item["level"] = record.levelname
+        item["text"] = record.getMessage()
+        with self._mutex:
+            self._items.append(item)
+
+    def all(self) -> list[dict[str, Any]]:
+        with self._mutex:
+            return list(self._items)
 
     def of(self, event: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [r for r in self._items if r.get("event") == event]
+        return [r for r in self.all() if r.get("event") == event]
 
 
 @pytest.fixture
 def records() -> Iterator[Records]:
-    from loguru import logger
-
     captured = Records()
-    handler = logger.add(captured.sink, level="DEBUG")
-    logger.enable("dspex_actors")
+    logger = logging.getLogger("dspex_actors")
+    level = logger.level
+    logger.addHandler(captured)
+    logger.setLevel(logging.DEBUG)
     try:
         yield captured
     finally:
-        logger.disable("dspex_actors")
-        logger.remove(handler)
+        logger.removeHandler(captured)
+        logger.setLevel(level)

@@ -59,10 +59,12 @@ import pykka
 
 from .._actor import demonitor, monitor
 from .._errors import AlreadyNamed, InvalidOption, NameNotRegistered, NameTaken, NoProc
-from .._logging import log_event
+from .._logging import area_logger, log_event
 from .._reasons import Down, MonitorRef
 
 __all__ = ["Via", "register", "unregister", "whereis"]
+
+_log = area_logger("naming")
 
 
 # --- public types ----------------------------------------------------------------------------
@@ -145,7 +147,9 @@ def register(name: Any, ref: Any) -> None:
             holder.mref = mref
     if not current:  # unregistered (or freed) while we installed the monitor
         demonitor(mref)
-    log_event("DEBUG", "name_registered", "{name!r} registered: {ref}", name=name, ref=str(ref))
+    log_event(
+        _log, "DEBUG", "name_registered", "{name!r} registered: {ref}", name=name, ref=str(ref)
+    )
 
 
 def unregister(name: Any) -> None:
@@ -220,6 +224,7 @@ def _on_down(name: Hashable, holder: _Holder, down: Down) -> None:
             return  # already unregistered, or taken over by a successor
         _forget(name, holder)
     log_event(
+        _log,
         "DEBUG",
         "name_freed",
         "{name!r} freed: {ref} exited with {reason}",

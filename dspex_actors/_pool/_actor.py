@@ -34,7 +34,7 @@ import pykka
 from .._actor import Actor, InternalMessage
 from .._clock import SYSTEM_CLOCK, Clock, TimerHandle
 from .._errors import CallbackReturnError, NoProc, StartError
-from .._logging import log_event
+from .._logging import area_logger, log_event, short_repr
 from .._naming._names import register
 from .._reasons import Down, Exit, MonitorRef, Shutdown
 from ._contract import (
@@ -50,6 +50,8 @@ from ._contract import (
 from ._results import NO_POOL_STATE, Async, Ok, Remove, Skip, Stop
 
 __all__ = ["PoolActor"]
+
+_log = area_logger("pool")
 
 
 # --- messages and records (private) ----------------------------------------------------------
@@ -262,6 +264,7 @@ class PoolActor(Actor):
                 self._schedule_idle_check()
             else:
                 log_event(
+                    _log,
                     "WARNING",
                     "pool_no_handle_ping",
                     "pool {pool}: worker_idle_timeout is set but {worker} does not define "
@@ -430,6 +433,7 @@ class PoolActor(Actor):
         worker = self._busy.get(req)
         if worker is None:
             log_event(
+                _log,
                 "WARNING",
                 "pool_stale_update",
                 "pool {pool}: update for a lease that is not checked out: {message}",
@@ -657,6 +661,7 @@ class PoolActor(Actor):
                 message = _AsyncDone(True, fn())
             except Exception as exc:
                 log_event(
+                    _log,
                     "ERROR",
                     "pool_callback_error",
                     "Error during {callback} (async init function) in pool {pool}",
@@ -674,6 +679,15 @@ class PoolActor(Actor):
 
     def _remove_worker(self, worker: _Worker, reason: Any) -> None:
         """Terminate a worker already taken off the idle queue / busy map, and replace it."""
+        log_event(
+            _log,
+            "WARNING",
+            "pool_worker_removed",
+            "pool {pool} removed worker {worker_id}: {reason}",
+            pool=self._core.label,
+            worker_id=worker.id,
+            reason=short_repr(reason),
+        )
         self._terminate_worker(reason, worker)
         self._removed += 1
         del self._workers[worker.id]
@@ -729,6 +743,7 @@ class PoolActor(Actor):
 
     def _raised(self, callback: str, exc: Exception) -> _Raised:
         log_event(
+            _log,
             "ERROR",
             "pool_callback_error",
             "Error during {callback} in pool {pool}: {reason}",
@@ -744,6 +759,7 @@ class PoolActor(Actor):
 
     def _log_bad_return(self, error: CallbackReturnError) -> None:
         log_event(
+            _log,
             "ERROR",
             "pool_callback_invalid_return",
             "pool {pool}: {message}",

@@ -85,7 +85,7 @@ from .._errors import (
     ProtocolError,
     RemoteError,
 )
-from .._logging import log_event, short_repr
+from .._logging import area_logger, log_event, short_repr
 from . import _fds, _launch
 from ._fds import PARENT_FDS, close_fd, wait_writable
 from ._framing import (
@@ -119,6 +119,8 @@ __all__ = [
     "check_max_frame",
     "same_owner",
 ]
+
+_log = area_logger("port")
 
 Owner = pykka.ActorRef[Any] | threading.Thread
 """Who may talk to a port: an actor (its `ActorRef`) or a thread."""
@@ -646,6 +648,7 @@ class Port:
                 # SIGKILL until its I/O ends. It is reaped by the reader thread whenever it dies.
                 if not self._exited.wait(_REAP_LIMIT):
                     log_event(
+                        _log,
                         "ERROR",
                         "port_unkillable",
                         "port {port}: process still alive {limit}s after SIGKILL; left to reap",
@@ -874,7 +877,9 @@ class Port:
             line = raw.decode("utf-8", "replace").rstrip("\r")
             with self._lock:
                 self._stderr_tail.append(line)
-            log_event("INFO", "port_stderr", "{port} stderr: {line}", port=str(self), line=line)
+            log_event(
+                _log, "INFO", "port_stderr", "{port} stderr: {line}", port=str(self), line=line
+            )
         if len(rest) > 65536:  # one endless line: log it in pieces rather than grow forever
             return self._log_stderr(bytearray(rest + b"\n"), final=False)
         return bytearray(rest)
@@ -893,8 +898,12 @@ class Port:
         with contextlib.suppress(OSError):
             os.write(self._exit_w, b"x")
         close_fd(self._exit_w)
+        # Asked to exit (closed, killed) or exiting cleanly is chatter; a process that exited
+        # on its own with a failure status is news.
+        expected = status == 0 or self._closing
         log_event(
-            "INFO" if status == 0 else "WARNING",
+            _log,
+            "DEBUG" if expected else "INFO",
             "port_exited",
             "{port} exited with status {status}",
             port=str(self),
@@ -908,6 +917,7 @@ class Port:
                 self._on_exit(event)
             except Exception as exc:
                 log_event(
+                    _log,
                     "ERROR",
                     "port_on_exit_failed",
                     "on_exit of {port} raised",

@@ -77,7 +77,7 @@ from .._errors import (
     RemoteError,
     WorkerCrashed,
 )
-from .._logging import log_event
+from .._logging import area_logger, log_event
 from .._pool._contract import From, PoolWorker
 from .._pool._handle import Lease, Pool
 from .._pool._results import Async, Ok, Remove, Skip, Stop
@@ -96,6 +96,8 @@ from ._port import (
 )
 
 __all__ = ["PortCheckout", "PortSpec", "PortWorker", "PortWorkerState", "ProcessPool"]
+
+_log = area_logger("process_pool")
 
 POOL_START_METHOD = "forkserver"
 """The start method of a pool's `target` workers when none is given. Safe although the parent
@@ -539,6 +541,7 @@ class ProcessPool(Pool):
                 if crashes > self._retries:
                     raise
                 log_event(
+                    _log,
                     "WARNING",
                     "process_pool_retry",
                     "{worker} crashed mid-request; retrying ({attempt}/{retries})",

@@ -29,7 +29,7 @@ from .._errors import (
     NoProc,
     StartError,
 )
-from .._logging import log_event
+from .._logging import area_logger, log_event
 from .._naming._names import register
 from .._reasons import KILLED, SHUTDOWN, Down, Exit, MonitorRef, is_normal_exit
 from ._intensity import add_restart
@@ -44,6 +44,8 @@ __all__ = [
     "start_spec",
     "validate_intensity",
 ]
+
+_log = area_logger("supervisor")
 
 
 class _Restarting:
@@ -186,6 +188,7 @@ class _SupervisorBase(Actor):
 
     def _give_up(self, spec: ChildSpec, ref: Any) -> None:
         log_event(
+            _log,
             "ERROR",
             "reached_max_restart_intensity",
             "supervisor {supervisor} reached max restart intensity; offender {child_id!r}",
@@ -213,7 +216,8 @@ class _SupervisorBase(Actor):
                 self._shutdown(spec, ref)
                 raise _StartFailure(exc) from exc
         log_event(
-            "INFO",
+            _log,
+            "DEBUG",
             "child_started",
             "supervisor {supervisor} started child {child_id!r}: {ref}",
             supervisor=self._name,
@@ -248,6 +252,7 @@ class _SupervisorBase(Actor):
             if waiter.mref is not None:
                 demonitor(waiter.mref)
             log_event(
+                _log,
                 "ERROR",
                 "kill_timeout",
                 "supervisor {supervisor}: child {child_id!r} is blocked in a handler and cannot "
@@ -264,6 +269,7 @@ class _SupervisorBase(Actor):
         )
         if not fine:
             log_event(
+                _log,
                 "ERROR",
                 "shutdown_error",
                 "supervisor {supervisor}: child {child_id!r} shut down with {reason}",
@@ -275,8 +281,9 @@ class _SupervisorBase(Actor):
         return reason
 
     def _report_exit(self, spec: ChildSpec, ref: Any, reason: Any) -> None:
-        level = "INFO" if is_normal_exit(reason) else "ERROR"
+        level = "DEBUG" if is_normal_exit(reason) else "ERROR"
         log_event(
+            _log,
             level,
             "child_terminated",
             "supervisor {supervisor}: child {child_id!r} exited with {reason}",
@@ -316,6 +323,7 @@ class _SupervisorBase(Actor):
         served first; each attempt counts toward the restart intensity.
         """
         log_event(
+            _log,
             "ERROR",
             "start_error",
             "supervisor {supervisor} failed to restart child {child_id!r}: {reason}",
@@ -326,6 +334,19 @@ class _SupervisorBase(Actor):
         )
         self._set_ref(child, RESTARTING)
         self.actor_ref.tell(_TryAgainRestart(child.key))
+
+    def _restarted(self, child: Any, ref: pykka.ActorRef[Any] | None) -> None:
+        """Record a successful restart (OTP's progress report: the child is back)."""
+        self._set_ref(child, ref)
+        log_event(
+            _log,
+            "INFO",
+            "child_restarted",
+            "supervisor {supervisor} restarted child {child_id!r}: {ref}",
+            supervisor=self._name,
+            child_id=child.spec.id,
+            ref=str(ref),
+        )
 
     def _try_again(self, key: Any) -> None:
         child = self._children.get(key)
@@ -354,6 +375,7 @@ class _SupervisorBase(Actor):
 
     def _unexpected(self, message: Any) -> None:
         log_event(
+            _log,
             "WARNING",
             "unexpected_message",
             "supervisor {supervisor} received unexpected message {message!r}",

@@ -172,7 +172,7 @@ class _DynamicSupervisorActor(_SupervisorBase):
         if ref is None:  # ignored on restart: the child is removed, as in Elixir
             self._remove(child.key)
             return
-        self._set_ref(child, ref)
+        self._restarted(child, ref)
 
     def _terminate_children(self) -> None:
         """Signal every child at once; kill each when its own shutdown time runs out (the

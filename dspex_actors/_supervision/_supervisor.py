@@ -71,7 +71,7 @@ from .._errors import (
     StartChildError,
     SupervisorStartError,
 )
-from .._logging import log_event
+from .._logging import area_logger, log_event
 from .._naming._names import register
 from .._reasons import SHUTDOWN
 from ._base import (
@@ -91,6 +91,8 @@ from ._base import (
 )
 
 __all__ = ["Supervisor"]
+
+_log = area_logger("supervisor")
 
 
 # --- the static supervisor -------------------------------------------------------------------
@@ -156,6 +158,7 @@ class _SupervisorActor(_SupervisorBase):
                 ref = self._start(spec)
             except _StartFailure as failure:
                 log_event(
+                    _log,
                     "ERROR",
                     "start_error",
                     "supervisor {supervisor} failed to start child {child_id!r}: {reason}",
@@ -306,6 +309,7 @@ class _SupervisorActor(_SupervisorBase):
         ):
             return
         log_event(
+            _log,
             "INFO",
             "auto_shutdown",
             "supervisor {supervisor} shuts down: significant child {child_id!r} exited",
@@ -341,7 +345,7 @@ class _SupervisorActor(_SupervisorBase):
             except _StartFailure as failure:
                 self._restart_failed(target, failure)
                 return
-            self._set_ref(target, ref)
+            self._restarted(target, ref)
 
     # -- termination --
 
