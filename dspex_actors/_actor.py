@@ -512,7 +512,7 @@ class Actor(pykka.ThreadingActor):
     """A pykka `ThreadingActor` that exits with a reason and supports links and monitors.
 
     Subclass it exactly like `pykka.ThreadingActor`; everything pykka offers (`ask`, `tell`,
-    proxies, `on_receive`, `on_start`, `on_stop`, `on_failure`) works as before. In addition:
+    proxies, `on_receive`, `on_start`, `on_stop`, `on_failure`) works as in pykka. In addition:
 
     Attributes:
         trap_exits: when True, exit signals from linked actors arrive as `on_exit_signal(Exit)`

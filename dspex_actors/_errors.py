@@ -301,7 +301,7 @@ class PoolTimeout(DspexActorsError, TimeoutError):
 
 
 class CheckoutFailed(DspexActorsError, RuntimeError):
-    """A worker could not be checked out (seed ``{:checkout_failed, reason}``)."""
+    """A worker could not be checked out (DSPex's ``{:checkout_failed, reason}``)."""
 
     def __init__(self, reason: Any) -> None:
         self.reason = reason
@@ -312,7 +312,7 @@ class CheckoutFailed(DspexActorsError, RuntimeError):
 
 
 class NotAPort(DspexActorsError, TypeError):
-    """`validate_port` was given something that is not a `Port` (seed ``:not_a_port``)."""
+    """`validate_port` was given something that is not a `Port` (DSPex's ``:not_a_port``)."""
 
     def __init__(self, value: Any) -> None:
         self.value = value
@@ -320,7 +320,7 @@ class NotAPort(DspexActorsError, TypeError):
 
 
 class PortClosed(DspexActorsError, RuntimeError):
-    """The port is closed or its process has exited (seed ``:port_closed``)."""
+    """The port is closed or its process has exited (DSPex's ``:port_closed``)."""
 
     def __init__(self, port: Any, detail: str = "") -> None:
         self.port = port
@@ -328,7 +328,7 @@ class PortClosed(DspexActorsError, RuntimeError):
 
 
 class PortNotOwned(DspexActorsError, RuntimeError):
-    """The calling actor or thread does not own the port (seed ``:port_not_owned``)."""
+    """The calling actor or thread does not own the port (DSPex's ``:port_not_owned``)."""
 
     def __init__(self, port: Any, owner: Any, caller: Any) -> None:
         self.port = port
@@ -338,7 +338,7 @@ class PortNotOwned(DspexActorsError, RuntimeError):
 
 
 class ConnectFailed(DspexActorsError, RuntimeError):
-    """Handing a port to a new owner failed (seed ``{:connect_failed, reason}``).
+    """Handing a port to a new owner failed (DSPex's ``{:connect_failed, reason}``).
 
     `reason` is ``"process_died"``, ``"target_dead"`` or the wrapped cause.
     """
@@ -349,7 +349,7 @@ class ConnectFailed(DspexActorsError, RuntimeError):
 
 
 class ConnectExited(DspexActorsError, RuntimeError):
-    """The port's process exited during a connect (seed ``{:connect_exited, reason}``)."""
+    """The port's process exited during a connect (DSPex's ``{:connect_exited, reason}``)."""
 
     def __init__(self, reason: Any) -> None:
         self.reason = reason
@@ -357,7 +357,7 @@ class ConnectExited(DspexActorsError, RuntimeError):
 
 
 class ConnectError(DspexActorsError, RuntimeError):
-    """An unexpected error during a connect (seed ``{:connect_error, {kind, reason}}``)."""
+    """An unexpected error during a connect (DSPex's ``{:connect_error, {kind, reason}}``)."""
 
     def __init__(self, kind: str, reason: Any) -> None:
         self.kind = kind

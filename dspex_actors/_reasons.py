@@ -25,7 +25,6 @@ __all__ = [
     "SHUTDOWN",
     "Down",
     "Exit",
-    "ExitReason",
     "MonitorRef",
     "Shutdown",
     "is_normal_exit",
@@ -61,18 +60,9 @@ class Shutdown:
     info: Any
 
 
-ExitReason = _Atom | Shutdown | BaseException
-"""What an actor's exit reason can be."""
-
-
 def is_normal_exit(reason: object) -> bool:
     """True for `NORMAL`, `SHUTDOWN` and `Shutdown(_)`; false for crashes, `KILLED`, `NOPROC`."""
     return reason is NORMAL or reason is SHUTDOWN or isinstance(reason, Shutdown)
-
-
-def format_reason(reason: object) -> str:
-    """A short, stable text for logs: ``NORMAL``, ``Shutdown('x')``, ``ValueError('boom')``."""
-    return repr(reason)
 
 
 @attrs.frozen(eq=False)

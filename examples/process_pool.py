@@ -13,8 +13,6 @@ import signal
 import sys
 from typing import Any
 
-import psutil
-
 from dspex_actors import Port, ProcessPool, WorkerCrashed
 from dspex_actors.testing import wait_for
 
@@ -36,9 +34,11 @@ def handle(request: Any) -> Any:
 
 
 def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
         return False
 
 

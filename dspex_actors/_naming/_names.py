@@ -20,7 +20,7 @@ The rules are those of `Process.register` / `erlang:register/2`:
   lookup; and in the short window between "stopped" and "monitor ran" `whereis` already returns
   None and `register` already treats the name as free. That is how a restarted child never loses
   a race with its dead predecessor's registration (the ``already_started`` restart loop of
-  Registry/gproc users, reference §7).
+  Registry/gproc users).
 
 `whereis` checks liveness, but the answer can still be stale by the time you use it: the actor
 may exit right after the lookup. Code that sends to a name must expect `NoProc` /
@@ -131,7 +131,7 @@ def register(name: Any, ref: Any) -> None:
         if holder is not None:
             if holder.ref.is_alive():
                 raise NameTaken(name, holder.ref)
-            # Stopped, but its monitor has not run yet: the name is already free (REG-04).
+            # Stopped, but its monitor has not run yet: the name is already free.
             _forget(name, holder)
         existing = _by_urn.get(urn)
         if existing is not None:

@@ -226,7 +226,7 @@ class Registry(ActorHandle):
         self._table.register(key, actor_ref, value)
 
     def unregister(self, key: Any, ref: Any) -> None:
-        """Remove every entry of `ref` under `key`; does nothing if there is none (REG-07).
+        """Remove every entry of `ref` under `key`; does nothing if there is none.
 
         Raises:
             NoProc: the registry has stopped.
@@ -321,7 +321,7 @@ class Registry(ActorHandle):
     def dispatch(self, key: Any, fn: Callable[[list[Entry]], Any]) -> None:
         """Call `fn(entries)` with the live entries under `key`, in the caller's thread.
 
-        Never called when the key has no live entry (REG-06); called once otherwise (the table is
+        Never called when the key has no live entry; called once otherwise (the table is
         one partition). An exception from `fn` propagates to the caller.
         """
         entries = self.lookup(key)
@@ -455,7 +455,7 @@ class _Table:
                 holder = current[0].ref
                 if holder.is_alive():
                     raise NameTaken(key, holder)
-                # Stopped but not yet cleaned up: free now (REG-04, reference §7).
+                # Stopped but not yet cleaned up: free now, so a restarted actor can take the key.
                 self._remove(key, holder.actor_urn)
             self.entries.setdefault(key, []).append(Entry(ref, value))
             self.by_urn.setdefault(urn, []).append(key)

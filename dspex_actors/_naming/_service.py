@@ -1,4 +1,4 @@
-"""`detect_service`: find the first live service among candidates (the seed's Fix 5, generalised).
+"""`detect_service`: find the first live service among candidates (DSPex's detection, generalised).
 
 DSPex picked its backend by looking up ``SessionPool`` and then ``Bridge`` in a Registry, which
 failed while the registry's cleanup lagged behind restarts ("Python bridge not available" during

@@ -95,7 +95,7 @@ class PoolStatus:
 
 @attrs.frozen
 class WorkerStats:
-    """Per-worker counters the pool keeps (seed Fix 6), from `Pool.worker_stats()`.
+    """Per-worker counters the pool keeps (DSPex's worker statistics), from `Pool.worker_stats()`.
 
     Attributes:
         worker_id: the pool's number for this worker (1, 2, ... in creation order).
@@ -104,7 +104,7 @@ class WorkerStats:
         successful_checkins: checkins it survived (`handle_checkin` returned `Ok`) whose
             checkin state was not an error.
         error_checkins: checkins it survived whose checkin state was an error: an
-            ``("error", reason)`` pair or an exception (the seed's ``{:error, _}`` checkin).
+            ``("error", reason)`` pair or an exception (an Elixir ``{:error, _}`` checkin).
             A lease that ends the worker's life (the checkout function raised, the caller timed
             out or exited, `handle_checkin` returned `Remove`) removes it, stats and all;
             `PoolStatus.workers_removed` counts those.
@@ -198,7 +198,7 @@ class PoolWorker:
         *If it raises*: logged and treated as `Remove(exception, pool_state)`.
         *Invalid return*: the worker is removed and the caller raises `CallbackReturnError`.
         A returned ``("error", reason)`` gets a hint to return
-        ``Remove(("checkout_failed", reason), pool_state)`` (seed Fix 1).
+        ``Remove(("checkout_failed", reason), pool_state)``: an error tuple is not a result.
         *Required.*
         """
         raise NotImplementedError
@@ -346,7 +346,8 @@ def is_error(value: Any) -> bool:
 
 
 def is_error_state(checkin_state: Any) -> bool:
-    """The seed's ``{:error, _}`` checkin: an ``("error", reason)`` pair or an exception."""
+    """An error checkin (Elixir's ``{:error, _}``): an ``("error", reason)`` pair, or an
+    exception."""
     return isinstance(checkin_state, BaseException) or (
         type(checkin_state) is tuple and len(checkin_state) == 2 and checkin_state[0] == "error"
     )
@@ -366,7 +367,7 @@ _TUPLE_TAGS: Final = {
 
 
 def _hint(callback: str, got: Any) -> str:
-    """A fix for the common mistakes: an error tuple (seed Fix 1) or a NimblePool-style tuple."""
+    """A fix for the common mistakes: an error tuple, or a NimblePool-style tuple."""
     if isinstance(got, tuple) and got and isinstance(got[0], str):
         tag = got[0].lower().lstrip(":")
         if tag == "error":

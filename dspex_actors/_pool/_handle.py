@@ -9,7 +9,7 @@ the second element of the pair `fn` returns.
 No thread hand-off while the pool is idle: a checkout or checkin that finds the pool doing
 nothing and nothing queued is handled by the calling thread itself, holding the pool's
 execution lock, exactly as the pool's thread would handle it next (same order, same state,
-`current_actor()` is the pool). When the pool is busy it is queued as a message, as before.
+`current_actor()` is the pool). When the pool is busy it is queued as a message.
 A checkout then costs a few microseconds instead of two thread wake-ups; the only visible
 difference is which thread runs a callback (and so who waits for it): a checkin that has more
 to do than return the worker to the idle queue (waiters to serve, an overflow worker to

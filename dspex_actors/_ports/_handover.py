@@ -32,10 +32,10 @@ __all__ = ["PortActor", "check_port", "hand_over", "safe_connect", "validate_por
 
 
 def validate_port(port: Any) -> PortInfo:
-    """Check that `port` is an open port owned by the caller (seed Fix 2) and return its info.
+    """Check that `port` is an open port owned by the caller and return its info.
 
     Raises:
-        NotAPort: `port` is not a `Port` (seed ``:not_a_port``).
+        NotAPort: `port` is not a `Port` (``:not_a_port``).
         PortClosed: it is closed or its process has exited (``:port_closed``).
         PortNotOwned: the calling actor or thread is not its owner (``:port_not_owned``).
     """
@@ -47,7 +47,7 @@ def validate_port(port: Any) -> PortInfo:
 
 
 def safe_connect(port: Any, target: Any) -> PortInfo:
-    """Validate `port`, then hand it to `target`, classifying every failure (seed Fix 2).
+    """Validate `port`, then hand it to `target`, classifying every failure.
 
     Returns the port's info as seen by the new owner.
 

@@ -7,7 +7,7 @@ and logged with the port's id (event ``port_stderr``); it never mixes into the f
 
 - **Ownership.** A port has one owner: the `Actor` (its `ActorRef`) or the thread that opened it.
   Only the owner may `send`, `recv`, `request` or `connect` it to a new owner; anyone else gets
-  `PortNotOwned`. `validate_port` and `safe_connect` are seed Fix 2: check a port before handing
+  `PortNotOwned`. `validate_port` and `safe_connect` check a port before handing
   it over, and classify every way the hand-over can fail.
 - **Death is an event.** The owner reads stdout itself, in its own thread (no hand-off on the
   hot path). One thread per port (``dspex-port-<id>``) logs stderr and waits on the process's

@@ -2,9 +2,9 @@
 
 `PortWorker` is the DSPex ``PoolWorkerV2`` over ports: each worker is a `Port` (an external
 program, or a Python callable in a child process). The pool's actor owns every idle port; a
-checkout hands the port to the caller with `safe_connect` (seed Fix 2) and the caller talks to
+checkout hands the port to the caller with `safe_connect` and the caller talks to
 the process directly, in its own thread, so the pool never waits on worker I/O. Every checkout
-failure becomes a `Remove` with the seed's reasons (seed Fix 1), never an error tuple:
+failure becomes a `Remove` with DSPex's reasons, never an error tuple:
 
 | what failed | `Remove` reason |
 |---|---|
@@ -254,11 +254,11 @@ class _PoolState:
 
 
 class PortWorker(PoolWorker):
-    """The `PoolWorker` callbacks over ports (DSPex ``PoolWorkerV2``, with seed Fixes 1, 2, 6).
+    """The `PoolWorker` callbacks over ports (DSPex's ``PoolWorkerV2``, as it was meant to work).
 
     Start it with ``Pool.start(PortWorker, PortSpec(...), ...)``, or use `ProcessPool`, which
     does and adds `call`. Per-worker counters (checkouts, successful/error checkins,
-    last_activity: seed Fix 6) are the pool's `worker_stats()`.
+    last_activity) are the pool's `worker_stats()`.
     """
 
     def init_pool(self, init_arg: Any) -> Ok | Stop:
@@ -575,7 +575,7 @@ class ProcessPool(Pool):
 
 # --- private helpers ---------------------------------------------------------------------------
 
-# validate_port's errors, as the seed's ("checkout_failed", code) reasons.
+# validate_port's errors, as ("checkout_failed", code) reasons.
 _CHECKOUT_FAILED: dict[type, str] = {
     NotAPort: "not_a_port",
     PortClosed: "port_closed",

@@ -1,6 +1,6 @@
-"""`start_test_pool` and `wait_for_pool_ready`: pools in tests without timing guesses (seed Fix 7).
+"""`start_test_pool` and `wait_for_pool_ready`: pools in tests without timing guesses.
 
-The seed's `wait_for_pool_ready` returned ``:ok`` whatever happened (its status function was a
+DSPex's `wait_for_pool_ready` returned ``:ok`` whatever happened (its status function was a
 stand-in that always reported ready); this one really polls `Pool.status()` and raises
 `TimeoutError` when the pool is not ready in time.
 
@@ -57,7 +57,7 @@ def start_test_pool(
 ) -> Iterator[Pool]:
     """Start an isolated pool for one test; stop it (and wait for it) when the block ends.
 
-    Defaults for tests (seed Fix 7): a unique registered name (``test_pool_<pid>_<n>``), eager
+    Defaults for tests: a unique registered name (``test_pool_<pid>_<n>``), eager
     start, `pool_size` 2, `max_overflow` 0. Any `Pool.start` option overrides them. The pool
     is ready (see `wait_for_pool_ready`) when the block starts.
 
@@ -94,7 +94,7 @@ def wait_for_pool_ready(
     Args:
         pool: the pool.
         timeout: seconds to wait in total.
-        min_idle: how many idle workers count as ready (default 1, as the seed's helper).
+        min_idle: how many idle workers count as ready (default 1, as DSPex's helper).
         interval: seconds between polls.
 
     Raises:

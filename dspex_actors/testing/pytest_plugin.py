@@ -1,26 +1,29 @@
 """The dspex_actors pytest plugin (entry point ``pytest11``; active once the package is installed).
 
-- **Leak check** (autouse): after each test, no pykka actor started during the test may still
+- **Leak check** (opt-in): after a test, no pykka actor started during the test may still
   run, no dspex_actors thread may be alive, and no child process started during the test may
   remain. Leftovers are stopped (so the next test starts clean) and the test fails, naming them.
-  Waits are bounded (``dspex_leak_timeout`` ini option, default 5 s). Disable with the ini option
-  ``dspex_leak_check = false`` or the marker ``@pytest.mark.no_leak_check``.
-- **Test layers** (seed Fix 4): markers ``layer_1`` (pure unit), ``layer_2`` (protocol, with a
-  mock bridge) and ``layer_3`` (full integration, real worker processes). The mode comes from
-  ``--test-mode`` or the ``TEST_MODE`` environment variable: ``mock_adapter`` runs layer 1,
+  Installing dspex_actors changes no one's test run: the check runs only where it is asked
+  for, with the ini option ``dspex_leak_check = true`` (every test; dspex_actors' own suite
+  does this) or the marker ``@pytest.mark.leak_check`` (one test). The marker
+  ``@pytest.mark.no_leak_check`` exempts a test. Waits are bounded (``dspex_leak_timeout`` ini
+  option, default 5 s). It needs `psutil` (the ``test`` extra), imported only when it runs.
+- **Test layers** (DSPex's three test layers): markers ``layer_1`` (pure unit), ``layer_2``
+  (protocol, with a mock bridge) and ``layer_3`` (full integration, real worker processes).
+  The mode comes from ``--test-mode`` or the ``TEST_MODE`` environment variable: ``mock_adapter`` runs layer 1,
   ``bridge_mock`` layers 1-2, ``full_integration`` (the default) everything. Skipped tests say
   how to run them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import psutil
 import pykka
 import pytest
 
@@ -38,9 +41,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "dspex_leak_check",
-        "fail tests that leak actors/threads/processes",
+        "fail every test that leaks actors/threads/processes (default: only @leak_check tests)",
         type="bool",
-        default=True,
+        default=False,
     )
     parser.addini("dspex_leak_timeout", "seconds to wait for leftovers to end", default="5")
 
@@ -49,6 +52,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "layer_1: unit test (runs in every test mode)")
     config.addinivalue_line("markers", "layer_2: protocol test (TEST_MODE=bridge_mock or higher)")
     config.addinivalue_line("markers", "layer_3: integration test (TEST_MODE=full_integration)")
+    config.addinivalue_line("markers", "leak_check: run the dspex_actors leak check on this test")
     config.addinivalue_line("markers", "no_leak_check: skip the dspex_actors leak check")
 
 
@@ -82,7 +86,9 @@ def _framework_threads(before: set[int]) -> list[threading.Thread]:
     ]
 
 
-def _children(before: set[int]) -> list[psutil.Process]:
+def _children(before: set[int]) -> list[Any]:
+    import psutil  # the test extra; only the leak check needs it
+
     try:
         kids = psutil.Process().children(recursive=True)
     except psutil.Error:
@@ -97,7 +103,9 @@ def _children(before: set[int]) -> list[psutil.Process]:
     return alive
 
 
-def _describe(p: psutil.Process) -> str:
+def _describe(p: Any) -> str:
+    import psutil
+
     try:
         return f"{p.pid} {p.name()}"
     except psutil.Error:  # it exited between detection and this report
@@ -107,7 +115,9 @@ def _describe(p: psutil.Process) -> str:
 @pytest.fixture(autouse=True)
 def _dspex_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     config = request.config
-    if not config.getini("dspex_leak_check") or request.node.get_closest_marker("no_leak_check"):
+    node = request.node
+    wanted = config.getini("dspex_leak_check") or node.get_closest_marker("leak_check")
+    if not wanted or node.get_closest_marker("no_leak_check"):
         yield
         return
     actors_before = {r.actor_urn for r in pykka.ActorRegistry.get_all()}
@@ -131,11 +141,9 @@ def _dspex_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     if procs:
         leaks["child processes"] = [_describe(p) for p in procs]
         for p in procs:
-            try:
+            with contextlib.suppress(Exception):  # it may have exited meanwhile
                 p.kill()
                 p.wait(2)
-            except psutil.Error:
-                pass
     if threads:
         leaks["threads"] = [t.name for t in threads]
     if leaks:
