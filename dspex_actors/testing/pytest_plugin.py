@@ -10,9 +10,9 @@
   option, default 5 s). It needs `psutil` (the ``test`` extra), imported only when it runs.
 - **Test layers** (DSPex's three test layers): markers ``layer_1`` (pure unit), ``layer_2``
   (protocol, with a mock bridge) and ``layer_3`` (full integration, real worker processes).
-  The mode comes from ``--test-mode`` or the ``TEST_MODE`` environment variable: ``mock_adapter`` runs layer 1,
-  ``bridge_mock`` layers 1-2, ``full_integration`` (the default) everything. Skipped tests say
-  how to run them.
+  The mode comes from ``--test-mode`` or the ``TEST_MODE`` environment variable:
+  ``mock_adapter`` runs layer 1, ``bridge_mock`` layers 1-2, ``full_integration`` (the
+  default) everything. Skipped tests say how to run them.
 """
 
 from __future__ import annotations
