@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ops_per_second"]
+__all__ = ["ops_per_second", "quiet_logs"]
+
+
+def quiet_logs() -> None:
+    """Silence dspex_actors' log records for the measurement.
+
+    The library reports every crash (with its traceback) and every restart through the
+    standard `logging` module; with nothing configured, Python's last-resort handler writes
+    each error to stderr. The benches measure the mechanics, not the cost of formatting and
+    writing thousands of tracebacks, so they switch the records off (the baselines log
+    nothing either).
+    """
+    logging.getLogger("dspex_actors").setLevel(logging.CRITICAL + 1)
 
 
 def ops_per_second(clients: int, per_client: int, op: Callable[[], Any]) -> float:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pykka
-from _common import ops_per_second
+from _common import ops_per_second, quiet_logs
 
 import dspex_actors as da
 
@@ -103,6 +103,7 @@ def throughput(rounds: int, per_client: int) -> tuple[float, float, float]:
 
 
 def main() -> int:
+    quiet_logs()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
-from _common import ops_per_second
+from _common import ops_per_second, quiet_logs
 
 import dspex_actors as da
 
@@ -487,6 +487,7 @@ def bench_sigkill(rounds: int) -> None:
 
 
 def main() -> int:
+    quiet_logs()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
     opts = parser.parse_args()

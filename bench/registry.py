@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pykka
+from _common import quiet_logs
 
 import dspex_actors as da
 
@@ -118,6 +119,7 @@ def report(title: str, ours: float, floor: float, actor: float, unit: str) -> No
 
 
 def main() -> int:
+    quiet_logs()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
     args = parser.parse_args()

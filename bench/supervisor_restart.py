@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import pykka
+from _common import quiet_logs
 
 import dspex_actors as da
 from dspex_actors.testing import FakeClock
@@ -105,6 +106,7 @@ def report(label: str, base: float, ours: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_logs()
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (200 rounds)")
     parser.add_argument("--rounds", type=int, default=None)

@@ -211,6 +211,9 @@ class PoolActor(Actor):
         cls = config.worker
         self._cls_name = cls.__qualname__
         self._w = cls()
+        # The two callbacks of every checkout, bound once (each lookup makes a bound method).
+        self._handle_checkout: Callable[..., Any] = self._w.handle_checkout
+        self._handle_checkin: Callable[..., Any] = self._w.handle_checkin
         self._has_enqueue = cls.handle_enqueue is not PoolWorker.handle_enqueue
         self._has_ping = cls.handle_ping is not PoolWorker.handle_ping
         self._has_cancelled = cls.handle_cancelled is not PoolWorker.handle_cancelled
@@ -395,7 +398,7 @@ class PoolActor(Actor):
             self._remove_worker(worker, req.poison)
             self._serve_waiters()
             return
-        result = self._invoke(self._w.handle_checkin, checkin_state, req, worker.state, self._ps)
+        result = self._invoke(self._handle_checkin, checkin_state, req, worker.state, self._ps)
         if type(result) is Ok and len(result.values) == 2:
             worker.state, self._ps = result.values
             if is_error_state(checkin_state):
@@ -533,7 +536,7 @@ class PoolActor(Actor):
             if idle:
                 worker = idle[0]
                 result = self._invoke(
-                    self._w.handle_checkout, req.command, req, worker.state, self._ps
+                    self._handle_checkout, req.command, req, worker.state, self._ps
                 )
                 if type(result) is Ok and len(result.values) == 3:
                     idle.popleft()
