@@ -62,6 +62,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import logging
 import os
 import select
 import selectors
@@ -75,7 +76,7 @@ import attrs
 import pykka
 
 from .._actor import _current as _current_actor
-from .._checks import lock_timeout, remaining
+from .._checks import is_number, lock_timeout, remaining
 from .._errors import (
     CallTimeout,
     ConnectFailed,
@@ -135,6 +136,7 @@ _KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL in close()
 _REAP_LIMIT = 10.0
 """Seconds `close` waits for a SIGKILLed process to be reaped before it gives up waiting."""
 _STDERR_TAIL = 50  # stderr lines kept per port for diagnostics
+_STDERR_READ = 1 << 20  # bytes asked for per read of stderr
 
 
 # --- public types ------------------------------------------------------------------------------
@@ -276,6 +278,8 @@ class Port:
         owner: Owner | None = None,
         on_exit: Callable[[PortExited], None] | None = None,
         start_method: str | None = None,
+        timeout: float | None = None,
+        on_start: Callable[[Port], None] | None = None,
     ) -> Port:
         """Start the program `argv` and return its port, owned by the caller (or `owner`).
 
@@ -297,6 +301,9 @@ class Port:
                 `subprocess`) or ``"forkserver"`` (the fork server does: this process forks
                 nothing, so a fork made meanwhile by another library cannot hold the start
                 up; see the module docs).
+            timeout: seconds the start may take with ``"forkserver"`` (default 30).
+            on_start: called with the port as soon as its process exists, in this thread
+                (e.g. to keep a way to kill it while the start goes on).
 
         Raises:
             InvalidOption: a bad `argv`, `max_frame`, `codec` or `start_method`.
@@ -306,8 +313,8 @@ class Port:
             OSError: the program could not be started (e.g. `FileNotFoundError`), or the fork
                 server could not be started, could not fork, or exited; `PermissionError`
                 with ``"forkserver"`` after this process changed its user or groups.
-            CallTimeout: the fork server did not answer within 30 s, or the program's child
-                neither exec'd nor failed within 15 s (it has been killed).
+            CallTimeout: the fork server did not answer within `timeout`, or the program's
+                child neither exec'd nor failed within half of it (it has been killed).
         """
         if isinstance(argv, str | bytes) or not argv or not all(isinstance(a, str) for a in argv):
             raise InvalidOption("argv", argv, "a non-empty sequence of strings")
@@ -319,20 +326,23 @@ class Port:
         if start_method not in OPEN_METHODS:
             raise InvalidOption("start_method", start_method, f"None or one of {OPEN_METHODS[1:]}")
         owner = _resolve_owner(owner)  # before anything starts
-        name = os.path.basename(argv[0])
+        limit = _start_timeout(timeout)
         if start_method == "forkserver":
-            started = start_forkserver_program(list(argv), env, cwd)
+            started = start_forkserver_program(list(argv), env, cwd, limit)
         else:
             started = start_program(list(argv), env, cwd)
-        return cls(
+        port = cls(
             started,
-            name=name,
+            name=os.path.basename(argv[0]),
             codec=codec,
             max_frame=max_frame,
             owner=owner,
             on_exit=on_exit,
             enveloped=False,
         )
+        if on_start is not None:
+            on_start(port)
+        return port
 
     @classmethod
     def spawn(
@@ -344,6 +354,8 @@ class Port:
         codec: Codec = JSON_CODEC,
         owner: Owner | None = None,
         on_exit: Callable[[PortExited], None] | None = None,
+        timeout: float | None = None,
+        on_start: Callable[[Port], None] | None = None,
     ) -> Port:
         """Serve `handler(request, *args) -> response` in a child process started by `multiprocess`.
 
@@ -362,12 +374,17 @@ class Port:
             codec: `JSON_CODEC` (default) or `PICKLE_CODEC` (any Python value; unpickles).
             owner: the first owner (default: the calling actor, else the calling thread).
             on_exit: called with `PortExited` once the process has exited and been reaped.
+            timeout: seconds the start may take (default 30): a ``"spawn"`` child reading its
+                handler, the fork server answering.
+            on_start: called with the port as soon as its process exists, in this thread,
+                before a ``"spawn"`` child has read its handler (e.g. to keep a way to kill
+                it while the start goes on).
 
         Raises:
-            InvalidOption: a bad start method, codec or `max_frame`.
-            CallTimeout: a ``"spawn"`` child did not read its handler within 30 s (its
+            InvalidOption: a bad start method, codec, `max_frame` or `timeout`.
+            CallTimeout: a ``"spawn"`` child did not read its handler within `timeout` (its
                 interpreter start stalled; it has been killed and reaped), or the fork
-                server did not fork within 30 s.
+                server did not fork within `timeout`.
             OSError: the fork server could not be started, could not fork, or exited.
             PortClosed: a ``"spawn"`` child exited before reading its handler (it has been
                 reaped; see the port's `stderr_tail` in the logs, event ``port_stderr``).
@@ -382,36 +399,20 @@ class Port:
         if not isinstance(codec, JsonCodec | PickleCodec):
             raise InvalidOption("codec", codec, "JSON_CODEC or PICKLE_CODEC for Port.spawn")
         owner = _resolve_owner(owner)
+        limit = _start_timeout(timeout)
         name = getattr(handler, "__qualname__", repr(handler))
         if method == "fork":
             started = start_forked(handler, args, codec, max_frame, name)
-            return cls(
-                started,
-                name=name,
-                codec=codec,
-                max_frame=max_frame,
-                owner=owner,
-                on_exit=on_exit,
-                enveloped=True,
-            )
-        # Pickled before anything starts, so an unpicklable handler (or one over 4 GiB pickled:
-        # ProtocolError) starts nothing.
-        setup = pickle_setup(handler, args, codec, max_frame)
-        if method == "forkserver":
-            started = start_forkserver_worker(setup)
-            return cls(
-                started,
-                name=name,
-                codec=codec,
-                max_frame=max_frame,
-                owner=owner,
-                on_exit=on_exit,
-                enveloped=True,
-            )
-        # "spawn": the handler arrives as the fresh interpreter's first frame.
-        frame = encode_frame(setup, max_frame=len(setup))
+        else:
+            # Pickled before anything starts, so an unpicklable handler (or one over 4 GiB
+            # pickled: ProtocolError) starts nothing.
+            setup = pickle_setup(handler, args, codec, max_frame)
+            if method == "forkserver":
+                started = start_forkserver_worker(setup, limit)
+            else:
+                started = start_spawned()
         port = cls(
-            start_spawned(),
+            started,
             name=name,
             codec=codec,
             max_frame=max_frame,
@@ -419,15 +420,20 @@ class Port:
             on_exit=on_exit,
             enveloped=True,
         )
+        if on_start is not None:
+            on_start(port)
+        if method != "spawn":
+            return port
+        # "spawn": the handler arrives as the fresh interpreter's first frame.
         try:
-            port._write(frame, _launch.SETUP_TIMEOUT)
+            port._write(encode_frame(setup, max_frame=len(setup)), limit)
         except BaseException as exc:
             # Never leave a child behind: a stalled one (its pipe is full of half a
             # handler) or one that died first. _write has SIGKILLed a stalled one.
             port.kill()
             port.close(timeout=0)
             if isinstance(exc, CallTimeout):
-                raise CallTimeout(str(port), "spawn", _launch.SETUP_TIMEOUT) from None
+                raise CallTimeout(str(port), "spawn", limit) from None
             raise
         return port
 
@@ -831,13 +837,16 @@ class Port:
         # else woken by the exit: drain what the process wrote before it
 
     def _watch(self, stderr_fd: int, exit_fd: int | None) -> None:
-        """The reader thread: log stderr; on the exit event, reap and tell the owner."""
+        """The reader thread: log stderr; on the exit event, reap and tell the owner at once,
+        then drain what is left of stderr (a grandchild may hold it: at most one more second).
+        """
         sel = selectors.DefaultSelector()
         sel.register(stderr_fd, selectors.EVENT_READ, "err")
         if exit_fd is not None:
             sel.register(exit_fd, selectors.EVENT_READ, "exit")
         err_buffer = bytearray()
         err_open = True
+        finished = False
         drain_deadline: float | None = None  # set once the process has exited
         try:
             while err_open:
@@ -850,9 +859,15 @@ class Port:
                 for key, _ in events:
                     if key.data == "exit":
                         sel.unregister(key.fd)
+                        # What the process wrote before it exited is in the pipe already.
+                        err_buffer, err_open = self._drain_stderr(stderr_fd, err_buffer)
+                        if not err_open:  # at EOF: the last, unfinished line is complete
+                            err_buffer = self._log_stderr(err_buffer, final=True)
+                        finished = True
+                        self._reap(exit_fd)
                         drain_deadline = time.monotonic() + 1.0
                         continue
-                    chunk = os.read(key.fd, 65536)
+                    chunk = os.read(key.fd, _STDERR_READ)
                     if chunk:
                         err_buffer += chunk
                         err_buffer = self._log_stderr(err_buffer, final=False)
@@ -863,25 +878,56 @@ class Port:
         finally:
             sel.close()
             close_fd(stderr_fd)
-            status = self._child.wait_status(None)
-            if exit_fd is not None:
-                os.close(exit_fd)
-            self._finish(status)
+            if not finished:
+                self._reap(exit_fd)
+
+    def _reap(self, exit_fd: int | None) -> None:
+        """The process has exited (or its stderr closed, where there is no exit event): take
+        its status and tell everyone."""
+        status = self._child.wait_status(None)
+        if exit_fd is not None:
+            os.close(exit_fd)
+        self._finish(status)
+
+    def _drain_stderr(self, fd: int, buffer: bytearray) -> tuple[bytearray, bool]:
+        """Read what is in the stderr pipe now, without waiting; False once it is at EOF."""
+        os.set_blocking(fd, False)
+        try:
+            while chunk := os.read(fd, _STDERR_READ):
+                buffer += chunk
+                buffer = self._log_stderr(buffer, final=False)
+        except BlockingIOError:
+            return buffer, True
+        finally:
+            os.set_blocking(fd, True)
+        return buffer, False
 
     def _log_stderr(self, buffer: bytearray, *, final: bool) -> bytearray:
-        *lines, rest = bytes(buffer).split(b"\n")
-        if final and rest:
-            lines.append(rest)
-            rest = b""
-        for raw in lines:
-            line = raw.decode("utf-8", "replace").rstrip("\r")
-            with self._lock:
-                self._stderr_tail.append(line)
+        """Log the complete lines in `buffer` and keep them in the tail; return the rest.
+
+        When nobody logs stderr (INFO is off for this logger, the default), only the last
+        lines are decoded and kept: a process that floods stderr costs a few large reads.
+        """
+        data = bytes(buffer)
+        end = data.rfind(b"\n")
+        if final and end != len(data) - 1:  # at the end, an unfinished line counts too
+            end = len(data)
+        if end < 0:
+            if len(data) > 65536:  # one endless line: keep it in pieces rather than grow
+                return self._log_stderr(bytearray(data + b"\n"), final=False)
+            return buffer
+        complete, rest = data[:end], data[end + 1 :]
+        if _log.isEnabledFor(logging.INFO):
+            lines = complete.split(b"\n")
+        else:
+            lines = complete.rsplit(b"\n", _STDERR_TAIL)[-_STDERR_TAIL:]
+        decoded = [raw.decode("utf-8", "replace").rstrip("\r") for raw in lines]
+        with self._lock:
+            self._stderr_tail.extend(decoded)
+        for line in decoded:
             log_event(
                 _log, "INFO", "port_stderr", "{port} stderr: {line}", port=str(self), line=line
             )
-        if len(rest) > 65536:  # one endless line: log it in pieces rather than grow forever
-            return self._log_stderr(bytearray(rest + b"\n"), final=False)
         return bytearray(rest)
 
     def _finish(self, status: int | None) -> None:
@@ -947,6 +993,15 @@ def same_owner(a: Owner, b: Owner) -> bool:
     if isinstance(a, pykka.ActorRef) and isinstance(b, pykka.ActorRef):
         return a.actor_urn == b.actor_urn
     return a is b
+
+
+def _start_timeout(timeout: Any) -> float:
+    """A start's time limit: `SETUP_TIMEOUT` for None, else a positive number of seconds."""
+    if timeout is None:
+        return _launch.SETUP_TIMEOUT
+    if not is_number(timeout) or not 0 < timeout < float("inf"):
+        raise InvalidOption("timeout", timeout, "a positive number of seconds or None")
+    return float(timeout)
 
 
 def check_max_frame(max_frame: Any) -> None:
