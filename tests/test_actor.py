@@ -8,11 +8,12 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import Records
 from pykka._envelope import Envelope
 
 import dspex_actors as da
 from dspex_actors.testing import gate, kill_and_wait, sync
+
+from support.logs import Records
 
 WAIT = 5.0
 
@@ -214,6 +215,25 @@ def test_an_on_start_that_hangs_fails_start_after_start_timeout_and_is_killed() 
     (ref,) = set(pykka.ActorRegistry.get_all()) - refs_before
     release.set()
     assert da.wait_exit(ref, WAIT) is da.KILLED
+
+
+class PatientStart(da.Actor):
+    """Waits for its `on_start` as long as it takes (`start_timeout = inf`)."""
+
+    start_timeout = float("inf")
+
+    def on_start(self) -> None:
+        # Still running when start() begins to wait (nobody sets this event: a bounded hold).
+        threading.Event().wait(0.3)
+
+
+def test_an_infinite_start_timeout_waits_for_on_start_like_none() -> None:
+    """`start_timeout = inf` means "wait for `on_start` however long it takes": `start()`
+    returns the running actor's ref (it does not fail and leave an actor nobody holds)."""
+    ref = PatientStart.start()
+    assert ref.is_alive()
+    ref.stop()
+    assert da.wait_exit(ref) is da.NORMAL
 
 
 # --- monitors see the end of cleanup -------------------------------------------------------
@@ -531,6 +551,17 @@ def test_a_handle_call_that_gets_no_answer_raises_call_timeout() -> None:
     with gate(ref), pytest.raises(da.CallTimeout):
         handle._call("anything", 0.01, "probe")
     handle.stop()
+
+
+@pytest.mark.parametrize("forever", [float("inf"), 1e300])
+def test_a_handle_call_with_an_infinite_timeout_waits_like_none(forever: float) -> None:
+    """`timeout=inf` (or a number too large for the OS to wait on) means "wait forever": the
+    call is answered, so a `start_child` that started its child reports that child."""
+    sup = da.Supervisor.start([])
+    child = sup.start_child(Echo.child_spec(id="echo"), timeout=forever)
+    assert [info.ref for info in sup.which_children(timeout=forever)] == [child]
+    sup.stop(timeout=forever)
+    assert da.wait_exit(sup.actor_ref, forever) is da.SHUTDOWN
 
 
 def test_a_handle_call_from_the_actors_own_thread_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""`run_inline`: a thread handles one message in an idle actor's place (ids ri_01..ri_10).
+"""`run_inline`: a thread handles one message in an idle actor's place.
 
 The actor loop dequeues and handles each message while holding `proc.exec_lock`; a thread
 that takes that lock (without blocking) and finds the inbox empty may run a handler itself,
@@ -7,6 +7,11 @@ not exiting) and when it must refuse (busy, messages queued, starting, exiting, 
 what a handler's exception, `KeyboardInterrupt` or `exit(reason)` does to the actor.
 
 Every wait is bounded and synchronised on events, `sync` or `gate`; nothing sleeps.
+
+White-box: `run_inline` is internal (the pool's inline checkout is its public face, see
+test_pool_inline.py), so this file imports `dspex_actors._actor` for it and for the actor's
+`_Proc` (its exec lock and `started` event) and `_Inbox`, to put a message in the inbox with no
+one handling it and to hold an actor between its `on_start` and its start's answer.
 """
 
 from __future__ import annotations
@@ -173,10 +178,10 @@ def box(log: list[Any]) -> Iterator[pykka.ActorRef[Any]]:
 # --- 1. who runs it, and as whom ------------------------------------------------------------
 
 
-def test_ri_01_an_idle_actor_s_message_runs_in_the_calling_thread_as_that_actor(
+def test_an_idle_actor_s_message_runs_in_the_calling_thread_as_that_actor(
     box: pykka.ActorRef[Any],
 ) -> None:
-    """ri_01: runs in the calling thread; current_actor() is the actor, then restored."""
+    """Runs in the calling thread; current_actor() is the actor, then restored."""
     handler = Recorder()
     assert da.current_actor() is None
     assert run_inline(proc_of(box), handler, "hello") is True
@@ -184,10 +189,10 @@ def test_ri_01_an_idle_actor_s_message_runs_in_the_calling_thread_as_that_actor(
     assert da.current_actor() is None
 
 
-def test_ri_01_from_inside_another_actor_current_actor_is_the_target_then_the_caller_again(
+def test_from_inside_another_actor_current_actor_is_the_target_then_the_caller_again(
     box: pykka.ActorRef[Any],
 ) -> None:
-    """ri_01: the caller is itself an actor: its own identity comes back after the handler."""
+    """The caller is itself an actor: its own identity comes back after the handler."""
     caller = Caller.start()
     try:
         handler = Recorder()
@@ -208,8 +213,8 @@ def test_ri_01_from_inside_another_actor_current_actor_is_the_target_then_the_ca
 # --- 2. busy ---------------------------------------------------------------------------------
 
 
-def test_ri_02_a_busy_actor_is_not_run_inline(box: pykka.ActorRef[Any], log: list[Any]) -> None:
-    """ri_02: while the actor handles a message, run_inline returns False and runs nothing."""
+def test_a_busy_actor_is_not_run_inline(box: pykka.ActorRef[Any], log: list[Any]) -> None:
+    """While the actor handles a message, run_inline returns False and runs nothing."""
     entered, release = threading.Event(), threading.Event()
     box.tell(Block(entered, release))
     try:
@@ -225,8 +230,8 @@ def test_ri_02_a_busy_actor_is_not_run_inline(box: pykka.ActorRef[Any], log: lis
     assert [c[0] for c in handler.calls] == ["idle"]
 
 
-def test_ri_02_a_gated_actor_refuses_inline_until_released(box: pykka.ActorRef[Any]) -> None:
-    """ri_02: the same with `dspex_actors.testing.gate` holding the actor between messages."""
+def test_a_gated_actor_refuses_inline_until_released(box: pykka.ActorRef[Any]) -> None:
+    """The same with `dspex_actors.testing.gate` holding the actor between messages."""
     with gate(box):
         handler = Recorder()
         assert run_inline(proc_of(box), handler, "gated") is False
@@ -238,10 +243,10 @@ def test_ri_02_a_gated_actor_refuses_inline_until_released(box: pykka.ActorRef[A
 # --- 3. queued messages come first ------------------------------------------------------------
 
 
-def test_ri_03_a_message_queued_before_is_handled_first_and_its_effect_is_seen_inline(
+def test_a_message_queued_before_is_handled_first_and_its_effect_is_seen_inline(
     box: pykka.ActorRef[Any], log: list[Any]
 ) -> None:
-    """ri_03: tell B queued behind A: inline refuses; after B is handled, inline sees B."""
+    """Tell B queued behind A: inline refuses; after B is handled, inline sees B."""
     entered, release = threading.Event(), threading.Event()
     box.tell(Block(entered, release))  # A
     try:
@@ -259,10 +264,10 @@ def test_ri_03_a_message_queued_before_is_handled_first_and_its_effect_is_seen_i
     assert seen == [["B"]]
 
 
-def test_ri_03_a_non_empty_inbox_refuses_even_when_nothing_is_being_handled(
+def test_a_non_empty_inbox_refuses_even_when_nothing_is_being_handled(
     box: pykka.ActorRef[Any], log: list[Any]
 ) -> None:
-    """ri_03: the exec lock is free but a message waits in the inbox: False, and the queued
+    """The exec lock is free but a message waits in the inbox: False, and the queued
     message is handled before anything the caller sends next."""
     proc = proc_of(box)
     inbox = box.actor_inbox
@@ -293,8 +298,8 @@ def test_ri_03_a_non_empty_inbox_refuses_even_when_nothing_is_being_handled(
 # --- 4. exiting and exited --------------------------------------------------------------------
 
 
-def test_ri_04_an_exiting_or_exited_actor_is_not_run_inline(log: list[Any]) -> None:
-    """ri_04: during on_stop (exiting) and after the exit: False, nothing runs."""
+def test_an_exiting_or_exited_actor_is_not_run_inline(log: list[Any]) -> None:
+    """During on_stop (exiting) and after the exit: False, nothing runs."""
     stop_entered, stop_release = threading.Event(), threading.Event()
     ref = Box.start(log, stop_entered, stop_release)
     proc = proc_of(ref)
@@ -313,10 +318,10 @@ def test_ri_04_an_exiting_or_exited_actor_is_not_run_inline(log: list[Any]) -> N
     assert log == [("on_stop", da.SHUTDOWN)]
 
 
-def test_ri_04_an_actor_stopped_by_stop_refuses_inline_afterwards(
+def test_an_actor_stopped_by_stop_refuses_inline_afterwards(
     log: list[Any],
 ) -> None:
-    """ri_04: after a plain `stop()` too (the FIFO stop request path)."""
+    """After a plain `stop()` too (the FIFO stop request path)."""
     ref = Box.start(log)
     proc = proc_of(ref)
     ref.stop(timeout=WAIT)
@@ -400,10 +405,10 @@ def attempt_in_thread(proc: _Proc, handler: Recorder, message: Any) -> bool:
     return results[0]
 
 
-def test_ri_05_while_on_start_runs_inline_returns_false_without_blocking(
+def test_while_on_start_runs_inline_returns_false_without_blocking(
     log: list[Any],
 ) -> None:
-    """ri_05: on_start holds the exec lock: a non-blocking attempt gets False at once."""
+    """on_start holds the exec lock: a non-blocking attempt gets False at once."""
     starter = Starter(log)
     ref: pykka.ActorRef[Any] | None = None
     try:
@@ -422,10 +427,10 @@ def test_ri_05_while_on_start_runs_inline_returns_false_without_blocking(
         stop(ref)
 
 
-def test_ri_05_before_the_actor_thread_has_even_entered_on_start_inline_returns_false(
+def test_before_the_actor_thread_has_even_entered_on_start_inline_returns_false(
     log: list[Any],
 ) -> None:
-    """ri_05: the ref (and its proc) exist before the actor's thread takes the exec lock for
+    """The ref (and its proc) exist before the actor's thread takes the exec lock for
     on_start; an attempt in that window must not run ahead of on_start either."""
     hold_loop = threading.Event()
     starter = Starter(log, hold_loop)
@@ -462,10 +467,10 @@ class GatedStarted(threading.Event):
         super().set()
 
 
-def test_ri_05_after_on_start_but_before_start_has_its_answer_inline_returns_false(
+def test_after_on_start_but_before_start_has_its_answer_inline_returns_false(
     log: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ri_05: on_start has returned and released the exec lock, but `started` is not set yet
+    """on_start has returned and released the exec lock, but `started` is not set yet
     (`start()` has not returned, or may still decide it timed out): still too early."""
     gates: list[GatedStarted] = []
     real_init = _Proc.__init__
@@ -499,10 +504,10 @@ def test_ri_05_after_on_start_but_before_start_has_its_answer_inline_returns_fal
 # --- 6. an exception crashes the actor, not the caller -----------------------------------------
 
 
-def test_ri_06_an_exception_in_the_handler_crashes_the_actor_and_is_not_raised_here(
+def test_an_exception_in_the_handler_crashes_the_actor_and_is_not_raised_here(
     log: list[Any],
 ) -> None:
-    """ri_06: not raised to the caller; exit reason is the exception; on_failure, not on_stop;
+    """Not raised to the caller; exit reason is the exception; on_failure, not on_stop;
     a monitor gets Down with that reason."""
     ref = Box.start(log)
     downs: list[da.Down] = []
@@ -526,10 +531,10 @@ def test_ri_06_an_exception_in_the_handler_crashes_the_actor_and_is_not_raised_h
 # --- 7. KeyboardInterrupt reaches the caller ----------------------------------------------------
 
 
-def test_ri_07_a_keyboard_interrupt_in_the_handler_is_re_raised_and_ends_the_actor(
+def test_a_keyboard_interrupt_in_the_handler_is_re_raised_and_ends_the_actor(
     log: list[Any],
 ) -> None:
-    """ri_07: re-raised in the caller; the actor exits with it as its reason."""
+    """Re-raised in the caller; the actor exits with it as its reason."""
     ref = Box.start(log)
     interrupt = KeyboardInterrupt()
     with pytest.raises(KeyboardInterrupt) as info:
@@ -540,10 +545,10 @@ def test_ri_07_a_keyboard_interrupt_in_the_handler_is_re_raised_and_ends_the_act
     assert log == [("on_failure", interrupt)]
 
 
-def test_ri_07_system_exit_zero_in_the_handler_is_re_raised_and_is_a_normal_exit(
+def test_system_exit_zero_in_the_handler_is_re_raised_and_is_a_normal_exit(
     log: list[Any],
 ) -> None:
-    """ri_07: `SystemExit(0)` is a BaseException too: re-raised; the exit is NORMAL (on_stop),
+    """`SystemExit(0)` is a BaseException too: re-raised; the exit is NORMAL (on_stop),
     as it is for a handler run by the actor's own thread."""
     ref = Box.start(log)
     with pytest.raises(SystemExit):
@@ -555,10 +560,10 @@ def test_ri_07_system_exit_zero_in_the_handler_is_re_raised_and_is_a_normal_exit
 # --- 8. exit(reason) from an inline handler -----------------------------------------------------
 
 
-def test_ri_08_exit_called_inline_ends_the_actor_after_the_handler_with_on_stop(
+def test_exit_called_inline_ends_the_actor_after_the_handler_with_on_stop(
     log: list[Any],
 ) -> None:
-    """ri_08: the handler finishes, then the actor exits with the reason; on_stop runs."""
+    """The handler finishes, then the actor exits with the reason; on_stop runs."""
     ref = Box.start(log)
     reason = da.Shutdown("inline exit")
     assert run_inline(proc_of(ref), actor_of(ref).on_receive, ExitWith(reason)) is True
@@ -611,8 +616,8 @@ def count_of(ref: pykka.ActorRef[Any]) -> int:
     return count
 
 
-def test_ri_09_concurrent_inline_and_told_increments_are_exact_and_in_order_per_thread() -> None:
-    """ri_09: 4 threads x 2000 increments, inline when possible (else told), plus asks."""
+def test_concurrent_inline_and_told_increments_are_exact_and_in_order_per_thread() -> None:
+    """4 threads x 2000 increments, inline when possible (else told), plus asks."""
     ref = Counter.start()
     proc = proc_of(ref)
     handler = actor_of(ref).on_receive
@@ -661,8 +666,8 @@ def test_ri_09_concurrent_inline_and_told_increments_are_exact_and_in_order_per_
         stop(ref)
 
 
-def test_ri_09_an_out_of_order_increment_is_detected_by_the_counter() -> None:
-    """ri_09: the order check itself can fail: a sequence that goes backwards crashes it."""
+def test_an_out_of_order_increment_is_detected_by_the_counter() -> None:
+    """The order check itself can fail: a sequence that goes backwards crashes it."""
     ref = Counter.start()
     handler = actor_of(ref).on_receive
     assert run_inline(proc_of(ref), handler, Incr(0, 0)) is True
@@ -672,10 +677,10 @@ def test_ri_09_an_out_of_order_increment_is_detected_by_the_counter() -> None:
     assert "got 0 after 0" in str(reason)
 
 
-def test_ri_10_a_handler_that_declines_with_false_makes_run_inline_return_false(
+def test_a_handler_that_declines_with_false_makes_run_inline_return_false(
     box: pykka.ActorRef[Any], log: list[Any]
 ) -> None:
-    """ri_10: a handler returning False declined the message (the caller sends it instead);
+    """A handler returning False declined the message (the caller sends it instead);
     None, or any other value, means handled. The actor runs on either way."""
     proc = proc_of(box)
     assert run_inline(proc, lambda message: False, "declined") is False

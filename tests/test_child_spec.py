@@ -1,4 +1,6 @@
-"""ChildSpec validation and defaults (SUP-05..09, EXS-03, EXS-04): typed errors, up front."""
+"""ChildSpec validation and defaults, `Actor.child_spec` and `Supervisor.child_spec`: typed errors,
+up front.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +9,31 @@ import math
 from typing import Any
 
 import pytest
-from conftest import EventLog, Probe
 
 import dspex_actors as da
 from dspex_actors import BRUTAL_KILL, INFINITY, ChildSpec, ChildType, Restart
+
+from support.logs import EventLog
+from support.supervision import Probe
 
 
 def start_nothing() -> None:
     return None
 
 
-def test_sup_05_a_spec_without_id_is_rejected_as_missing_id() -> None:
+def test_a_spec_without_id_is_rejected_as_missing_id() -> None:
     with pytest.raises(da.ChildSpecError, match="needs an id") as info:
         ChildSpec(None, start_nothing)
     assert (info.value.code, info.value.field, info.value.value) == ("missing_id", "id", None)
 
 
-def test_sup_05_a_spec_without_start_is_rejected_as_missing_start() -> None:
+def test_a_spec_without_start_is_rejected_as_missing_start() -> None:
     with pytest.raises(da.ChildSpecError, match="needs a start function") as info:
         ChildSpec("a", None)  # type: ignore[arg-type]
     assert (info.value.code, info.value.field) == ("missing_start", "start")
 
 
-def test_sup_05_a_start_that_is_not_callable_is_rejected_as_invalid_mfa() -> None:
+def test_a_start_that_is_not_callable_is_rejected_as_invalid_mfa() -> None:
     with pytest.raises(da.ChildSpecError, match=r"start must be callable, got: 'Probe\.start'"):
         ChildSpec("a", "Probe.start")  # type: ignore[arg-type]
 
@@ -54,9 +58,7 @@ def test_kwargs_must_be_a_mapping_with_str_keys() -> None:
         ChildSpec("a", start_nothing, kwargs=[("x", 1)])
 
 
-def test_sup_06_defaults_are_permanent_worker_5s_not_significant_and_infinity_for_supervisors() -> (
-    None
-):
+def test_defaults_are_permanent_worker_5s_not_significant_and_infinity_for_supervisors() -> None:
     worker = ChildSpec("w", start_nothing)
     assert worker.restart is Restart.PERMANENT
     assert worker.type is ChildType.WORKER
@@ -71,7 +73,7 @@ def test_sup_06_defaults_are_permanent_worker_5s_not_significant_and_infinity_fo
 
 
 @pytest.mark.parametrize("value", ["sometimes", 1, None, Restart])
-def test_sup_07_an_invalid_restart_type_names_the_field_and_value(value: Any) -> None:
+def test_an_invalid_restart_type_names_the_field_and_value(value: Any) -> None:
     with pytest.raises(da.ChildSpecError, match=f"restart must be one of .*got: {value!r}") as info:
         ChildSpec("a", start_nothing, restart=value)
     assert (info.value.code, info.value.field, info.value.value) == (
@@ -82,7 +84,7 @@ def test_sup_07_an_invalid_restart_type_names_the_field_and_value(value: Any) ->
 
 
 @pytest.mark.parametrize("value", [-10, -0.1, math.nan, math.inf, "soon", True, None])
-def test_sup_07_an_invalid_shutdown_names_the_field_and_value(value: Any) -> None:
+def test_an_invalid_shutdown_names_the_field_and_value(value: Any) -> None:
     with pytest.raises(da.ChildSpecError, match="shutdown must be a number of seconds") as info:
         ChildSpec("a", start_nothing, shutdown=value)
     assert (info.value.code, info.value.field) == ("invalid_shutdown", "shutdown")
@@ -90,14 +92,14 @@ def test_sup_07_an_invalid_shutdown_names_the_field_and_value(value: Any) -> Non
 
 
 @pytest.mark.parametrize("value", ["manager", 0, None])
-def test_sup_07_an_invalid_child_type_names_the_field_and_value(value: Any) -> None:
+def test_an_invalid_child_type_names_the_field_and_value(value: Any) -> None:
     with pytest.raises(da.ChildSpecError, match=f"type must be one of .*got: {value!r}") as info:
         ChildSpec("a", start_nothing, type=value)
     assert (info.value.code, info.value.field) == ("invalid_child_type", "type")
 
 
 @pytest.mark.parametrize("value", ["yes", 1, None])
-def test_sup_07_an_invalid_significant_names_the_field_and_value(value: Any) -> None:
+def test_an_invalid_significant_names_the_field_and_value(value: Any) -> None:
     with pytest.raises(da.ChildSpecError, match=f"significant must be a bool, got: {value!r}"):
         ChildSpec("a", start_nothing, restart="temporary", significant=value)
 
@@ -118,7 +120,7 @@ def test_restart_and_type_accept_their_names_as_strings() -> None:
         if not (combo[3] and combo[0] is Restart.PERMANENT)
     ],
 )
-def test_sup_07_every_valid_combination_of_fields_is_accepted(
+def test_every_valid_combination_of_fields_is_accepted(
     restart: Restart, shutdown: Any, type_: ChildType, significant: bool
 ) -> None:
     spec = ChildSpec(
@@ -132,7 +134,7 @@ def test_sup_07_every_valid_combination_of_fields_is_accepted(
     )
 
 
-def test_sup_08_duplicate_ids_are_rejected_by_check_child_specs() -> None:
+def test_duplicate_ids_are_rejected_by_check_child_specs() -> None:
     specs = [ChildSpec("a", start_nothing), ChildSpec("b", start_nothing)]
     specs.append(ChildSpec("a", start_nothing))
     with pytest.raises(da.DuplicateChildId, match="duplicate child id 'a'") as info:
@@ -141,7 +143,7 @@ def test_sup_08_duplicate_ids_are_rejected_by_check_child_specs() -> None:
 
 
 @pytest.mark.parametrize("value", [ChildSpec("a", start_nothing), "ab", 3, {"id": "a"}])
-def test_sup_08_check_child_specs_of_a_non_list_is_badarg(value: Any) -> None:
+def test_check_child_specs_of_a_non_list_is_badarg(value: Any) -> None:
     with pytest.raises(da.ChildSpecError, match="children must be a list") as info:
         da.check_child_specs(value)
     assert info.value.code == "badarg"
@@ -159,13 +161,13 @@ def test_check_child_specs_accepts_a_valid_list_and_a_generator() -> None:
     da.check_child_specs([])
 
 
-def test_sup_09_significant_with_permanent_is_a_bad_combination() -> None:
+def test_significant_with_permanent_is_a_bad_combination() -> None:
     with pytest.raises(da.ChildSpecError, match="cannot be PERMANENT") as info:
         ChildSpec("a", start_nothing, significant=True)
     assert (info.value.code, info.value.field) == ("bad_combination", "significant")
 
 
-def test_sup_09_significant_under_auto_shutdown_never_is_a_bad_combination() -> None:
+def test_significant_under_auto_shutdown_never_is_a_bad_combination() -> None:
     spec = ChildSpec("a", start_nothing, restart="transient", significant=True)
     with pytest.raises(da.ChildSpecError, match=r"'a' is significant.*NEVER") as info:
         da.check_child_specs([spec], da.AutoShutdown.NEVER)
@@ -174,7 +176,7 @@ def test_sup_09_significant_under_auto_shutdown_never_is_a_bad_combination() -> 
     da.check_child_specs([spec])  # without a mode, significant is not checked (OTP arity 1)
 
 
-def test_exs_03_actor_child_spec_builds_the_spec_from_args_and_options() -> None:
+def test_actor_child_spec_builds_the_spec_from_args_and_options() -> None:
     log = EventLog()
     spec = Probe.child_spec("p", log, restart="transient", shutdown=0.5)
     assert spec.id == "Probe"  # like `use GenServer`: id = the module
@@ -184,7 +186,7 @@ def test_exs_03_actor_child_spec_builds_the_spec_from_args_and_options() -> None
     assert Probe.child_spec("p", log, id="other").id == "other"
 
 
-def test_exs_03_actor_child_spec_passes_unknown_keywords_to_start() -> None:
+def test_actor_child_spec_passes_unknown_keywords_to_start() -> None:
     log = EventLog()
     spec = Probe.child_spec("p", log=log, name="registered_as")
     assert spec.kwargs == {"log": log}
@@ -192,7 +194,7 @@ def test_exs_03_actor_child_spec_passes_unknown_keywords_to_start() -> None:
     assert spec.name == "registered_as"  # `name` is a ChildSpec field, not a start keyword
 
 
-def test_exs_03_replace_overrides_fields_and_validates_them_again() -> None:
+def test_replace_overrides_fields_and_validates_them_again() -> None:
     base = ChildSpec("a", start_nothing)
     changed = base.replace(id="b", restart="temporary", shutdown=BRUTAL_KILL)
     assert (changed.id, changed.restart, changed.shutdown) == ("b", Restart.TEMPORARY, BRUTAL_KILL)
@@ -201,13 +203,13 @@ def test_exs_03_replace_overrides_fields_and_validates_them_again() -> None:
         base.replace(shutdown=-1)
 
 
-def test_exs_03_replace_with_an_unknown_key_raises_naming_it() -> None:
+def test_replace_with_an_unknown_key_raises_naming_it() -> None:
     with pytest.raises(da.ChildSpecError, match="unknown child spec field 'modules'") as info:
         ChildSpec("a", start_nothing).replace(modules=["x"])
     assert (info.value.code, info.value.field) == ("unknown_key", "modules")
 
 
-def test_exs_04_supervisor_child_spec_is_a_supervisor_with_infinity_shutdown() -> None:
+def test_supervisor_child_spec_is_a_supervisor_with_infinity_shutdown() -> None:
     spec = da.Supervisor.child_spec("tree", [ChildSpec("a", start_nothing)])
     assert spec.id == "tree"
     assert spec.type is ChildType.SUPERVISOR

@@ -58,6 +58,29 @@ def test_cancelling_the_last_system_timer_ends_the_timer_thread_at_once() -> Non
     assert not thread.is_alive()
 
 
+def test_a_timer_too_far_away_to_wait_on_does_not_kill_the_shared_timer_thread() -> None:
+    """A timer further away than the OS can wait on (`call_later(1e12)`, e.g. a pool's huge
+    `worker_idle_timeout`) is waited for in parts: the shared timer thread stays alive and
+    keeps running the other timers, and ends once that timer is cancelled."""
+    clock = da.SystemClock()
+    far = threading.Event()
+    huge = clock.call_later(1e12, far.set)
+    near = threading.Event()
+    clock.call_later(0.0, near.set)
+    assert near.wait(5)
+    thread = clock._thread
+    assert thread is not None
+    thread.join(0.5)  # bounded: the thread is waiting for `huge`, it does not end
+    assert thread.is_alive()
+    later = threading.Event()
+    clock.call_later(0.0, later.set)
+    assert later.wait(5)
+    huge.cancel()  # the only timer left: the thread exits
+    thread.join(5)
+    assert not thread.is_alive()
+    assert not far.is_set()
+
+
 def test_a_timer_callback_raising_system_exit_does_not_stop_later_timers() -> None:
     clock = da.SystemClock()
     fired = threading.Event()

@@ -1,4 +1,4 @@
-"""`DynamicSupervisor` (DYN-01..09): children known by ref, extra_args, max_children, shutdown."""
+"""`DynamicSupervisor`: children known by ref, extra_args, max_children, shutdown."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import (
+
+import dspex_actors as da
+from dspex_actors import BRUTAL_KILL, INFINITY, ChildSpec, Restart
+from dspex_actors.testing import FakeClock, gate, sync
+
+from support.logs import EventLog
+from support.supervision import (
     Crash,
-    EventLog,
     ExitWith,
     FlakyStart,
     Ping,
@@ -19,11 +24,7 @@ from conftest import (
     counts,
     probe_spec,
 )
-
-import dspex_actors as da
-from dspex_actors import BRUTAL_KILL, INFINITY, ChildSpec, Restart
-from dspex_actors._supervision._base import _WhichChildren
-from dspex_actors.testing import FakeClock, gate, sync
+from support.threads import queued_call
 
 
 def settle(dyn: da.DynamicSupervisor, ref: pykka.ActorRef[Any], message: Any = None) -> Any:
@@ -56,9 +57,7 @@ class Recorder:
         return Probe.start(f"r{n}", self.log)
 
 
-def test_dyn_01_ids_are_ignored_so_two_children_may_share_a_spec(
-    sups: Supervisors, log: EventLog
-) -> None:
+def test_ids_are_ignored_so_two_children_may_share_a_spec(sups: Supervisors, log: EventLog) -> None:
     dyn = sups.dynamic()
     spec = probe_spec("same", log)
     a = dyn.start_child(spec)
@@ -71,7 +70,7 @@ def test_dyn_01_ids_are_ignored_so_two_children_may_share_a_spec(
     assert counts(dyn) == (2, 2, 0, 2)
 
 
-def test_dyn_02_a_start_returning_none_returns_none_and_stores_nothing(
+def test_a_start_returning_none_returns_none_and_stores_nothing(
     sups: Supervisors, log: EventLog
 ) -> None:
     dyn = sups.dynamic()
@@ -81,9 +80,7 @@ def test_dyn_02_a_start_returning_none_returns_none_and_stores_nothing(
     assert counts(dyn) == (0, 0, 0, 0)
 
 
-def test_dyn_03_max_children_refuses_the_child_beyond_the_limit(
-    sups: Supervisors, log: EventLog
-) -> None:
+def test_max_children_refuses_the_child_beyond_the_limit(sups: Supervisors, log: EventLog) -> None:
     dyn = sups.dynamic(max_children=2)
     first = dyn.start_child(probe_spec("p", log))
     dyn.start_child(probe_spec("p", log))
@@ -95,9 +92,7 @@ def test_dyn_03_max_children_refuses_the_child_beyond_the_limit(
     assert isinstance(dyn.start_child(probe_spec("p", log)), pykka.ActorRef)
 
 
-def test_dyn_03_a_restarting_child_counts_toward_max_children(
-    sups: Supervisors, log: EventLog
-) -> None:
+def test_a_restarting_child_counts_toward_max_children(sups: Supervisors, log: EventLog) -> None:
     flaky = FlakyStart("f", log, fail_from=2)
     dyn = sups.dynamic(max_children=1, max_restarts=10**9, clock=FakeClock())
     ref = dyn.start_child(ChildSpec("f", flaky))
@@ -111,7 +106,7 @@ def test_dyn_03_a_restarting_child_counts_toward_max_children(
     assert dyn.which_children() == []
 
 
-def test_dyn_04_extra_args_are_prepended_at_start_and_at_every_restart(
+def test_extra_args_are_prepended_at_start_and_at_every_restart(
     sups: Supervisors, log: EventLog
 ) -> None:
     recorder = Recorder(log)
@@ -122,7 +117,7 @@ def test_dyn_04_extra_args_are_prepended_at_start_and_at_every_restart(
     assert recorder.calls == [("x", 1, "own"), ("x", 1, "own")]
 
 
-def test_dyn_05_a_start_that_raises_is_a_start_child_error_with_the_exception(
+def test_a_start_that_raises_is_a_start_child_error_with_the_exception(
     sups: Supervisors,
 ) -> None:
     def boom() -> None:
@@ -136,7 +131,7 @@ def test_dyn_05_a_start_that_raises_is_a_start_child_error_with_the_exception(
     assert dyn.which_children() == []
 
 
-def test_dyn_05_an_on_start_failure_gives_the_original_exception(sups: Supervisors) -> None:
+def test_an_on_start_failure_gives_the_original_exception(sups: Supervisors) -> None:
     class Broken(da.Actor):
         def on_start(self) -> None:
             raise ValueError("bad config")
@@ -147,7 +142,7 @@ def test_dyn_05_an_on_start_failure_gives_the_original_exception(sups: Superviso
     assert isinstance(info.value.reason, ValueError)
 
 
-def test_dyn_05_a_non_conforming_return_is_a_start_child_error(sups: Supervisors) -> None:
+def test_a_non_conforming_return_is_a_start_child_error(sups: Supervisors) -> None:
     dyn = sups.dynamic()
     with pytest.raises(da.StartChildError) as info:
         dyn.start_child(ChildSpec("g", lambda: ("ok", "pid")))
@@ -155,7 +150,7 @@ def test_dyn_05_a_non_conforming_return_is_a_start_child_error(sups: Supervisors
     assert info.value.reason.value == ("ok", "pid")
 
 
-def test_dyn_06_a_failed_restart_is_restarting_not_active_and_retried_until_intensity_runs_out(
+def test_a_failed_restart_is_restarting_not_active_and_retried_until_intensity_runs_out(
     sups: Supervisors, log: EventLog
 ) -> None:
     flaky = FlakyStart("f", log, fail_from=2)
@@ -168,15 +163,17 @@ def test_dyn_06_a_failed_restart_is_restarting_not_active_and_retried_until_inte
         ref.tell(Crash())
         da.wait_exit(ref, 5)
         # Queued behind the exit signal, ahead of the retry the failed restart queues.
-        snapshot: pykka.Future[Any] = dyn.actor_ref.ask(_WhichChildren(), block=False)
+        snapshot = queued_call(dyn.actor_ref, lambda: dyn.which_children(timeout=5))
         g.release()
-    assert sorted(str(c.ref) for c in snapshot.get(timeout=5)) == sorted([str(other), "RESTARTING"])
+    assert sorted(str(c.ref) for c in snapshot.result(timeout=5)) == sorted(
+        [str(other), "RESTARTING"]
+    )
     assert dyn.wait(5) is da.SHUTDOWN
     assert log.names("start_failed") == ["f", "f"]  # attempts 1, 2; the 3rd exceeded
     assert da.exit_reason(other) is da.SHUTDOWN
 
 
-def test_dyn_06_a_restarting_child_counts_in_specs_but_not_as_active(
+def test_a_restarting_child_counts_in_specs_but_not_as_active(
     sups: Supervisors, log: EventLog
 ) -> None:
     flaky = FlakyStart("f", log, fail_from=2)
@@ -193,9 +190,7 @@ def test_dyn_06_a_restarting_child_counts_in_specs_but_not_as_active(
     assert counts(dyn) == (0, 0, 0, 0)
 
 
-def test_dyn_06_a_retry_that_succeeds_brings_the_child_back(
-    sups: Supervisors, log: EventLog
-) -> None:
+def test_a_retry_that_succeeds_brings_the_child_back(sups: Supervisors, log: EventLog) -> None:
     recorder = Recorder(log, results=["ok", "fail", "ok"])
     dyn = sups.dynamic(clock=FakeClock())
     ref = dyn.start_child(ChildSpec("r", recorder))
@@ -207,9 +202,7 @@ def test_dyn_06_a_retry_that_succeeds_brings_the_child_back(
     assert counts(dyn) == (1, 1, 0, 1)
 
 
-def test_dyn_07_a_restart_returning_none_removes_the_child(
-    sups: Supervisors, log: EventLog
-) -> None:
+def test_a_restart_returning_none_removes_the_child(sups: Supervisors, log: EventLog) -> None:
     recorder = Recorder(log, results=["ok", "ignore"])
     dyn = sups.dynamic()
     ref = dyn.start_child(ChildSpec("r", recorder))
@@ -219,7 +212,7 @@ def test_dyn_07_a_restart_returning_none_removes_the_child(
     assert len(recorder.calls) == 2
 
 
-def test_dyn_08_shutdown_signals_every_child_at_once(sups: Supervisors, log: EventLog) -> None:
+def test_shutdown_signals_every_child_at_once(sups: Supervisors, log: EventLog) -> None:
     release = threading.Event()
     dyn = sups.dynamic()
     for n in ("s1", "s2"):
@@ -245,7 +238,7 @@ def test_dyn_08_shutdown_signals_every_child_at_once(sups: Supervisors, log: Eve
     assert sorted(log.kinds("stop")) == [("s1", da.SHUTDOWN), ("s2", da.SHUTDOWN)]
 
 
-def test_dyn_08_each_child_is_killed_when_its_own_shutdown_time_runs_out(
+def test_each_child_is_killed_when_its_own_shutdown_time_runs_out(
     sups: Supervisors, log: EventLog
 ) -> None:
     quick_release, slow_release = threading.Event(), threading.Event()
@@ -275,20 +268,20 @@ def test_dyn_08_each_child_is_killed_when_its_own_shutdown_time_runs_out(
 
 
 @pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one", "bogus"])
-def test_dyn_09_only_one_for_one_is_accepted(strategy: str) -> None:
+def test_only_one_for_one_is_accepted(strategy: str) -> None:
     with pytest.raises(da.InvalidOption, match=f"strategy must be .*got: '{strategy}'") as info:
         da.DynamicSupervisor.start(strategy=strategy)
     assert info.value.code == "invalid_strategy"
 
 
 @pytest.mark.parametrize("mode", ["any_significant", "all_significant", "bogus"])
-def test_dyn_09_only_auto_shutdown_never_is_accepted(mode: str) -> None:
+def test_only_auto_shutdown_never_is_accepted(mode: str) -> None:
     with pytest.raises(da.InvalidOption, match=f"auto_shutdown must be .*got: '{mode}'") as info:
         da.DynamicSupervisor.start(auto_shutdown=mode)
     assert info.value.code == "invalid_auto_shutdown"
 
 
-def test_dyn_09_a_significant_child_is_rejected_as_invalid_significant(
+def test_a_significant_child_is_rejected_as_invalid_significant(
     sups: Supervisors, log: EventLog
 ) -> None:
     dyn = sups.dynamic()

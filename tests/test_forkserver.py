@@ -1,9 +1,16 @@
-"""The fork server start method (issue 5 §1 "start method", §4 SIGKILL recovery): ids fs_01..fs_28.
+"""The fork server start method: ports, pools and programs whose processes a small
+single-threaded server forks, its recovery from SIGKILL, and orphans after the parent dies.
 
-``Port.spawn(..., start_method="forkserver")`` forks each worker from one small single-threaded
-server process owned by its users (`dspex_actors._ports._forkserver`). Every process here is real:
-the
-server, its workers, and (fs_09) a parent process SIGKILLed with its pool.
+``Port.spawn(..., start_method="forkserver")`` forks each worker from one server process owned
+by its users (``Port.open`` can have the server start a program too). Every process here is
+real: the server, its workers, and parent processes SIGKILLed with their pools.
+
+White-box: the fork server has no public API of its own, so these tests import its modules
+(`dspex_actors._ports._forkserver`, `_fds`, `_launch`, and in child scripts
+`_forkserver_server`): `FORK_SERVER` to find the server's pid and count its users, the fork
+registry (`_fds.PARENT_FDS`, `_fds.FORK_GUARD`) to check what a fork inherits, and the
+launcher's and the server's internals to interrupt a start half way, stall the server, or
+drive its state machine by hand.
 """
 
 from __future__ import annotations
@@ -24,18 +31,14 @@ import psutil
 import pytest
 
 import dspex_actors as da
-from dspex_actors import Port, PortExited
-from dspex_actors._errors import InvalidOption
-from dspex_actors._ports import _fds, _launch
-from dspex_actors._ports._forkserver import FORK_SERVER
-from dspex_actors._ports._process_pool import PortSpec, ProcessPool
+from dspex_actors import InvalidOption, Port, PortExited, PortSpec, ProcessPool
+from dspex_actors._ports import _fds, _forkserver, _launch
 from dspex_actors.testing import wait_for
 
+from support.ports import echo, gone
+
+FORK_SERVER = _forkserver.FORK_SERVER
 FS = "forkserver"
-
-
-def echo(request: Any) -> Any:
-    return request
 
 
 def double(request: Any) -> Any:
@@ -44,14 +47,6 @@ def double(request: Any) -> Any:
     if request == "die":
         os.kill(os.getpid(), signal.SIGKILL)
     return request * 2
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie waiting for init counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def running_server() -> int | None:
@@ -102,7 +97,7 @@ def start_pool(pools: list[ProcessPool], size: int, **options: Any) -> ProcessPo
 # --- ports ------------------------------------------------------------------------------------
 
 
-def test_fs_01_a_forkserver_port_answers_requests_and_closures_cross(ports: list[Port]) -> None:
+def test_a_forkserver_port_answers_requests_and_closures_cross(ports: list[Port]) -> None:
     offset = 100
     port = Port.spawn(lambda request, k: request * k + offset, 3, start_method=FS)
     ports.append(port)
@@ -111,7 +106,7 @@ def test_fs_01_a_forkserver_port_answers_requests_and_closures_cross(ports: list
     assert psutil.Process(port.os_pid).ppid() == server_pid()
 
 
-def test_fs_02_a_raising_handler_is_remote_error_and_the_port_stays_usable(
+def test_a_raising_handler_is_remote_error_and_the_port_stays_usable(
     ports: list[Port],
 ) -> None:
     port = Port.spawn(double, start_method=FS)
@@ -122,7 +117,7 @@ def test_fs_02_a_raising_handler_is_remote_error_and_the_port_stays_usable(
     assert port.request(21, timeout=30) == 42
 
 
-def test_fs_03_exit_status_is_0_after_close_and_minus_9_after_sigkill() -> None:
+def test_exit_status_is_0_after_close_and_minus_9_after_sigkill() -> None:
     closed = Port.spawn(echo, start_method=FS)
     killed = Port.spawn(echo, start_method=FS)
     try:
@@ -139,7 +134,7 @@ def test_fs_03_exit_status_is_0_after_close_and_minus_9_after_sigkill() -> None:
         closed.close(timeout=10)
 
 
-def test_fs_04_an_actor_owner_gets_port_exited_when_its_worker_dies() -> None:
+def test_an_actor_owner_gets_port_exited_when_its_worker_dies() -> None:
     seen: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     class Owner(da.Actor):
@@ -166,7 +161,7 @@ def test_fs_04_an_actor_owner_gets_port_exited_when_its_worker_dies() -> None:
         ref.stop()
 
 
-def test_fs_05_two_ports_share_one_server_which_stops_with_the_last_user() -> None:
+def test_two_ports_share_one_server_which_stops_with_the_last_user() -> None:
     first = Port.spawn(echo, start_method=FS)
     try:
         second = Port.spawn(echo, start_method=FS)
@@ -221,7 +216,7 @@ def test_workers_outlive_a_killed_server_and_a_new_server_serves_next(
         FORK_SERVER.release()
 
 
-def test_fs_07_an_unpicklable_handler_is_refused_and_starts_no_server() -> None:
+def test_an_unpicklable_handler_is_refused_and_starts_no_server() -> None:
     unpicklable = (n for n in range(3))  # a generator cannot cross a process boundary
     with pytest.raises(InvalidOption, match="picklable"):
         Port.spawn(lambda request, gen: request, unpicklable, start_method=FS)
@@ -247,10 +242,10 @@ def fds_of(pid: int) -> set[str]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/<pid>/fd")
-def test_fs_08_workers_started_concurrently_hold_no_pipe_of_another_nor_the_servers_socket(
+def test_workers_started_concurrently_hold_no_pipe_of_another_nor_the_servers_socket(
     ports: list[Port],
 ) -> None:
-    """fs_08: fork and forkserver workers started at the same time from four threads: no
+    """Fork and forkserver workers started at the same time from four threads: no
     worker holds another's pipes, no `fork` child holds the parent's end of the server's
     socket (the server would miss the parent's death), the server keeps no worker's pipes."""
     first = Port.spawn(echo, start_method=FS)
@@ -349,7 +344,7 @@ def parent_process(script: str, *args: str) -> Iterator[tuple[subprocess.Popen[s
                 stream.close()
 
 
-def test_fs_09_a_sigkilled_parents_server_and_workers_are_gone_within_bounded_time() -> None:
+def test_a_sigkilled_parents_server_and_workers_are_gone_within_bounded_time() -> None:
     with parent_process(ORPHAN_PARENT) as (parent, pids):
         assert len(pids) == 3  # the server and its two workers
         servers = [p for p in pids if psutil.Process(p).ppid() == parent.pid]
@@ -357,7 +352,7 @@ def test_fs_09_a_sigkilled_parents_server_and_workers_are_gone_within_bounded_ti
         workers = [p for p in pids if p not in servers]
         parent.kill()
         parent.wait(10)
-        # Workers see EOF on their lifeline at once (the issue's 1 s bound); the server sees
+        # Workers see EOF on their lifeline at once (within 1 s); the server sees
         # EOF on its socket, SIGKILLs and reaps what is left, and exits.
         assert wait_for(lambda: all(gone(p) for p in workers), timeout=1.0)
         assert wait_for(lambda: gone(servers[0]), timeout=5.0)
@@ -366,7 +361,7 @@ def test_fs_09_a_sigkilled_parents_server_and_workers_are_gone_within_bounded_ti
 # --- pools ------------------------------------------------------------------------------------
 
 
-def test_fs_10_a_forkserver_process_pool_calls_and_replaces_a_sigkilled_idle_worker(
+def test_a_forkserver_process_pool_calls_and_replaces_a_sigkilled_idle_worker(
     pools: list[ProcessPool],
 ) -> None:
     pool = start_pool(pools, 2)
@@ -383,7 +378,7 @@ def test_fs_10_a_forkserver_process_pool_calls_and_replaces_a_sigkilled_idle_wor
     assert [pool.call(n, timeout=30) for n in range(6)] == [n * 2 for n in range(6)]
 
 
-def test_fs_11_a_worker_dying_mid_request_raises_worker_crashed(
+def test_a_worker_dying_mid_request_raises_worker_crashed(
     pools: list[ProcessPool],
 ) -> None:
     pool = start_pool(pools, 1)
@@ -393,7 +388,7 @@ def test_fs_11_a_worker_dying_mid_request_raises_worker_crashed(
     assert pool.call(5, timeout=30) == 10  # the replacement serves
 
 
-def test_fs_12_a_pool_of_one_keeps_its_server_when_its_only_worker_dies(
+def test_a_pool_of_one_keeps_its_server_when_its_only_worker_dies(
     pools: list[ProcessPool],
 ) -> None:
     pool = start_pool(pools, 1)
@@ -410,8 +405,8 @@ def test_fs_12_a_pool_of_one_keeps_its_server_when_its_only_worker_dies(
     assert gone(server) or not psutil.pid_exists(server)
 
 
-def test_fs_13_the_servers_socket_is_in_the_fork_registry_while_the_server_runs() -> None:
-    """fs_13: the parent's end of the server's socket is listed in `_PARENT_FDS` while the
+def test_the_servers_socket_is_in_the_fork_registry_while_the_server_runs() -> None:
+    """The parent's end of the server's socket is listed in `_fds.PARENT_FDS` while the
     server runs and is gone from it (closed) once the server stops."""
     port = Port.spawn(echo, start_method=FS)
     try:
@@ -423,14 +418,14 @@ def test_fs_13_the_servers_socket_is_in_the_fork_registry_while_the_server_runs(
     assert fd not in _fds.PARENT_FDS
 
 
-# --- review findings: environment, exit codes, failures half way, a stalled server -------------
+# --- environment, exit codes, failures half way, a stalled server ----------------------------
 
 
 def where(probe: str) -> list[Any]:
     return [os.environ.get("DSPEX_FS_PROBE"), os.path.realpath(os.getcwd()), probe in sys.path]
 
 
-def test_fs_14_a_worker_takes_the_parents_current_environment_cwd_and_sys_path(
+def test_a_worker_takes_the_parents_current_environment_cwd_and_sys_path(
     ports: list[Port], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server started before these changed; its workers must not see its stale copy."""
@@ -457,7 +452,7 @@ def exits(code: Any) -> Any:
 @pytest.mark.parametrize(
     ("code", "status", "printed"), [(None, 0, []), (0, 0, []), (3, 3, []), ("bye", 1, ["bye"])]
 )
-def test_fs_15_sys_exit_in_a_handler_gives_the_same_status_with_every_start_method(
+def test_sys_exit_in_a_handler_gives_the_same_status_with_every_start_method(
     method: str, code: Any, status: int, printed: list[str]
 ) -> None:
     port = Port.spawn(exits, start_method=method)
@@ -470,7 +465,7 @@ def test_fs_15_sys_exit_in_a_handler_gives_the_same_status_with_every_start_meth
         port.close(timeout=10)
 
 
-def test_fs_16_a_port_that_cannot_be_built_leaves_no_worker_fd_or_server_reference(
+def test_a_port_that_cannot_be_built_leaves_no_worker_fd_or_server_reference(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real_start = threading.Thread.start
@@ -490,7 +485,7 @@ def test_fs_16_a_port_that_cannot_be_built_leaves_no_worker_fd_or_server_referen
     assert set(_fds.PARENT_FDS) == fds_before
 
 
-def test_fs_17_a_killed_pool_drops_its_server_reference_once_collected() -> None:
+def test_a_killed_pool_drops_its_server_reference_once_collected() -> None:
     """A kill runs no terminate_pool; the pool state's finalizer releases the server instead.
     The killed pool's worker (left running, as with every start method) keeps its own."""
     import gc
@@ -513,7 +508,7 @@ def test_fs_17_a_killed_pool_drops_its_server_reference_once_collected() -> None
     wait_for(lambda: FORK_SERVER.users == 0 and running_server() is None, timeout=10)
 
 
-def test_fs_18_a_stalled_server_is_replaced_after_the_start_timeout(
+def test_a_stalled_server_is_replaced_after_the_start_timeout(
     ports: list[Port], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = Port.spawn(echo, start_method=FS)
@@ -536,11 +531,9 @@ def test_fs_18_a_stalled_server_is_replaced_after_the_start_timeout(
     assert FORK_SERVER.users == 2  # each port holds a reference until it is reaped
 
 
-def test_fs_19_an_interrupt_while_waiting_for_the_server_kills_the_worker_it_forked(
+def test_an_interrupt_while_waiting_for_the_server_kills_the_worker_it_forked(
     ports: list[Port], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dspex_actors._ports import _forkserver
-
     warm = Port.spawn(echo, start_method=FS)
     ports.append(warm)
     warm.request(1, timeout=30)
@@ -573,7 +566,7 @@ def test_fs_19_an_interrupt_while_waiting_for_the_server_kills_the_worker_it_for
     assert set(_fds.PARENT_FDS) == fds_before
 
 
-def test_fs_20_a_worker_the_server_has_reaped_is_never_signalled(
+def test_a_worker_the_server_has_reaped_is_never_signalled(
     ports: list[Port], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Between the server's reap and the port's exit event the pid is free for reuse: kill()
@@ -593,14 +586,12 @@ def test_fs_20_a_worker_the_server_has_reaped_is_never_signalled(
     assert port.wait_exit(10) == -signal.SIGKILL
 
 
-def test_fs_21_a_request_interrupted_half_sent_replaces_the_server(
+def test_a_request_interrupted_half_sent_replaces_the_server(
     ports: list[Port], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Half a request in the server's stream would swallow the next one: the server is killed
     (its workers live on: they die with their owner, not with it) and the next worker start
     runs a new one."""
-    from dspex_actors._ports import _forkserver
-
     warm = Port.spawn(echo, start_method=FS)
     ports.append(warm)
     warm.request(1, timeout=30)
@@ -624,7 +615,7 @@ def test_fs_21_a_request_interrupted_half_sent_replaces_the_server(
     assert server_pid() != server
 
 
-def test_fs_22_a_port_start_stuck_in_popen_does_not_stop_forkserver_ports(
+def test_a_port_start_stuck_in_popen_does_not_stop_forkserver_ports(
     ports: list[Port],
 ) -> None:
     """CPython issue 103911: another library's fork can leave subprocess.Popen waiting for as
@@ -663,7 +654,7 @@ def test_fs_22_a_port_start_stuck_in_popen_does_not_stop_forkserver_ports(
     assert forked[0].request(6, timeout=30) == 6  # and the fork went ahead once it could
 
 
-def test_fs_23_the_fork_guard_lets_creators_share_and_makes_a_fork_wait_for_them() -> None:
+def test_the_fork_guard_lets_creators_share_and_makes_a_fork_wait_for_them() -> None:
     guard = _fds.ForkGuard()
     order: list[str] = []
     inside, go, forked = threading.Event(), threading.Event(), threading.Event()
@@ -695,7 +686,7 @@ def test_fs_23_the_fork_guard_lets_creators_share_and_makes_a_fork_wait_for_them
     assert order == ["second creator", "creator done", "fork"]
 
 
-# --- fs_24..fs_28: programs (Port.open) started by the fork server --------------------------
+# --- programs (Port.open) started by the fork server -----------------------------------------
 
 PROGRAM = textwrap.dedent(
     """
@@ -732,7 +723,7 @@ def open_program(ports: list[Port], **options: Any) -> Port:
     return port
 
 
-def test_fs_24_a_program_the_server_starts_talks_frames_with_our_env_cwd_and_session(
+def test_a_program_the_server_starts_talks_frames_with_our_env_cwd_and_session(
     ports: list[Port], tmp_path: Any
 ) -> None:
     """Port.open(start_method="forkserver"): the server's child, leading its own session,
@@ -756,7 +747,7 @@ def test_fs_24_a_program_the_server_starts_talks_frames_with_our_env_cwd_and_ses
     assert other.exit_status == 3
 
 
-def test_fs_25_a_program_starts_with_default_signal_dispositions_as_popen_gives(
+def test_a_program_starts_with_default_signal_dispositions_as_popen_gives(
     ports: list[Port],
 ) -> None:
     """The server is Python, which ignores SIGPIPE and SIGXFSZ; an ignored signal stays
@@ -772,7 +763,7 @@ def test_fs_25_a_program_starts_with_default_signal_dispositions_as_popen_gives(
         assert port.stderr_tail() == [expected], method
 
 
-def test_fs_26_a_missing_program_or_cwd_is_the_error_popen_raises_and_leaves_nothing() -> None:
+def test_a_missing_program_or_cwd_is_the_error_popen_raises_and_leaves_nothing() -> None:
     fds_before = set(_fds.PARENT_FDS)
     open_fds = set(os.listdir("/proc/self/fd"))
     for argv, cwd, missing in (
@@ -790,7 +781,7 @@ def test_fs_26_a_missing_program_or_cwd_is_the_error_popen_raises_and_leaves_not
     assert [c for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE] == []
 
 
-def test_fs_27_a_server_started_program_needs_no_fork_here_nor_the_spawner_thread(
+def test_a_server_started_program_needs_no_fork_here_nor_the_spawner_thread(
     ports: list[Port], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hazard of docs/ports.md: another library's fork can leave subprocess.Popen (the
@@ -836,7 +827,7 @@ def test_fs_27_a_server_started_program_needs_no_fork_here_nor_the_spawner_threa
         FORK_SERVER.release()
 
 
-def test_fs_28_argv_pools_may_use_the_server_and_refuse_fork(pools: list[ProcessPool]) -> None:
+def test_argv_pools_may_use_the_server_and_refuse_fork(pools: list[ProcessPool]) -> None:
     with pytest.raises(InvalidOption, match="start_method"):
         Port.open([sys.executable, "-c", PROGRAM], start_method="fork")
     with pytest.raises(InvalidOption, match="start_method"):
@@ -856,7 +847,7 @@ def test_fs_28_argv_pools_may_use_the_server_and_refuse_fork(pools: list[Process
     assert running_server() is None
 
 
-# --- review findings on programs: arguments, cwd, process state, stalls, foreign forks -------
+# --- programs: arguments, cwd, process state, stalls, foreign forks ---------------------------
 
 
 @pytest.mark.parametrize(
@@ -870,11 +861,11 @@ def test_fs_28_argv_pools_may_use_the_server_and_refuse_fork(pools: list[Process
     ],
     ids=["equals_in_name", "int_name", "int_value", "nul_in_value", "nul_in_argv"],
 )
-def test_fs_29_bad_arguments_or_environment_raise_what_popen_raises_and_start_nothing(
+def test_bad_arguments_or_environment_raise_what_popen_raises_and_start_nothing(
     argv: list[str], env: Any, error: type[Exception]
 ) -> None:
-    """Checked in this process as Popen checks them (they used to fail in the server's child
-    as ``OSError(0, 'Success')``); nothing is left behind."""
+    """Checked in this process as Popen checks them, before the server is asked (not as an
+    opaque `OSError` from the server's child); nothing is left behind."""
     fds_before = set(_fds.PARENT_FDS)
     for method in ("spawn", FS):
         with pytest.raises(error):
@@ -889,7 +880,7 @@ def cwd_link(request: Any) -> str:
     return os.readlink("/proc/self/cwd")
 
 
-def test_fs_30_relative_and_deleted_working_directories_are_ours_not_the_servers(
+def test_relative_and_deleted_working_directories_are_ours_not_the_servers(
     ports: list[Port], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A relative `cwd` starts from our working directory, and a deleted one is still
@@ -923,7 +914,7 @@ def umask_and_core(request: Any) -> list[Any]:
     return [status.split("Umask:")[1].split()[0], list(resource.getrlimit(resource.RLIMIT_CORE))]
 
 
-def test_fs_31_children_take_our_current_umask_and_resource_limits(ports: list[Port]) -> None:
+def test_children_take_our_current_umask_and_resource_limits(ports: list[Port]) -> None:
     """The server's umask and limits are those of when it started; its children take ours."""
     import resource
 
@@ -966,7 +957,7 @@ CHANGED_GROUP = textwrap.dedent(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing the group needs root")
-def test_fs_32_a_start_after_our_user_or_groups_changed_is_refused() -> None:
+def test_a_start_after_our_user_or_groups_changed_is_refused() -> None:
     """The server's children would run with the credentials of when it started."""
     done = subprocess.run(
         [sys.executable, "-c", CHANGED_GROUP], capture_output=True, text=True, timeout=60
@@ -987,13 +978,11 @@ STALLING_SERVER = (
 )
 
 
-def test_fs_33_a_program_stuck_before_its_exec_times_out_alone_and_is_killed(
+def test_a_program_stuck_before_its_exec_times_out_alone_and_is_killed(
     ports: list[Port], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server waits for no exec: it serves other starts meanwhile, kills the stuck child
     at its deadline (half the start timeout) and answers before the parent gives up."""
-    from dspex_actors._ports import _forkserver
-
     monkeypatch.setattr(_forkserver._Server, "BOOT", STALLING_SERVER)
     monkeypatch.setattr(_launch, "SETUP_TIMEOUT", 6.0)
     FORK_SERVER.acquire()
@@ -1026,7 +1015,7 @@ def test_fs_33_a_program_stuck_before_its_exec_times_out_alone_and_is_killed(
         FORK_SERVER.release()
 
 
-def test_fs_34_a_program_that_exits_at_once_has_its_status_reported(ports: list[Port]) -> None:
+def test_a_program_that_exits_at_once_has_its_status_reported(ports: list[Port]) -> None:
     """Its exit may be reaped before the exec report is read: reported after its start."""
     for code in range(20):
         port = Port.open(["sh", "-c", f"exit {code}"], start_method=FS)
@@ -1059,12 +1048,12 @@ FOREIGN_FORK_PARENT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("fork", ["hooks", "raw"])
-def test_fs_35_workers_die_with_a_sigkilled_parent_even_if_a_fork_of_it_lives_on(
+def test_workers_die_with_a_sigkilled_parent_even_if_a_fork_of_it_lives_on(
     fork: str,
 ) -> None:
     """A fork of the parent (another library's) must not hold our fds' ends: with Python's
     at-fork hooks it lets go of them; without (a C-level fork), the server and each "fork"
-    worker watch the parent's pid. Either way every worker is gone within the issue's 1 s."""
+    worker watch the parent's pid. Either way every worker is gone within 1 s."""
     holder = 0
     try:
         with parent_process(FOREIGN_FORK_PARENT, fork) as (parent, pids):
@@ -1101,9 +1090,10 @@ CLOSED_STDIO = textwrap.dedent(
 )
 
 
-def test_fs_36_a_parent_with_stdin_stdout_and_stderr_closed_starts_every_kind_of_worker() -> None:
-    """Its fork server's socket and a worker's fds used to take the free numbers 0-2, where
-    the server's stdio replaced them (the socket) or the child's own stdio did (a pipe)."""
+def test_a_parent_with_stdin_stdout_and_stderr_closed_starts_every_kind_of_worker() -> None:
+    """Neither the fork server's socket nor a worker's pipes take the free numbers 0-2, where
+    the server's stdio (for the socket) or the child's own stdio (for a pipe) would replace
+    them: every worker answers."""
     done = subprocess.run(
         [sys.executable, "-c", CLOSED_STDIO], capture_output=True, text=True, timeout=120
     )
@@ -1114,7 +1104,7 @@ def hup_ignored(request: Any) -> bool:
     return signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 
 
-def test_fs_37_children_ignore_the_signals_we_ignore_now_as_spawn_children_do(
+def test_children_ignore_the_signals_we_ignore_now_as_spawn_children_do(
     ports: list[Port],
 ) -> None:
     """An ignored signal stays ignored across exec: ours at the start, not the server's of
@@ -1169,9 +1159,7 @@ FAULTHANDLER = textwrap.dedent(
 )
 
 
-def test_fs_41_forkserver_workers_keep_the_handlers_the_server_installed_like_faulthandler() -> (
-    None
-):
+def test_forkserver_workers_keep_the_handlers_the_server_installed_like_faulthandler() -> None:
     """Only whether a signal is ignored is changed in a worker: faulthandler's SIGSEGV handler
     (installed when the server started) still reports a crash, as in a "spawn" worker."""
     done = subprocess.run(
@@ -1210,7 +1198,7 @@ FORKED_CHILD_FDS = textwrap.dedent(
 )
 
 
-def test_fs_38_a_forked_child_nulls_the_parents_port_fds_and_lists_none_of_them() -> None:
+def test_a_forked_child_nulls_the_parents_port_fds_and_lists_none_of_them() -> None:
     """Listed still, a number the child reuses would be nulled by the child's next fork."""
     done = subprocess.run(
         [sys.executable, "-c", FORKED_CHILD_FDS], capture_output=True, text=True, timeout=120
@@ -1288,7 +1276,7 @@ SERVER_STATE = textwrap.dedent(
 )
 
 
-def test_fs_39_server_state_start_exit_and_parent_loss_orders() -> None:
+def test_server_state_start_exit_and_parent_loss_orders() -> None:
     """The server's `_State`, driven by hand: an exit reaped before the exec report is read
     is still a start then an exit; a reaped start is left alone at the parent's loss; a
     program whose start cannot be reported is still killed with the others."""
@@ -1298,7 +1286,7 @@ def test_fs_39_server_state_start_exit_and_parent_loss_orders() -> None:
     assert (done.returncode, done.stdout) == (0, "True\nTrue\nTrue\n"), done.stderr
 
 
-def test_fs_40_a_working_directory_we_cannot_hand_over_is_a_clear_error(
+def test_a_working_directory_we_cannot_hand_over_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real_open = os.open
@@ -1322,7 +1310,7 @@ def test_fs_40_a_working_directory_we_cannot_hand_over_is_a_clear_error(
 
 def assert_worker_dies_with_parent(script: str, server_signal: int, *args: str) -> None:
     """Run `script` (it prints its fork server's pid and a worker's), send the server
-    `server_signal`, SIGKILL the parent: the worker must be gone within the issue's 1 s.
+    `server_signal`, SIGKILL the parent: the worker must be gone within 1 s.
 
     Afterwards the server (a stopped one dies of SIGKILL too) and a worker left over are
     SIGKILLed, and the server, a child of init now, is waited for."""
@@ -1367,7 +1355,7 @@ STOPPED_SERVER_PARENT = textwrap.dedent(
 )
 
 
-def test_fs_42_a_busy_worker_dies_with_the_parent_even_while_the_server_is_stopped() -> None:
+def test_a_busy_worker_dies_with_the_parent_even_while_the_server_is_stopped() -> None:
     """A forkserver worker watches its own lifeline before its first handler call: busy in it
     with its server stopped (SIGSTOP), it still dies with the parent within 1 s."""
     assert_worker_dies_with_parent(STOPPED_SERVER_PARENT, signal.SIGSTOP)
@@ -1401,7 +1389,7 @@ BOOTING_WORKER_PARENT = textwrap.dedent(
 )
 
 
-def test_fs_43_a_booting_worker_dies_when_its_server_and_parent_die_together(
+def test_a_booting_worker_dies_when_its_server_and_parent_die_together(
     tmp_path: Any,
 ) -> None:
     """Before its first request (stuck importing its handler's module), a worker watches no

@@ -1,31 +1,31 @@
-"""Length-prefixed frames and codecs (issue 5 §1, §3 "bad input"): ids fr_01..fr_12."""
+"""Length-prefixed frames and the codecs: the wire format, the decoder's bounds, bad input.
+
+White-box: `encode_frame`, `FrameDecoder` and `HEADER_SIZE` (`dspex_actors._ports._framing`)
+are the framing layer under every port, with no public API of their own; testing them
+directly pins every chunking and every bad length, which a port over a real pipe cannot.
+The codecs are public (`dspex_actors.JSON_CODEC`, ...).
+"""
 
 from __future__ import annotations
 
 import itertools
 import struct
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dspex_actors import ProtocolError
-from dspex_actors._ports._framing import (
-    HEADER_SIZE,
-    JSON_CODEC,
-    PICKLE_CODEC,
-    RAW_CODEC,
-    FrameDecoder,
-    encode_frame,
-)
+from dspex_actors import JSON_CODEC, PICKLE_CODEC, RAW_CODEC, ProtocolError
+from dspex_actors._ports._framing import HEADER_SIZE, FrameDecoder, encode_frame
 
 
-def test_fr_01_a_frame_is_a_4_byte_big_endian_length_then_the_payload() -> None:
+def test_a_frame_is_a_4_byte_big_endian_length_then_the_payload() -> None:
     assert encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
     assert encode_frame(b"") == b"\x00\x00\x00\x00"
 
 
-def test_fr_02_the_decoder_reassembles_frames_split_across_chunks_byte_by_byte() -> None:
+def test_the_decoder_reassembles_frames_split_across_chunks_byte_by_byte() -> None:
     stream = encode_frame(b"hello") + encode_frame(b"") + encode_frame(b"world!")
     decoder = FrameDecoder(max_frame=64)
     frames: list[bytes] = []
@@ -36,7 +36,7 @@ def test_fr_02_the_decoder_reassembles_frames_split_across_chunks_byte_by_byte()
     decoder.eof()
 
 
-def test_fr_03_a_length_prefix_over_max_frame_raises_before_buffering_the_payload() -> None:
+def test_a_length_prefix_over_max_frame_raises_before_buffering_the_payload() -> None:
     decoder = FrameDecoder(max_frame=10)
     with pytest.raises(ProtocolError, match="exceeds max_frame"):
         decoder.feed(struct.pack(">I", 11))
@@ -46,14 +46,33 @@ def test_fr_03_a_length_prefix_over_max_frame_raises_before_buffering_the_payloa
         decoder.feed(encode_frame(b"ok"))
 
 
-def test_fr_04_a_frame_of_exactly_max_frame_bytes_is_accepted_both_ways() -> None:
+def test_a_frame_of_exactly_max_frame_bytes_is_accepted_both_ways() -> None:
     payload = b"x" * 10
     assert FrameDecoder(max_frame=10).feed(encode_frame(payload, max_frame=10)) == [payload]
     with pytest.raises(ProtocolError, match="exceeds max_frame"):
         encode_frame(payload + b"x", max_frame=10)
 
 
-def test_fr_05_a_truncated_frame_at_end_of_stream_is_a_protocol_error() -> None:
+class _HugePayload:
+    """Claims 4 GiB without holding them: only its length is ever looked at."""
+
+    def __len__(self) -> int:
+        return 2**32
+
+    def __radd__(self, other: bytes) -> bytes:
+        raise AssertionError("a 4 GiB payload must be refused before it is concatenated")
+
+
+def test_a_payload_over_4_gib_is_a_protocol_error_not_a_struct_error() -> None:
+    """Even when `max_frame` would allow it, the prefix holds at most 2**32 - 1."""
+    payload = cast(bytes, _HugePayload())
+    with pytest.raises(ProtocolError, match="4-byte"):
+        encode_frame(payload, max_frame=2**40)
+    with pytest.raises(ProtocolError, match="max_frame"):
+        encode_frame(payload)  # the default max_frame refuses it first
+
+
+def test_a_truncated_frame_at_end_of_stream_is_a_protocol_error() -> None:
     decoder = FrameDecoder(max_frame=100)
     assert decoder.feed(struct.pack(">I", 10) + b"abc") == []
     with pytest.raises(ProtocolError, match="truncated frame"):
@@ -64,12 +83,12 @@ def test_fr_05_a_truncated_frame_at_end_of_stream_is_a_protocol_error() -> None:
         half_header.eof()
 
 
-def test_fr_06_garbage_bytes_read_as_a_huge_length_are_rejected() -> None:
+def test_garbage_bytes_read_as_a_huge_length_are_rejected() -> None:
     with pytest.raises(ProtocolError, match="exceeds max_frame"):
         FrameDecoder(max_frame=1024).feed(b"garbage! not a frame")
 
 
-def test_fr_07_invalid_json_and_invalid_utf8_are_protocol_errors() -> None:
+def test_invalid_json_and_invalid_utf8_are_protocol_errors() -> None:
     with pytest.raises(ProtocolError, match="invalid JSON"):
         JSON_CODEC.decode(b"{not json")
     with pytest.raises(ProtocolError, match="invalid JSON"):
@@ -80,7 +99,7 @@ def test_fr_07_invalid_json_and_invalid_utf8_are_protocol_errors() -> None:
         JSON_CODEC.encode(float("nan"))
 
 
-def test_fr_08_codecs_round_trip_their_values() -> None:
+def test_codecs_round_trip_their_values() -> None:
     value = {"id": 1, "args": [1, "two", None, True, 2.5]}
     assert JSON_CODEC.decode(JSON_CODEC.encode(value)) == value
     assert RAW_CODEC.decode(RAW_CODEC.encode(b"\x00\xff")) == b"\x00\xff"
@@ -88,14 +107,14 @@ def test_fr_08_codecs_round_trip_their_values() -> None:
     assert fn(1) == 2
 
 
-def test_fr_09_the_raw_codec_refuses_non_bytes_and_pickle_refuses_garbage() -> None:
+def test_the_raw_codec_refuses_non_bytes_and_pickle_refuses_garbage() -> None:
     with pytest.raises(ProtocolError, match="raw codec sends bytes"):
         RAW_CODEC.encode("text")
     with pytest.raises(ProtocolError, match="cannot unpickle"):
         PICKLE_CODEC.decode(b"not a pickle")
 
 
-def test_fr_10_a_negative_or_non_integer_max_frame_is_rejected() -> None:
+def test_a_negative_or_non_integer_max_frame_is_rejected() -> None:
     with pytest.raises(ValueError, match="max_frame"):
         FrameDecoder(max_frame=-1)
     with pytest.raises(ValueError, match="max_frame"):
@@ -104,9 +123,7 @@ def test_fr_10_a_negative_or_non_integer_max_frame_is_rejected() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=64), max_size=20), st.integers(min_value=1, max_value=32))
-def test_fr_11_any_sequence_of_frames_survives_any_chunking(
-    payloads: list[bytes], chunk: int
-) -> None:
+def test_any_sequence_of_frames_survives_any_chunking(payloads: list[bytes], chunk: int) -> None:
     stream = b"".join(encode_frame(p, max_frame=64) for p in payloads)
     decoder = FrameDecoder(max_frame=64)
     frames: list[bytes] = []
@@ -118,7 +135,7 @@ def test_fr_11_any_sequence_of_frames_survives_any_chunking(
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.binary(max_size=200), max_size=30))
-def test_fr_12_fuzzed_bytes_never_hang_or_crash_and_memory_stays_bounded(
+def test_fuzzed_bytes_never_hang_or_crash_and_memory_stays_bounded(
     chunks: list[bytes],
 ) -> None:
     """Arbitrary input: only frames or ProtocolError come out, and the buffer never exceeds
@@ -156,7 +173,7 @@ def _reference_frames(stream: bytes, max_frame: int) -> tuple[list[bytes], bool]
     st.lists(st.integers(min_value=0, max_value=600), max_size=12),
     st.booleans(),
 )
-def test_fr_13_chunks_cut_at_frame_boundaries_decode_as_the_whole_stream_does(
+def test_chunks_cut_at_frame_boundaries_decode_as_the_whole_stream_does(
     payloads: list[bytes], cuts: list[int], at_boundaries: bool
 ) -> None:
     """A chunk that is exactly one frame takes the decoder's shortcut: it must give what the
@@ -188,7 +205,7 @@ def test_fr_13_chunks_cut_at_frame_boundaries_decode_as_the_whole_stream_does(
         decoder.eof()  # every frame completed: nothing left over
 
 
-def test_fr_14_the_one_frame_shortcut_keeps_max_frame_and_pending_state() -> None:
+def test_the_one_frame_shortcut_keeps_max_frame_and_pending_state() -> None:
     """A whole frame over max_frame is refused; a chunk after a lone header is its payload,
     even when it looks like a frame of its own."""
     with pytest.raises(ProtocolError, match="exceeds max_frame"):

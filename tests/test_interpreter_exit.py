@@ -15,7 +15,8 @@ from __future__ import annotations
 import signal
 
 import pytest
-from process_support import Script, leftovers
+
+from support.processes import Script, leftovers
 
 # Seconds a script gets to exit once it has reported that it is ready: far more than its
 # shutdown settings need (children: 5 s shutdown, but they stop at once; pool workers: 1 s

@@ -1,10 +1,13 @@
-"""`JSON_CODEC` is exactly the standard library's json, fast path or not (ids jc_00..jc_06).
+"""`JSON_CODEC` is exactly the standard library's json, fast path or not.
 
 `JsonCodec.encode`/`decode` call json's C encoder and scanner directly and fall back on
 `json.dumps(v, separators=(",", ":"), allow_nan=False)` / `json.loads` for anything unusual.
 These properties compare them with json itself: the same bytes and values when json succeeds,
 a `ProtocolError` (caused by json's own exception) exactly when json raises, and the same
 results again with the C accelerators switched off (`_c_encoder`/`_c_scan` set to None).
+
+White-box: switching the accelerators off needs the framing module's own references to them
+(`dspex_actors._ports._framing`); the codec itself is the public `dspex_actors.JSON_CODEC`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dspex_actors import ProtocolError
+from dspex_actors import JSON_CODEC, ProtocolError
 from dspex_actors._ports import _framing
-from dspex_actors._ports._framing import JSON_CODEC
 
 SETTINGS = settings(max_examples=200, deadline=None)
 
@@ -142,7 +144,7 @@ bad_leaves = st.sampled_from(
     ]
 )
 # Values that are JSON except somewhere (maybe deep inside), plus cycles. Small scalars only:
-# the fast path walks a cycle about a thousand times before it gives up (see jc_06).
+# the fast path walks a cycle about a thousand times before it gives up (see the cycle tests).
 small_scalars = st.none() | st.booleans() | st.integers() | finite_floats | st.text(max_size=4)
 non_json_values = st.recursive(
     bad_leaves | small_scalars,
@@ -208,11 +210,11 @@ payloads = (
 )
 
 
-# --- jc_01..jc_03: the fast path agrees with json ----------------------------------------------
+# --- the fast path agrees with json ------------------------------------------------------------
 
 
-def test_jc_00_the_c_fast_path_is_in_use_on_this_python() -> None:
-    """jc_00: without the C accelerators the properties below would only test json itself."""
+def test_the_c_fast_path_is_in_use_on_this_python() -> None:
+    """Without the C accelerators the properties below would only test json itself."""
     assert _framing._c_encoder is not None
     assert _framing._c_scan is not None
 
@@ -223,10 +225,10 @@ def test_jc_00_the_c_fast_path_is_in_use_on_this_python() -> None:
 @example({2: "int", 1.5: "float", True: "bool", None: "null", "s": "str"})
 @example(["\ud800", "\U0001f600", "\x00"])
 @example(10**400)
-def test_jc_01_json_values_encode_to_json_s_bytes_and_decode_back_as_json_loads_does(
+def test_json_values_encode_to_json_s_bytes_and_decode_back_as_json_loads_does(
     value: Any,
 ) -> None:
-    """jc_01: encode == json.dumps(compact, allow_nan=False).encode(); decode == json.loads."""
+    """`encode` == json.dumps(compact, allow_nan=False).encode(); decode == json.loads."""
     encoded = JSON_CODEC.encode(value)
     assert encoded == json_encode(value)
     assert same(JSON_CODEC.decode(encoded), json.loads(encoded))
@@ -239,31 +241,44 @@ def test_jc_01_json_values_encode_to_json_s_bytes_and_decode_back_as_json_loads_
 @example({(1, 2): 3})
 @example(Opaque())
 @example([[[[[b"deep"]]]]])
-def test_jc_02_values_json_refuses_are_a_protocol_error_exactly_when_json_raises(
+def test_values_json_refuses_are_a_protocol_error_exactly_when_json_raises(
     value: Any,
 ) -> None:
-    """jc_02: NaN, inf, sets, bytes, tuple keys, objects, cycles: ProtocolError iff json raises,
+    """NaN, inf, sets, bytes, tuple keys, objects, cycles: ProtocolError iff json raises,
     and the cause is json's own exception (same type and message)."""
     check_encode(value)
 
 
 @SETTINGS
 @given(payloads)
-def test_jc_03_any_payload_decodes_as_json_loads_does_or_is_a_protocol_error(
+def test_any_payload_decodes_as_json_loads_does_or_is_a_protocol_error(
     payload: bytes,
 ) -> None:
-    """jc_03: arbitrary bytes (and JSON in other encodings, with BOMs, padded, truncated)."""
+    """Arbitrary bytes (and JSON in other encodings, with BOMs, padded, truncated)."""
     check_decode(payload)
 
 
-def test_jc_03_a_payload_nested_too_deep_is_a_protocol_error() -> None:
-    """jc_03: json.loads raises RecursionError: ProtocolError, not RecursionError."""
+def test_a_payload_nested_too_deep_is_a_protocol_error() -> None:
+    """json.loads raises RecursionError: ProtocolError, not RecursionError."""
     with pytest.raises(ProtocolError, match="invalid JSON"):
         JSON_CODEC.decode(b"[" * 100_000 + b"]" * 100_000)
 
 
-def test_jc_02_an_int_with_more_digits_than_python_prints_is_a_protocol_error() -> None:
-    """jc_02: over `sys.get_int_max_str_digits()` json raises ValueError: so do we, nested too.
+def test_the_json_codec_turns_a_too_deeply_nested_value_into_protocol_error() -> None:
+    """`Codec.decode`/`encode` raise `ProtocolError` for what they cannot handle; a peer
+    writing ``[[[[...`` (or a caller passing a deeply nested value) must not leak
+    `RecursionError`."""
+    with pytest.raises(ProtocolError):
+        JSON_CODEC.decode(b"[" * 100_000)
+    nested: list[Any] = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(ProtocolError):
+        JSON_CODEC.encode(nested)
+
+
+def test_an_int_with_more_digits_than_python_prints_is_a_protocol_error() -> None:
+    """Over `sys.get_int_max_str_digits()` json raises ValueError: so do we, nested too.
 
     (Kept out of the hypothesis strategies: hypothesis cannot print such an int.)
     """
@@ -274,14 +289,14 @@ def test_jc_02_an_int_with_more_digits_than_python_prints_is_a_protocol_error() 
     assert JSON_CODEC.encode(10**4299) == json_encode(10**4299)  # 4300 digits: allowed
 
 
-def test_jc_02_a_circular_value_is_reported_in_json_s_words() -> None:
-    """jc_02: the fast path has no cycle check (it hits RecursionError); the error still says
+def test_a_circular_value_is_reported_in_json_s_words() -> None:
+    """The fast path has no cycle check (it hits RecursionError); the error still says
     what json.dumps says."""
     with pytest.raises(ProtocolError, match="Circular reference detected"):
         JSON_CODEC.encode(circular_list([1]))
 
 
-# --- jc_04: the fallback without the C accelerators --------------------------------------------
+# --- the fallback without the C accelerators ---------------------------------------------------
 
 
 @pytest.fixture
@@ -294,10 +309,10 @@ def no_fast_path() -> Iterator[None]:
 
 @SETTINGS
 @given(values=json_values | non_json_values, payload=payloads)
-def test_jc_04_without_the_c_accelerators_results_and_errors_are_the_same(
+def test_without_the_c_accelerators_results_and_errors_are_the_same(
     values: Any, payload: bytes
 ) -> None:
-    """jc_04: `_c_encoder`/`_c_scan` set to None: every result and error is the fast path's."""
+    """`_c_encoder`/`_c_scan` set to None: every result and error is the fast path's."""
     fast_encoded = outcome(JSON_CODEC.encode, values)
     fast_decoded = outcome(JSON_CODEC.decode, payload)
     with pytest.MonkeyPatch.context() as mp:
@@ -316,10 +331,10 @@ def test_jc_04_without_the_c_accelerators_results_and_errors_are_the_same(
             assert str(fast[1]) == str(slow[1])
 
 
-def test_jc_04_the_fallback_is_really_taken_when_the_accelerators_are_off(
+def test_the_fallback_is_really_taken_when_the_accelerators_are_off(
     no_fast_path: None,
 ) -> None:
-    """jc_04: with both set to None the codec still works (it does not call None)."""
+    """With both set to None the codec still works (it does not call None)."""
     assert _framing._c_encoder is None
     assert _framing._c_scan is None
     assert JSON_CODEC.encode({"a": [1, 2.5, None]}) == b'{"a":[1,2.5,null]}'
@@ -330,7 +345,7 @@ def test_jc_04_the_fallback_is_really_taken_when_the_accelerators_are_off(
         JSON_CODEC.decode(b"{")
 
 
-# --- jc_05: the error messages are json's --------------------------------------------------------
+# --- the error messages are json's ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -338,8 +353,8 @@ def test_jc_04_the_fallback_is_really_taken_when_the_accelerators_are_off(
     [float("nan"), float("-inf"), {1, 2}, b"x", {(1,): 1}, Opaque(), 10**5000],
     ids=["nan", "-inf", "set", "bytes", "tuple-key", "object", "huge-int"],
 )
-def test_jc_05_encode_errors_name_the_type_and_carry_json_s_message(value: Any) -> None:
-    """jc_05: "cannot encode <type> as JSON: <json's message>", caused by json's exception."""
+def test_encode_errors_name_the_type_and_carry_json_s_message(value: Any) -> None:
+    """ "cannot encode <type> as JSON: <json's message>", caused by json's exception."""
     ok, expected = outcome(json_encode, value)
     assert not ok
     with pytest.raises(ProtocolError) as info:
@@ -347,7 +362,7 @@ def test_jc_05_encode_errors_name_the_type_and_carry_json_s_message(value: Any) 
     assert str(info.value) == f"cannot encode {type(value).__name__} as JSON: {expected}"
 
 
-# --- jc_06: a cycle costs what it costs json ------------------------------------------------------
+# --- a cycle costs what it costs json -------------------------------------------------------------
 
 
 class CountingDict(dict[str, Any]):
@@ -360,8 +375,8 @@ class CountingDict(dict[str, Any]):
         return super().items()
 
 
-def test_jc_06_a_circular_value_is_refused_without_walking_the_cycle_over_and_over() -> None:
-    """jc_06: json.dumps looks at each container of a cycle once before refusing it."""
+def test_a_circular_value_is_refused_without_walking_the_cycle_over_and_over() -> None:
+    """json.dumps looks at each container of a cycle once before refusing it."""
     CountingDict.calls = 0
     cycle = CountingDict()
     cycle["self"] = cycle

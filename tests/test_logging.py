@@ -2,6 +2,9 @@
 
 The scripts run in a fresh interpreter, as a service would, so that what they print is what a
 user of `logging.basicConfig` (or of nothing at all) really sees.
+
+White-box: one test calls the internal `log_event` / `area_logger` helpers
+(`dspex_actors._logging`) directly, to pin how event fields become record attributes.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import Records
 
 import dspex_actors as da
+from dspex_actors._logging import area_logger, log_event
 from dspex_actors.testing import wait_for
+
+from support.logs import Records
 
 WAIT = 60
 
@@ -134,8 +139,6 @@ def test_a_record_carries_its_event_and_fields_as_data(records: Records) -> None
 def test_fields_are_record_attributes_unless_they_clash_with_logrecords_own(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from dspex_actors._logging import area_logger, log_event
-
     with caplog.at_level(logging.INFO, logger="dspex_actors"):
         log_event(area_logger("pool"), "INFO", "probe", "{message} {pool}", message="m", pool="p")
     (record,) = [r for r in caplog.records if getattr(r, "event", None) == "probe"]

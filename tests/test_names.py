@@ -1,7 +1,11 @@
-"""Local names: register / unregister / whereis with Process.register's rules (REG-11, REG-04).
+"""Local names: register / unregister / whereis with `Process.register`'s rules.
 
-Also the restart-name-clash hazard of reference §7: a supervisor restarts a named child while its
-dead predecessor's name is not yet freed; the new child must win.
+Also the restart-name clash: a supervisor restarts a named child while its dead predecessor's
+name is not yet freed; the new child must win.
+
+White-box: a few tests read the raw name table (`dspex_actors._naming._names.holder_of`,
+which also returns a holder that has stopped but is not freed yet) to show the table itself
+forgets a name, not just the alive-checking `whereis`.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import Supervisors
 
 import dspex_actors as da
 from dspex_actors._naming import _names
 from dspex_actors.testing import sync, wait_for
+
+from support.supervision import Supervisors
 
 
 class Echo(da.Actor):
@@ -79,20 +84,20 @@ def actors() -> Iterator[Start]:
         ref.stop()
 
 
-def test_reg_11_a_registered_actor_is_found_by_whereis(actors: Start) -> None:
+def test_a_registered_actor_is_found_by_whereis(actors: Start) -> None:
     ref = actors()
     da.register("names.found", ref)
     assert da.whereis("names.found") is ref
     assert ref.ask("hello", timeout=5) == "hello"
 
 
-def test_reg_11_whereis_returns_none_for_an_unknown_or_unhashable_name() -> None:
+def test_whereis_returns_none_for_an_unknown_or_unhashable_name() -> None:
     assert da.whereis("names.never-registered") is None
     assert da.whereis(["not", "hashable"]) is None
     assert da.whereis(None) is None
 
 
-def test_reg_11_a_name_held_by_a_live_actor_is_refused_with_name_taken(actors: Start) -> None:
+def test_a_name_held_by_a_live_actor_is_refused_with_name_taken(actors: Start) -> None:
     holder, other = actors(), actors()
     da.register("names.taken", holder)
     with pytest.raises(da.NameTaken) as info:
@@ -106,7 +111,7 @@ def test_reg_11_a_name_held_by_a_live_actor_is_refused_with_name_taken(actors: S
     assert da.whereis("names.taken") is holder
 
 
-def test_reg_11_an_actor_that_has_stopped_cannot_be_registered(actors: Start) -> None:
+def test_an_actor_that_has_stopped_cannot_be_registered(actors: Start) -> None:
     ref = actors()
     ref.stop()
     with pytest.raises(da.NoProc, match="register"):
@@ -114,7 +119,7 @@ def test_reg_11_an_actor_that_has_stopped_cannot_be_registered(actors: Start) ->
     assert da.whereis("names.dead") is None
 
 
-def test_reg_11_an_actor_that_already_has_a_name_cannot_take_a_second(actors: Start) -> None:
+def test_an_actor_that_already_has_a_name_cannot_take_a_second(actors: Start) -> None:
     ref = actors()
     da.register("names.first", ref)
     with pytest.raises(da.AlreadyNamed) as info:
@@ -125,15 +130,13 @@ def test_reg_11_an_actor_that_already_has_a_name_cannot_take_a_second(actors: St
 
 
 @pytest.mark.parametrize("reserved", [None, True, False])
-def test_reg_11_reserved_names_none_true_and_false_are_refused(
-    actors: Start, reserved: Any
-) -> None:
+def test_reserved_names_none_true_and_false_are_refused(actors: Start, reserved: Any) -> None:
     with pytest.raises(da.InvalidOption, match="other than None, True or False") as info:
         da.register(reserved, actors())
     assert info.value.code == "invalid_name"
 
 
-def test_reg_11_an_unhashable_name_is_refused_with_a_clear_error(actors: Start) -> None:
+def test_an_unhashable_name_is_refused_with_a_clear_error(actors: Start) -> None:
     with pytest.raises(da.InvalidOption, match=r"name must be hashable, got: \['a'\]"):
         da.register(["a"], actors())
 
@@ -144,9 +147,7 @@ def test_register_refuses_something_that_is_not_an_actor() -> None:
 
 
 @pytest.mark.parametrize("how", ["stop", "crash", "kill"])
-def test_reg_11_the_name_is_freed_when_its_actor_exits_without_any_lookup(
-    actors: Start, how: str
-) -> None:
+def test_the_name_is_freed_when_its_actor_exits_without_any_lookup(actors: Start, how: str) -> None:
     ref = actors()
     da.register(("names.freed", how), ref)
     if how == "stop":
@@ -163,7 +164,7 @@ def test_reg_11_the_name_is_freed_when_its_actor_exits_without_any_lookup(
     assert da.whereis(("names.freed", how)) is successor
 
 
-def test_reg_11_a_plain_pykka_actor_can_be_named_and_its_name_is_freed_when_it_stops() -> None:
+def test_a_plain_pykka_actor_can_be_named_and_its_name_is_freed_when_it_stops() -> None:
     ref = Plain.start()
     da.register("names.plain", ref)
     assert da.whereis("names.plain") is ref
@@ -172,7 +173,7 @@ def test_reg_11_a_plain_pykka_actor_can_be_named_and_its_name_is_freed_when_it_s
     assert _names.holder_of("names.plain") is None
 
 
-def test_reg_11_unregister_frees_the_name_and_the_actor_keeps_running(actors: Start) -> None:
+def test_unregister_frees_the_name_and_the_actor_keeps_running(actors: Start) -> None:
     ref = actors()
     da.register("names.unreg", ref)
     da.unregister("names.unreg")
@@ -182,7 +183,7 @@ def test_reg_11_unregister_frees_the_name_and_the_actor_keeps_running(actors: St
     assert da.whereis("names.unreg.again") is ref
 
 
-def test_reg_11_unregister_of_a_name_nobody_holds_raises_name_not_registered() -> None:
+def test_unregister_of_a_name_nobody_holds_raises_name_not_registered() -> None:
     with pytest.raises(da.NameNotRegistered, match=r"'names\.nobody' is not registered"):
         da.unregister("names.nobody")
 
@@ -195,7 +196,7 @@ def test_a_name_can_be_registered_from_the_actors_own_thread_in_on_start() -> No
         ref.stop()
 
 
-def test_reg_04_a_stopped_holder_whose_exit_is_not_processed_yet_is_replaced_at_once(
+def test_a_stopped_holder_whose_exit_is_not_processed_yet_is_replaced_at_once(
     actors: Start,
 ) -> None:
     stopping, release = threading.Event(), threading.Event()
@@ -236,7 +237,7 @@ def test_a_supervised_child_is_found_by_name_after_every_restart(sups: Superviso
 def test_a_restarted_child_wins_the_race_with_its_predecessors_name(
     sups: Supervisors,
 ) -> None:
-    """Reference §7: the restart registers the name before the dead child's monitors have run."""
+    """The restart registers the name before the dead child's monitors have run."""
     entered, release = threading.Event(), threading.Event()
     calls = 0
 

@@ -1,7 +1,7 @@
 """Checkout semantics: timeouts, cancels, client failures, Remove/Skip, enqueue, update, leases.
 
-Checklist: NP-07..14, NP-21, NP-22, NP-26, NP-27, plus the deliberate extras (non-pair return,
-`with pool.lease(...)`).
+Also: Async worker init, `update`, nothing left behind after a checkout, and the deliberate
+extras (a non-pair return from the client function, `with pool.lease(...)`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,18 @@ import threading
 from typing import Any
 
 import pytest
-from pool_support import (
+
+import dspex_actors as da
+from dspex_actors.testing import (
+    EchoWorker,
+    ScriptedWorker,
+    gate,
+    kill_and_wait,
+    start_test_pool,
+    sync,
+)
+
+from support.pools import (
     WAIT,
     Pools,
     Waiter,
@@ -18,17 +29,11 @@ from pool_support import (
     init,
     ok_checkin,
     ok_checkout,
-    pools,
     release,
     script,
     terminate,
     wait_queued,
 )
-
-import dspex_actors as da
-from dspex_actors.testing import EchoWorker, ScriptedWorker, gate, kill_and_wait, sync
-
-__all__ = ["pools"]
 
 
 def cancelled(context: str) -> tuple[str, Any]:
@@ -42,10 +47,10 @@ class Boom(Exception):
     pass
 
 
-# --- NP-07 ---------------------------------------------------------------------------------------
+# --- a missing pool, a dead pool, timeouts -------------------------------------------------------
 
 
-def test_np_07_checkout_on_a_missing_pool_raises_noproc(pools: Pools) -> None:
+def test_checkout_on_a_missing_pool_raises_noproc(pools: Pools) -> None:
     pool = pools.start(EchoWorker, pool_size=1)
     pool.stop()
     with pytest.raises(da.NoProc):
@@ -54,7 +59,7 @@ def test_np_07_checkout_on_a_missing_pool_raises_noproc(pools: Pools) -> None:
         da.Pool.from_ref(pool.actor_ref).checkout(None, lambda f, c: (c, c))
 
 
-def test_np_07_a_pool_that_dies_while_we_wait_raises_noproc_not_a_timeout(pools: Pools) -> None:
+def test_a_pool_that_dies_while_we_wait_raises_noproc_not_a_timeout(pools: Pools) -> None:
     pool = pools.start(EchoWorker, pool_size=1)
     pool.status()  # fetch the shared core before the pool goes
     with gate(pool.actor_ref) as g:
@@ -66,21 +71,36 @@ def test_np_07_a_pool_that_dies_while_we_wait_raises_noproc_not_a_timeout(pools:
     assert "checkout" in str(error)
 
 
-def test_np_07_a_checkout_timeout_raises_pool_timeout_naming_the_pool(pools: Pools) -> None:
-    pool = pools.start(EchoWorker, pool_size=1, name="np07_pool")
+def test_a_checkout_timeout_raises_pool_timeout_naming_the_pool(pools: Pools) -> None:
+    pool = pools.start(EchoWorker, pool_size=1, name="timed_out_pool")
     held = hold(pool)
     with pytest.raises(da.PoolTimeout) as err:
         pool.checkout(None, lambda f, c: (c, c), timeout=0.02)
-    assert err.value.pool == "np07_pool"
-    assert str(err.value) == "checkout from pool np07_pool timed out after 0.02s"
+    assert err.value.pool == "timed_out_pool"
+    assert str(err.value) == "checkout from pool timed_out_pool timed out after 0.02s"
     assert isinstance(err.value, TimeoutError)
     release(held)
 
 
-# --- NP-08 / NP-26: cancelled while queued -------------------------------------------------------
+@pytest.mark.parametrize("forever", [float("inf"), 1e300])
+def test_a_checkout_with_an_infinite_timeout_waits_like_none_and_checks_its_worker_in(
+    forever: float,
+) -> None:
+    """`timeout=inf` (or a number too large for the OS to wait on) means "wait forever": the
+    caller waits for its worker, gets it, and checks it in; no worker is left busy for a caller
+    that has gone."""
+    with start_test_pool(pool_size=1) as pool:
+        assert pool.checkout("x", lambda _from, state: (state, state), timeout=forever) == 1
+        with pool.lease("x", timeout=forever) as lease:
+            assert lease.client_state == 1
+        status = pool.status()
+        assert (status.busy, status.idle, status.workers_removed) == (0, 1, 0)
 
 
-def test_np_08_a_checkout_timing_out_while_queued_removes_nothing(pools: Pools) -> None:
+# --- cancelled while queued ----------------------------------------------------------------------
+
+
+def test_a_checkout_timing_out_while_queued_removes_nothing(pools: Pools) -> None:
     s = script(
         init("w1"),
         ok_checkout(),
@@ -102,7 +122,7 @@ def test_np_08_a_checkout_timing_out_while_queued_removes_nothing(pools: Pools) 
     assert pool.status().workers_removed == 0
 
 
-def test_np_08_np_26_a_request_dropped_at_its_deadline_is_cancelled_as_queued(
+def test_a_request_dropped_at_its_deadline_is_cancelled_as_queued(
     pools: Pools,
 ) -> None:
     s = script(init("w1"), cancelled("queued"))
@@ -119,10 +139,10 @@ def test_np_08_np_26_a_request_dropped_at_its_deadline_is_cancelled_as_queued(
     assert (status.idle, status.workers_removed, status.queued) == (1, 0, 0)
 
 
-# --- NP-09 / NP-26: the client function raises ---------------------------------------------------
+# --- the client function raises ------------------------------------------------------------------
 
 
-def test_np_09_a_raising_client_cancels_removes_the_worker_and_reraises(pools: Pools) -> None:
+def test_a_raising_client_cancels_removes_the_worker_and_reraises(pools: Pools) -> None:
     s = script(
         init("w1"),
         ok_checkout(),
@@ -147,7 +167,7 @@ class Interrupt(BaseException):
     pass
 
 
-def test_np_09_a_base_exception_in_the_client_removes_the_worker_with_exit(pools: Pools) -> None:
+def test_a_base_exception_in_the_client_removes_the_worker_with_exit(pools: Pools) -> None:
     s = script(init("w1"), ok_checkout(), terminate("exit", "w1"), init("w2"))
     pool = pools.start(ScriptedWorker, s, pool_size=1)
 
@@ -159,7 +179,7 @@ def test_np_09_a_base_exception_in_the_client_removes_the_worker_with_exit(pools
     s.assert_drained()
 
 
-def test_np_26_handle_cancelled_sees_checked_out_and_queued(pools: Pools) -> None:
+def test_handle_cancelled_sees_checked_out_and_queued(pools: Pools) -> None:
     seen: list[str] = []
     s = script(
         init("w1"),
@@ -179,8 +199,8 @@ def test_np_26_handle_cancelled_sees_checked_out_and_queued(pools: Pools) -> Non
 
 
 def test_a_timeout_after_the_worker_was_assigned_removes_it_with_timeout(pools: Pools) -> None:
-    """NP-26 / reference 4.5: the cancel of a caller that gave up just as the pool assigned it
-    a worker removes that worker with reason "timeout"."""
+    """The cancel of a caller that gave up just as the pool assigned it a worker removes that
+    worker with reason "timeout"."""
     s = script(
         init("w1"),
         ok_checkout(),
@@ -198,7 +218,7 @@ def test_a_timeout_after_the_worker_was_assigned_removes_it_with_timeout(pools: 
     assert (status.busy, status.idle, status.workers_removed) == (0, 1, 1)
 
 
-# --- NP-10: an actor client exits while holding a worker -----------------------------------------
+# --- an actor client exits while holding a worker ------------------------------------------------
 
 
 class Holder(da.Actor):
@@ -225,7 +245,7 @@ class Holder(da.Actor):
         return None
 
 
-def test_np_10_an_actor_that_exits_holding_a_worker_gets_it_removed_with_down(
+def test_an_actor_that_exits_holding_a_worker_gets_it_removed_with_down(
     pools: Pools,
 ) -> None:
     s = script(
@@ -245,10 +265,10 @@ def test_np_10_an_actor_that_exits_holding_a_worker_gets_it_removed_with_down(
     assert (status.busy, status.idle, status.workers_removed) == (0, 1, 1)
 
 
-# --- NP-11 / NP-12: Remove and Skip from handle_checkout -----------------------------------------
+# --- Remove and Skip from handle_checkout --------------------------------------------------------
 
 
-def test_np_11_remove_from_checkout_serves_the_same_request_with_a_replacement(
+def test_remove_from_checkout_serves_the_same_request_with_a_replacement(
     pools: Pools,
 ) -> None:
     s = script(
@@ -264,7 +284,7 @@ def test_np_11_remove_from_checkout_serves_the_same_request_with_a_replacement(
     s.assert_drained()
 
 
-def test_np_11_remove_tries_the_next_idle_worker_first(pools: Pools) -> None:
+def test_remove_tries_the_next_idle_worker_first(pools: Pools) -> None:
     s = script(
         init("w1"),
         init("w2"),
@@ -279,7 +299,7 @@ def test_np_11_remove_tries_the_next_idle_worker_first(pools: Pools) -> None:
     s.assert_drained()
 
 
-def test_np_12_skip_from_checkout_raises_in_the_caller_and_keeps_the_worker(
+def test_skip_from_checkout_raises_in_the_caller_and_keeps_the_worker(
     pools: Pools,
 ) -> None:
     s = script(
@@ -299,10 +319,10 @@ def test_np_12_skip_from_checkout_raises_in_the_caller_and_keeps_the_worker(
     assert pool.status().workers_removed == 0
 
 
-# --- NP-13: handle_enqueue -----------------------------------------------------------------------
+# --- handle_enqueue ------------------------------------------------------------------------------
 
 
-def test_np_13_handle_enqueue_can_wrap_the_command_and_thread_the_pool_state(
+def test_handle_enqueue_can_wrap_the_command_and_thread_the_pool_state(
     pools: Pools,
 ) -> None:
     def checkout(cmd: Any, from_: da.From, ws: Any, ps: Any) -> da.Ok:
@@ -326,7 +346,7 @@ def test_np_13_handle_enqueue_can_wrap_the_command_and_thread_the_pool_state(
     assert s.calls[-1][1] == (da.NORMAL, "ps2!")
 
 
-def test_np_13_skip_from_handle_enqueue_raises_without_handle_checkout(pools: Pools) -> None:
+def test_skip_from_handle_enqueue_raises_without_handle_checkout(pools: Pools) -> None:
     s = script(init("w1"), ("handle_enqueue", lambda cmd, ps: da.Skip(Boom("refused"), ps)))
     pool = pools.start(ScriptedWorker, s, pool_size=1)
     with pytest.raises(Boom, match="refused"):
@@ -352,10 +372,10 @@ def test_a_raising_handle_enqueue_raises_in_the_caller_and_the_pool_lives(pools:
     s.assert_drained()
 
 
-# --- NP-14: Remove from handle_checkin -----------------------------------------------------------
+# --- Remove from handle_checkin ------------------------------------------------------------------
 
 
-def test_np_14_remove_from_checkin_terminates_and_replaces_the_worker(pools: Pools) -> None:
+def test_remove_from_checkin_terminates_and_replaces_the_worker(pools: Pools) -> None:
     s = script(
         init("w1"),
         ok_checkout(),
@@ -369,10 +389,10 @@ def test_np_14_remove_from_checkin_terminates_and_replaces_the_worker(pools: Poo
     assert pool.status().idle == 1
 
 
-# --- NP-21: Async init ---------------------------------------------------------------------------
+# --- Async init ----------------------------------------------------------------------------------
 
 
-def test_np_21_an_async_worker_is_available_only_when_its_function_returns(
+def test_an_async_worker_is_available_only_when_its_function_returns(
     pools: Pools,
 ) -> None:
     ready = threading.Event()
@@ -397,7 +417,7 @@ def test_np_21_an_async_worker_is_available_only_when_its_function_returns(
     s.assert_drained()
 
 
-def test_np_21_a_crashing_async_init_is_retried(pools: Pools) -> None:
+def test_a_crashing_async_init_is_retried(pools: Pools) -> None:
     def crash() -> Any:
         raise Boom("async init failed")
 
@@ -412,10 +432,10 @@ def test_np_21_a_crashing_async_init_is_retried(pools: Pools) -> None:
     s.assert_drained()
 
 
-# --- NP-22: update -------------------------------------------------------------------------------
+# --- update --------------------------------------------------------------------------------------
 
 
-def test_np_22_update_calls_handle_update_and_terminate_sees_the_new_state(
+def test_update_calls_handle_update_and_terminate_sees_the_new_state(
     pools: Pools,
 ) -> None:
     s = script(
@@ -475,10 +495,10 @@ def test_a_raising_handle_update_removes_the_worker_when_its_lease_ends(pools: P
     assert (status.workers_removed, status.idle) == (1, 1)
 
 
-# --- NP-27: nothing left behind ------------------------------------------------------------------
+# --- nothing left behind -------------------------------------------------------------------------
 
 
-def test_np_27_no_monitor_is_left_after_a_successful_or_failed_checkout(pools: Pools) -> None:
+def test_no_monitor_is_left_after_a_successful_or_failed_checkout(pools: Pools) -> None:
     pool = pools.start(EchoWorker, pool_size=1)
     client = Holder.start(pool)
     try:
@@ -572,7 +592,7 @@ def test_a_checkout_from_inside_a_pool_callback_raises_instead_of_deadlocking(
 def test_a_lazy_pool_whose_checkout_always_removes_does_not_loop_inside_the_pool(
     pools: Pools,
 ) -> None:
-    """NP-11 on a lazy pool: Remove from handle_checkout creates the next worker at once, but a
+    """On a lazy pool, Remove from handle_checkout creates the next worker at once, but a
     worker that is removed every time is retried through the inbox, so the pool stays
     responsive (status answers) instead of spinning inside one checkout."""
 

@@ -1,6 +1,6 @@
-"""Raising callbacks and invalid returns: logged, mapped, and the pool lives (NP-15, NP-18, NP-19).
+"""Raising callbacks and invalid returns: logged, mapped, and the pool lives.
 
-Also seed Fix 1: a `handle_checkout` returning ``("error", reason)`` gets a hint to return
+Also: a `handle_checkout` returning ``("error", reason)`` gets a hint to return
 ``Remove(("checkout_failed", reason), pool_state)``.
 """
 
@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pool_support import Pools, init, ok_checkin, ok_checkout, pools, script, terminate
 
 import dspex_actors as da
 from dspex_actors.testing import FakeClock, ScriptedWorker, sync
 
-__all__ = ["pools"]
+from support.pools import Pools, init, ok_checkin, ok_checkout, script, terminate
 
 
 class Boom(RuntimeError):
@@ -33,10 +32,10 @@ def terminate_with_boom() -> tuple[str, Any]:
     return ("terminate_worker", step)
 
 
-# --- NP-15: a raising callback is treated as Remove(exception) -----------------------------------
+# --- a raising callback is treated as Remove(exception) ------------------------------------------
 
 
-def test_np_15_a_raising_handle_checkout_removes_the_worker_and_serves_a_replacement(
+def test_a_raising_handle_checkout_removes_the_worker_and_serves_a_replacement(
     pools: Pools, records: Any
 ) -> None:
     s = script(
@@ -55,7 +54,7 @@ def test_np_15_a_raising_handle_checkout_removes_the_worker_and_serves_a_replace
     assert "Boom('callback failed')" in errors[0]["reason"]
 
 
-def test_np_15_a_raising_handle_checkin_removes_and_replaces_the_worker(pools: Pools) -> None:
+def test_a_raising_handle_checkin_removes_and_replaces_the_worker(pools: Pools) -> None:
     s = script(
         init("w1"), ok_checkout(), ("handle_checkin", raises), terminate_with_boom(), init("w2")
     )
@@ -66,7 +65,7 @@ def test_np_15_a_raising_handle_checkin_removes_and_replaces_the_worker(pools: P
     assert pool.status().idle == 1
 
 
-def test_np_15_a_raising_handle_info_removes_and_replaces_the_worker(pools: Pools) -> None:
+def test_a_raising_handle_info_removes_and_replaces_the_worker(pools: Pools) -> None:
     s = script(init("w1"), ("handle_info", raises), terminate_with_boom(), init("w2"))
     pool = pools.start(ScriptedWorker, s, pool_size=1)
     pool.send_info("hello")
@@ -74,7 +73,7 @@ def test_np_15_a_raising_handle_info_removes_and_replaces_the_worker(pools: Pool
     assert pool.is_alive()
 
 
-def test_np_15_a_raising_handle_ping_removes_and_replaces_the_worker(pools: Pools) -> None:
+def test_a_raising_handle_ping_removes_and_replaces_the_worker(pools: Pools) -> None:
     clock = FakeClock()
     s = script(init("w1"), ("handle_ping", raises), terminate_with_boom(), init("w2"))
     pool = pools.start(ScriptedWorker, s, pool_size=1, worker_idle_timeout=1.0, clock=clock)
@@ -84,10 +83,10 @@ def test_np_15_a_raising_handle_ping_removes_and_replaces_the_worker(pools: Pool
     assert pool.is_alive()
 
 
-# --- NP-18 and seed Fix 1: invalid handle_checkout returns ---------------------------------------
+# --- invalid handle_checkout returns -------------------------------------------------------------
 
 
-def test_np_18_an_invalid_checkout_return_raises_in_the_caller_and_removes_the_worker(
+def test_an_invalid_checkout_return_raises_in_the_caller_and_removes_the_worker(
     pools: Pools, records: Any
 ) -> None:
     def bad_return(reason: Any, ws: Any, ps: Any) -> da.Ok:
@@ -121,7 +120,7 @@ def test_np_18_an_invalid_checkout_return_raises_in_the_caller_and_removes_the_w
     assert records.of("pool_callback_invalid_return")
 
 
-def test_seed_fix_1_an_error_tuple_from_checkout_gets_the_remove_checkout_failed_hint(
+def test_an_error_tuple_from_checkout_gets_the_remove_checkout_failed_hint(
     pools: Pools,
 ) -> None:
     s = script(
@@ -138,8 +137,9 @@ def test_seed_fix_1_an_error_tuple_from_checkout_gets_the_remove_checkout_failed
     s.assert_drained()
 
 
-def test_seed_fix_1_remove_checkout_failed_is_served_transparently(pools: Pools) -> None:
-    """The fixed worker: Remove(("checkout_failed", reason)) and the caller never notices."""
+def test_remove_checkout_failed_is_served_transparently(pools: Pools) -> None:
+    """A worker returning Remove(("checkout_failed", reason)) is replaced; the caller never
+    notices."""
     s = script(
         init("w1"),
         ("handle_checkout", lambda cmd, from_, ws, ps: da.Remove(("checkout_failed", "x"), ps)),
@@ -162,7 +162,7 @@ def test_seed_fix_1_remove_checkout_failed_is_served_transparently(pools: Pools)
         None,
     ],
 )
-def test_np_18_every_wrong_shape_from_checkout_is_rejected(pools: Pools, bad: Any) -> None:
+def test_every_wrong_shape_from_checkout_is_rejected(pools: Pools, bad: Any) -> None:
     s = script(
         init("w1"),
         ("handle_checkout", lambda cmd, from_, ws, ps: bad),
@@ -193,10 +193,10 @@ def test_an_invalid_checkin_return_is_logged_and_removes_the_worker(
     assert "Ok(worker_state, pool_state)" in record["message"]
 
 
-# --- NP-19: handle_ping / terminate_worker invalid returns, terminate_worker raising --------------
+# --- handle_ping / terminate_worker invalid returns, terminate_worker raising --------------------
 
 
-def test_np_19_an_invalid_handle_ping_return_is_reported_and_removes_the_worker(
+def test_an_invalid_handle_ping_return_is_reported_and_removes_the_worker(
     pools: Pools, records: Any
 ) -> None:
     clock = FakeClock()
@@ -219,7 +219,7 @@ def test_np_19_an_invalid_handle_ping_return_is_reported_and_removes_the_worker(
     assert pool.is_alive()
 
 
-def test_np_19_a_raising_or_invalid_terminate_worker_is_logged_and_discarded(
+def test_a_raising_or_invalid_terminate_worker_is_logged_and_discarded(
     pools: Pools, records: Any
 ) -> None:
     s = script(

@@ -1,19 +1,15 @@
-"""handle_info for messages the pool does not consume, and idle pings on a FakeClock.
-
-Checklist: NP-20, NP-23, NP-24.
-"""
+"""handle_info for messages the pool does not consume, and idle pings on a FakeClock."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from pool_support import WAIT, Pools, hold, init, ok_checkin, ok_checkout, pools, release, script
 
 import dspex_actors as da
 from dspex_actors.testing import EchoWorker, FakeClock, ScriptedWorker, sync
 
-__all__ = ["pools"]
+from support.pools import WAIT, Pools, hold, init, ok_checkin, ok_checkout, release, script
 
 
 def info(expect: Any = None, result: Any = None) -> tuple[str, Any]:
@@ -43,10 +39,10 @@ def terminated(reason: Any, into: list[Any]) -> tuple[str, Any]:
     return ("terminate_worker", step)
 
 
-# --- NP-20: handle_info --------------------------------------------------------------------------
+# --- handle_info ---------------------------------------------------------------------------------
 
 
-def test_np_20_an_unconsumed_message_reaches_handle_info_once_per_idle_worker(
+def test_an_unconsumed_message_reaches_handle_info_once_per_idle_worker(
     pools: Pools,
 ) -> None:
     seen: list[Any] = []
@@ -90,7 +86,7 @@ class Linked(da.Actor):
         return None
 
 
-def test_np_20_exit_signals_from_linked_non_parents_reach_handle_info(pools: Pools) -> None:
+def test_exit_signals_from_linked_non_parents_reach_handle_info(pools: Pools) -> None:
     s = script(init("w1"), info(lambda m: isinstance(m, da.Exit)))
     pool = pools.start(ScriptedWorker, s, pool_size=1)
     linked = Linked.start(pool.actor_ref)
@@ -101,7 +97,7 @@ def test_np_20_exit_signals_from_linked_non_parents_reach_handle_info(pools: Poo
     assert pool.is_alive()  # the pool traps exits: a linked crash is information
 
 
-def test_np_20_remove_from_handle_info_terminates_and_replaces(pools: Pools) -> None:
+def test_remove_from_handle_info_terminates_and_replaces(pools: Pools) -> None:
     gone: list[Any] = []
     s = script(
         init("w1"),
@@ -129,10 +125,10 @@ def test_a_remove_with_a_pool_state_from_handle_info_is_an_invalid_return(pools:
     assert s.calls[2][1][0].callback == "ScriptedWorker.handle_info"
 
 
-# --- NP-23: which workers are pinged -------------------------------------------------------------
+# --- which workers are pinged --------------------------------------------------------------------
 
 
-def test_np_23_idle_workers_are_pinged_in_queue_order_up_to_max_idle_pings(pools: Pools) -> None:
+def test_idle_workers_are_pinged_in_queue_order_up_to_max_idle_pings(pools: Pools) -> None:
     clock = FakeClock()
     seen: list[Any] = []
     s = script(
@@ -156,7 +152,7 @@ def test_np_23_idle_workers_are_pinged_in_queue_order_up_to_max_idle_pings(pools
     s.assert_drained()
 
 
-def test_np_23_the_scan_stops_at_the_first_worker_not_idle_long_enough(pools: Pools) -> None:
+def test_the_scan_stops_at_the_first_worker_not_idle_long_enough(pools: Pools) -> None:
     clock = FakeClock()
     seen: list[Any] = []
     s = script(init("w1"), init("w2"), ok_checkout(), ok_checkin(), ping(seen=seen))
@@ -170,7 +166,7 @@ def test_np_23_the_scan_stops_at_the_first_worker_not_idle_long_enough(pools: Po
     s.assert_drained()
 
 
-def test_np_23_checked_out_workers_are_never_pinged_and_a_lazy_pool_keeps_its_worker(
+def test_checked_out_workers_are_never_pinged_and_a_lazy_pool_keeps_its_worker(
     pools: Pools,
 ) -> None:
     clock = FakeClock()
@@ -197,10 +193,10 @@ def test_a_worker_without_handle_ping_disables_idle_pings(pools: Pools, records:
     assert pool.status().idle == 1
 
 
-# --- NP-24: the ping results ---------------------------------------------------------------------
+# --- the ping results ----------------------------------------------------------------------------
 
 
-def test_np_24_ok_from_ping_updates_the_state_but_not_the_idle_time(pools: Pools) -> None:
+def test_ok_from_ping_updates_the_state_but_not_the_idle_time(pools: Pools) -> None:
     clock = FakeClock()
     seen: list[Any] = []
 
@@ -218,7 +214,7 @@ def test_np_24_ok_from_ping_updates_the_state_but_not_the_idle_time(pools: Pools
     s.assert_drained()
 
 
-def test_np_24_remove_from_ping_terminates_without_stopping_the_pool(pools: Pools) -> None:
+def test_remove_from_ping_terminates_without_stopping_the_pool(pools: Pools) -> None:
     clock = FakeClock()
     gone: list[Any] = []
     s = script(init("w1"), ping(result=da.Remove("stale")), terminated("stale", gone), init("w2"))
@@ -230,7 +226,7 @@ def test_np_24_remove_from_ping_terminates_without_stopping_the_pool(pools: Pool
     assert pool.is_alive()
 
 
-def test_np_24_stop_from_ping_terminates_idle_workers_and_stops_the_pool(pools: Pools) -> None:
+def test_stop_from_ping_terminates_idle_workers_and_stops_the_pool(pools: Pools) -> None:
     clock = FakeClock()
     gone: list[Any] = []
     s = script(

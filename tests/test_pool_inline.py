@@ -1,11 +1,10 @@
-"""A pool's checkout and checkin run in the caller's thread while the pool is idle (pi_01..pi_05).
+"""A pool's checkout and checkin run in the caller's thread while the pool is idle.
 
-`Pool` hands a checkout or checkin to `_run_inline`: if the pool actor is idle with an empty
-inbox, the calling thread runs the callbacks itself, as the pool; otherwise the request is
-queued and the pool's thread handles it, as before. These tests show both paths, and that
-callback errors and cancellations behave exactly as documented in `_pool.py` on either path
-("inline": the pool is idle; "queued": a `gate` holds the pool thread while the request is
-sent, which is the path every request took before the change).
+If the pool actor is idle with an empty inbox, the calling thread runs a checkout's or a
+checkin's callbacks itself, as the pool; otherwise the request is queued and the pool's thread
+handles it. These tests show both paths, and that callback errors and cancellations behave
+exactly as the pool documents them on either path ("inline": the pool is idle; "queued": a
+`gate` holds the pool thread while the request is sent).
 """
 
 from __future__ import annotations
@@ -18,10 +17,11 @@ from typing import Any, Literal
 
 import attrs
 import pytest
-from pool_support import Pools
 
 import dspex_actors as da
 from dspex_actors.testing import gate, sync, wait_for
+
+from support.pools import Pools
 
 WAIT = 5.0
 
@@ -219,13 +219,13 @@ def same_error(a: BaseException | None, b: BaseException | None) -> bool:
     return type(a) is type(b) and str(a) == str(b)
 
 
-# --- pi_01: inline while idle ------------------------------------------------------------------
+# --- inline while idle ---------------------------------------------------------------------------
 
 
-def test_pi_01_an_idle_pool_runs_checkout_and_checkin_callbacks_in_the_calling_thread(
+def test_an_idle_pool_runs_checkout_and_checkin_callbacks_in_the_calling_thread(
     running: Pools,
 ) -> None:
-    """pi_01: from a plain thread, every callback runs in that thread, as the pool's actor."""
+    """From a plain thread, every callback runs in that thread, as the pool's actor."""
     spy = Spy()
     pool = running.start(SpyWorker, spy, pool_size=1)
     seen_in_fn: list[Any] = []
@@ -253,10 +253,10 @@ def test_pi_01_an_idle_pool_runs_checkout_and_checkin_callbacks_in_the_calling_t
     assert outcome.actor_after is None
 
 
-def test_pi_01_a_lease_from_the_test_thread_is_checked_in_before_the_with_block_ends(
+def test_a_lease_from_the_test_thread_is_checked_in_before_the_with_block_ends(
     running: Pools,
 ) -> None:
-    """pi_01: the same for a `Lease` used from the main thread."""
+    """The same for a `Lease` used from the main thread."""
     spy = Spy()
     pool = running.start(SpyWorker, spy, pool_size=1)
     me = threading.current_thread()
@@ -273,13 +273,13 @@ def test_pi_01_a_lease_from_the_test_thread_is_checked_in_before_the_with_block_
     assert pool.status().idle == 1
 
 
-# --- pi_02: queued while busy ------------------------------------------------------------------
+# --- queued while busy ---------------------------------------------------------------------------
 
 
-def test_pi_02_a_busy_pool_serves_the_checkout_from_its_own_thread_once_released(
+def test_a_busy_pool_serves_the_checkout_from_its_own_thread_once_released(
     running: Pools,
 ) -> None:
-    """pi_02: with the pool thread held by a gate, the checkout waits, then completes there."""
+    """With the pool thread held by a gate, the checkout waits, then completes there."""
     spy = Spy()
     pool = running.start(SpyWorker, spy, pool_size=1)
     with gate(pool.actor_ref):
@@ -303,10 +303,10 @@ def test_pi_02_a_busy_pool_serves_the_checkout_from_its_own_thread_once_released
     assert pool.status().idle == 1
 
 
-def test_pi_02_a_checkin_sent_while_the_pool_is_busy_is_handled_by_the_pool_thread(
+def test_a_checkin_sent_while_the_pool_is_busy_is_handled_by_the_pool_thread(
     running: Pools,
 ) -> None:
-    """pi_02: a lease ending while the pool is gated is queued, then checked in there."""
+    """A lease ending while the pool is gated is queued, then checked in there."""
     spy = Spy()
     pool = running.start(SpyWorker, spy, pool_size=1)
     lease = pool.lease("cmd")
@@ -322,13 +322,13 @@ def test_pi_02_a_checkin_sent_while_the_pool_is_busy_is_handled_by_the_pool_thre
     assert pool.status().idle == 1
 
 
-# --- pi_03: callback errors, inline and queued -------------------------------------------------
+# --- callback errors, inline and queued ----------------------------------------------------------
 
 
-def test_pi_03_handle_enqueue_raising_is_raised_in_the_caller_on_both_paths(
+def test_handle_enqueue_raising_is_raised_in_the_caller_on_both_paths(
     running: Pools,
 ) -> None:
-    """pi_03: "the caller's checkout raises that exception; the pool carries on"."""
+    """ "the caller's checkout raises that exception; the pool carries on"."""
     outcomes: dict[Mode, tuple[BaseException | None, list[tuple[Any, ...]]]] = {}
     for mode in MODES:
         error = ValueError("enqueue refused")
@@ -351,10 +351,10 @@ def test_pi_03_handle_enqueue_raising_is_raised_in_the_caller_on_both_paths(
     assert outcomes["inline"][1] == outcomes["queued"][1]
 
 
-def test_pi_03_handle_checkout_raising_removes_the_worker_and_the_caller_gets_the_next(
+def test_handle_checkout_raising_removes_the_worker_and_the_caller_gets_the_next(
     running: Pools,
 ) -> None:
-    """pi_03: "logged and treated as Remove(exception)": the caller does not notice."""
+    """ "logged and treated as Remove(exception)": the caller does not notice."""
     summaries: dict[Mode, list[tuple[Any, ...]]] = {}
     for mode in MODES:
         spy = Spy(checkout_raises=1)
@@ -384,10 +384,10 @@ def test_pi_03_handle_checkout_raising_removes_the_worker_and_the_caller_gets_th
     ]
 
 
-def test_pi_03_an_invalid_handle_checkout_return_is_a_callback_return_error_in_the_caller(
+def test_an_invalid_handle_checkout_return_is_a_callback_return_error_in_the_caller(
     running: Pools,
 ) -> None:
-    """pi_03: "the worker is removed and the caller raises CallbackReturnError"."""
+    """ "the worker is removed and the caller raises CallbackReturnError"."""
     errors: dict[Mode, BaseException | None] = {}
     for mode in MODES:
         spy = Spy(checkout_bad=True)
@@ -407,10 +407,10 @@ def test_pi_03_an_invalid_handle_checkout_return_is_a_callback_return_error_in_t
     assert same_error(errors["inline"], errors["queued"])
 
 
-def test_pi_03_handle_checkin_raising_removes_the_worker_and_keeps_the_result(
+def test_handle_checkin_raising_removes_the_worker_and_keeps_the_result(
     running: Pools,
 ) -> None:
-    """pi_03: "logged and treated as Remove(exception)"; the checkout result stands."""
+    """ "logged and treated as Remove(exception)"; the checkout result stands."""
     summaries: dict[Mode, list[tuple[Any, ...]]] = {}
     for mode in MODES:
         spy = Spy(checkin_error=OSError("cannot take it back"))
@@ -442,7 +442,7 @@ def test_pi_03_handle_checkin_raising_removes_the_worker_and_keeps_the_result(
     assert summaries["inline"] == summaries["queued"]
 
 
-# --- pi_04: cancellation ------------------------------------------------------------------------
+# --- cancellation --------------------------------------------------------------------------------
 
 
 def _cancel_case(pool: da.Pool, spy: Spy, error: BaseException, use_lease: bool) -> tuple[Any, ...]:
@@ -478,10 +478,10 @@ def _raise(error: BaseException) -> tuple[Any, Any]:
     ],
     ids=["lease-exception", "lease-keyboard-interrupt", "checkout-fn-exception"],
 )
-def test_pi_04_a_lease_whose_body_raises_removes_the_worker_as_before(
+def test_a_lease_whose_body_raises_removes_the_worker_as_before(
     running: Pools, error: BaseException, reason: str, use_lease: bool
 ) -> None:
-    """pi_04: handle_cancelled("checked_out"), terminate_worker(reason), never a checkin; the
+    """handle_cancelled("checked_out"), terminate_worker(reason), never a checkin; the
     next checkout gets a new worker, and an ordinary lease is then checked in inline."""
     spy = Spy()
     pool = running.start(SpyWorker, spy, pool_size=1)
@@ -504,10 +504,10 @@ def test_pi_04_a_lease_whose_body_raises_removes_the_worker_as_before(
     assert pool.status().workers_removed == 1
 
 
-def test_pi_04_a_pool_still_answers_after_a_cancel_sent_while_it_was_busy(
+def test_a_pool_still_answers_after_a_cancel_sent_while_it_was_busy(
     running: Pools,
 ) -> None:
-    """pi_04: the cancel queued behind a gate is handled in order with what follows it."""
+    """The cancel queued behind a gate is handled in order with what follows it."""
     spy = Spy()
     pool = running.start(SpyWorker, spy, pool_size=2)
     settle(pool)
@@ -529,10 +529,10 @@ def test_pi_04_a_pool_still_answers_after_a_cancel_sent_while_it_was_busy(
     assert pool.status().workers_removed == 1
 
 
-def test_pi_02_a_checkin_with_a_caller_waiting_is_left_to_the_pool_thread(
+def test_a_checkin_with_a_caller_waiting_is_left_to_the_pool_thread(
     running: Pools,
 ) -> None:
-    """pi_02: a checkin that must also serve a waiter is declined inline and sent: the pool
+    """A checkin that must also serve a waiter is declined inline and sent: the pool
     thread runs handle_checkin and hands the worker to the waiter."""
     spy = Spy()
     pool = running.start(SpyWorker, spy, pool_size=1)
@@ -556,14 +556,14 @@ def test_pi_02_a_checkin_with_a_caller_waiting_is_left_to_the_pool_thread(
     assert second_checkin.summary == ("checkin", "w", 1)
 
 
-# --- pi_05: a checkout that is out of time --------------------------------------------------
+# --- a checkout that is out of time --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_pi_05_timeout_zero_is_pool_timeout_on_both_paths_and_the_worker_stays_idle(
+def test_timeout_zero_is_pool_timeout_on_both_paths_and_the_worker_stays_idle(
     running: Pools, mode: Mode
 ) -> None:
-    """pi_05: a checkout whose deadline has passed when the pool handles it is dropped, as
+    """A checkout whose deadline has passed when the pool handles it is dropped, as
     NimblePool does, and its caller gets `PoolTimeout`: inline (nothing to wait for, so no
     lock is ever made) and queued (the caller gives up on its lock) alike."""
     spy = Spy()

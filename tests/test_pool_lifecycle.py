@@ -1,4 +1,4 @@
-"""Pool start, options, eager/lazy workers, FIFO order, stop (NP-01..06, NP-16, NP-17, NP-25)."""
+"""Pool start, options, eager/lazy workers, FIFO order, init failures, stop, supervision."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ from typing import Any
 
 import pykka
 import pytest
-from pool_support import (
+
+import dspex_actors as da
+from dspex_actors.testing import (
+    EchoWorker,
+    ScriptedWorker,
+    kill_and_wait,
+    start_test_pool,
+    sync,
+    wait_for_pool_ready,
+)
+
+from support.pools import (
     WAIT,
     Pools,
     Waiter,
@@ -15,31 +26,24 @@ from pool_support import (
     init,
     ok_checkin,
     ok_checkout,
-    pools,
     release,
     script,
     terminate,
     wait_queued,
 )
 
-import dspex_actors as da
-from dspex_actors.testing import EchoWorker, ScriptedWorker, start_test_pool, sync
-
-__all__ = ["pools"]
-
-
-# --- NP-01: options are validated before anything starts ---------------------------------------
+# --- options are validated before anything starts ------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [0, -1, 1.5, "2", True, None])
-def test_np_01_pool_size_must_be_a_positive_integer(size: Any) -> None:
+def test_pool_size_must_be_a_positive_integer(size: Any) -> None:
     with pytest.raises(da.InvalidOption) as err:
         da.Pool.start(EchoWorker, pool_size=size)
     assert str(err.value) == f"pool_size must be a positive integer, got: {size!r}"
     assert err.value.option == "pool_size"
 
 
-def test_np_01_missing_worker_is_a_type_error_and_a_bad_worker_is_invalid() -> None:
+def test_missing_worker_is_a_type_error_and_a_bad_worker_is_invalid() -> None:
     with pytest.raises(TypeError, match="worker"):
         da.Pool.start()  # type: ignore[call-arg]
     with pytest.raises(da.InvalidOption, match="worker must be a PoolWorker subclass"):
@@ -80,10 +84,10 @@ def test_a_negative_checkout_timeout_is_rejected(pools: Pools) -> None:
     assert pool.status().idle == 1
 
 
-# --- NP-02 / NP-03: eager and lazy ---------------------------------------------------------------
+# --- eager and lazy ------------------------------------------------------------------------------
 
 
-def test_np_02_an_eager_pool_runs_init_worker_pool_size_times_after_init_pool(pools: Pools) -> None:
+def test_an_eager_pool_runs_init_worker_pool_size_times_after_init_pool(pools: Pools) -> None:
     s = script(
         ("init_pool", lambda arg: da.Ok(("ps", arg))),
         init("w1"),
@@ -99,7 +103,7 @@ def test_np_02_an_eager_pool_runs_init_worker_pool_size_times_after_init_pool(po
     s.assert_drained()
 
 
-def test_np_03_a_lazy_pool_creates_workers_on_demand_and_never_above_pool_size(
+def test_a_lazy_pool_creates_workers_on_demand_and_never_above_pool_size(
     pools: Pools,
 ) -> None:
     pool = pools.start(EchoWorker, pool_size=2, lazy=True)
@@ -121,16 +125,16 @@ def test_np_03_a_lazy_pool_creates_workers_on_demand_and_never_above_pool_size(
     assert pool.status().idle == 2
 
 
-# --- NP-04 / NP-05: FIFO idle queue, FIFO waiters ------------------------------------------------
+# --- FIFO idle queue, FIFO waiters ---------------------------------------------------------------
 
 
-def test_np_04_idle_workers_are_handed_out_fifo(pools: Pools) -> None:
+def test_idle_workers_are_handed_out_fifo(pools: Pools) -> None:
     pool = pools.start(EchoWorker, pool_size=2)
     served = [pool.checkout(None, lambda f, c: (c, c)) for _ in range(4)]
     assert served == [1, 2, 1, 2]
 
 
-def test_np_05_waiting_checkouts_are_served_in_arrival_order(pools: Pools) -> None:
+def test_waiting_checkouts_are_served_in_arrival_order(pools: Pools) -> None:
     pool = pools.start(EchoWorker, pool_size=1)
     order: list[int] = []
     lock = threading.Lock()
@@ -153,10 +157,10 @@ def test_np_05_waiting_checkouts_are_served_in_arrival_order(pools: Pools) -> No
     assert order == [0, 1, 2, 3]
 
 
-# --- NP-06: the checkout function ----------------------------------------------------------------
+# --- the checkout function -----------------------------------------------------------------------
 
 
-def test_np_06_checkout_runs_fn_in_the_caller_and_checks_in_the_second_element(
+def test_checkout_runs_fn_in_the_caller_and_checks_in_the_second_element(
     pools: Pools,
 ) -> None:
     seen: dict[str, Any] = {}
@@ -187,7 +191,7 @@ def test_np_06_checkout_runs_fn_in_the_caller_and_checks_in_the_second_element(
     s.assert_drained()
 
 
-# --- NP-16 / NP-17: init_worker failures ---------------------------------------------------------
+# --- init_worker failures ------------------------------------------------------------------------
 
 
 class Flaky(da.PoolWorker):
@@ -206,7 +210,7 @@ class Flaky(da.PoolWorker):
         return da.Ok(ws, ws, ps)
 
 
-def test_np_16_a_raising_init_worker_is_retried_through_the_inbox_without_blocking(
+def test_a_raising_init_worker_is_retried_through_the_inbox_without_blocking(
     pools: Pools,
 ) -> None:
     Flaky.failing.set()
@@ -221,14 +225,12 @@ def test_np_16_a_raising_init_worker_is_retried_through_the_inbox_without_blocki
         assert Flaky.attempts >= retried
     finally:
         Flaky.failing.clear()
-    from dspex_actors.testing import wait_for_pool_ready
-
     wait_for_pool_ready(pool, WAIT)
     assert pool.checkout(None, lambda f, c: (c, c)) == "w"
     assert pool.status().initializing == 0
 
 
-def test_np_17_an_invalid_init_worker_return_fails_start_with_expected_and_got() -> None:
+def test_an_invalid_init_worker_return_fails_start_with_expected_and_got() -> None:
     s = script(("init_worker", lambda ps: ("ok", "w1")))
     with pytest.raises(da.CallbackReturnError) as err:
         da.Pool.start(ScriptedWorker, s, pool_size=1)
@@ -254,10 +256,10 @@ def test_init_pool_stop_or_raise_fails_start() -> None:
     assert isinstance(err.value.reason, ValueError)
 
 
-# --- NP-25: stop ---------------------------------------------------------------------------------
+# --- stop, names, supervision --------------------------------------------------------------------
 
 
-def test_np_25_stop_terminates_every_idle_worker_then_terminate_pool(pools: Pools) -> None:
+def test_stop_terminates_every_idle_worker_then_terminate_pool(pools: Pools) -> None:
     s = script(
         init("w1"),
         init("w2"),
@@ -302,11 +304,11 @@ def test_start_test_pool_defaults_to_an_eager_named_pool_of_two() -> None:
 
 
 def test_name_registers_the_pool_and_a_taken_name_fails_start(pools: Pools) -> None:
-    pool = pools.start(EchoWorker, pool_size=1, name="np_named_pool")
-    assert da.whereis("np_named_pool") == pool.actor_ref
-    assert pool.name == "np_named_pool"
+    pool = pools.start(EchoWorker, pool_size=1, name="named_pool")
+    assert da.whereis("named_pool") == pool.actor_ref
+    assert pool.name == "named_pool"
     with pytest.raises(da.NameTaken):
-        da.Pool.start(EchoWorker, pool_size=1, name="np_named_pool")
+        da.Pool.start(EchoWorker, pool_size=1, name="named_pool")
 
 
 def test_from_ref_drives_a_running_pool(pools: Pools) -> None:
@@ -314,6 +316,27 @@ def test_from_ref_drives_a_running_pool(pools: Pools) -> None:
     again = da.Pool.from_ref(pool.actor_ref)
     assert again.checkout(None, lambda f, c: (c, c)) == 1
     assert again == pool
+
+
+class NotAPool(da.Actor):
+    """An actor of another kind than a pool."""
+
+
+def test_pool_from_ref_refuses_the_ref_of_an_actor_that_is_not_a_pool() -> None:
+    """`ActorHandle.from_ref` raises TypeError for a ref of another kind of actor."""
+    other = NotAPool.start()
+    try:
+        with pytest.raises(TypeError, match="Pool"):
+            da.Pool.from_ref(other)
+    finally:
+        other.stop()
+
+
+def test_pool_from_ref_accepts_the_ref_of_a_running_pool() -> None:
+    """The kind check accepts a real pool's ref."""
+    with start_test_pool(pool_size=1) as pool:
+        again = da.Pool.from_ref(pool.actor_ref)
+        assert again.checkout("x", lambda _from, state: (state, state)) == 1
 
 
 def test_a_pool_runs_under_a_supervisor_with_child_spec() -> None:
@@ -330,6 +353,43 @@ def test_a_pool_runs_under_a_supervisor_with_child_spec() -> None:
     finally:
         sup.stop()
     assert not pool.is_alive()
+
+
+class Recording(da.PoolWorker):
+    """Workers numbered 1, 2, ...; every terminate callback is recorded in `init_arg`."""
+
+    def init_pool(self, init_arg: Any) -> da.Ok:
+        return da.Ok(init_arg)
+
+    def init_worker(self, pool_state: Any) -> da.Ok:
+        pool_state["n"] += 1
+        return da.Ok(pool_state["n"], pool_state)
+
+    def handle_checkout(
+        self, command: Any, from_: da.From, worker_state: Any, pool_state: Any
+    ) -> da.Ok:
+        return da.Ok(worker_state, worker_state, pool_state)
+
+    def terminate_worker(self, reason: Any, worker_state: Any, pool_state: Any) -> da.Ok:
+        pool_state["terminated"].append((worker_state, reason))
+        return da.Ok(pool_state)
+
+    def terminate_pool(self, reason: Any, pool_state: Any) -> None:
+        pool_state["pool_terminated"].append(reason)
+
+
+def test_a_pool_whose_parent_is_killed_still_terminates_its_idle_workers() -> None:
+    """A pool traps exits, as NimblePool does: its parent's `killed` exit signal runs the
+    pool's cleanup, which terminates every idle worker (with reason KILLED) and then the pool,
+    so no worker's resource (for a `ProcessPool`, its OS processes) is leaked."""
+    record: dict[str, Any] = {"n": 0, "terminated": [], "pool_terminated": []}
+    sup = da.Supervisor.start([da.Pool.child_spec(Recording, record, pool_size=2)])
+    pool_ref = sup.which_children()[0].ref
+    assert isinstance(pool_ref, type(sup.actor_ref))
+    assert kill_and_wait(sup.actor_ref) is da.KILLED
+    assert da.wait_exit(pool_ref) is da.KILLED
+    assert sorted(record["terminated"], key=repr) == [(1, da.KILLED), (2, da.KILLED)]
+    assert record["pool_terminated"] == [da.KILLED]
 
 
 def test_callbacks_are_pinned_in_order_by_the_scripted_worker(pools: Pools) -> None:

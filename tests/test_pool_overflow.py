@@ -1,7 +1,7 @@
-"""Poolboy's overflow on top of NimblePool (PB-03, PB-04, PB-09, PB-10) and WorkerStats (Fix 6).
+"""Poolboy's overflow on top of NimblePool, and per-worker statistics (`WorkerStats`).
 
-`pool_size` must be positive (NP-01 wins over Poolboy), so PB-10's ``(0, 2)`` and ``(0, 0)``
-examples have no equivalent here.
+`pool_size` must be positive (the NimblePool rule wins over Poolboy's), so Poolboy's
+``(0, 2)`` and ``(0, 0)`` size/overflow examples have no equivalent here.
 """
 
 from __future__ import annotations
@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pool_support import Pools, Waiter, hold, pools, release, wait_queued
 
 import dspex_actors as da
 from dspex_actors.testing import EchoWorker, FakeClock, sync
 
-__all__ = ["pools"]
+from support.pools import Pools, Waiter, hold, release, wait_queued
 
 
 def summary(pool: da.Pool) -> tuple[str, int, int, int]:
@@ -23,7 +22,7 @@ def summary(pool: da.Pool) -> tuple[str, int, int, int]:
     return (s.state, s.idle, s.overflow, s.busy)
 
 
-def test_pb_03_overflow_workers_are_created_up_to_max_overflow_then_callers_wait(
+def test_overflow_workers_are_created_up_to_max_overflow_then_callers_wait(
     pools: Pools,
 ) -> None:
     pool = pools.start(EchoWorker, pool_size=1, max_overflow=1)
@@ -42,7 +41,7 @@ def test_pb_03_overflow_workers_are_created_up_to_max_overflow_then_callers_wait
     assert pool.status().workers_started == 2
 
 
-def test_pb_04_overflow_workers_are_terminated_on_checkin_when_nobody_waits(
+def test_overflow_workers_are_terminated_on_checkin_when_nobody_waits(
     pools: Pools,
 ) -> None:
     pool = pools.start(EchoWorker, pool_size=5, max_overflow=5)
@@ -57,7 +56,7 @@ def test_pb_04_overflow_workers_are_terminated_on_checkin_when_nobody_waits(
     assert len(pool.worker_stats()) == 5
 
 
-def test_pb_04_a_checkin_with_waiters_goes_to_the_oldest_waiter_even_in_overflow(
+def test_a_checkin_with_waiters_goes_to_the_oldest_waiter_even_in_overflow(
     pools: Pools,
 ) -> None:
     pool = pools.start(EchoWorker, pool_size=1, max_overflow=1)
@@ -75,7 +74,7 @@ def test_pb_04_a_checkin_with_waiters_goes_to_the_oldest_waiter_even_in_overflow
     assert [s.worker_id for s in pool.worker_stats()] == [1]
 
 
-def test_pb_09_a_worker_removed_in_overflow_is_not_replaced(pools: Pools) -> None:
+def test_a_worker_removed_in_overflow_is_not_replaced(pools: Pools) -> None:
     pool = pools.start(EchoWorker, pool_size=1, max_overflow=1)
     first, second = hold(pool), hold(pool)
     release(second, error=RuntimeError("worker broke"))
@@ -87,7 +86,7 @@ def test_pb_09_a_worker_removed_in_overflow_is_not_replaced(pools: Pools) -> Non
     assert summary(pool) == ("ready", 1, 0, 0)
 
 
-def test_pb_09_a_worker_removed_outside_overflow_is_replaced_for_the_oldest_waiter(
+def test_a_worker_removed_outside_overflow_is_replaced_for_the_oldest_waiter(
     pools: Pools,
 ) -> None:
     pool = pools.start(EchoWorker, pool_size=1)
@@ -100,7 +99,7 @@ def test_pb_09_a_worker_removed_outside_overflow_is_replaced_for_the_oldest_wait
     assert summary(pool) == ("ready", 1, 0, 0)
 
 
-def test_pb_10_status_follows_poolboy_for_size_2_without_overflow(pools: Pools) -> None:
+def test_status_follows_poolboy_for_size_2_without_overflow(pools: Pools) -> None:
     pool = pools.start(EchoWorker, pool_size=2)
     assert summary(pool) == ("ready", 2, 0, 0)
     a = hold(pool)
@@ -111,7 +110,7 @@ def test_pb_10_status_follows_poolboy_for_size_2_without_overflow(pools: Pools) 
     release(b)
 
 
-def test_pb_10_status_follows_poolboy_for_size_1_overflow_1(pools: Pools) -> None:
+def test_status_follows_poolboy_for_size_1_overflow_1(pools: Pools) -> None:
     pool = pools.start(EchoWorker, pool_size=1, max_overflow=1)
     assert summary(pool) == ("ready", 1, 0, 0)
     a = hold(pool)
@@ -127,10 +126,10 @@ def test_a_lazy_pool_with_free_slots_is_ready(pools: Pools) -> None:
     assert summary(pool) == ("ready", 0, 0, 0)
 
 
-# --- seed Fix 6: WorkerStats ---------------------------------------------------------------------
+# --- WorkerStats ---------------------------------------------------------------------------------
 
 
-def test_seed_fix_6_the_pool_keeps_per_worker_stats(pools: Pools) -> None:
+def test_the_pool_keeps_per_worker_stats(pools: Pools) -> None:
     clock = FakeClock(start=100.0)
     pool = pools.start(EchoWorker, pool_size=2, clock=clock)
     # sync before each advance: the checkin (async) is stamped with the time it is handled.
@@ -163,7 +162,7 @@ def test_seed_fix_6_the_pool_keeps_per_worker_stats(pools: Pools) -> None:
         assert [s.busy for s in pool.worker_stats()] == [True, False]
 
 
-def test_seed_fix_6_error_checkins_count_error_states_of_kept_workers(pools: Pools) -> None:
+def test_error_checkins_count_error_states_of_kept_workers(pools: Pools) -> None:
     class Closing(EchoWorker):
         def handle_checkin(self, cs: Any, from_: da.From, ws: Any, ps: Any) -> da.Remove | da.Ok:
             return da.Remove("closed", ps) if cs == "close" else da.Ok(ws, ps)

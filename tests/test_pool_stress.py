@@ -180,7 +180,7 @@ class RacingWorker(da.PoolWorker):
 
 
 def test_checkout_timeouts_racing_with_grants_never_leak_a_worker() -> None:
-    """Reference 4.5 / PB-06: a caller that gives up just as the pool assigns it a worker gets
+    """A caller that gives up just as the pool assigns it a worker gets
     PoolTimeout, and that worker is removed ("timeout") and replaced, never leaked."""
     ledger = TimeoutLedger()
     pool = da.Pool.start(RacingWorker, ledger, pool_size=2)

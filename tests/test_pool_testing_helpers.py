@@ -1,7 +1,8 @@
 """The pool test helpers prove something: `Script` catches wrong orders, the readiness wait fails.
 
 `ScriptedWorker` (NimblePool's StatelessPool technique), `start_test_pool` and
-`wait_for_pool_ready` (seed Fix 7: the seed's version always returned ``:ok``).
+`wait_for_pool_ready` (which fails when the pool never gets ready, rather than always
+reporting success).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pool_support import Pools, init, ok_checkin, ok_checkout, pools, script
 
 import dspex_actors as da
 from dspex_actors.testing import (
@@ -21,7 +21,7 @@ from dspex_actors.testing import (
     wait_for_pool_ready,
 )
 
-__all__ = ["pools"]
+from support.pools import Pools, init, ok_checkin, ok_checkout, script
 
 
 def test_a_callback_out_of_script_order_fails_assert_drained(pools: Pools) -> None:

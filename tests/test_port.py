@@ -1,20 +1,24 @@
-"""Ports against real tiny children (issue 5 §1 and §3): ids pt_01..pt_30.
+"""A port against real tiny children: frames and codecs over a pipe, bad input, stderr, options,
+`Port.spawn`, the read path, and `PortActor`.
 
-Every child is a ``sys.executable -c`` script: an echo loop, one that exits, one that writes
-garbage, one that stalls, and a few that break the protocol in one precise way.
+Every child is a ``sys.executable -c`` program (an echo loop, one that writes garbage, one that
+stalls, a few that break the protocol in one precise way) or a `Port.spawn` handler. Who may
+use a port is in test_port_ownership.py, how it ends in test_port_lifecycle.py, and ports
+started around a `fork` in test_port_fork_safety.py.
+
+White-box parts: the spawn setup-frame test shortens `SETUP_TIMEOUT` and swaps the worker's
+argv in `dspex_actors._ports._launch` (a child that never reads its setup frame cannot be
+asked for through `Port.spawn`), and the read-path tests wrap the port's poller to count polls.
 """
 
 from __future__ import annotations
 
 import os
-import queue
+import select
 import signal
-import subprocess
 import sys
-import textwrap
 import threading
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import pykka
@@ -24,66 +28,34 @@ import dspex_actors as da
 from dspex_actors import (
     PICKLE_CODEC,
     RAW_CODEC,
+    CallTimeout,
+    InvalidOption,
     Port,
     PortActor,
     PortExited,
     PortInfo,
-    safe_connect,
-    validate_port,
 )
+from dspex_actors._ports import _launch
 from dspex_actors.testing import wait_for
 
-_IO = """
-import os, struct, sys, time
-r, w = sys.stdin.buffer, sys.stdout.buffer
-def read():
-    h = r.read(4)
-    if len(h) < 4:
-        return None
-    return r.read(struct.unpack(">I", h)[0])
-def write(data):
-    w.write(struct.pack(">I", len(data)) + data)
-    w.flush()
-"""
+from support.ports import ECHO, FRAME_IO, READ_TO_EOF, STALL, Ports, echo, gone, py
 
-ECHO = (
-    _IO
-    + """
-while (d := read()) is not None:
-    write(d)
-"""
-)
-EXITS = "import sys; sys.exit(3)"
 GARBAGE = (
-    _IO
+    FRAME_IO
     + """
 w.write(b"this is not a frame at all"); w.flush()
 time.sleep(30)  # sleep-ok: a stalled child program
 """
 )
-STALL = "import time; time.sleep(30)"  # sleep-ok: a stalled child program
-STUBBORN = (
-    _IO
-    + """
-import signal
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-child = os.fork()
-if child == 0:
-    time.sleep(30)  # sleep-ok: a stalled child program
-    os._exit(0)
-write(str(child).encode())
-time.sleep(30)  # sleep-ok: a stalled child program
-"""
-)
 BIG_FRAME = (
-    _IO
+    FRAME_IO
     + """
 write(b"x" * 100)
 read()
 """
 )
 BAD_JSON = (
-    _IO
+    FRAME_IO
     + """
 write(b"{not json")
 write(b'{"ok": true}')
@@ -91,7 +63,7 @@ read()
 """
 )
 WRONG_ID = (
-    _IO
+    FRAME_IO
     + """
 import json
 while (d := read()) is not None:
@@ -101,13 +73,13 @@ while (d := read()) is not None:
 """
 )
 TRUNCATED = (
-    _IO
+    FRAME_IO
     + """
 w.write(struct.pack(">I", 10) + b"abc"); w.flush()
 """
 )
 CHATTY = (
-    _IO
+    FRAME_IO
     + """
 sys.stderr.write("warming up\\nready\\n"); sys.stderr.flush()
 while (d := read()) is not None:
@@ -116,68 +88,10 @@ while (d := read()) is not None:
 )
 
 
-def py(script: str) -> list[str]:
-    return [sys.executable, "-c", textwrap.dedent(script)]
-
-
-class Ports:
-    """Opens ports for a test and closes every one at teardown."""
-
-    def __init__(self) -> None:
-        self.ports: list[Port] = []
-
-    def open(self, script: str, **options: Any) -> Port:
-        port = Port.open(py(script), **options)
-        self.ports.append(port)
-        return port
-
-    def spawn(self, handler: Any, *args: Any, **options: Any) -> Port:
-        port = Port.spawn(handler, *args, **options)
-        self.ports.append(port)
-        return port
-
-    def close(self) -> None:
-        for port in self.ports:
-            port.close(timeout=1.0)
-
-
-@pytest.fixture
-def ports() -> Iterator[Ports]:
-    p = Ports()
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-def in_thread(fn: Any) -> Any:
-    """Run `fn()` in a fresh thread; return its result or the exception it raised."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            out.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(10)
-    assert not t.is_alive()
-    return out[0]
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 # --- framing over a real pipe ------------------------------------------------------------------
 
 
-def test_pt_01_frames_round_trip_through_an_echo_child(ports: Ports) -> None:
+def test_frames_round_trip_through_an_echo_child(ports: Ports) -> None:
     port = ports.open(ECHO)
     port.send({"hello": [1, 2, 3]})
     port.send("second")
@@ -190,7 +104,7 @@ def test_pt_01_frames_round_trip_through_an_echo_child(ports: Ports) -> None:
     assert (info.codec, info.max_frame) == ("json", 16 * 1024 * 1024)
 
 
-def test_pt_02_request_adds_an_id_and_matches_the_reply(ports: Ports) -> None:
+def test_request_adds_an_id_and_matches_the_reply(ports: Ports) -> None:
     port = ports.open(ECHO)
     first = port.request({"command": "ping"}, timeout=10)
     second = port.request({"command": "ping"}, timeout=10)
@@ -199,7 +113,7 @@ def test_pt_02_request_adds_an_id_and_matches_the_reply(ports: Ports) -> None:
     assert port.request({"command": "x", "id": "mine"}, timeout=10)["id"] == "mine"
 
 
-def test_pt_03_the_raw_codec_carries_bytes_unchanged(ports: Ports) -> None:
+def test_the_raw_codec_carries_bytes_unchanged(ports: Ports) -> None:
     port = ports.open(ECHO, codec=RAW_CODEC)
     payload = bytes(range(256)) * 100
     port.send(payload)
@@ -209,7 +123,7 @@ def test_pt_03_the_raw_codec_carries_bytes_unchanged(ports: Ports) -> None:
 # --- bad input ---------------------------------------------------------------------------------
 
 
-def test_pt_04_an_outgoing_frame_over_max_frame_is_refused_and_the_port_stays_usable(
+def test_an_outgoing_frame_over_max_frame_is_refused_and_the_port_stays_usable(
     ports: Ports,
 ) -> None:
     port = ports.open(ECHO, max_frame=64)
@@ -218,7 +132,7 @@ def test_pt_04_an_outgoing_frame_over_max_frame_is_refused_and_the_port_stays_us
     assert port.request({"n": 1}, timeout=10)["n"] == 1
 
 
-def test_pt_05_an_incoming_length_over_max_frame_is_a_protocol_error_and_closes_the_port(
+def test_an_incoming_length_over_max_frame_is_a_protocol_error_and_closes_the_port(
     ports: Ports,
 ) -> None:
     port = ports.open(BIG_FRAME, max_frame=64)
@@ -230,14 +144,14 @@ def test_pt_05_an_incoming_length_over_max_frame_is_a_protocol_error_and_closes_
     assert port.info() is None
 
 
-def test_pt_06_garbage_bytes_on_stdout_are_a_protocol_error(ports: Ports) -> None:
+def test_garbage_bytes_on_stdout_are_a_protocol_error(ports: Ports) -> None:
     port = ports.open(GARBAGE, max_frame=1024)
     with pytest.raises(da.ProtocolError):
         port.recv(timeout=10)
     assert port.wait_exit(10) == -signal.SIGKILL
 
 
-def test_pt_07_invalid_json_is_a_protocol_error_and_the_next_frame_still_reads(
+def test_invalid_json_is_a_protocol_error_and_the_next_frame_still_reads(
     ports: Ports,
 ) -> None:
     port = ports.open(BAD_JSON)
@@ -246,13 +160,13 @@ def test_pt_07_invalid_json_is_a_protocol_error_and_the_next_frame_still_reads(
     assert port.recv(timeout=10) == {"ok": True}
 
 
-def test_pt_08_a_reply_with_the_wrong_id_is_a_protocol_error(ports: Ports) -> None:
+def test_a_reply_with_the_wrong_id_is_a_protocol_error(ports: Ports) -> None:
     port = ports.open(WRONG_ID)
     with pytest.raises(da.ProtocolError, match="reply id mismatch"):
         port.request({"command": "ping"}, timeout=10)
 
 
-def test_pt_09_a_frame_truncated_by_exit_is_a_protocol_error_then_port_closed(
+def test_a_frame_truncated_by_exit_is_a_protocol_error_then_port_closed(
     ports: Ports,
 ) -> None:
     port = ports.open(TRUNCATED)
@@ -262,7 +176,7 @@ def test_pt_09_a_frame_truncated_by_exit_is_a_protocol_error_then_port_closed(
         port.recv(timeout=10)
 
 
-def test_pt_10_request_needs_a_mapping_on_a_json_open_port(ports: Ports) -> None:
+def test_request_needs_a_mapping_on_a_json_open_port(ports: Ports) -> None:
     port = ports.open(ECHO)
     with pytest.raises(da.ProtocolError, match="needs a mapping"):
         port.request(["not", "a", "mapping"])
@@ -271,7 +185,7 @@ def test_pt_10_request_needs_a_mapping_on_a_json_open_port(ports: Ports) -> None
 # --- stderr ------------------------------------------------------------------------------------
 
 
-def test_pt_11_stderr_is_captured_separately_and_logged_with_the_port_id(
+def test_stderr_is_captured_separately_and_logged_with_the_port_id(
     ports: Ports, records: Any
 ) -> None:
     port = ports.open(CHATTY)
@@ -281,249 +195,11 @@ def test_pt_11_stderr_is_captured_separately_and_logged_with_the_port_id(
     assert [r["line"] for r in lines] == ["warming up", "ready"]
 
 
-# --- ownership ---------------------------------------------------------------------------------
-
-
-def test_pt_12_only_the_owner_may_send_receive_request_or_connect(ports: Ports) -> None:
-    port = ports.open(ECHO)
-    for attempt in (
-        lambda: port.send(1),
-        lambda: port.recv(timeout=0.01),
-        lambda: port.request({"x": 1}),
-        lambda: port.connect(threading.current_thread()),
-    ):
-        error = in_thread(attempt)
-        assert isinstance(error, da.PortNotOwned)
-        assert error.owner is threading.current_thread()
-
-
-def test_pt_13_connect_hands_the_port_to_a_new_owner_thread(ports: Ports) -> None:
-    port = ports.open(ECHO)
-    handed = threading.Event()
-    done = threading.Event()
-    result: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def new_owner() -> None:
-        handed.wait(10)
-        result.put(port.request({"from": "thread"}, timeout=10)["from"])
-        done.wait(10)
-
-    t = threading.Thread(target=new_owner)
-    t.start()
-    port.connect(t)
-    assert port.owner is t
-    handed.set()
-    assert result.get(timeout=10) == "thread"
-    with pytest.raises(da.PortNotOwned):
-        port.send("old owner")
-    done.set()
-    t.join(10)
-
-
-def test_pt_14_an_actor_owns_the_ports_it_opens() -> None:
-    class Opener(da.Actor):
-        def open(self) -> Port:
-            return Port.open(py(ECHO))
-
-        def ask_echo(self, port: Port) -> Any:
-            return port.request({"n": 7}, timeout=10)["n"]
-
-    ref = Opener.start()
-    try:
-        port = ref.proxy().open().get(timeout=10)
-        try:
-            assert isinstance(port.owner, pykka.ActorRef)
-            assert port.owner.actor_urn == ref.actor_urn
-            assert ref.proxy().ask_echo(port).get(timeout=10) == 7
-            with pytest.raises(da.PortNotOwned):
-                port.send(1)
-        finally:
-            port.close()
-    finally:
-        ref.stop()
-
-
-def test_pt_15_connect_to_a_dead_thread_fails_with_target_dead(ports: Ports) -> None:
-    port = ports.open(ECHO)
-    dead = threading.Thread(target=lambda: None)
-    dead.start()
-    dead.join()
-    with pytest.raises(da.ConnectFailed) as info:
-        port.connect(dead)
-    assert info.value.reason == "target_dead"
-    assert port.owner is threading.current_thread()
-
-
-# --- validate_port and safe_connect: every outcome ----------------------------------------------
-
-
-def test_pt_16_validate_port_returns_info_or_raises_each_seed_error(ports: Ports) -> None:
-    port = ports.open(ECHO)
-    assert validate_port(port) == port.info()
-    with pytest.raises(da.NotAPort):
-        validate_port("not a port")
-    assert isinstance(in_thread(lambda: validate_port(port)), da.PortNotOwned)
-    port.close()
-    with pytest.raises(da.PortClosed):
-        validate_port(port)
-
-
-class ScriptedThread(threading.Thread):
-    """A live thread whose `is_alive` answers are scripted, to pin connect races exactly."""
-
-    def __init__(self, answers: list[Any]) -> None:
-        super().__init__(target=lambda: None)
-        self.answers = answers
-
-    def is_alive(self) -> bool:
-        answer = self.answers.pop(0)
-        if callable(answer):
-            return bool(answer())
-        if isinstance(answer, BaseException):
-            raise answer
-        return bool(answer)
-
-
-def test_pt_17_safe_connect_hands_over_a_valid_port(ports: Ports) -> None:
-    port = ports.open(ECHO)
-    release = threading.Event()
-    target = threading.Thread(target=release.wait, args=(10,))
-    target.start()
-    try:
-        info = safe_connect(port, target)
-        assert info.owner is target
-        assert port.owner is target
-    finally:
-        release.set()
-        target.join()
-
-
-def test_pt_18_safe_connect_wraps_each_validation_error_as_the_reason(ports: Ports) -> None:
-    port = ports.open(ECHO)
-    me = threading.current_thread()
-    with pytest.raises(da.ConnectFailed) as not_a_port:
-        safe_connect(42, me)
-    assert isinstance(not_a_port.value.reason, da.NotAPort)
-    not_owned = in_thread(lambda: safe_connect(port, me))
-    assert isinstance(not_owned, da.ConnectFailed)
-    assert isinstance(not_owned.reason, da.PortNotOwned)
-    port.close()
-    with pytest.raises(da.ConnectFailed) as closed:
-        safe_connect(port, me)
-    assert isinstance(closed.value.reason, da.PortClosed)
-    assert closed.value.__cause__ is closed.value.reason
-
-
-def test_pt_19_safe_connect_to_a_dead_target_is_target_dead(ports: Ports) -> None:
-    port = ports.open(ECHO)
-    with pytest.raises(da.ConnectFailed) as info:
-        safe_connect(port, ScriptedThread([False]))
-    assert info.value.reason == "target_dead"
-
-
-def test_pt_20_a_process_dying_between_check_and_connect_is_process_died(ports: Ports) -> None:
-    port = ports.open(ECHO)
-
-    def close_then_alive() -> bool:
-        port.close()
-        return True
-
-    target = ScriptedThread([close_then_alive, True])
-    with pytest.raises(da.ConnectFailed) as info:
-        safe_connect(port, target)
-    assert info.value.reason == "process_died"
-
-
-def test_pt_21_a_target_exiting_during_connect_is_connect_exited_and_the_port_returns(
-    ports: Ports,
-) -> None:
-    port = ports.open(ECHO)
-    with pytest.raises(da.ConnectExited) as info:
-        safe_connect(port, ScriptedThread([True, False]))
-    assert info.value.reason == "target_exited"
-    assert port.owner is threading.current_thread()
-    assert port.request({"still": "mine"}, timeout=10)["still"] == "mine"
-
-
-def test_pt_22_an_unexpected_error_during_connect_is_connect_error(ports: Ports) -> None:
-    port = ports.open(ECHO)
-    with pytest.raises(da.ConnectError) as info:
-        safe_connect(port, ScriptedThread([True, OSError("weird")]))
-    assert info.value.kind == "OSError"
-    assert isinstance(info.value.reason, OSError)
-
-
-# --- death and close -----------------------------------------------------------------------------
-
-
-def test_pt_23_a_thread_owner_learns_of_death_from_recv_and_on_exit(ports: Ports) -> None:
-    exits: queue.SimpleQueue[PortExited] = queue.SimpleQueue()
-    port = ports.open(ECHO, on_exit=exits.put)
-    os.kill(port.os_pid, signal.SIGKILL)
-    event = exits.get(timeout=10)
-    assert event.port is port
-    assert event.status == -signal.SIGKILL
-    with pytest.raises(da.PortClosed, match="status -9"):
-        port.recv(timeout=10)
-    with pytest.raises(da.PortClosed):
-        port.send("anyone there?")
-    assert port.info() is None
-    assert gone(port.os_pid)
-
-
-def test_pt_24_an_actor_owner_gets_a_port_exited_message() -> None:
-    seen: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    class Owner(da.Actor):
-        def on_start(self) -> None:
-            self.port = Port.open(py(EXITS))
-
-        def on_receive(self, message: Any) -> Any:
-            seen.put(message)
-            return None
-
-    ref = Owner.start()
-    try:
-        message = seen.get(timeout=10)
-        assert isinstance(message, PortExited)
-        assert message.status == 3
-    finally:
-        ref.stop()
-
-
-def test_pt_25_close_is_graceful_first_the_child_exits_on_stdin_eof(ports: Ports) -> None:
-    port = ports.open(ECHO)
-    port.close(timeout=10)
-    assert port.exit_status == 0
-    assert gone(port.os_pid)
-    port.close()  # idempotent
-
-
-def test_pt_26_close_escalates_to_sigkill_of_the_whole_process_group(ports: Ports) -> None:
-    port = ports.open(STUBBORN)
-    grandchild = int(port.recv(timeout=10))
-    assert psutil.pid_exists(grandchild)
-    port.close(timeout=0.1)
-    assert port.exit_status == -signal.SIGKILL
-    assert gone(port.os_pid)
-    wait_for(lambda: gone(grandchild), timeout=5)
-
-
-def test_pt_27_a_stalled_child_times_out_and_a_blocked_send_gives_up(ports: Ports) -> None:
-    port = ports.open(STALL)
-    with pytest.raises(da.CallTimeout):
-        port.request({"n": 1}, timeout=0.05)
-    with pytest.raises(da.CallTimeout):
-        port.send("x" * 1_000_000, timeout=0.05)  # the pipe fills; nobody reads it
-    # Half a frame is in the pipe: the port killed its process rather than stay out of sync.
-    assert port.wait_exit(10) == -signal.SIGKILL
-    assert psutil.Process().children() == [] or all(
-        c.pid != port.os_pid for c in psutil.Process().children()
-    )
+# --- options -------------------------------------------------------------------------------------
 
 
 ENV_AND_CWD = (
-    _IO
+    FRAME_IO
     + """
 import json
 write(json.dumps({"var": os.environ.get("PORT_TEST_VAR"), "cwd": os.getcwd()}).encode())
@@ -532,14 +208,14 @@ read()
 )
 
 
-def test_pt_36_open_passes_env_and_cwd_to_the_program(ports: Ports, tmp_path: Any) -> None:
+def test_open_passes_env_and_cwd_to_the_program(ports: Ports, tmp_path: Any) -> None:
     env = {**os.environ, "PORT_TEST_VAR": "from-the-test"}
     port = ports.open(ENV_AND_CWD, env=env, cwd=str(tmp_path))
     reply = port.recv(timeout=10)
     assert reply == {"var": "from-the-test", "cwd": os.path.realpath(tmp_path)}
 
 
-def test_pt_28_bad_options_raise_invalid_option_before_anything_starts() -> None:
+def test_bad_options_raise_invalid_option_before_anything_starts() -> None:
     with pytest.raises(da.InvalidOption, match="argv"):
         Port.open("python -c pass")
     with pytest.raises(da.InvalidOption, match="argv"):
@@ -556,11 +232,25 @@ def test_pt_28_bad_options_raise_invalid_option_before_anything_starts() -> None
         Port.open(["/nonexistent/program"])
 
 
+def test_a_max_frame_the_prefix_cannot_express_is_refused_before_anything_starts() -> None:
+    """``max_frame`` above 2**32 - 1 is `InvalidOption` for `Port.open`, `Port.spawn` and
+    `ProcessPool.start`; 2**32 - 1 itself is accepted."""
+    with pytest.raises(InvalidOption, match="max_frame"):
+        Port.open([sys.executable, "-c", STALL], max_frame=2**32)
+    with pytest.raises(InvalidOption, match="max_frame"):
+        Port.spawn(echo, max_frame=2**32)
+    with pytest.raises(InvalidOption, match="max_frame"):
+        da.ProcessPool.start(target=echo, pool_size=1, max_frame=2**32)
+    port = Port.open([sys.executable, "-c", READ_TO_EOF], max_frame=2**32 - 1)
+    port.close(timeout=10)
+    assert port.exit_status == 0
+
+
 # --- Port.spawn ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["spawn", "fork"])
-def test_pt_29_spawn_serves_a_closure_and_reports_handler_errors(ports: Ports, method: str) -> None:
+def test_spawn_serves_a_closure_and_reports_handler_errors(ports: Ports, method: str) -> None:
     factor = 3
 
     def handler(request: Any, offset: int) -> Any:
@@ -581,21 +271,130 @@ def test_pt_29_spawn_serves_a_closure_and_reports_handler_errors(ports: Ports, m
     assert port.exit_status == 0
 
 
-def test_pt_35_a_handler_that_cannot_be_pickled_is_refused_before_anything_starts() -> None:
+def test_a_handler_that_cannot_be_pickled_is_refused_before_anything_starts() -> None:
     unpicklable = (n for n in range(3))  # a generator cannot cross a process boundary
     with pytest.raises(da.InvalidOption, match="picklable"):
         Port.spawn(lambda request, gen: request, unpicklable)
 
 
-def test_pt_30_spawn_with_the_pickle_codec_carries_any_value(ports: Ports) -> None:
+def test_spawn_with_the_pickle_codec_carries_any_value(ports: Ports) -> None:
     port = ports.spawn(lambda request: {frozenset(request)}, codec=PICKLE_CODEC)
     assert port.request({1, 2}, timeout=30) == {frozenset({1, 2})}
+
+
+def test_spawn_gives_up_on_a_child_that_never_reads_its_setup_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 2 MiB handler (more than a pipe holds) sent to a child that never reads:
+    `CallTimeout` after the setup timeout, and the child is killed and reaped."""
+    monkeypatch.setattr(_launch, "SETUP_TIMEOUT", 0.5)
+    monkeypatch.setattr(_launch, "spawn_argv", lambda: [sys.executable, "-c", STALL])
+    blob = os.urandom(2 << 20)
+
+    def handler(request: Any) -> Any:
+        return len(blob)
+
+    before = {child.pid for child in psutil.Process().children()}
+    with pytest.raises(CallTimeout, match="spawn"):
+        Port.spawn(handler)
+    # Killed and reaped before spawn raised: no child of ours is left, not even a zombie.
+    assert {child.pid for child in psutil.Process().children()} == before
+
+
+def repeat(request: Any) -> Any:
+    text, times = request
+    return text * times
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_a_reply_larger_than_a_pipe_holds_arrives_whole(ports: Ports, start_method: str) -> None:
+    port = Port.spawn(repeat, start_method=start_method, max_frame=8 << 20)
+    ports.append(port)
+    big = port.request(["ab", 1 << 20], timeout=30)  # 2 MiB of JSON string: many writes
+    assert big == "ab" * (1 << 20)
+    assert port.request(["c", 3], timeout=30) == "ccc"  # the stream is still in step
+
+
+# --- the read path: no poll when the reply is there, a wait when it is not --------------------
+
+
+# Writes the first 3 bytes of a 5-byte frame, waits for SIGUSR1, then writes the rest.
+SPLIT_FRAME = """
+import signal, struct, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+out = sys.stdout.buffer
+frame = struct.pack(">I", 5) + b'"abc"'
+out.write(frame[:3]); out.flush()
+signal.sigwait([signal.SIGUSR1])
+out.write(frame[3:]); out.flush()
+sys.stdin.buffer.read()
+"""
+
+
+class PollSpy:
+    """Wraps a port's poller: counts its polls and sets `polled` on each."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.polls = 0
+        self.polled = threading.Event()
+
+    def poll(self, ms: int) -> Any:
+        self.polls += 1
+        self.polled.set()
+        return self.real.poll(ms)
+
+    def register(self, *args: Any) -> None:
+        self.real.register(*args)
+
+    def unregister(self, fd: int) -> None:
+        self.real.unregister(fd)
+
+
+def test_a_reply_already_in_the_pipe_is_read_without_polling(ports: Ports) -> None:
+    port = Port.spawn(echo)
+    ports.append(port)
+    port.request("warm", timeout=30)
+    spy = PollSpy(port._poller)
+    port._poller = spy  # type: ignore[assignment]
+    port.send([99, "hello"], timeout=5)  # the envelope request() sends: [id, request]
+    fd = cast(int, port._stdout_fd)
+    assert select.select([fd], [], [], 10)[0] == [fd], "no reply within 10 s"
+    assert port.recv(timeout=5) == [99, True, "hello"]
+    assert spy.polls == 0
+    # With nothing there, recv waits (polls) and still times out as it should.
+    with pytest.raises(CallTimeout):
+        port.recv(timeout=0.05)
+    assert spy.polls >= 1
+
+
+def test_a_frame_arriving_in_parts_is_waited_for_and_read_whole(ports: Ports) -> None:
+    port = Port.open([sys.executable, "-c", SPLIT_FRAME])
+    ports.append(port)
+    spy = PollSpy(port._poller)
+    port._poller = spy  # type: ignore[assignment]
+    fd = cast(int, port._stdout_fd)
+    assert select.select([fd], [], [], 10)[0] == [fd], "no first part within 10 s"
+
+    def finish_the_frame() -> None:
+        # recv has read the first part and found nothing more: now the rest may come.
+        if spy.polled.wait(10):
+            os.kill(port.os_pid, signal.SIGUSR1)
+
+    helper = threading.Thread(target=finish_the_frame)
+    helper.start()
+    try:
+        assert port.recv(timeout=10) == "abc"
+    finally:
+        spy.polled.set()
+        helper.join(10)
+    assert spy.polls >= 1
 
 
 # --- PortActor -----------------------------------------------------------------------------------
 
 
-def test_pt_31_a_port_actor_exits_with_port_exited_when_its_process_dies() -> None:
+def test_a_port_actor_exits_with_port_exited_when_its_process_dies() -> None:
     ref = PortActor.start(argv=py(ECHO))
     pid = ref.proxy().os_pid().get(timeout=10)
     assert ref.proxy().request({"n": 5}).get(timeout=10)["n"] == 5
@@ -606,7 +405,7 @@ def test_pt_31_a_port_actor_exits_with_port_exited_when_its_process_dies() -> No
     assert not da.is_normal_exit(reason)
 
 
-def test_pt_32_stopping_or_killing_a_port_actor_closes_its_process() -> None:
+def test_stopping_or_killing_a_port_actor_closes_its_process() -> None:
     for end in ("stop", "kill"):
         ref = PortActor.start(target=lambda request: request)
         pid = ref.proxy().os_pid().get(timeout=10)
@@ -619,7 +418,7 @@ def test_pt_32_stopping_or_killing_a_port_actor_closes_its_process() -> None:
         assert gone(pid)
 
 
-def test_pt_33_a_supervisor_restarts_a_port_actor_whose_process_crashed() -> None:
+def test_a_supervisor_restarts_a_port_actor_whose_process_crashed() -> None:
     sup = da.Supervisor.start([PortActor.child_spec(argv=py(ECHO), id="echo")])
     try:
         first = sup.which_children()[0].ref
@@ -635,38 +434,3 @@ def test_pt_33_a_supervisor_restarts_a_port_actor_whose_process_crashed() -> Non
         assert second.proxy().request({"n": 1}).get(timeout=10)["n"] == 1
     finally:
         sup.stop()
-
-
-# --- orphans -------------------------------------------------------------------------------------
-
-ORPHAN_PARENT = """
-import sys, time
-from dspex_actors import Port
-if __name__ == "__main__":
-    a = Port.open([sys.executable, "-c", "import time; time.sleep(60)"])  # sleep-ok: stall
-    b = Port.spawn(lambda request: request)
-    c = Port.spawn(lambda request: request, start_method="fork")
-    print(a.os_pid, b.os_pid, c.os_pid, flush=True)
-    time.sleep(60)  # sleep-ok: a stalled child program
-"""
-
-
-def test_pt_34_children_exit_within_a_second_when_their_parent_is_sigkilled() -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", ORPHAN_PARENT], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert parent.stdout is not None
-        pids = [int(p) for p in parent.stdout.readline().split()]
-        assert len(pids) == 3
-        children = [psutil.Process(pid) for pid in pids]
-        assert all(c.is_running() for c in children)
-        parent.kill()
-        parent.wait(10)
-        # Bounded wait: within 1 s every worker is gone (or a zombie awaiting its new parent).
-        wait_for(lambda: all(gone(pid) for pid in pids), timeout=1.0)
-    finally:
-        parent.kill()
-        parent.wait(10)
-        if parent.stdout is not None:
-            parent.stdout.close()

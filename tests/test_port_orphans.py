@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from process_support import Script, Seen, descendants, stall_interpreter_starts, wait_gone
 
 import dspex_actors as da
+
+from support.processes import Script, Seen, descendants, stall_interpreter_starts, wait_gone
 
 # --- 4. every worker dies within a second of its SIGKILLed owner --------------------------------
 

@@ -1,4 +1,12 @@
-"""PortWorker and ProcessPool (issue 5 §2, §3 "bad input"): ids pp_01..pp_20."""
+"""`ProcessPool` and its `PortWorker`: calls, failures (crashes, timeouts, bad replies, a
+worker exiting while a grandchild holds its stdout), options, and the worker callbacks driven
+by hand, where every checkout failure is a `Remove` with a reason naming it.
+
+White-box parts: `FORK_SERVER` (`dspex_actors._ports._forkserver`) is read to tell the fork
+server's pid from the workers' and to check that a pool holds the server for exactly its
+life (no public API exposes the server), and one test hands a port to a stranger thread with
+`Port._reclaim` to make the pool not own it.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +24,29 @@ import psutil
 import pytest
 
 import dspex_actors as da
-from dspex_actors import From, Port, PortExited
-from dspex_actors._pool._results import Async, Ok, Remove, Skip
-from dspex_actors._ports._forkserver import FORK_SERVER
-from dspex_actors._ports._process_pool import (
+from dspex_actors import (
+    PICKLE_CODEC,
+    RAW_CODEC,
+    Async,
+    CallTimeout,
+    From,
+    InvalidOption,
+    Ok,
+    Port,
     PortCheckout,
+    PortExited,
     PortSpec,
     PortWorker,
     PortWorkerState,
     ProcessPool,
+    Remove,
+    Skip,
+    WorkerCrashed,
 )
+from dspex_actors._ports._forkserver import FORK_SERVER
 from dspex_actors.testing import wait_for
+
+from support.ports import DETACH_IO, GRANDCHILD, STALL, Grandchildren, echo
 
 # One program, told how to misbehave by each request.
 MODES = textwrap.dedent(
@@ -113,20 +133,20 @@ def settled(pool: ProcessPool, size: int) -> bool:
 # --- calls -------------------------------------------------------------------------------------
 
 
-def test_pp_01_call_runs_a_closure_in_a_worker_process(pools: Pools) -> None:
+def test_call_runs_a_closure_in_a_worker_process(pools: Pools) -> None:
     offset = 100
     pool = pools.start(target=lambda request, k: request * k + offset, args=(3,), pool_size=2)
     assert [pool.call(n, timeout=30) for n in range(5)] == [100, 103, 106, 109, 112]
     assert pool.status().workers_started == 2
 
 
-def test_pp_02_call_on_an_argv_pool_returns_the_reply_mapping(pools: Pools) -> None:
+def test_call_on_an_argv_pool_returns_the_reply_mapping(pools: Pools) -> None:
     pool = pools.start(argv=ARGV, pool_size=1)
     reply = pool.call({"n": 21}, timeout=30)
     assert reply["double"] == 42
 
 
-def test_pp_03_worker_stats_count_checkouts_and_checkins_per_seed_fix_6(pools: Pools) -> None:
+def test_worker_stats_count_checkouts_and_checkins_per_worker(pools: Pools) -> None:
     pool = pools.start(target=double, pool_size=1)
     for n in range(3):
         assert pool.call(n, timeout=30) == n * 2
@@ -135,7 +155,7 @@ def test_pp_03_worker_stats_count_checkouts_and_checkins_per_seed_fix_6(pools: P
     assert (stats.checkouts, stats.error_checkins) == (3, 0)
 
 
-def test_pp_04_a_handler_error_is_remote_error_and_the_worker_stays(pools: Pools) -> None:
+def test_a_handler_error_is_remote_error_and_the_worker_stays(pools: Pools) -> None:
     pool = pools.start(target=double, pool_size=1)
     with pytest.raises(da.RemoteError, match="no booms") as info:
         pool.call("boom", timeout=30)
@@ -147,7 +167,7 @@ def test_pp_04_a_handler_error_is_remote_error_and_the_worker_stays(pools: Pools
 # --- failures ----------------------------------------------------------------------------------
 
 
-def test_pp_05_a_dead_idle_worker_is_replaced_without_any_caller_noticing(pools: Pools) -> None:
+def test_a_dead_idle_worker_is_replaced_without_any_caller_noticing(pools: Pools) -> None:
     pool = pools.start(target=double, pool_size=2)
     assert pool.call(1, timeout=30) == 2
     victim = worker_pids()[0]
@@ -157,7 +177,7 @@ def test_pp_05_a_dead_idle_worker_is_replaced_without_any_caller_noticing(pools:
     assert [pool.call(n, timeout=30) for n in range(10)] == [n * 2 for n in range(10)]
 
 
-def test_pp_06_a_worker_dying_mid_request_raises_worker_crashed(pools: Pools) -> None:
+def test_a_worker_dying_mid_request_raises_worker_crashed(pools: Pools) -> None:
     pool = pools.start(target=double, pool_size=1)
     with pytest.raises(da.WorkerCrashed) as info:
         pool.call("die", timeout=30)
@@ -166,7 +186,7 @@ def test_pp_06_a_worker_dying_mid_request_raises_worker_crashed(pools: Pools) ->
     wait_for(lambda: settled(pool, 1), timeout=10)
 
 
-def test_pp_07_retries_rerun_a_request_whose_worker_crashed(pools: Pools, tmp_path: Path) -> None:
+def test_retries_rerun_a_request_whose_worker_crashed(pools: Pools, tmp_path: Path) -> None:
     marker = tmp_path / "crashed-once"
 
     def flaky(request: Any, path: str) -> Any:
@@ -180,7 +200,60 @@ def test_pp_07_retries_rerun_a_request_whose_worker_crashed(pools: Pools, tmp_pa
     assert pool.status().workers_removed == 1
 
 
-def test_pp_08_a_timed_out_request_removes_its_worker_so_no_one_reads_a_stale_reply(
+# A pool worker: the first request any worker of the pool sees (the marker file does not exist
+# yet) detaches a grandchild, records its pid in the marker and exits; later ones are answered.
+POOL_WORKER = (
+    f"GRANDCHILD = {GRANDCHILD!r}\n"
+    + DETACH_IO
+    + """
+marker = sys.argv[1]
+while (msg := read()) is not None:
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        write({"id": msg["id"], "double": msg["n"] * 2})
+        continue
+    os.write(fd, str(detach()).encode())
+    os.close(fd)
+    sys.exit(4)
+"""
+)
+
+
+def test_a_pool_worker_exiting_mid_request_with_a_grandchild_on_stdout_is_worker_crashed(
+    tmp_path: Path, grandchildren: Grandchildren
+) -> None:
+    """`ProcessPool.call` raises `WorkerCrashed`, not `CallTimeout`."""
+    marker = tmp_path / "grandchild-pid"
+    grandchildren.markers.append(marker)
+    pool = ProcessPool.start(argv=[sys.executable, "-c", POOL_WORKER, str(marker)], pool_size=1)
+    try:
+        with pytest.raises(WorkerCrashed) as info:
+            pool.call({"n": 1}, timeout=30)
+        assert info.value.exit_status == 4
+        assert pool.call({"n": 2}, timeout=30)["double"] == 4  # the replacement serves
+    finally:
+        pool.stop(timeout=30)
+
+
+def test_retries_rerun_a_call_whose_worker_exited_with_a_grandchild_on_stdout(
+    tmp_path: Path, grandchildren: Grandchildren
+) -> None:
+    """The crash is a `WorkerCrashed`, so ``retries=1`` runs the request again."""
+    marker = tmp_path / "grandchild-pid"
+    grandchildren.markers.append(marker)
+    pool = ProcessPool.start(
+        argv=[sys.executable, "-c", POOL_WORKER, str(marker)], pool_size=2, retries=1
+    )
+    try:
+        assert pool.call({"n": 21}, timeout=30)["double"] == 42
+        assert marker.exists()  # a worker did crash first
+        wait_for(lambda: pool.status().workers_removed == 1, timeout=10)
+    finally:
+        pool.stop(timeout=30)
+
+
+def test_a_timed_out_request_removes_its_worker_so_no_one_reads_a_stale_reply(
     pools: Pools,
 ) -> None:
     pool = pools.start(target=double, pool_size=1)
@@ -192,8 +265,52 @@ def test_pp_08_a_timed_out_request_removes_its_worker_so_no_one_reads_a_stale_re
     assert pool.call(21, timeout=30) == 42
 
 
+HOLDS_FIRST_REPLY = """
+import json, struct, sys
+r, w = sys.stdin.buffer, sys.stdout.buffer
+def read():
+    h = r.read(4)
+    return None if len(h) < 4 else json.loads(r.read(struct.unpack(">I", h)[0]))
+def write(msg):
+    data = json.dumps(msg).encode()
+    w.write(struct.pack(">I", len(data)) + data)
+    w.flush()
+held = []
+while (msg := read()) is not None:
+    if msg.get("hold"):
+        held.append(msg)  # answered late: just before the next request's reply
+        continue
+    for old in held:
+        write(old)
+    held.clear()
+    write(msg)
+"""
+
+
+def test_a_lease_that_swallows_a_request_timeout_does_not_pass_the_stale_reply_on() -> None:
+    """A caller catches `CallTimeout` from `port.request` inside a checkout and checks
+    the worker in with ``"ok"``; the next caller (same request id, as a protocol with its own
+    ids does) must not read the late reply meant for the first one."""
+    pool = ProcessPool.start([sys.executable, "-c", HOLDS_FIRST_REPLY], pool_size=1)
+    try:
+
+        def first(from_: Any, port: Port) -> tuple[Any, str]:
+            with pytest.raises(CallTimeout):
+                port.request({"id": "q", "n": 1, "hold": True}, timeout=0.2)
+            return None, "ok"  # the caller swallowed the timeout
+
+        pool.checkout(None, first, timeout=10)
+
+        def second(from_: Any, port: Port) -> tuple[Any, str]:
+            return port.request({"id": "q", "n": 2}, timeout=10), "ok"
+
+        assert pool.checkout(None, second, timeout=10)["n"] == 2
+    finally:
+        pool.stop()
+
+
 @pytest.mark.parametrize("mode", ["garbage", "bad_json", "wrong_id", "truncated"])
-def test_pp_09_bad_replies_are_protocol_errors_the_worker_is_removed_and_the_pool_serves(
+def test_bad_replies_are_protocol_errors_the_worker_is_removed_and_the_pool_serves(
     pools: Pools, mode: str
 ) -> None:
     pool = pools.start(argv=ARGV, pool_size=1, max_frame=1024)
@@ -203,7 +320,7 @@ def test_pp_09_bad_replies_are_protocol_errors_the_worker_is_removed_and_the_poo
     assert pool.call({"n": 2}, timeout=30)["double"] == 4
 
 
-def test_pp_10_an_exception_inside_a_lease_removes_the_worker(pools: Pools) -> None:
+def test_an_exception_inside_a_lease_removes_the_worker(pools: Pools) -> None:
     pool = pools.start(target=double, pool_size=1)
     seen: list[Port] = []
 
@@ -223,7 +340,7 @@ def test_pp_10_an_exception_inside_a_lease_removes_the_worker(pools: Pools) -> N
     assert pool.call(3, timeout=30) == 6
 
 
-def test_pp_11_checkin_close_removes_the_worker_and_ok_keeps_it(pools: Pools) -> None:
+def test_checkin_close_removes_the_worker_and_ok_keeps_it(pools: Pools) -> None:
     pool = pools.start(target=double, pool_size=1)
 
     def use(from_: From, port: Port) -> tuple[Any, str]:
@@ -240,7 +357,7 @@ def test_pp_11_checkin_close_removes_the_worker_and_ok_keeps_it(pools: Pools) ->
     wait_for(lambda: pool.status().workers_removed == 1, timeout=10)
 
 
-def test_pp_12_stopping_the_pool_reaps_every_worker_even_one_checked_out(pools: Pools) -> None:
+def test_stopping_the_pool_reaps_every_worker_even_one_checked_out(pools: Pools) -> None:
     pool = pools.start(target=double, pool_size=2)
     lease = pool.lease("held", timeout=30)
     with lease:
@@ -252,7 +369,7 @@ def test_pp_12_stopping_the_pool_reaps_every_worker_even_one_checked_out(pools: 
     assert all(not psutil.pid_exists(pid) for pid in pids)
 
 
-def test_pp_13_bad_options_raise_invalid_option_before_anything_starts() -> None:
+def test_bad_options_raise_invalid_option_before_anything_starts() -> None:
     with pytest.raises(da.InvalidOption, match="argv"):
         ProcessPool.start(pool_size=1)
     with pytest.raises(da.InvalidOption, match="argv"):
@@ -265,7 +382,30 @@ def test_pp_13_bad_options_raise_invalid_option_before_anything_starts() -> None
         ProcessPool.start(target=double, pool_size=0)
 
 
-def test_pp_14_a_checkout_command_that_is_not_a_port_checkout_is_skipped() -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"target": echo, "max_frame": 0},
+        {"target": echo, "codec": "json"},
+        {"target": echo, "codec": RAW_CODEC},
+        {"argv": [sys.executable, "-c", STALL], "codec": PICKLE_CODEC},
+    ],
+    ids=["max_frame_0", "codec_not_a_codec", "raw_codec_for_target", "pickle_for_argv"],
+)
+def test_process_pool_start_refuses_a_bad_max_frame_or_codec_before_starting_anything(
+    options: dict[str, Any],
+) -> None:
+    """`ProcessPool.start` documents ``InvalidOption: a bad option; nothing was
+    started``; a bad `max_frame` or codec must not become a pool whose workers fail forever."""
+    try:
+        pool = ProcessPool.start(pool_size=1, **options)
+    except InvalidOption:
+        return
+    pool.stop()  # only reached without the check: do not leak the pool
+    pytest.fail(f"ProcessPool.start accepted {options}")
+
+
+def test_a_checkout_command_that_is_not_a_port_checkout_is_skipped() -> None:
     pool = da.Pool.start(PortWorker, PortSpec(target=double), pool_size=1)
     try:
         with pytest.raises(da.InvalidOption, match="PortCheckout"):
@@ -275,7 +415,7 @@ def test_pp_14_a_checkout_command_that_is_not_a_port_checkout_is_skipped() -> No
         pool.stop(timeout=30)
 
 
-# --- every checkout failure is a Remove with the seed's reason (PortWorker unit) -------------
+# --- every checkout failure is a Remove naming its reason (PortWorker unit) ------------------
 
 
 class ScriptedThread(threading.Thread):
@@ -316,7 +456,7 @@ def checkout(
     return w.handle_checkout(PortCheckout(owner, "cmd"), FROM, state, pool_state)
 
 
-def test_pp_15_checkout_of_a_dead_port_is_remove_checkout_failed_port_closed(
+def test_checkout_of_a_dead_port_is_remove_checkout_failed_port_closed(
     worker: tuple[PortWorker, PortWorkerState, Any],
 ) -> None:
     w, state, pool_state = worker
@@ -326,7 +466,7 @@ def test_pp_15_checkout_of_a_dead_port_is_remove_checkout_failed_port_closed(
     assert result == Remove(("checkout_failed", "port_closed"), pool_state)
 
 
-def test_pp_16_checkout_of_a_port_the_pool_does_not_own_is_checkout_failed_port_not_owned(
+def test_checkout_of_a_port_the_pool_does_not_own_is_checkout_failed_port_not_owned(
     worker: tuple[PortWorker, PortWorkerState, Any],
 ) -> None:
     w, state, pool_state = worker
@@ -337,7 +477,7 @@ def test_pp_16_checkout_of_a_port_the_pool_does_not_own_is_checkout_failed_port_
     state.port._reclaim(threading.current_thread())
 
 
-def test_pp_17_checkout_of_something_not_a_port_is_checkout_failed_not_a_port(
+def test_checkout_of_something_not_a_port_is_checkout_failed_not_a_port(
     worker: tuple[PortWorker, PortWorkerState, Any],
 ) -> None:
     w, _, pool_state = worker
@@ -346,7 +486,7 @@ def test_pp_17_checkout_of_something_not_a_port_is_checkout_failed_not_a_port(
     assert result == Remove(("checkout_failed", "not_a_port"), pool_state)
 
 
-def test_pp_18_connect_failures_map_to_connect_failed_exited_and_error(
+def test_connect_failures_map_to_connect_failed_exited_and_error(
     worker: tuple[PortWorker, PortWorkerState, Any],
 ) -> None:
     w, state, pool_state = worker
@@ -363,7 +503,7 @@ def test_pp_18_connect_failures_map_to_connect_failed_exited_and_error(
     assert state.port.owner is threading.current_thread()  # never lost on the way
 
 
-def test_pp_19_a_successful_checkout_hands_the_port_over_and_checkin_takes_it_back(
+def test_a_successful_checkout_hands_the_port_over_and_checkin_takes_it_back(
     worker: tuple[PortWorker, PortWorkerState, Any],
 ) -> None:
     w, state, pool_state = worker
@@ -383,7 +523,7 @@ def test_pp_19_a_successful_checkout_hands_the_port_over_and_checkin_takes_it_ba
         client.join()
 
 
-def test_pp_20_ping_and_info_remove_a_worker_whose_process_died(
+def test_ping_and_info_remove_a_worker_whose_process_died(
     worker: tuple[PortWorker, PortWorkerState, Any],
 ) -> None:
     w, state, pool_state = worker
@@ -398,7 +538,7 @@ def test_pp_20_ping_and_info_remove_a_worker_whose_process_died(
 STALLED = [sys.executable, "-c", "import time; time.sleep(30)"]  # sleep-ok: stall
 
 
-def test_pp_21_an_argv_worker_that_does_not_answer_its_ping_is_removed() -> None:
+def test_an_argv_worker_that_does_not_answer_its_ping_is_removed() -> None:
     w = PortWorker()
     ok = w.init_pool(PortSpec(argv=STALLED, ping={"command": "ping"}, init_timeout=0.2))
     assert isinstance(ok, Ok)
@@ -415,7 +555,7 @@ def test_pp_21_an_argv_worker_that_does_not_answer_its_ping_is_removed() -> None
         w.terminate_pool("normal", pool_state)  # drops the pool's fork-server reference
 
 
-def test_pp_22_a_worker_that_never_answers_its_first_ping_is_not_handed_out() -> None:
+def test_a_worker_that_never_answers_its_first_ping_is_not_handed_out() -> None:
     w = PortWorker()
     ok = w.init_pool(PortSpec(argv=STALLED, ping={"command": "ping"}, init_timeout=0.2))
     assert isinstance(ok, Ok)
@@ -437,11 +577,11 @@ def pid_and_parent(request: Any) -> list[int]:
     ("start_method", "forked_by_server"),
     [(None, True), ("forkserver", True), ("spawn", False), ("fork", False)],
 )
-def test_pp_23_target_workers_default_to_the_fork_server_which_the_pool_holds_for_its_life(
+def test_target_workers_default_to_the_fork_server_which_the_pool_holds_for_its_life(
     pools: Pools, start_method: str | None, forked_by_server: bool
 ) -> None:
-    """Issue 5 §1 start method: safe by default (no fork of this threaded process), and the
-    default replaces a worker fast; the pool holds the server until it stops, then it is gone."""
+    """The default start method is safe (no fork of this threaded process) and replaces a
+    worker fast; the pool holds the server until it stops, then the server is gone."""
     assert FORK_SERVER.users == 0
     pool = pools.start(target=pid_and_parent, pool_size=2, start_method=start_method)
     pid, parent = pool.call(None, timeout=30)
@@ -471,7 +611,7 @@ class CountingPool(ProcessPool):
         return super().checkout(command, fn, timeout)
 
 
-def test_pp_24_call_goes_through_a_subclass_s_checkout() -> None:
+def test_call_goes_through_a_subclass_s_checkout() -> None:
     """`call` checks a worker out with `self.checkout`, so an override sees every call."""
     CountingPool.checkouts = 0
     pool = CountingPool.start(target=double, pool_size=1)

@@ -1,7 +1,11 @@
-"""ProcessPool under SIGKILL chaos; orphans after the parent dies (issue 5 §3): ids pc_01..pc_04.
+"""ProcessPool under SIGKILL chaos; orphans after the parent dies.
 
 The workers are a tiny ``python -c`` JSON program (fast to start) so the killer can keep the
 pool busy replacing workers without the test taking long on a loaded machine.
+
+White-box: the killer reads the fork server's pid (`FORK_SERVER`, from
+`dspex_actors._ports._forkserver`, with no public API) to spare the server and kill only its
+children, the workers.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import psutil
 import pytest
 
 import dspex_actors as da
+from dspex_actors import ProcessPool
 from dspex_actors._ports._forkserver import FORK_SERVER
-from dspex_actors._ports._process_pool import ProcessPool
 from dspex_actors.testing import wait_for
 
 DOUBLER = textwrap.dedent(
@@ -137,7 +141,7 @@ def run_chaos(retries: int, calls: int, check: Callable[[int, Any], None], **opt
     return killer.kills
 
 
-def test_pc_01_with_retries_every_call_succeeds_while_workers_are_sigkilled() -> None:
+def test_with_retries_every_call_succeeds_while_workers_are_sigkilled() -> None:
     """8 client threads x 500 requests, a random worker SIGKILLed every 50 ms, retries=2:
     every call returns its own correct result; afterwards the pool is back at full size and,
     once stopped, no child process remains."""
@@ -149,7 +153,7 @@ def test_pc_01_with_retries_every_call_succeeds_while_workers_are_sigkilled() ->
     run_chaos(retries=2, calls=500, check=check, argv=ARGV, ping={"n": 0})
 
 
-def test_pc_02_without_retries_every_call_is_correct_or_worker_crashed() -> None:
+def test_without_retries_every_call_is_correct_or_worker_crashed() -> None:
     crashed = []
 
     def check(n: int, reply: Any) -> None:
@@ -173,10 +177,10 @@ def doubler(request: Any) -> Any:
         pytest.param({"argv": ARGV, "ping": {"n": 0}, "start_method": "forkserver"}, id="argv"),
     ],
 )
-def test_pc_04_forkserver_workers_survive_the_same_chaos(options: dict[str, Any]) -> None:
-    """pc_01 with workers the fork server starts (the default for `target` pools, a choice for
-    `argv` pools): the killer SIGKILLs the server's children, the workers; every call still
-    succeeds with retries=2, and the pool is back at full size."""
+def test_forkserver_workers_survive_the_same_chaos(options: dict[str, Any]) -> None:
+    """The same chaos with workers the fork server starts (the default for `target` pools, a
+    choice for `argv` pools): the killer SIGKILLs the server's children, the workers; every
+    call still succeeds with retries=2, and the pool is back at full size."""
 
     def check(n: int, reply: Any) -> None:
         assert not isinstance(reply, BaseException), reply
@@ -205,7 +209,7 @@ if __name__ == "__main__":
 """
 
 
-def test_pc_03_a_pools_workers_are_gone_within_a_second_of_the_parent_being_sigkilled() -> None:
+def test_a_pools_workers_are_gone_within_a_second_of_the_parent_being_sigkilled() -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", ORPHAN_PARENT], stdout=subprocess.PIPE, text=True
     )

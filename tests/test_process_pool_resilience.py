@@ -24,7 +24,11 @@ from typing import Any
 
 import psutil
 import pytest
-from process_support import (
+
+import dspex_actors as da
+from dspex_actors.testing import sync, wait_for
+
+from support.processes import (
     PROGRAMS,
     Seen,
     descendants,
@@ -33,9 +37,6 @@ from process_support import (
     stall_interpreter_starts,
     wait_gone,
 )
-
-import dspex_actors as da
-from dspex_actors.testing import sync, wait_for
 
 FRAME_WORKER = [sys.executable, os.path.join(PROGRAMS, "frame_worker.py")]
 

@@ -1,4 +1,4 @@
-"""The Registry actor: unique/duplicate keys, cleanup on exit, dispatch, listeners (REG-01..10).
+"""The Registry actor: unique/duplicate keys, cleanup on exit, dispatch, listeners.
 
 Plus option validation, `Registry.via` names, supervision of a registry, and a concurrent stress
 test (8 threads) proving lookups never return an actor whose exit was already seen, and that no
@@ -14,7 +14,6 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import Supervisors
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -22,6 +21,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 import dspex_actors as da
 from dspex_actors import Entry, Keys, Registry
 from dspex_actors.testing import sync, wait_for
+
+from support.supervision import Supervisors
 
 
 class Worker(da.Actor):
@@ -93,10 +94,10 @@ def duplicate() -> Iterator[Registry]:
         reg.stop()
 
 
-# --- REG-01..04: registration and cleanup -------------------------------------------------
+# --- registration and cleanup --------------------------------------------------------------------
 
 
-def test_reg_01_a_unique_registry_rejects_a_second_live_registration_of_a_key(
+def test_a_unique_registry_rejects_a_second_live_registration_of_a_key(
     unique: Registry, workers: Start
 ) -> None:
     holder, other = workers(), workers()
@@ -111,7 +112,7 @@ def test_reg_01_a_unique_registry_rejects_a_second_live_registration_of_a_key(
     assert unique.keys(other) == []
 
 
-def test_reg_02_a_duplicate_registry_lets_one_actor_register_a_key_several_times(
+def test_a_duplicate_registry_lets_one_actor_register_a_key_several_times(
     duplicate: Registry, workers: Start
 ) -> None:
     a, b = workers(), workers()
@@ -126,7 +127,7 @@ def test_reg_02_a_duplicate_registry_lets_one_actor_register_a_key_several_times
 
 
 @pytest.mark.parametrize("how", ["stop", "crash", "kill"])
-def test_reg_03_entries_vanish_when_their_actor_exits_for_any_reason(
+def test_entries_vanish_when_their_actor_exits_for_any_reason(
     duplicate: Registry, workers: Start, how: str
 ) -> None:
     doomed, survivor = workers(), workers()
@@ -148,7 +149,7 @@ def test_reg_03_entries_vanish_when_their_actor_exits_for_any_reason(
     assert duplicate.keys(doomed) == []
 
 
-def test_reg_03_whereis_returns_none_for_a_stopped_holder_even_before_cleanup(
+def test_whereis_returns_none_for_a_stopped_holder_even_before_cleanup(
     unique: Registry,
 ) -> None:
     stopping, release = threading.Event(), threading.Event()
@@ -167,7 +168,7 @@ def test_reg_03_whereis_returns_none_for_a_stopped_holder_even_before_cleanup(
     assert unique.count() == 0
 
 
-def test_reg_04_a_unique_key_held_by_a_stopped_actor_is_taken_over_at_once(
+def test_a_unique_key_held_by_a_stopped_actor_is_taken_over_at_once(
     unique: Registry, workers: Start
 ) -> None:
     stopping, release = threading.Event(), threading.Event()
@@ -199,10 +200,10 @@ def test_register_refuses_a_stopped_actor_and_an_unhashable_key(
     assert unique.count() == 0
 
 
-# --- REG-05: via names ----------------------------------------------------------------------
+# --- via names -----------------------------------------------------------------------------------
 
 
-def test_reg_05_a_via_name_registers_and_finds_an_actor_in_the_registry(
+def test_a_via_name_registers_and_finds_an_actor_in_the_registry(
     unique: Registry, workers: Start
 ) -> None:
     ref = workers()
@@ -215,7 +216,7 @@ def test_reg_05_a_via_name_registers_and_finds_an_actor_in_the_registry(
         da.unregister(unique.via("svc"))
 
 
-def test_reg_05_starting_with_a_taken_via_name_raises_already_started(
+def test_starting_with_a_taken_via_name_raises_already_started(
     unique: Registry, sups: Supervisors
 ) -> None:
     first = sups.start([], name=unique.via("sup"))
@@ -225,12 +226,12 @@ def test_reg_05_starting_with_a_taken_via_name_raises_already_started(
     assert info.value.ref is first.actor_ref
 
 
-def test_reg_05_a_via_name_on_a_duplicate_registry_is_refused(duplicate: Registry) -> None:
+def test_a_via_name_on_a_duplicate_registry_is_refused(duplicate: Registry) -> None:
     with pytest.raises(da.InvalidOption, match=r"Keys\.UNIQUE to name actors with via"):
         duplicate.via("svc")
 
 
-def test_reg_05_a_supervised_child_named_by_via_is_found_after_a_restart(
+def test_a_supervised_child_named_by_via_is_found_after_a_restart(
     unique: Registry, sups: Supervisors
 ) -> None:
     sup = sups.start([Worker.child_spec(id="w", name=unique.via("worker"))])
@@ -244,10 +245,10 @@ def test_reg_05_a_supervised_child_named_by_via_is_found_after_a_restart(
     assert [c.ref for c in sup.which_children()] == [new]
 
 
-# --- REG-06..09: dispatch, unregister, update_value, match, meta ----------------------------
+# --- dispatch, unregister, update_value, match, meta ---------------------------------------------
 
 
-def test_reg_06_dispatch_never_calls_back_for_a_key_without_entries_and_once_otherwise(
+def test_dispatch_never_calls_back_for_a_key_without_entries_and_once_otherwise(
     duplicate: Registry, workers: Start
 ) -> None:
     calls: list[list[Entry]] = []
@@ -265,7 +266,7 @@ def test_reg_06_dispatch_never_calls_back_for_a_key_without_entries_and_once_oth
     assert len(calls) == 1
 
 
-def test_reg_07_unregister_removes_all_entries_of_the_actor_and_drops_its_monitor(
+def test_unregister_removes_all_entries_of_the_actor_and_drops_its_monitor(
     duplicate: Registry, workers: Start
 ) -> None:
     a, b = workers(), workers()
@@ -286,7 +287,7 @@ def test_reg_07_unregister_removes_all_entries_of_the_actor_and_drops_its_monito
     assert duplicate.count() == 1
 
 
-def test_reg_08_update_value_changes_only_the_actors_own_key_and_returns_new_and_old(
+def test_update_value_changes_only_the_actors_own_key_and_returns_new_and_old(
     unique: Registry, workers: Start
 ) -> None:
     owner, stranger = workers(), workers()
@@ -298,16 +299,14 @@ def test_reg_08_update_value_changes_only_the_actors_own_key_and_returns_new_and
     assert unique.lookup("counter") == [Entry(owner, 2)]
 
 
-def test_reg_08_update_value_on_a_duplicate_registry_raises(
-    duplicate: Registry, workers: Start
-) -> None:
+def test_update_value_on_a_duplicate_registry_raises(duplicate: Registry, workers: Start) -> None:
     ref = workers()
     duplicate.register("k", ref, 1)
     with pytest.raises(da.InvalidOption, match=r"Keys\.UNIQUE to use update_value"):
         duplicate.update_value("k", ref, lambda v: v)
 
 
-def test_reg_08_update_value_reruns_the_function_when_the_entry_changed_meanwhile(
+def test_update_value_reruns_the_function_when_the_entry_changed_meanwhile(
     unique: Registry, workers: Start
 ) -> None:
     owner = workers()
@@ -325,7 +324,7 @@ def test_reg_08_update_value_reruns_the_function_when_the_entry_changed_meanwhil
     assert unique.lookup("counter") == [Entry(owner, 11)]
 
 
-def test_reg_09_match_and_select_filter_entries_and_count_them(
+def test_match_and_select_filter_entries_and_count_them(
     duplicate: Registry, workers: Start
 ) -> None:
     a, b = workers(), workers()
@@ -340,7 +339,7 @@ def test_reg_09_match_and_select_filter_entries_and_count_them(
     assert duplicate.count_select(lambda key, _entry: key == "other") == 1
 
 
-def test_reg_09_meta_put_meta_and_delete_meta_round_trip() -> None:
+def test_meta_put_meta_and_delete_meta_round_trip() -> None:
     reg = Registry.start(Keys.UNIQUE, meta={"custom_key": "custom_value"})
     try:
         assert reg.meta("custom_key") == "custom_value"
@@ -355,10 +354,10 @@ def test_reg_09_meta_put_meta_and_delete_meta_round_trip() -> None:
         reg.stop()
 
 
-# --- REG-10: listeners -----------------------------------------------------------------------
+# --- listeners -----------------------------------------------------------------------------------
 
 
-def test_reg_10_listeners_hear_explicit_register_and_unregister_but_not_a_crash(
+def test_listeners_hear_explicit_register_and_unregister_but_not_a_crash(
     workers: Start,
 ) -> None:
     by_ref, by_name = Listener.start(), Listener.start()
@@ -384,6 +383,26 @@ def test_reg_10_listeners_hear_explicit_register_and_unregister_but_not_a_crash(
         reg.stop()
         by_ref.stop()
         by_name.stop()
+
+
+def test_register_succeeds_and_is_cleaned_up_when_a_listener_has_already_exited() -> None:
+    """A listener that is gone is skipped: the register neither fails nor half-happens."""
+    listener = Listener.start()
+    listener.stop()
+    reg = Registry.start(Keys.UNIQUE, listeners=[listener])
+    member = Worker.start()
+    try:
+        reg.register("k", member)
+        assert reg.whereis("k") is member
+        reg.unregister("k", member)
+        assert reg.count() == 0
+        reg.register("k", member)
+    finally:
+        member.stop()
+    assert da.wait_exit(member) is da.NORMAL
+    # The entry was monitored like any other: it vanished with its actor.
+    assert reg.count() == 0
+    reg.stop()
 
 
 # --- the registry as an actor: options, lifetime, names, supervision ------------------------
@@ -563,8 +582,9 @@ def test_concurrent_register_and_lookup_from_8_threads_never_return_a_seen_dead_
 class RegistryMachine(RuleBasedStateMachine):
     """Random register / unregister / kill / update sequences, checked against a list model.
 
-    Covers REG-01..04 and REG-07 together: clashes, duplicates, cleanup on exit (kills), unique
-    takeover after a death, and unregister of all of an actor's entries under a key.
+    Covers registration, cleanup and unregister together: clashes, duplicates, cleanup on exit
+    (kills), unique takeover after a death, and unregister of all of an actor's entries under a
+    key.
     """
 
     ACTORS = 3
@@ -654,4 +674,4 @@ class RegistryMachine(RuleBasedStateMachine):
 RegistryMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=30, deadline=None, database=None
 )
-test_reg_01_to_04_and_07_random_call_sequences_agree_with_a_model = RegistryMachine.TestCase
+test_random_call_sequences_agree_with_a_model = RegistryMachine.TestCase

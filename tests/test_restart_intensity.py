@@ -1,4 +1,9 @@
-"""`add_restart`, the pure restart-intensity rule (SUP-21..24 at unit level)."""
+"""`add_restart`, the pure restart-intensity rule, at unit level.
+
+White-box: `add_restart` (`dspex_actors._supervision._intensity`) has no public API; the
+supervisor-level behaviour it decides is tested through `Supervisor` in
+test_supervisor_intensity.py.
+"""
 
 from __future__ import annotations
 
@@ -20,27 +25,27 @@ def run(times: list[float], max_restarts: int, max_seconds: float) -> list[bool]
     return out
 
 
-def test_sup_21_n_restarts_in_the_window_are_allowed_and_the_next_one_exceeds() -> None:
+def test_n_restarts_in_the_window_are_allowed_and_the_next_one_exceeds() -> None:
     assert run([10, 10, 10, 10], max_restarts=3, max_seconds=5) == [False, False, False, True]
 
 
-def test_sup_22_with_zero_intensity_the_first_restart_exceeds() -> None:
+def test_with_zero_intensity_the_first_restart_exceeds() -> None:
     assert run([10], max_restarts=0, max_seconds=5) == [True]
 
 
-def test_sup_23_timestamps_are_whole_seconds_and_the_window_is_inclusive() -> None:
+def test_timestamps_are_whole_seconds_and_the_window_is_inclusive() -> None:
     # 10.2 -> 10 and 11.9 -> 11: both inside a 1 s window (11 - 1 = 10 is kept).
     assert run([10.2, 11.9], max_restarts=1, max_seconds=1) == [False, True]
     # 12.1 -> 12: 10 falls out (10 < 12 - 1).
     assert run([10.2, 12.1], max_restarts=1, max_seconds=1) == [False, False]
 
 
-def test_sup_23_restarts_2_1_seconds_apart_never_exceed_one_per_second() -> None:
+def test_restarts_2_1_seconds_apart_never_exceed_one_per_second() -> None:
     times = [100 + 2.1 * i for i in range(20)]
     assert run(times, max_restarts=1, max_seconds=1) == [False] * 20
 
 
-def test_sup_21_old_entries_leave_the_history_and_the_history_is_newest_first() -> None:
+def test_old_entries_leave_the_history_and_the_history_is_newest_first() -> None:
     h1, _ = add_restart((), 10, 2, 5)
     h2, _ = add_restart(h1, 13, 2, 5)
     assert h2 == (13.0, 10.0)
@@ -77,7 +82,7 @@ def test_the_function_is_pure_and_does_not_change_its_input() -> None:
     max_restarts=st.integers(min_value=0, max_value=5),
     max_seconds=st.integers(min_value=1, max_value=6),
 )
-def test_sup_21_add_restart_matches_a_naive_model_of_the_otp_rule(
+def test_add_restart_matches_a_naive_model_of_the_otp_rule(
     gaps: list[float], max_restarts: int, max_seconds: int
 ) -> None:
     """Model: exceeded iff more than N whole-second stamps fall in [now - P, now].

@@ -1,8 +1,11 @@
-"""`detect_service`: the seed's Fix 5 cases (FIX5-a..e), the error message, and bad input.
+"""`detect_service`: the order it tries its candidates in, the error message, and bad input.
 
-The seed's `detect_running_service` prefers a live ``SessionPool``, falls back to a live
-``Bridge``, then to the Registry, and otherwise says "Python bridge not available". Each case of
-that decision has a test here, with plain actors and with a real supervisor restarting the pool.
+`detect_service` prefers a live ``SessionPool``, falls back to a live ``Bridge``, then to the
+Registry, and otherwise says "Python bridge not available". Each case of that decision has a
+test here, with plain actors and with a real supervisor restarting the pool.
+
+White-box: one test wraps `dspex_actors._naming._names.holder_of` (the raw name table, with
+no public API) to make a candidate die in the middle of detection.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import Supervisors
 
 import dspex_actors as da
 from dspex_actors import Keys, Registry, Service, detect_service
 from dspex_actors._naming import _names
 from dspex_actors.testing import sync, wait_for
+
+from support.supervision import Supervisors
 
 CANDIDATES = ["session_pool", "bridge"]
 
@@ -56,7 +60,7 @@ class SlowToDie(da.Actor):
 
 @pytest.fixture
 def services() -> Iterator[dict[str, pykka.ActorRef[Any]]]:
-    """A live pool and bridge registered under the seed's names."""
+    """A live pool and bridge registered under the candidate names."""
     refs: dict[str, pykka.ActorRef[Any]] = {
         "session_pool": SessionPool.start(),
         "bridge": Bridge.start(),
@@ -76,7 +80,7 @@ def registry() -> Iterator[Registry]:
         reg.stop()
 
 
-def test_fix5_a_the_pool_is_preferred_when_pool_and_bridge_are_both_alive(
+def test_the_pool_is_preferred_when_pool_and_bridge_are_both_alive(
     services: dict[str, pykka.ActorRef[Any]],
 ) -> None:
     found = detect_service(CANDIDATES)
@@ -84,7 +88,7 @@ def test_fix5_a_the_pool_is_preferred_when_pool_and_bridge_are_both_alive(
     assert found.ref.ask("hi", timeout=5) == ("pool", "hi")
 
 
-def test_fix5_b_a_dead_pool_falls_back_to_the_live_bridge(
+def test_a_dead_pool_falls_back_to_the_live_bridge(
     services: dict[str, pykka.ActorRef[Any]],
 ) -> None:
     services["session_pool"].tell("crash")
@@ -92,7 +96,7 @@ def test_fix5_b_a_dead_pool_falls_back_to_the_live_bridge(
     assert detect_service(CANDIDATES) == Service("bridge", services["bridge"], "local")
 
 
-def test_fix5_b_a_pool_that_has_stopped_but_still_holds_its_name_is_skipped_as_dead(
+def test_a_pool_that_has_stopped_but_still_holds_its_name_is_skipped_as_dead(
     services: dict[str, pykka.ActorRef[Any]],
 ) -> None:
     stopping, release = threading.Event(), threading.Event()
@@ -111,7 +115,7 @@ def test_fix5_b_a_pool_that_has_stopped_but_still_holds_its_name_is_skipped_as_d
     da.wait_exit(stale, 5)
 
 
-def test_fix5_c_when_no_name_is_registered_the_registry_fallback_finds_the_service(
+def test_when_no_name_is_registered_the_registry_fallback_finds_the_service(
     registry: Registry,
 ) -> None:
     bridge = Bridge.start()
@@ -123,21 +127,21 @@ def test_fix5_c_when_no_name_is_registered_the_registry_fallback_finds_the_servi
         bridge.stop()
 
 
-def test_fix5_c_local_names_of_every_candidate_come_before_the_registry(
+def test_local_names_of_every_candidate_come_before_the_registry(
     registry: Registry,
 ) -> None:
     in_registry, by_name = SessionPool.start(), Bridge.start()
     try:
         registry.register("session_pool", in_registry)
         da.register("bridge", by_name)
-        # The seed's order: live pool name, live bridge name, then the registry.
+        # The order: live pool name, live bridge name, then the registry.
         assert detect_service(CANDIDATES, registry=registry) == Service("bridge", by_name, "local")
     finally:
         in_registry.stop()
         by_name.stop()
 
 
-def test_fix5_d_nothing_alive_raises_service_unavailable_naming_every_candidate(
+def test_nothing_alive_raises_service_unavailable_naming_every_candidate(
     registry: Registry,
 ) -> None:
     with pytest.raises(da.ServiceUnavailable) as info:
@@ -155,14 +159,14 @@ def test_fix5_d_nothing_alive_raises_service_unavailable_naming_every_candidate(
         detect_service(["x"])
 
 
-def test_fix5_d_a_stopped_registry_is_reported_not_raised(registry: Registry) -> None:
+def test_a_stopped_registry_is_reported_not_raised(registry: Registry) -> None:
     registry.stop()
     with pytest.raises(da.ServiceUnavailable) as info:
         detect_service(["bridge"], registry=registry)
     assert info.value.tried == [("bridge", "not registered; registry not running")]
 
 
-def test_fix5_e_a_service_that_dies_during_detection_is_never_returned(
+def test_a_service_that_dies_during_detection_is_never_returned(
     services: dict[str, pykka.ActorRef[Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_holder_of = _names.holder_of
@@ -180,7 +184,7 @@ def test_fix5_e_a_service_that_dies_during_detection_is_never_returned(
     assert not services["session_pool"].is_alive()
 
 
-def test_fix5_e_a_registry_entry_that_dies_during_detection_is_never_returned(
+def test_a_registry_entry_that_dies_during_detection_is_never_returned(
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     doomed, bridge = SessionPool.start(), Bridge.start()
@@ -222,7 +226,7 @@ def test_bad_arguments_raise_invalid_option(
         detect_service(candidates, registry=registry_arg)
 
 
-def test_fix5_detection_follows_a_supervised_pool_through_a_crash_and_restart(
+def test_detection_follows_a_supervised_pool_through_a_crash_and_restart(
     sups: Supervisors,
 ) -> None:
     sup = sups.start(

@@ -1,4 +1,4 @@
-"""The child-management API and its typed errors (SUP-52..60)."""
+"""The child-management API and its typed errors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import (
+
+import dspex_actors as da
+from dspex_actors import ChildSpec, ChildType
+from dspex_actors.testing import FakeClock, gate, sync
+
+from support.logs import EventLog
+from support.supervision import (
     Crash,
-    EventLog,
     FlakyStart,
     Ping,
     Probe,
@@ -19,10 +24,6 @@ from conftest import (
     probe_spec,
     ref_of,
 )
-
-import dspex_actors as da
-from dspex_actors import ChildSpec, ChildType
-from dspex_actors.testing import FakeClock, gate, sync
 
 
 def raises_on_start() -> None:
@@ -54,7 +55,7 @@ def looping(sups: Supervisors, log: EventLog) -> Looping:
     return Looping(sup, flaky)
 
 
-def test_sup_52_start_child_with_the_id_of_a_running_child_is_already_started(
+def test_start_child_with_the_id_of_a_running_child_is_already_started(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log)])
@@ -65,7 +66,7 @@ def test_sup_52_start_child_with_the_id_of_a_running_child_is_already_started(
     assert log.names("start") == ["a"]
 
 
-def test_sup_52_start_child_with_the_id_of_a_stopped_child_is_already_present(
+def test_start_child_with_the_id_of_a_stopped_child_is_already_present(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log)])
@@ -75,14 +76,14 @@ def test_sup_52_start_child_with_the_id_of_a_stopped_child_is_already_present(
     assert info.value.child_id == "a"
 
 
-def test_sup_52_start_child_with_the_id_of_a_restarting_child_is_already_present(
+def test_start_child_with_the_id_of_a_restarting_child_is_already_present(
     looping: Looping, log: EventLog
 ) -> None:
     with pytest.raises(da.AlreadyPresent):
         looping.sup.start_child(probe_spec("loop", log))
 
 
-def test_sup_53_a_start_child_whose_start_raises_stores_nothing(sups: Supervisors) -> None:
+def test_a_start_child_whose_start_raises_stores_nothing(sups: Supervisors) -> None:
     sup = sups.start([])
     with pytest.raises(da.StartChildError, match="child 'bad' failed to start") as info:
         sup.start_child(ChildSpec("bad", raises_on_start))
@@ -93,7 +94,7 @@ def test_sup_53_a_start_child_whose_start_raises_stores_nothing(sups: Supervisor
     assert sup.start_child(ChildSpec("bad", lambda: None)) is None
 
 
-def test_sup_53_a_start_child_returning_something_else_is_a_start_failure(
+def test_a_start_child_returning_something_else_is_a_start_failure(
     sups: Supervisors,
 ) -> None:
     sup = sups.start([])
@@ -104,7 +105,7 @@ def test_sup_53_a_start_child_returning_something_else_is_a_start_failure(
     assert counts(sup) == (0, 0, 0, 0)
 
 
-def test_sup_53_an_on_start_failure_reaches_start_child_as_the_original_exception(
+def test_an_on_start_failure_reaches_start_child_as_the_original_exception(
     sups: Supervisors,
 ) -> None:
     class Broken(da.Actor):
@@ -118,7 +119,7 @@ def test_sup_53_an_on_start_failure_reaches_start_child_as_the_original_exceptio
     assert ids(sup) == []
 
 
-def test_sup_54_terminate_child_keeps_the_spec_is_idempotent_and_rejects_unknown_ids_and_refs(
+def test_terminate_child_keeps_the_spec_is_idempotent_and_rejects_unknown_ids_and_refs(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log), probe_spec("tmp", log, restart="temporary")])
@@ -138,9 +139,7 @@ def test_sup_54_terminate_child_keeps_the_spec_is_idempotent_and_rejects_unknown
     assert ids(sup) == ["a"]
 
 
-def test_sup_55_restart_child_only_restarts_a_stopped_child(
-    sups: Supervisors, log: EventLog
-) -> None:
+def test_restart_child_only_restarts_a_stopped_child(sups: Supervisors, log: EventLog) -> None:
     sup = sups.start([probe_spec("a", log)])
     with pytest.raises(da.ChildRunning, match="'a' is running"):
         sup.restart_child("a")
@@ -153,12 +152,12 @@ def test_sup_55_restart_child_only_restarts_a_stopped_child(
     assert ref_of(sup, "a") is ref
 
 
-def test_sup_55_restart_child_of_a_restarting_child_is_refused(looping: Looping) -> None:
+def test_restart_child_of_a_restarting_child_is_refused(looping: Looping) -> None:
     with pytest.raises(da.ChildRestarting, match="'loop' is being restarted"):
         looping.sup.restart_child("loop")
 
 
-def test_sup_55_a_failed_restart_child_keeps_the_spec(sups: Supervisors, log: EventLog) -> None:
+def test_a_failed_restart_child_keeps_the_spec(sups: Supervisors, log: EventLog) -> None:
     flaky = FlakyStart("x", log, fail_calls=frozenset({2}))
     sup = sups.start([ChildSpec("x", flaky)])
     sup.terminate_child("x")
@@ -170,7 +169,7 @@ def test_sup_55_a_failed_restart_child_keeps_the_spec(sups: Supervisors, log: Ev
     assert isinstance(sup.restart_child("x"), pykka.ActorRef)
 
 
-def test_sup_56_delete_child_only_deletes_a_stopped_child(sups: Supervisors, log: EventLog) -> None:
+def test_delete_child_only_deletes_a_stopped_child(sups: Supervisors, log: EventLog) -> None:
     sup = sups.start([probe_spec("a", log), probe_spec("b", log)])
     with pytest.raises(da.ChildRunning):
         sup.delete_child("a")
@@ -185,14 +184,12 @@ def test_sup_56_delete_child_only_deletes_a_stopped_child(sups: Supervisors, log
     assert ids(sup) == ["a", "b"]  # it comes back as the newest
 
 
-def test_sup_56_delete_child_of_a_restarting_child_is_refused(looping: Looping) -> None:
+def test_delete_child_of_a_restarting_child_is_refused(looping: Looping) -> None:
     with pytest.raises(da.ChildRestarting):
         looping.sup.delete_child("loop")
 
 
-def test_sup_57_count_children_counts_specs_active_and_types(
-    sups: Supervisors, log: EventLog
-) -> None:
+def test_count_children_counts_specs_active_and_types(sups: Supervisors, log: EventLog) -> None:
     inner = da.Supervisor.child_spec("inner", [probe_spec("i", log)])
     sup = sups.start([probe_spec("a", log), probe_spec("b", log), inner, probe_spec("c", log)])
     assert sup.count_children() == da.ChildCounts(specs=4, active=4, supervisors=1, workers=3)
@@ -201,13 +198,13 @@ def test_sup_57_count_children_counts_specs_active_and_types(
     assert sup.count_children() == da.ChildCounts(specs=4, active=2, supervisors=1, workers=3)
 
 
-def test_sup_57_a_restarting_child_is_not_active(looping: Looping) -> None:
+def test_a_restarting_child_is_not_active(looping: Looping) -> None:
     assert looping.sup.count_children() == da.ChildCounts(
         specs=2, active=1, supervisors=0, workers=2
     )
 
 
-def test_sup_58_which_child_finds_a_child_by_id_or_by_ref(sups: Supervisors, log: EventLog) -> None:
+def test_which_child_finds_a_child_by_id_or_by_ref(sups: Supervisors, log: EventLog) -> None:
     sup = sups.start([probe_spec("a", log), probe_spec("b", log)])
     b = ref_of(sup, "b")
     assert sup.which_child("b") == da.ChildInfo("b", b, ChildType.WORKER)
@@ -224,9 +221,7 @@ def test_sup_58_which_child_finds_a_child_by_id_or_by_ref(sups: Supervisors, log
         sup.which_child(["unhashable"])
 
 
-def test_sup_58_get_childspec_returns_the_full_spec_by_id_or_ref(
-    sups: Supervisors, log: EventLog
-) -> None:
+def test_get_childspec_returns_the_full_spec_by_id_or_ref(sups: Supervisors, log: EventLog) -> None:
     spec = probe_spec("a", log, restart="transient", shutdown=1.5)
     sup = sups.start([spec])
     assert sup.get_childspec("a") == spec
@@ -242,7 +237,7 @@ def test_sup_58_get_childspec_returns_the_full_spec_by_id_or_ref(
         sup.get_childspec("nope")
 
 
-def test_sup_59_every_call_on_a_stopped_supervisor_raises_no_proc(
+def test_every_call_on_a_stopped_supervisor_raises_no_proc(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log)])
@@ -265,7 +260,7 @@ def test_sup_59_every_call_on_a_stopped_supervisor_raises_no_proc(
     assert sup.wait(1) is da.SHUTDOWN
 
 
-def test_sup_59_a_handle_from_the_ref_of_a_dead_supervisor_raises_no_proc(
+def test_a_handle_from_the_ref_of_a_dead_supervisor_raises_no_proc(
     sups: Supervisors,
 ) -> None:
     sup = sups.start([])
@@ -274,7 +269,7 @@ def test_sup_59_a_handle_from_the_ref_of_a_dead_supervisor_raises_no_proc(
         da.Supervisor.from_ref(sup.actor_ref).count_children()
 
 
-def test_sup_60_terminate_child_on_a_restarting_child_cancels_the_retries(
+def test_terminate_child_on_a_restarting_child_cancels_the_retries(
     looping: Looping,
 ) -> None:
     sup = looping.sup
@@ -321,20 +316,20 @@ def test_from_ref_drives_a_child_supervisor_found_in_which_children(
     assert ids(child_sup) == ["j", "i"]
 
 
-def test_sup_53_a_child_name_clash_passes_already_started_through_and_stores_nothing(
+def test_a_child_name_clash_passes_already_started_through_and_stores_nothing(
     sups: Supervisors, log: EventLog
 ) -> None:
     holder = Probe.start("holder", log)
     try:
-        da.register("sup53", holder)
+        da.register("api-taken-name", holder)
         sup = sups.start([])
         with pytest.raises(da.AlreadyStarted) as info:
-            sup.start_child(probe_spec("a", log, name="sup53"))
+            sup.start_child(probe_spec("a", log, name="api-taken-name"))
         assert not isinstance(info.value, da.StartChildError)  # unwrapped, as in OTP
         assert info.value.ref is holder
         assert ids(sup) == []
         assert log.kinds("stop") == [("a", da.SHUTDOWN)]  # the clashing child was stopped
-        assert da.whereis("sup53") is holder
+        assert da.whereis("api-taken-name") is holder
     finally:
         holder.stop()
 
@@ -364,7 +359,8 @@ def test_from_ref_rejects_a_ref_that_is_not_a_supervisor(sups: Supervisors, log:
 def test_a_named_child_that_exits_before_its_name_is_registered_is_handled_as_an_exit(
     sups: Supervisors,
 ) -> None:
-    """Regression: `register` refusing a dead child must not escape as a bare NoProc."""
+    """`register` refusing a dead child is handled as the child's exit, not raised as a bare
+    NoProc."""
 
     class Quick(da.Actor):
         pass

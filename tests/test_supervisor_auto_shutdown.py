@@ -1,4 +1,4 @@
-"""auto_shutdown and significant children (SUP-61..66)."""
+"""auto_shutdown and significant children."""
 
 from __future__ import annotations
 
@@ -6,20 +6,13 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import (
-    Crash,
-    EventLog,
-    ExitWith,
-    Supervisors,
-    counts,
-    ids,
-    probe_spec,
-    ref_of,
-)
 
 import dspex_actors as da
 from dspex_actors import AutoShutdown, Restart, Strategy
 from dspex_actors.testing import sync
+
+from support.logs import EventLog
+from support.supervision import Crash, ExitWith, Supervisors, counts, ids, probe_spec, ref_of
 
 ANY = AutoShutdown.ANY_SIGNIFICANT
 ALL = AutoShutdown.ALL_SIGNIFICANT
@@ -46,7 +39,7 @@ def significant(name: str, log: EventLog, restart: Restart) -> da.ChildSpec:
 
 
 @pytest.mark.parametrize("how", ["normal", "shutdown", "crash", "kill"])
-def test_sup_61_any_significant_a_temporary_significant_child_exiting_shuts_the_supervisor_down(
+def test_any_significant_a_temporary_significant_child_exiting_shuts_the_supervisor_down(
     how: str, sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -64,7 +57,7 @@ def test_sup_61_any_significant_a_temporary_significant_child_exiting_shuts_the_
 
 
 @pytest.mark.parametrize("how", ["normal", "shutdown"])
-def test_sup_62_any_significant_a_transient_significant_child_exiting_normally_shuts_down(
+def test_any_significant_a_transient_significant_child_exiting_normally_shuts_down(
     how: str, sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -76,7 +69,7 @@ def test_sup_62_any_significant_a_transient_significant_child_exiting_normally_s
 
 
 @pytest.mark.parametrize("how", ["crash", "kill"])
-def test_sup_62_any_significant_a_transient_significant_child_crashing_is_restarted_instead(
+def test_any_significant_a_transient_significant_child_crashing_is_restarted_instead(
     how: str, sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -90,7 +83,7 @@ def test_sup_62_any_significant_a_transient_significant_child_crashing_is_restar
     assert counts(sup) == (2, 2, 0, 2)
 
 
-def test_sup_63_all_significant_shuts_down_only_when_the_last_significant_child_exits(
+def test_all_significant_shuts_down_only_when_the_last_significant_child_exits(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -112,7 +105,7 @@ def test_sup_63_all_significant_shuts_down_only_when_the_last_significant_child_
     assert sup.wait(5) is da.SHUTDOWN
 
 
-def test_sup_63_all_significant_a_significant_child_stopped_by_api_does_not_count_as_live(
+def test_all_significant_a_significant_child_stopped_by_api_does_not_count_as_live(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -120,7 +113,7 @@ def test_sup_63_all_significant_a_significant_child_stopped_by_api_does_not_coun
         auto_shutdown=ALL,
     )
     sup.terminate_child("s1")
-    assert sup.is_alive()  # terminate_child never triggers (SUP-65)
+    assert sup.is_alive()  # terminate_child never triggers auto_shutdown
     make_exit(ref_of(sup, "s2"), "normal")
     assert sup.wait(5) is da.SHUTDOWN
 
@@ -128,7 +121,7 @@ def test_sup_63_all_significant_a_significant_child_stopped_by_api_does_not_coun
 @pytest.mark.parametrize("mode", [AutoShutdown.NEVER, ANY, ALL])
 @pytest.mark.parametrize("restart", [Restart.TEMPORARY, Restart.TRANSIENT])
 @pytest.mark.parametrize("how", ["normal", "crash", "kill"])
-def test_sup_64_non_significant_children_never_trigger_auto_shutdown(
+def test_non_significant_children_never_trigger_auto_shutdown(
     mode: AutoShutdown, restart: Restart, how: str, sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -141,7 +134,7 @@ def test_sup_64_non_significant_children_never_trigger_auto_shutdown(
 
 
 @pytest.mark.parametrize("mode", [ANY, ALL])
-def test_sup_65_terminate_child_on_a_significant_child_never_triggers(
+def test_terminate_child_on_a_significant_child_never_triggers(
     mode: AutoShutdown, sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -154,7 +147,7 @@ def test_sup_65_terminate_child_on_a_significant_child_never_triggers(
 
 @pytest.mark.parametrize("strategy", [Strategy.ONE_FOR_ALL, Strategy.REST_FOR_ONE])
 @pytest.mark.parametrize("restart", [Restart.TEMPORARY, Restart.TRANSIENT])
-def test_sup_65_significant_children_stopped_as_bystanders_never_trigger(
+def test_significant_children_stopped_as_bystanders_never_trigger(
     strategy: Strategy, restart: Restart, sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -172,7 +165,7 @@ def test_sup_65_significant_children_stopped_as_bystanders_never_trigger(
         assert ids(sup) == ["a"]  # a temporary bystander goes for good
 
 
-def test_sup_66_auto_shutdown_cascades_through_a_significant_child_supervisor(
+def test_auto_shutdown_cascades_through_a_significant_child_supervisor(
     sups: Supervisors, log: EventLog
 ) -> None:
     b = da.Supervisor.child_spec(
@@ -191,7 +184,7 @@ def test_sup_66_auto_shutdown_cascades_through_a_significant_child_supervisor(
     assert [e[1] for e in log.events() if e[0] == "stop"] == ["C", "x", "w"]
 
 
-def test_sup_66_a_non_significant_child_supervisor_auto_shutting_down_leaves_the_parent_running(
+def test_a_non_significant_child_supervisor_auto_shutting_down_leaves_the_parent_running(
     sups: Supervisors, log: EventLog
 ) -> None:
     b = da.Supervisor.child_spec(

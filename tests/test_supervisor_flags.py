@@ -1,6 +1,7 @@
 """Supervisor options and the child list: defaults, validation before anything starts.
 
-SUP-01..05, SUP-08, SUP-09, EXS-01..03 mapped to `Supervisor.start(children, *, ...)`.
+OTP's supervisor flags and Elixir's `Supervisor.start_link/2` options, mapped to
+`Supervisor.start(children, *, ...)`.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import (
+
+import dspex_actors as da
+from dspex_actors import AutoShutdown, ChildSpec, Restart, Strategy
+from dspex_actors.testing import FakeClock
+
+from support.logs import EventLog
+from support.supervision import (
     Crash,
-    EventLog,
     Probe,
     Supervisors,
     counts,
@@ -21,10 +27,6 @@ from conftest import (
     probe_spec,
     ref_of,
 )
-
-import dspex_actors as da
-from dspex_actors import AutoShutdown, ChildSpec, Restart, Strategy
-from dspex_actors.testing import FakeClock
 
 
 def live_actor_count() -> int:
@@ -36,7 +38,7 @@ def assert_nothing_started(before: int, log: EventLog) -> None:
     assert log.events() == []
 
 
-def test_sup_01_default_strategy_is_one_for_one_and_auto_shutdown_never(
+def test_default_strategy_is_one_for_one_and_auto_shutdown_never(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec(n, log) for n in "abc"])
@@ -50,7 +52,7 @@ def test_sup_01_default_strategy_is_one_for_one_and_auto_shutdown_never(
         sup.start_child(probe_spec("s", log, restart="transient", significant=True))
 
 
-def test_exs_02_default_intensity_is_3_restarts_in_5_seconds(
+def test_default_intensity_is_3_restarts_in_5_seconds(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     sup = sups.start([probe_spec("a", log)], clock=clock)
@@ -62,7 +64,7 @@ def test_exs_02_default_intensity_is_3_restarts_in_5_seconds(
     assert sup.wait(5) is da.SHUTDOWN
 
 
-def test_exs_02_default_window_lets_a_restart_after_6_seconds_through(
+def test_default_window_lets_a_restart_after_6_seconds_through(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     sup = sups.start([probe_spec("a", log)], clock=clock)
@@ -75,7 +77,7 @@ def test_exs_02_default_window_lets_a_restart_after_6_seconds_through(
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, "3", None, True, math.inf])
-def test_sup_02_an_invalid_max_restarts_is_rejected_before_anything_starts(
+def test_an_invalid_max_restarts_is_rejected_before_anything_starts(
     value: Any, log: EventLog
 ) -> None:
     before = live_actor_count()
@@ -87,7 +89,7 @@ def test_sup_02_an_invalid_max_restarts_is_rejected_before_anything_starts(
 
 
 @pytest.mark.parametrize("value", [0, -5, math.inf, math.nan, "5", None, True])
-def test_sup_02_an_invalid_max_seconds_is_rejected_before_anything_starts(
+def test_an_invalid_max_seconds_is_rejected_before_anything_starts(
     value: Any, log: EventLog
 ) -> None:
     before = live_actor_count()
@@ -98,7 +100,7 @@ def test_sup_02_an_invalid_max_seconds_is_rejected_before_anything_starts(
     assert_nothing_started(before, log)
 
 
-def test_sup_02_zero_max_restarts_and_fractional_max_seconds_are_accepted(
+def test_zero_max_restarts_and_fractional_max_seconds_are_accepted(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log)], max_restarts=0, max_seconds=0.5)
@@ -106,7 +108,7 @@ def test_sup_02_zero_max_restarts_and_fractional_max_seconds_are_accepted(
 
 
 @pytest.mark.parametrize("value", ["simple_one_for_one", "bogus", 1, None])
-def test_sup_03_an_unknown_strategy_is_rejected(value: Any, log: EventLog) -> None:
+def test_an_unknown_strategy_is_rejected(value: Any, log: EventLog) -> None:
     before = live_actor_count()
     with pytest.raises(da.InvalidOption, match=f"strategy must be one of .*got: {value!r}") as info:
         da.Supervisor.start([probe_spec("a", log)], strategy=value)
@@ -115,7 +117,7 @@ def test_sup_03_an_unknown_strategy_is_rejected(value: Any, log: EventLog) -> No
 
 
 @pytest.mark.parametrize("value", ["sometimes", 0, None])
-def test_sup_03_an_unknown_auto_shutdown_is_rejected(value: Any, log: EventLog) -> None:
+def test_an_unknown_auto_shutdown_is_rejected(value: Any, log: EventLog) -> None:
     before = live_actor_count()
     with pytest.raises(da.InvalidOption, match=f"auto_shutdown must be one of .*{value!r}") as info:
         da.Supervisor.start([probe_spec("a", log)], auto_shutdown=value)
@@ -140,7 +142,7 @@ def test_an_invalid_clock_is_rejected(log: EventLog) -> None:
     assert log.events() == []
 
 
-def test_sup_04_unknown_options_are_rejected_not_ignored(log: EventLog) -> None:
+def test_unknown_options_are_rejected_not_ignored(log: EventLog) -> None:
     """Deliberately different from OTP (which ignores unknown flag keys): a typo must not pass."""
     with pytest.raises(TypeError, match="intensity"):
         da.Supervisor.start([probe_spec("a", log)], intensity=3)  # type: ignore[call-arg]
@@ -149,10 +151,8 @@ def test_sup_04_unknown_options_are_rejected_not_ignored(log: EventLog) -> None:
     assert log.events() == []
 
 
-def test_exs_01_strategy_is_optional_and_defaults_to_one_for_one(
-    sups: Supervisors, log: EventLog
-) -> None:
-    """EXS-01 (Elixir requires :strategy) maps to a keyword with OTP's default; see SUP-01."""
+def test_strategy_is_optional_and_defaults_to_one_for_one(sups: Supervisors, log: EventLog) -> None:
+    """Elixir requires `:strategy`; here it is a keyword with OTP's default, one_for_one."""
     sup = sups.start([probe_spec("a", log)])
     assert sup.is_alive()
 
@@ -161,7 +161,7 @@ def test_exs_01_strategy_is_optional_and_defaults_to_one_for_one(
     "bad",
     [("a", Probe.start), Probe, "a", None, {"id": "a", "start": Probe.start}],
 )
-def test_exs_03_a_child_that_is_not_a_child_spec_is_rejected_before_anything_starts(
+def test_a_child_that_is_not_a_child_spec_is_rejected_before_anything_starts(
     bad: Any, log: EventLog
 ) -> None:
     before = live_actor_count()
@@ -179,7 +179,7 @@ def test_children_that_are_not_a_list_are_rejected_as_badarg(children: Any) -> N
     assert info.value.code == "badarg"
 
 
-def test_sup_08_duplicate_child_ids_are_rejected_before_anything_starts(log: EventLog) -> None:
+def test_duplicate_child_ids_are_rejected_before_anything_starts(log: EventLog) -> None:
     before = live_actor_count()
     with pytest.raises(da.DuplicateChildId, match="duplicate child id 'a'") as info:
         da.Supervisor.start([probe_spec("a", log), probe_spec("b", log), probe_spec("a", log)])
@@ -187,7 +187,7 @@ def test_sup_08_duplicate_child_ids_are_rejected_before_anything_starts(log: Eve
     assert_nothing_started(before, log)
 
 
-def test_sup_09_a_significant_child_under_auto_shutdown_never_is_rejected_at_start(
+def test_a_significant_child_under_auto_shutdown_never_is_rejected_at_start(
     log: EventLog,
 ) -> None:
     before = live_actor_count()
@@ -198,7 +198,7 @@ def test_sup_09_a_significant_child_under_auto_shutdown_never_is_rejected_at_sta
     assert_nothing_started(before, log)
 
 
-def test_sup_09_a_significant_child_under_auto_shutdown_never_is_rejected_at_start_child(
+def test_a_significant_child_under_auto_shutdown_never_is_rejected_at_start_child(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([])
@@ -209,7 +209,7 @@ def test_sup_09_a_significant_child_under_auto_shutdown_never_is_rejected_at_sta
     assert log.events() == []
 
 
-def test_sup_05_start_child_with_something_that_is_not_a_spec_raises_in_the_caller(
+def test_start_child_with_something_that_is_not_a_spec_raises_in_the_caller(
     sups: Supervisors,
 ) -> None:
     sup = sups.start([])
@@ -219,7 +219,7 @@ def test_sup_05_start_child_with_something_that_is_not_a_spec_raises_in_the_call
     assert sup.is_alive()
 
 
-def test_sup_01_an_empty_supervisor_starts_and_stops_with_shutdown(sups: Supervisors) -> None:
+def test_an_empty_supervisor_starts_and_stops_with_shutdown(sups: Supervisors) -> None:
     sup = sups.start([], strategy=Strategy.ONE_FOR_ONE, max_restarts=2, max_seconds=3600)
     assert counts(sup) == (0, 0, 0, 0)
     sup.stop()

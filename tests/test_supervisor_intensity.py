@@ -1,4 +1,4 @@
-"""Restart intensity inside a running supervisor, on a `FakeClock` (SUP-21..28)."""
+"""Restart intensity inside a running supervisor, on a `FakeClock`."""
 
 from __future__ import annotations
 
@@ -6,31 +6,30 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import (
+
+import dspex_actors as da
+from dspex_actors import ChildSpec, Strategy
+from dspex_actors.testing import FakeClock, gate, sync
+
+from support.logs import EventLog, Records
+from support.supervision import (
     Crash,
-    EventLog,
     ExitWith,
     FlakyStart,
-    Records,
     Supervisors,
     counts,
     crash_and_settle,
     probe_spec,
     ref_of,
 )
-
-import dspex_actors as da
-from dspex_actors import ChildSpec, Strategy
-from dspex_actors._actor import _StopRequest
-from dspex_actors._supervision._base import _WhichChildren
-from dspex_actors.testing import FakeClock, gate, sync
+from support.threads import queued_call
 
 
 def crash(sup: da.Supervisor, child_id: Any) -> None:
     crash_and_settle(sup, ref_of(sup, child_id))
 
 
-def test_sup_21_n_restarts_in_the_window_survive_and_restart_n_plus_1_exits_before_restarting(
+def test_n_restarts_in_the_window_survive_and_restart_n_plus_1_exits_before_restarting(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     sup = sups.start(
@@ -49,7 +48,7 @@ def test_sup_21_n_restarts_in_the_window_survive_and_restart_n_plus_1_exits_befo
     assert isinstance(log.kinds("stop")[0][1], RuntimeError)
 
 
-def test_sup_22_with_max_restarts_zero_the_first_crash_ends_the_supervisor(
+def test_with_max_restarts_zero_the_first_crash_ends_the_supervisor(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     sup = sups.start([probe_spec("a", log)], max_restarts=0, clock=clock)
@@ -58,7 +57,7 @@ def test_sup_22_with_max_restarts_zero_the_first_crash_ends_the_supervisor(
     assert log.names("start") == ["a"]
 
 
-def test_sup_22_a_child_that_is_not_restarted_does_not_count(
+def test_a_child_that_is_not_restarted_does_not_count(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     sup = sups.start(
@@ -72,7 +71,7 @@ def test_sup_22_a_child_that_is_not_restarted_does_not_count(
     assert counts(sup) == (1, 0, 0, 1)
 
 
-def test_sup_23_crashes_2_1_seconds_apart_never_exceed_one_restart_per_second(
+def test_crashes_2_1_seconds_apart_never_exceed_one_restart_per_second(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     sup = sups.start([probe_spec("a", log)], max_restarts=1, max_seconds=1, clock=clock)
@@ -83,7 +82,7 @@ def test_sup_23_crashes_2_1_seconds_apart_never_exceed_one_restart_per_second(
     assert log.names("start") == ["a"] * 6
 
 
-def test_sup_23_the_window_is_inclusive_in_whole_seconds(
+def test_the_window_is_inclusive_in_whole_seconds(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     clock.advance(0.2)  # t=100.2 -> second 100
@@ -94,7 +93,7 @@ def test_sup_23_the_window_is_inclusive_in_whole_seconds(
     assert sup.wait(5) is da.SHUTDOWN
 
 
-def test_sup_24_a_one_for_all_restart_of_three_children_counts_once(
+def test_a_one_for_all_restart_of_three_children_counts_once(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     sup = sups.start(
@@ -110,7 +109,7 @@ def test_sup_24_a_one_for_all_restart_of_three_children_counts_once(
     assert sup.wait(5) is da.SHUTDOWN
 
 
-def test_sup_25_failed_restarts_count_are_marked_restarting_and_are_retried_until_escalation(
+def test_failed_restarts_count_are_marked_restarting_and_are_retried_until_escalation(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     flaky = FlakyStart("a", log, fail_from=2)  # the first start works, every restart fails
@@ -120,9 +119,9 @@ def test_sup_25_failed_restarts_count_are_marked_restarting_and_are_retried_unti
         a.tell(Crash())
         da.wait_exit(a, 5)  # its exit signal is now queued behind the gate
         # Queued behind the exit signal, ahead of the retry the failed restart will queue.
-        snapshot: pykka.Future[Any] = sup.actor_ref.ask(_WhichChildren(), block=False)
+        snapshot = queued_call(sup.actor_ref, lambda: sup.which_children(timeout=5))
         g.release()
-    children = snapshot.get(timeout=5)
+    children = snapshot.result(timeout=5)
     assert [(c.id, c.ref) for c in children] == [("a", da.RESTARTING)]
     assert sup.wait(5) is da.SHUTDOWN
     # Attempts 1..3 failed; the 4th exceeded the intensity before calling start.
@@ -130,7 +129,7 @@ def test_sup_25_failed_restarts_count_are_marked_restarting_and_are_retried_unti
     assert flaky.calls == 4
 
 
-def test_sup_26_a_stop_queued_between_retries_is_served_before_the_next_retry(
+def test_a_stop_queued_between_retries_is_served_before_the_next_retry(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     flaky = FlakyStart("a", log, fail_from=2)
@@ -139,16 +138,14 @@ def test_sup_26_a_stop_queued_between_retries_is_served_before_the_next_retry(
     with gate(sup.actor_ref) as g:
         a.tell(Crash())
         da.wait_exit(a, 5)
-        stopped: pykka.Future[Any] = sup.actor_ref.ask(
-            _StopRequest(da.Shutdown("test")), block=False
-        )
+        stopped = queued_call(sup.actor_ref, lambda: sup.stop(da.Shutdown("test"), timeout=10))
         g.release()
-    stopped.get(timeout=5)
+    stopped.result(timeout=10)
     assert sup.wait(5) == da.Shutdown("test")
     assert log.names("start_failed") == ["a"]  # one failed attempt, then the stop
 
 
-def test_sup_26_api_calls_are_served_while_a_child_keeps_failing_to_restart(
+def test_api_calls_are_served_while_a_child_keeps_failing_to_restart(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     flaky = FlakyStart("a", log, fail_from=2)
@@ -164,7 +161,7 @@ def test_sup_26_api_calls_are_served_while_a_child_keeps_failing_to_restart(
         assert isinstance(infos["b"], pykka.ActorRef)
         assert counts(sup) == (2, 1, 0, 2)
     assert flaky.calls > 1
-    sup.terminate_child("a")  # cancels the retries (SUP-60)
+    sup.terminate_child("a")  # cancels the retries
     calls = flaky.calls
     sync(sup.actor_ref)
     sync(sup.actor_ref)
@@ -172,7 +169,7 @@ def test_sup_26_api_calls_are_served_while_a_child_keeps_failing_to_restart(
     assert sup.which_child("a").ref is None
 
 
-def test_sup_27_giving_up_logs_the_offender_and_stops_the_others_in_reverse_order(
+def test_giving_up_logs_the_offender_and_stops_the_others_in_reverse_order(
     sups: Supervisors, log: EventLog, clock: FakeClock, records: Records
 ) -> None:
     sup = sups.start([probe_spec(n, log) for n in "abcd"], max_restarts=0, clock=clock)
@@ -200,7 +197,7 @@ def inner_worker(parent: da.Supervisor) -> tuple[pykka.ActorRef[Any], pykka.Acto
     return inner_ref, worker
 
 
-def test_sup_28_a_permanent_child_supervisor_that_gives_up_is_restarted_by_its_parent(
+def test_a_permanent_child_supervisor_that_gives_up_is_restarted_by_its_parent(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     inner = da.Supervisor.child_spec("inner", [probe_spec("w", log)], max_restarts=0, clock=clock)
@@ -217,7 +214,7 @@ def test_sup_28_a_permanent_child_supervisor_that_gives_up_is_restarted_by_its_p
     assert parent.wait(5) is da.SHUTDOWN
 
 
-def test_sup_28_a_transient_child_supervisor_that_gives_up_is_not_restarted(
+def test_a_transient_child_supervisor_that_gives_up_is_not_restarted(
     sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     inner = da.Supervisor.child_spec(
@@ -233,7 +230,7 @@ def test_sup_28_a_transient_child_supervisor_that_gives_up_is_not_restarted(
     assert counts(parent) == (2, 1, 1, 1)
 
 
-def test_sup_26_a_retry_still_queued_at_stop_is_not_reported_as_a_dead_letter(
+def test_a_retry_still_queued_at_stop_is_not_reported_as_a_dead_letter(
     sups: Supervisors, log: EventLog, clock: FakeClock, records: Records
 ) -> None:
     flaky = FlakyStart("a", log, fail_from=2)
@@ -242,15 +239,15 @@ def test_sup_26_a_retry_still_queued_at_stop_is_not_reported_as_a_dead_letter(
     with gate(sup.actor_ref) as g:
         a.tell(Crash())
         da.wait_exit(a, 5)
-        stopped: pykka.Future[Any] = sup.actor_ref.ask(_StopRequest(da.SHUTDOWN), block=False)
+        stopped = queued_call(sup.actor_ref, lambda: sup.stop(timeout=10))
         g.release()
-    stopped.get(timeout=5)
+    stopped.result(timeout=10)
     assert sup.wait(5) is da.SHUTDOWN
     assert records.of("dead_letter") == []
 
 
 @pytest.mark.parametrize("strategy", list(Strategy))
-def test_sup_25_a_sibling_that_can_never_restart_escalates_under_every_strategy(
+def test_a_sibling_that_can_never_restart_escalates_under_every_strategy(
     strategy: Strategy, sups: Supervisors, log: EventLog, clock: FakeClock
 ) -> None:
     """OTP `one_for_one_escalation`, `one_for_all_escalation`, `rest_for_one_escalation`."""

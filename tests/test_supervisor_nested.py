@@ -7,9 +7,14 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import (
+
+import dspex_actors as da
+from dspex_actors import ChildSpec, Strategy
+from dspex_actors.testing import FakeClock, sync
+
+from support.logs import EventLog
+from support.supervision import (
     Crash,
-    EventLog,
     FlakyStart,
     Probe,
     Supervisors,
@@ -19,10 +24,6 @@ from conftest import (
     probe_spec,
     ref_of,
 )
-
-import dspex_actors as da
-from dspex_actors import ChildSpec, Strategy
-from dspex_actors.testing import FakeClock, sync
 
 
 def sub(parent: da.Supervisor, child_id: str) -> da.Supervisor:
@@ -138,10 +139,10 @@ class Owner(da.Actor):
         return None
 
 
-def test_sup_13_a_supervisor_that_fails_to_start_sends_no_exit_signal_to_its_caller(
+def test_a_supervisor_that_fails_to_start_sends_no_exit_signal_to_its_caller(
     log: EventLog,
 ) -> None:
-    """SUP-13 mapped: a failed start is an error for the caller, not an exit signal."""
+    """A failed start is an error for the caller, not an exit signal."""
     owner = Owner.start([probe_spec("a", log), ChildSpec("bad", FlakyStart("bad", log, 1))])
     try:
         sup, error = owner.ask("state", timeout=5)

@@ -1,4 +1,4 @@
-"""Restart decisions by restart type and exit reason (SUP-17..20), plain pykka children."""
+"""Restart decisions by restart type and exit reason, plain pykka children too."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import (
+
+import dspex_actors as da
+from dspex_actors import ChildSpec
+from dspex_actors.testing import sync
+
+from support.logs import EventLog, Records
+from support.supervision import (
     Crash,
-    EventLog,
     ExitWith,
     Ping,
     PlainProbe,
     Probe,
-    Records,
     Supervisors,
     counts,
     crash_and_settle,
@@ -22,10 +26,6 @@ from conftest import (
     probe_spec,
     ref_of,
 )
-
-import dspex_actors as da
-from dspex_actors import ChildSpec
-from dspex_actors.testing import sync
 
 NORMALISH = [da.NORMAL, da.SHUTDOWN, da.Shutdown("bye")]
 
@@ -46,7 +46,7 @@ ALL_WAYS = [*NORMALISH, "crash", "kill"]
 
 
 @pytest.mark.parametrize("how", ALL_WAYS, ids=repr)
-def test_sup_17_a_permanent_child_is_restarted_after_any_exit(
+def test_a_permanent_child_is_restarted_after_any_exit(
     how: Any, sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log), probe_spec("b", log)])
@@ -59,7 +59,7 @@ def test_sup_17_a_permanent_child_is_restarted_after_any_exit(
     assert log.names("start") == ["a", "b", "a"]
 
 
-def test_sup_17_the_reason_each_exit_reports_is_exact(sups: Supervisors, log: EventLog) -> None:
+def test_the_reason_each_exit_reports_is_exact(sups: Supervisors, log: EventLog) -> None:
     sup = sups.start([probe_spec("a", log)], max_restarts=10)
     reasons = [exit_child(sup, ref_of(sup, "a"), how) for how in ALL_WAYS]
     assert reasons[:3] == NORMALISH
@@ -68,7 +68,7 @@ def test_sup_17_the_reason_each_exit_reports_is_exact(sups: Supervisors, log: Ev
 
 
 @pytest.mark.parametrize("how", NORMALISH, ids=repr)
-def test_sup_18_a_transient_child_is_not_restarted_after_a_normal_exit_and_restart_child_works(
+def test_a_transient_child_is_not_restarted_after_a_normal_exit_and_restart_child_works(
     how: Any, sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("t", log, restart="transient")])
@@ -81,7 +81,7 @@ def test_sup_18_a_transient_child_is_not_restarted_after_a_normal_exit_and_resta
 
 
 @pytest.mark.parametrize("how", ["crash", "kill"])
-def test_sup_18_a_transient_child_is_restarted_after_an_abnormal_exit_including_killed(
+def test_a_transient_child_is_restarted_after_an_abnormal_exit_including_killed(
     how: str, sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("t", log, restart="transient")])
@@ -92,7 +92,7 @@ def test_sup_18_a_transient_child_is_restarted_after_an_abnormal_exit_including_
 
 
 @pytest.mark.parametrize("how", ALL_WAYS, ids=repr)
-def test_sup_19_a_temporary_child_is_never_restarted_and_its_spec_is_deleted(
+def test_a_temporary_child_is_never_restarted_and_its_spec_is_deleted(
     how: Any, sups: Supervisors, log: EventLog
 ) -> None:
     spec = probe_spec("tmp", log, restart="temporary")
@@ -108,7 +108,7 @@ def test_sup_19_a_temporary_child_is_never_restarted_and_its_spec_is_deleted(
     assert ids(sup) == ["tmp", "a"]
 
 
-def test_sup_19_a_temporary_child_terminated_at_supervisor_stop_is_not_kept(
+def test_a_temporary_child_terminated_at_supervisor_stop_is_not_kept(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log), probe_spec("tmp", log, restart="temporary")])
@@ -116,7 +116,7 @@ def test_sup_19_a_temporary_child_terminated_at_supervisor_stop_is_not_kept(
     assert ids(sup) == ["a"]
 
 
-def test_sup_20_an_exit_signal_from_an_actor_that_is_not_a_child_is_ignored(
+def test_an_exit_signal_from_an_actor_that_is_not_a_child_is_ignored(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log)])
@@ -133,7 +133,7 @@ def test_sup_20_an_exit_signal_from_an_actor_that_is_not_a_child_is_ignored(
         stranger.stop()
 
 
-def test_sup_20_an_exit_from_a_former_child_is_ignored(sups: Supervisors, log: EventLog) -> None:
+def test_an_exit_from_a_former_child_is_ignored(sups: Supervisors, log: EventLog) -> None:
     sup = sups.start([probe_spec("a", log), probe_spec("b", log, restart="temporary")])
     b = ref_of(sup, "b")
     sup.terminate_child("b")
@@ -192,7 +192,7 @@ def test_a_plain_pykka_actor_stopping_itself_reports_normal_and_transient_is_kep
     assert [(c.id, c.ref) for c in sup.which_children()] == [("plain", None)]
 
 
-def test_sup_20_an_unexpected_message_is_logged_and_dropped(
+def test_an_unexpected_message_is_logged_and_dropped(
     sups: Supervisors, log: EventLog, records: Records
 ) -> None:
     sup = sups.start([probe_spec("a", log)])

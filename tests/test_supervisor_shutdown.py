@@ -1,18 +1,27 @@
-"""The shutdown protocol for one child and for the whole supervisor (SUP-46..51)."""
+"""The shutdown protocol for one child and for the whole supervisor.
+
+White-box: a few tests shorten `KILL_TIMEOUT` (`dspex_actors._supervision._base`), how long a
+supervisor waits for a killed child that is stuck in a handler or in its cleanup (a thread
+cannot be killed there), so that giving up is quick to observe.
+"""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-import pykka
 import pytest
-from conftest import (
+
+import dspex_actors as da
+from dspex_actors import BRUTAL_KILL, INFINITY, ChildSpec, Restart
+from dspex_actors._supervision import _base as sup_module
+from dspex_actors.testing import gate, sync
+
+from support.logs import EventLog, Records
+from support.supervision import (
     Crash,
-    EventLog,
     ExitsOnSignal,
     Probe,
-    Records,
     SlowStop,
     Stubborn,
     Supervisors,
@@ -22,12 +31,7 @@ from conftest import (
     probe_spec,
     ref_of,
 )
-
-import dspex_actors as da
-from dspex_actors import BRUTAL_KILL, INFINITY, ChildSpec, Restart
-from dspex_actors._actor import _StopRequest
-from dspex_actors._supervision import _base as sup_module
-from dspex_actors.testing import gate, sync
+from support.threads import queued_call
 
 
 def stubborn_spec(name: str, log: EventLog, release: threading.Event, **options: Any) -> ChildSpec:
@@ -35,7 +39,7 @@ def stubborn_spec(name: str, log: EventLog, release: threading.Event, **options:
     return Stubborn.child_spec(name, log, release, **options)
 
 
-def test_sup_46_brutal_kill_kills_the_child_at_once_with_no_cleanup(
+def test_brutal_kill_kills_the_child_at_once_with_no_cleanup(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log, shutdown=BRUTAL_KILL)])
@@ -47,9 +51,7 @@ def test_sup_46_brutal_kill_kills_the_child_at_once_with_no_cleanup(
     assert counts(sup) == (1, 0, 0, 1)
 
 
-def test_sup_46_brutal_kill_kills_even_a_child_that_traps_exits(
-    sups: Supervisors, log: EventLog
-) -> None:
+def test_brutal_kill_kills_even_a_child_that_traps_exits(sups: Supervisors, log: EventLog) -> None:
     release = threading.Event()
     sup = sups.start([stubborn_spec("s", log, release, shutdown=BRUTAL_KILL)])
     ref = ref_of(sup, "s")
@@ -58,7 +60,7 @@ def test_sup_46_brutal_kill_kills_even_a_child_that_traps_exits(
     assert log.kinds("signal") == []  # the kill was not trappable
 
 
-def test_sup_47_a_child_that_does_not_trap_exits_ends_with_shutdown_at_once(
+def test_a_child_that_does_not_trap_exits_ends_with_shutdown_at_once(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log, shutdown=30.0)])
@@ -68,7 +70,7 @@ def test_sup_47_a_child_that_does_not_trap_exits_ends_with_shutdown_at_once(
     assert log.kinds("stop") == [("a", da.SHUTDOWN)]
 
 
-def test_sup_47_a_trapping_child_that_exits_within_its_time_ends_with_shutdown(
+def test_a_trapping_child_that_exits_within_its_time_ends_with_shutdown(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([Trapper.child_spec("t", log, id="t", shutdown=30.0)])
@@ -78,7 +80,7 @@ def test_sup_47_a_trapping_child_that_exits_within_its_time_ends_with_shutdown(
     assert log.kinds("stop") == [("t", da.SHUTDOWN)]
 
 
-def test_sup_47_a_trapping_child_that_ignores_shutdown_is_killed_after_its_timeout(
+def test_a_trapping_child_that_ignores_shutdown_is_killed_after_its_timeout(
     sups: Supervisors, log: EventLog, records: Records
 ) -> None:
     release = threading.Event()
@@ -96,7 +98,7 @@ def test_sup_47_a_trapping_child_that_ignores_shutdown_is_killed_after_its_timeo
     assert [(r["child_id"], r["reason"]) for r in records.of("shutdown_error")] == [("s", "KILLED")]
 
 
-def test_sup_47_a_child_that_ignores_shutdown_is_killed_at_supervisor_stop(
+def test_a_child_that_ignores_shutdown_is_killed_at_supervisor_stop(
     sups: Supervisors, log: EventLog
 ) -> None:
     release = threading.Event()
@@ -111,7 +113,7 @@ def test_sup_47_a_child_that_ignores_shutdown_is_killed_at_supervisor_stop(
     assert log.kinds("stop") == [("a", da.SHUTDOWN)]
 
 
-def test_sup_48_infinity_waits_for_the_child_however_long_it_takes(
+def test_infinity_waits_for_the_child_however_long_it_takes(
     sups: Supervisors, log: EventLog
 ) -> None:
     release = threading.Event()
@@ -137,7 +139,35 @@ def test_sup_48_infinity_waits_for_the_child_however_long_it_takes(
     assert log.kinds("stop") == [("s", da.SHUTDOWN)]
 
 
-def test_sup_49_supervisor_stop_stops_children_one_at_a_time_in_reverse_start_order(
+class Echo(da.Actor):
+    """Answers every ask with the message."""
+
+    def on_receive(self, message: Any) -> Any:
+        return message
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_a_shutdown_time_beyond_the_os_wait_limit_stops_the_child_like_a_long_timeout(
+    dynamic: bool,
+) -> None:
+    """`shutdown=1e10` (finite, so valid, but beyond what the OS can wait on) is just a long
+    wait: the child gets its shutdown signal and exits with SHUTDOWN, as does the supervisor."""
+    spec = Echo.child_spec(id="echo", shutdown=1e10)
+    child: Any
+    sup: da.Supervisor | da.DynamicSupervisor
+    if dynamic:
+        sup = da.DynamicSupervisor.start()
+        child = sup.start_child(spec)
+    else:
+        sup = da.Supervisor.start([spec])
+        child = sup.which_children()[0].ref
+    assert isinstance(child, type(sup.actor_ref))
+    sup.stop(timeout=10)
+    assert da.wait_exit(child, 10) is da.SHUTDOWN
+    assert sup.wait(10) is da.SHUTDOWN
+
+
+def test_supervisor_stop_stops_children_one_at_a_time_in_reverse_start_order(
     sups: Supervisors, log: EventLog
 ) -> None:
     names = ["a", "b", "c", "d", "e"]
@@ -151,7 +181,7 @@ def test_sup_49_supervisor_stop_stops_children_one_at_a_time_in_reverse_start_or
     assert log.events() == expected
 
 
-def test_sup_49_a_supervisor_stop_waits_for_every_child_to_have_exited(
+def test_a_supervisor_stop_waits_for_every_child_to_have_exited(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec(n, log) for n in "abc"])
@@ -161,7 +191,7 @@ def test_sup_49_a_supervisor_stop_waits_for_every_child_to_have_exited(
     assert not sup.is_alive()
 
 
-def test_sup_50_a_child_that_unlinked_itself_is_still_shut_down_without_hanging(
+def test_a_child_that_unlinked_itself_is_still_shut_down_without_hanging(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log), probe_spec("b", log)])
@@ -189,7 +219,7 @@ def test_sup_50_a_child_that_unlinked_itself_is_still_shut_down_without_hanging(
     ],
     ids=repr,
 )
-def test_sup_51_a_child_exiting_with_its_own_reason_at_shutdown_is_reported_only_when_unexpected(
+def test_a_child_exiting_with_its_own_reason_at_shutdown_is_reported_only_when_unexpected(
     restart: Restart,
     reason: Any,
     reported: bool,
@@ -208,17 +238,17 @@ def test_sup_51_a_child_exiting_with_its_own_reason_at_shutdown_is_reported_only
     assert log.kinds("stop")[-1] == ("a", da.SHUTDOWN)  # the next child was still stopped
 
 
-def test_sup_51_a_child_crashing_while_the_supervisor_shuts_down_does_not_stop_the_shutdown(
+def test_a_child_crashing_while_the_supervisor_shuts_down_does_not_stop_the_shutdown(
     sups: Supervisors, log: EventLog, records: Records
 ) -> None:
     sup = sups.start([probe_spec("a", log), probe_spec("b", log), probe_spec("c", log)])
     b = ref_of(sup, "b")
     with gate(sup.actor_ref) as g:
-        stopped: pykka.Future[Any] = sup.actor_ref.ask(_StopRequest(da.SHUTDOWN), block=False)
+        stopped = queued_call(sup.actor_ref, lambda: sup.stop(timeout=10))
         b.tell(Crash("during shutdown"))  # its exit arrives behind the stop request
         assert isinstance(da.wait_exit(b, 5), RuntimeError)
         g.release()
-    stopped.get(timeout=5)
+    stopped.result(timeout=10)
     assert sup.wait(5) is da.SHUTDOWN
     assert log.names("stop") == ["b", "c", "a"]
     assert log.names("start") == ["a", "b", "c"]  # "b" was not restarted

@@ -1,4 +1,4 @@
-"""Supervisor startup: order, init failures, ignore, handle returns (SUP-11, 12, 14, 15)."""
+"""Supervisor startup: order, init failures, ignore, handle returns."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import (
-    EventLog,
+
+import dspex_actors as da
+from dspex_actors import ChildSpec, Restart
+
+from support.logs import EventLog
+from support.supervision import (
     FlakyStart,
     Ping,
     Probe,
@@ -18,9 +22,6 @@ from conftest import (
     probe_spec,
     ref_of,
 )
-
-import dspex_actors as da
-from dspex_actors import ChildSpec, Restart
 
 
 class FailsInOnStart(da.Actor):
@@ -36,7 +37,7 @@ def ignore() -> None:
     return None
 
 
-def test_sup_11_children_start_left_to_right_and_start_returns_after_all_started(
+def test_children_start_left_to_right_and_start_returns_after_all_started(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec(n, log) for n in ["ch7", "ch3", "ch10"]])
@@ -47,7 +48,7 @@ def test_sup_11_children_start_left_to_right_and_start_returns_after_all_started
     assert counts(sup) == (3, 3, 0, 3)
 
 
-def test_sup_12_a_failed_child_stops_the_earlier_ones_in_reverse_order_and_names_the_child(
+def test_a_failed_child_stops_the_earlier_ones_in_reverse_order_and_names_the_child(
     log: EventLog,
 ) -> None:
     before = len(pykka.ActorRegistry.get_all())
@@ -73,7 +74,7 @@ def test_sup_12_a_failed_child_stops_the_earlier_ones_in_reverse_order_and_names
     assert len(pykka.ActorRegistry.get_all()) == before  # the supervisor is gone too
 
 
-def test_sup_12_an_on_start_failure_is_reported_with_the_original_exception(log: EventLog) -> None:
+def test_an_on_start_failure_is_reported_with_the_original_exception(log: EventLog) -> None:
     specs = [probe_spec("a", log), FailsInOnStart.child_spec(id="db")]
     with pytest.raises(da.SupervisorStartError) as info:
         da.Supervisor.start(specs)
@@ -83,7 +84,7 @@ def test_sup_12_an_on_start_failure_is_reported_with_the_original_exception(log:
     assert log.events() == [("start", "a"), ("stop", "a", da.SHUTDOWN)]
 
 
-def test_sup_12_a_start_function_returning_garbage_is_a_start_failure(log: EventLog) -> None:
+def test_a_start_function_returning_garbage_is_a_start_failure(log: EventLog) -> None:
     with pytest.raises(da.SupervisorStartError) as info:
         da.Supervisor.start([probe_spec("a", log), ChildSpec("bad", returns_garbage)])
     assert info.value.child_id == "bad"
@@ -92,7 +93,7 @@ def test_sup_12_a_start_function_returning_garbage_is_a_start_failure(log: Event
     assert log.kinds("stop") == [("a", da.SHUTDOWN)]
 
 
-def test_sup_12_the_first_child_failing_starts_nothing(log: EventLog) -> None:
+def test_the_first_child_failing_starts_nothing(log: EventLog) -> None:
     with pytest.raises(da.SupervisorStartError) as info:
         da.Supervisor.start(
             [ChildSpec("x", FlakyStart("x", log, fail_first=9)), probe_spec("a", log)]
@@ -101,7 +102,7 @@ def test_sup_12_the_first_child_failing_starts_nothing(log: EventLog) -> None:
     assert log.events() == [("start_failed", "x")]
 
 
-def test_sup_14_ignore_keeps_a_permanent_or_transient_spec_without_a_ref(
+def test_ignore_keeps_a_permanent_or_transient_spec_without_a_ref(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -115,13 +116,13 @@ def test_sup_14_ignore_keeps_a_permanent_or_transient_spec_without_a_ref(
     assert counts(sup) == (3, 1, 0, 3)
 
 
-def test_sup_14_ignore_discards_a_temporary_spec(sups: Supervisors, log: EventLog) -> None:
+def test_ignore_discards_a_temporary_spec(sups: Supervisors, log: EventLog) -> None:
     sup = sups.start([ChildSpec("tmp", ignore, restart="temporary"), probe_spec("a", log)])
     assert ids(sup) == ["a"]
     assert counts(sup) == (1, 1, 0, 1)
 
 
-def test_sup_14_start_child_returning_ignore_returns_none_and_keeps_only_non_temporary_specs(
+def test_start_child_returning_ignore_returns_none_and_keeps_only_non_temporary_specs(
     sups: Supervisors,
 ) -> None:
     sup = sups.start([])
@@ -145,7 +146,7 @@ def start_wrapped(name: str, log: EventLog) -> Wrapper:
     return Wrapper(Probe.start(name, log), "extra")
 
 
-def test_sup_15_a_start_returning_a_handle_is_supervised_through_its_actor_ref(
+def test_a_start_returning_a_handle_is_supervised_through_its_actor_ref(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([])
@@ -163,7 +164,7 @@ def test_sup_15_a_start_returning_a_handle_is_supervised_through_its_actor_ref(
     assert ref_of(sup, "w") is restarted
 
 
-def test_sup_11_a_supervisor_child_starts_its_own_children_before_the_next_sibling(
+def test_a_supervisor_child_starts_its_own_children_before_the_next_sibling(
     sups: Supervisors, log: EventLog
 ) -> None:
     inner = da.Supervisor.child_spec("inner", [probe_spec("i1", log), probe_spec("i2", log)])
@@ -171,13 +172,15 @@ def test_sup_11_a_supervisor_child_starts_its_own_children_before_the_next_sibli
     assert log.names("start") == ["a", "i1", "i2", "b"]
 
 
-def test_sup_16_starting_a_supervisor_under_a_taken_name_raises_name_taken(log: EventLog) -> None:
+def test_starting_a_supervisor_under_a_taken_name_raises_name_taken(log: EventLog) -> None:
     holder = Probe.start("holder", log)
     try:
-        da.register("sup16", holder)
+        da.register("startup-taken-name", holder)
         before = len(pykka.ActorRegistry.get_all())
-        with pytest.raises(da.NameTaken, match="'sup16' is already registered") as info:
-            da.Supervisor.start([probe_spec("a", log)], name="sup16")
+        with pytest.raises(
+            da.NameTaken, match="'startup-taken-name' is already registered"
+        ) as info:
+            da.Supervisor.start([probe_spec("a", log)], name="startup-taken-name")
         assert isinstance(info.value, da.AlreadyStarted)
         assert info.value.ref is holder
         assert log.names("start") == ["holder"]  # no child was started
@@ -186,14 +189,14 @@ def test_sup_16_starting_a_supervisor_under_a_taken_name_raises_name_taken(log: 
         holder.stop()
 
 
-def test_sup_16_a_named_supervisor_is_found_by_name_and_frees_it_when_stopped(
+def test_a_named_supervisor_is_found_by_name_and_frees_it_when_stopped(
     sups: Supervisors, log: EventLog
 ) -> None:
-    sup = sups.start([probe_spec("a", log)], name="sup16b")
-    assert da.whereis("sup16b") is sup.actor_ref
+    sup = sups.start([probe_spec("a", log)], name="startup-freed-name")
+    assert da.whereis("startup-freed-name") is sup.actor_ref
     sup.stop()
-    assert da.whereis("sup16b") is None
-    dyn = sups.dynamic(name="sup16b")  # the name is free again
-    assert da.whereis("sup16b") is dyn.actor_ref
+    assert da.whereis("startup-freed-name") is None
+    dyn = sups.dynamic(name="startup-freed-name")  # the name is free again
+    assert da.whereis("startup-freed-name") is dyn.actor_ref
     with pytest.raises(da.NameTaken):
-        da.DynamicSupervisor.start(name="sup16b")
+        da.DynamicSupervisor.start(name="startup-freed-name")

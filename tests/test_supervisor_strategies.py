@@ -1,4 +1,4 @@
-"""Restart strategies and child order (SUP-29..38), with exact lifecycle orderings."""
+"""Restart strategies and child order, with exact lifecycle orderings."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import (
+
+import dspex_actors as da
+from dspex_actors import ChildSpec, Strategy
+from dspex_actors.testing import gate, sync
+
+from support.logs import EventLog
+from support.supervision import (
     Crash,
-    EventLog,
     ExitWith,
     FlakyStart,
     Supervisors,
@@ -18,20 +23,14 @@ from conftest import (
     probe_spec,
     ref_of,
 )
-
-import dspex_actors as da
-from dspex_actors import ChildSpec, Strategy
-from dspex_actors._supervision._base import _CountChildren, _WhichChildren
-from dspex_actors.testing import gate, sync
+from support.threads import queued_call
 
 
 def refs(sup: da.Supervisor, names: str) -> list[pykka.ActorRef[Any]]:
     return [ref_of(sup, n) for n in names]
 
 
-def test_sup_29_one_for_one_restarts_only_the_crashed_child(
-    sups: Supervisors, log: EventLog
-) -> None:
+def test_one_for_one_restarts_only_the_crashed_child(sups: Supervisors, log: EventLog) -> None:
     sup = sups.start([probe_spec(n, log) for n in "ABC"], strategy=Strategy.ONE_FOR_ONE)
     a, b, c = refs(sup, "ABC")
     log.clear()
@@ -43,7 +42,7 @@ def test_sup_29_one_for_one_restarts_only_the_crashed_child(
     assert counts(sup) == (3, 3, 0, 3)
 
 
-def test_sup_30_one_for_all_stops_others_in_reverse_order_then_starts_all(
+def test_one_for_all_stops_others_in_reverse_order_then_starts_all(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec(n, log) for n in "ABC"], strategy=Strategy.ONE_FOR_ALL)
@@ -64,7 +63,7 @@ def test_sup_30_one_for_all_stops_others_in_reverse_order_then_starts_all(
     assert all(not o.is_alive() for o in old)
 
 
-def test_sup_31_rest_for_one_restarts_the_crashed_child_and_those_after_it(
+def test_rest_for_one_restarts_the_crashed_child_and_those_after_it(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec(n, log) for n in "ABC"], strategy=Strategy.REST_FOR_ONE)
@@ -83,7 +82,7 @@ def test_sup_31_rest_for_one_restarts_the_crashed_child_and_those_after_it(
     assert ref_of(sup, "C") is not c
 
 
-def test_sup_32_rest_for_one_order_of_children_is_exact(sups: Supervisors, log: EventLog) -> None:
+def test_rest_for_one_order_of_children_is_exact(sups: Supervisors, log: EventLog) -> None:
     names = ["ch7", "ch3", "ch10", "ch2", "ch5"]
     sup = sups.start([probe_spec(n, log) for n in names], strategy="rest_for_one")
     assert log.names("start") == names
@@ -103,11 +102,11 @@ def test_sup_32_rest_for_one_order_of_children_is_exact(sups: Supervisors, log: 
     assert ref_of(sup, "ch3") is before["ch3"]
     log.clear()
     sup.stop()
-    assert log.names("stop") == list(reversed(names))  # SUP-49: exact reverse order
+    assert log.names("stop") == list(reversed(names))  # exact reverse start order
 
 
 @pytest.mark.parametrize("strategy", [Strategy.ONE_FOR_ALL, Strategy.REST_FOR_ONE])
-def test_sup_33_temporary_bystanders_are_removed_not_restarted_and_do_not_escalate(
+def test_temporary_bystanders_are_removed_not_restarted_and_do_not_escalate(
     strategy: Strategy, sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -125,7 +124,7 @@ def test_sup_33_temporary_bystanders_are_removed_not_restarted_and_do_not_escala
 
 
 @pytest.mark.parametrize("strategy", [Strategy.ONE_FOR_ALL, Strategy.REST_FOR_ONE])
-def test_sup_33_temporary_bystander_after_a_normal_exit_of_a_permanent_child(
+def test_temporary_bystander_after_a_normal_exit_of_a_permanent_child(
     strategy: Strategy, sups: Supervisors, log: EventLog
 ) -> None:
     """OTP `temporary_bystander`: child1 exits normally; temporary child2 goes, nothing else."""
@@ -139,7 +138,7 @@ def test_sup_33_temporary_bystander_after_a_normal_exit_of_a_permanent_child(
     assert log.names("start") == ["child1", "child2", "child1"]
 
 
-def test_sup_33b_one_for_all_also_starts_children_that_were_stopped(
+def test_one_for_all_also_starts_children_that_were_stopped(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -159,7 +158,7 @@ def test_sup_33b_one_for_all_also_starts_children_that_were_stopped(
     assert counts(sup) == (3, 3, 0, 3)
 
 
-def test_sup_33b_rest_for_one_also_starts_stopped_children_after_the_crashed_one(
+def test_rest_for_one_also_starts_stopped_children_after_the_crashed_one(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start(
@@ -178,7 +177,7 @@ def test_sup_33b_rest_for_one_also_starts_stopped_children_after_the_crashed_one
     ]
 
 
-def test_sup_34_one_for_all_a_sibling_failing_to_restart_makes_the_retry_stop_and_restart_all(
+def test_one_for_all_a_sibling_failing_to_restart_makes_the_retry_stop_and_restart_all(
     sups: Supervisors, log: EventLog
 ) -> None:
     child2 = FlakyStart("child2", log, fail_calls=frozenset({2}))
@@ -201,7 +200,7 @@ def test_sup_34_one_for_all_a_sibling_failing_to_restart_makes_the_retry_stop_an
     assert counts(sup) == (2, 2, 0, 2)
 
 
-def test_sup_35_and_36_rest_for_one_retry_starts_from_the_failed_child_and_shows_restarting(
+def test_rest_for_one_retry_starts_from_the_failed_child_and_shows_restarting(
     sups: Supervisors, log: EventLog
 ) -> None:
     child2 = FlakyStart("child2", log, fail_calls=frozenset({2}))
@@ -215,15 +214,17 @@ def test_sup_35_and_36_rest_for_one_retry_starts_from_the_failed_child_and_shows
         child1.tell(Crash())
         da.wait_exit(child1, 5)
         # Both asks queue behind the exit signal and ahead of the retry it will queue.
-        snapshot: pykka.Future[Any] = sup.actor_ref.ask(_WhichChildren(), block=False)
-        snap_counts: pykka.Future[Any] = sup.actor_ref.ask(_CountChildren(), block=False)
+        snapshot = queued_call(sup.actor_ref, lambda: sup.which_children(timeout=5))
+        snap_counts = queued_call(sup.actor_ref, lambda: sup.count_children(timeout=5))
         g.release()
-    infos = snapshot.get(timeout=5)
+    infos = snapshot.result(timeout=5)
     assert [c.id for c in infos] == ["child3", "child2", "child1"]
     assert infos[0].ref is None
     assert infos[1].ref is da.RESTARTING
     assert isinstance(infos[2].ref, pykka.ActorRef)
-    assert snap_counts.get(timeout=5) == da.ChildCounts(specs=3, active=1, supervisors=0, workers=3)
+    assert snap_counts.result(timeout=5) == da.ChildCounts(
+        specs=3, active=1, supervisors=0, workers=3
+    )
     restarted_child1 = infos[2].ref
     sync(sup.actor_ref)
     assert log.events()[1:] == [
@@ -238,7 +239,7 @@ def test_sup_35_and_36_rest_for_one_retry_starts_from_the_failed_child_and_shows
     assert counts(sup) == (3, 3, 0, 3)
 
 
-def test_sup_37_a_child_added_with_start_child_comes_last_in_start_order(
+def test_a_child_added_with_start_child_comes_last_in_start_order(
     sups: Supervisors, log: EventLog
 ) -> None:
     sup = sups.start([probe_spec("a", log), probe_spec("b", log)], strategy="rest_for_one")
@@ -254,7 +255,7 @@ def test_sup_37_a_child_added_with_start_child_comes_last_in_start_order(
     assert log.names("stop") == ["c", "b", "a"]  # and it is stopped first
 
 
-def test_sup_38_which_children_lists_newest_first(sups: Supervisors, log: EventLog) -> None:
+def test_which_children_lists_newest_first(sups: Supervisors, log: EventLog) -> None:
     sup = sups.start([probe_spec(n, log) for n in ["x", "y", "z"]])
     sup.start_child(probe_spec("w", log))
     infos = sup.which_children()

@@ -20,10 +20,12 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import EventLog, Probe, Records, Supervisors, probe_spec, ref_of
 
 import dspex_actors as da
 from dspex_actors import BRUTAL_KILL, ChildSpec
+
+from support.logs import EventLog, Records
+from support.supervision import Probe, Supervisors, probe_spec, ref_of
 
 
 class Blocking:

@@ -1,6 +1,7 @@
-"""Shared helpers for the pool tests (tests/test_pool_*.py).
+"""Helpers for the pool tests (tests/test_pool_*.py).
 
-- `Pools`: starts pools for one test and stops the ones still running at teardown.
+- `Pools`: starts pools for one test and stops the ones still running at teardown (the
+  `pools` fixture).
 - `Waiter`: a thread that runs one `checkout` and records its outcome, for tests with callers
   queued behind a held worker.
 - `hold(pool, command)`: check a worker out from the test thread and keep it (a `Lease`).
@@ -11,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 import dspex_actors as da
 from dspex_actors.testing import Script, wait_for
@@ -39,15 +38,6 @@ class Pools:
                 with contextlib.suppress(da.NoProc):
                     pool.stop(timeout=10)
             pool.wait(10)
-
-
-@pytest.fixture
-def pools() -> Iterator[Pools]:
-    p = Pools()
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def hold(pool: da.Pool, command: Any = None, timeout: float = WAIT) -> da.Lease:

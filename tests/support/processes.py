@@ -25,7 +25,7 @@ from collections.abc import Callable
 import attrs
 import psutil
 
-PROGRAMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs")
+PROGRAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "programs")
 
 
 @attrs.frozen
