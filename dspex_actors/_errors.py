@@ -11,6 +11,7 @@ attributes; the message is for people.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pykka
@@ -419,6 +420,13 @@ class WorkerStartError(DspexActorsError, RuntimeError):
         if stderr_tail:
             text += "; its stderr ended with: " + " | ".join(stderr_tail[-5:])
         super().__init__(text)
+
+    @property
+    def backs_off(self) -> bool:
+        """Whether the pool should wait before the next start: not for a process that was
+        SIGKILLed from outside (by an operator, the OOM killer, a test's chaos), which says
+        nothing about the next start; yes for one that failed by itself."""
+        return self.exit_status != -signal.SIGKILL
 
 
 class AlreadyNamed(DspexActorsError, ValueError):

@@ -76,6 +76,7 @@ import attrs
 import pykka
 
 from .._actor import _current as _current_actor
+from .._actor import not_exited
 from .._checks import is_number, lock_timeout, remaining
 from .._errors import (
     CallTimeout,
@@ -115,9 +116,12 @@ __all__ = [
     "Owner",
     "Port",
     "PortExited",
+    "Prepared",
     "PortInfo",
     "calling_owner",
     "check_max_frame",
+    "close_ports",
+    "owner_alive",
     "same_owner",
 ]
 
@@ -182,6 +186,53 @@ class PortInfo:
 
 
 # --- public API --------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Prepared:
+    """A request encoded ahead of its send (see `Port._prepare`): the body is encoded once,
+    and the envelope with its id is built around it when it is sent.
+
+    Attributes:
+        obj: the request.
+        body: its encoding (JSON codecs; None for others, which encode the whole envelope at
+            send time, after a trial encoding here).
+        enveloped: for a `Port.spawn` worker (``[id, request]``) or a program (the mapping
+            with its ``"id"``).
+        own_id: a program's request's own ``"id"``, if it has one.
+    """
+
+    obj: Any
+    body: bytes | None
+    codec: Codec
+    enveloped: bool
+    own_id: Any = None
+
+    @classmethod
+    def of(cls, obj: Any, codec: Codec, max_frame: int, enveloped: bool, own_id: Any) -> Prepared:
+        body = codec.encode(obj)
+        if len(body) > max_frame:
+            raise ProtocolError(
+                f"request of {len(body)} bytes exceeds max_frame ({max_frame} bytes)"
+            )
+        # JSON bodies are spliced into their envelope; another codec's is only a trial.
+        return cls(obj, body if isinstance(codec, JsonCodec) else None, codec, enveloped, own_id)
+
+    def payload(self, request_id: Any) -> bytes:
+        """The frame's payload for this request with `request_id`."""
+        body = self.body
+        if body is None:
+            if self.enveloped:
+                return self.codec.encode([request_id, self.obj])
+            return self.codec.encode({**self.obj, "id": request_id})
+        rid = self.codec.encode(request_id)
+        if self.enveloped:
+            return b"[" + rid + b"," + body + b"]"
+        if self.own_id is not None:
+            return body  # it carries its own id
+        if body == b"{}":
+            return b'{"id":' + rid + b"}"
+        return b'{"id":' + rid + b"," + body[1:]
 
 
 _ids = itertools.count(1)
@@ -341,7 +392,7 @@ class Port:
             enveloped=False,
         )
         if on_start is not None:
-            on_start(port)
+            _started(port, on_start)
         return port
 
     @classmethod
@@ -421,7 +472,7 @@ class Port:
             enveloped=True,
         )
         if on_start is not None:
-            on_start(port)
+            _started(port, on_start)
         if method != "spawn":
             return port
         # "spawn": the handler arrives as the fresh interpreter's first frame.
@@ -512,21 +563,44 @@ class Port:
 
     def _send_request(self, obj: Any, timeout: float | None) -> tuple[Any, float | None]:
         """The sending half of `request` (checks the owner for both halves): returns the
-        request id and the deadline."""
+        request id and the deadline. `obj` may be a `Prepared` request."""
         self._check_owner()
         deadline = None if timeout is None else time.monotonic() + timeout
+        prepared = obj if isinstance(obj, Prepared) else self._prepare(obj)
         if self._enveloped:
             request_id: Any = next(self._request_ids)
-            message: Any = [request_id, obj]
-        elif not isinstance(obj, Mapping):
-            raise ProtocolError(f"request() needs a mapping to carry an id, got {short_repr(obj)}")
         else:
-            request_id = obj.get("id")
+            request_id = prepared.own_id
             if request_id is None:
                 request_id = next(self._request_ids)
-            message = {**obj, "id": request_id}
-        self._write(encode_frame(self._codec.encode(message), max_frame=self._max_frame), timeout)
+        payload = prepared.payload(request_id)
+        self._write(encode_frame(payload, max_frame=self._max_frame), timeout)
         return request_id, deadline
+
+    def _prepare(self, obj: Any) -> Prepared:
+        """Encode a request's body now, without a worker: what cannot be encoded, or is too
+        large, is refused here (`ProtocolError`, naming the offending value)."""
+        own_id = None
+        if not self._enveloped:
+            if not isinstance(obj, Mapping):
+                raise ProtocolError(
+                    f"request() needs a mapping to carry an id, got {short_repr(obj)}"
+                )
+            own_id = obj.get("id")
+        return Prepared.of(obj, self._codec, self._max_frame, self._enveloped, own_id)
+
+    def _has_unread(self, *, pipe: bool) -> bool:
+        """Anything from the process that nobody asked for: frames read and not taken, a
+        broken stream, or (`pipe`) bytes waiting on stdout. A worker with any is not lent
+        again: its next reader would take a reply meant for someone else."""
+        if self._frames or self._stream_error is not None:
+            return True
+        fd = self._stdout_fd
+        if not pipe or fd is None or self._stream_done:
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return any(events & select.POLLIN for _, events in poller.poll(0))
 
     def _await_reply(self, request_id: Any, deadline: float | None) -> Any:
         """The receiving half of `request`, by the owner that sent it."""
@@ -578,7 +652,7 @@ class Port:
         if not isinstance(target, pykka.ActorRef | threading.Thread):
             error = TypeError(f"a port's owner is an ActorRef or a Thread, got: {target!r}")
             raise ConnectFailed(error) from error
-        if not new_owner.is_alive():
+        if not owner_alive(new_owner):
             raise ConnectFailed("target_dead")
         with self._lock:
             if self._closing or self._exit is not None:
@@ -640,28 +714,18 @@ class Port:
         Closes stdin first (a worker that reads frames exits on EOF) and waits up to `timeout`
         seconds; then SIGTERM to the process group, up to one more second; then SIGKILL. The
         reader thread reaps the process and ends before `close` returns (unless `close` is
-        called from that thread, e.g. from `on_exit`).
+        called from that thread, e.g. from `on_exit`). To close many ports, `close_ports`
+        does each step for all of them at once.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        close_ports([self], timeout)
+
+    def _close_begin(self, timeout: float | None) -> None:
         with self._lock:
             self._closing = True
         self._close_stdin(timeout)
-        if not self._exited.wait(remaining(deadline)):
-            self._signal_group(signal.SIGTERM)
-            if not self._exited.wait(_KILL_GRACE):
-                self.kill()
-                # Bounded even here: a process stuck in uninterruptible sleep (D state) ignores
-                # SIGKILL until its I/O ends. It is reaped by the reader thread whenever it dies.
-                if not self._exited.wait(_REAP_LIMIT):
-                    log_event(
-                        _log,
-                        "ERROR",
-                        "port_unkillable",
-                        "port {port}: process still alive {limit}s after SIGKILL; left to reap",
-                        port=repr(self),
-                        limit=_REAP_LIMIT,
-                    )
-                    return
+
+    def _close_end(self) -> None:
+        """Once the process is gone: wait for the reader, then close stdout."""
         if threading.current_thread() is not self._reader:
             self._reader.join(_REAP_LIMIT)
         # The process is gone, so a recv in progress sees EOF at once and lets go of the lock.
@@ -972,6 +1036,45 @@ class Port:
                 )
 
 
+def close_ports(ports: Sequence[Port], timeout: float | None = 5.0) -> None:
+    """Close every port in `ports`, each step for all of them at once: what `Port.close` does
+    for one, in about the time it takes for one, however many there are.
+
+    Closes every stdin, waits up to `timeout` seconds for them all to exit; SIGTERMs those
+    left, waits up to one more second; SIGKILLs those left and waits (bounded) for them to be
+    reaped. Idempotent.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for port in ports:
+        port._close_begin(timeout)
+
+    def left(grace_deadline: float | None) -> list[Port]:
+        return [p for p in ports if not p._exited.wait(remaining(grace_deadline))]
+
+    alive = left(deadline)
+    if alive:
+        for port in alive:
+            port._signal_group(signal.SIGTERM)
+        alive = left(time.monotonic() + _KILL_GRACE)
+    if alive:
+        for port in alive:
+            port.kill()
+        # Bounded even here: a process stuck in uninterruptible sleep (D state) ignores
+        # SIGKILL until its I/O ends. It is reaped by the reader thread whenever it dies.
+        for port in left(time.monotonic() + _REAP_LIMIT):
+            log_event(
+                _log,
+                "ERROR",
+                "port_unkillable",
+                "port {port}: process still alive {limit}s after SIGKILL; left to reap",
+                port=repr(port),
+                limit=_REAP_LIMIT,
+            )
+    for port in ports:
+        if port._exited.is_set():
+            port._close_end()
+
+
 # --- private helpers ---------------------------------------------------------------------------
 
 
@@ -989,10 +1092,28 @@ def _resolve_owner(owner: Owner | None) -> Owner:
     return owner
 
 
+def owner_alive(owner: Owner) -> bool:
+    """A thread that runs, or an actor that has not exited (one running its cleanup hook may
+    still use a port)."""
+    if isinstance(owner, threading.Thread):
+        return owner.is_alive()
+    return not_exited(owner)
+
+
 def same_owner(a: Owner, b: Owner) -> bool:
     if isinstance(a, pykka.ActorRef) and isinstance(b, pykka.ActorRef):
         return a.actor_urn == b.actor_urn
     return a is b
+
+
+def _started(port: Port, on_start: Callable[[Port], None]) -> None:
+    """Call a start's `on_start` hook; if it raises, the port is killed and reaped first."""
+    try:
+        on_start(port)
+    except BaseException:
+        port.kill()
+        port.close(timeout=0)
+        raise
 
 
 def _start_timeout(timeout: Any) -> float:
