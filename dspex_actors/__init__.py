@@ -65,6 +65,7 @@ from ._errors import (
     StartError,
     SupervisorStartError,
     WorkerCrashed,
+    WorkerStartError,
 )
 from ._logging import log_to_loguru
 from ._naming._names import (
@@ -241,6 +242,7 @@ __all__ = [
     "Unregistered",
     "Via",
     "WorkerCrashed",
+    "WorkerStartError",
     "WorkerStats",
     "check_child_specs",
     "current_actor",

@@ -55,9 +55,13 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import queue
+import signal
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -66,10 +70,11 @@ import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
-from ._checks import os_timeout
+from ._checks import os_timeout, remaining
+from ._child_spec import inline_start
 from ._errors import CallTimeout, NoProc, StartError
 from ._logging import area_logger, log_event, short_repr
-from ._reasons import KILLED, NOPROC, NORMAL, Down, Exit, MonitorRef, is_normal_exit
+from ._reasons import KILLED, NOPROC, NORMAL, SHUTDOWN, Down, Exit, MonitorRef, is_normal_exit
 
 if TYPE_CHECKING:
     from ._child_spec import ChildSpec
@@ -81,11 +86,15 @@ __all__ = [
     "current_actor",
     "demonitor",
     "exit_reason",
+    "in_handler",
     "kill",
+    "acting_for",
     "monitor",
+    "not_exited",
     "run_inline",
     "send_exit",
     "start_actor",
+    "start_limit",
     "wait_exit",
 ]
 
@@ -142,7 +151,15 @@ class _RunInActor:
     fn: Callable[[], Any]
 
 
+@attrs.frozen(eq=False)
+class _Ready:
+    """Put at the front of an inbox when what `Actor._wait_serving` waits for is ready."""
+
+    token: object
+
+
 _SYSTEM = (
+    _Ready,
     _Wake,
     _StopRequest,
     _ExitSignal,
@@ -348,6 +365,7 @@ class _Proc:
         for mref, watcher in monitors.items():
             _deliver_down(watcher, Down(mref, self.ref, reason))
         self.done.set()
+        _AT_EXIT.forget(self)
         with self.lock:
             replies, self.stop_replies = self.stop_replies, []
             self.replies_closed = True
@@ -436,6 +454,67 @@ def _plain_stop_now(ref: pykka.ActorRef[Any]) -> None:
         ref.tell(pykka_messages._ActorStop())
 
 
+# --- interpreter exit ----------------------------------------------------------------------
+
+_EXIT_STOP_LIMIT = 10.0
+"""Seconds interpreter exit waits for each running tree (or lone actor) to stop."""
+
+
+class _AtExit:
+    """Stops, when the interpreter exits, every actor that still runs and was started from
+    plain code (not by another actor): newest first, each as its handle's `stop()` would (a
+    supervisor stops its children, a pool its workers), each within its own shutdown settings
+    and at most `_EXIT_STOP_LIMIT` seconds.
+
+    Actor threads are daemons, so a script that ends (normally, by an uncaught exception or
+    on Ctrl-C) without stopping its actors still exits, and this cleans up after it. Two
+    process-wide hooks make that work, installed when the first such actor starts (never at
+    import): an `atexit` function, and, if SIGTERM still has its default action and the
+    actor starts in the main thread, a SIGTERM handler that exits the interpreter like an
+    uncaught exception (status 143), so that the same cleanup runs.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._roots: dict[_Proc, None] = {}  # in start order
+        self._installed = False
+
+    def track(self, proc: _Proc) -> None:
+        with self._lock:
+            self._roots[proc] = None
+            if not self._installed:
+                self._installed = True
+                self._install()
+
+    def forget(self, proc: _Proc) -> None:
+        with self._lock:
+            self._roots.pop(proc, None)
+
+    def _install(self) -> None:
+        atexit.register(self.stop_all)
+        if threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError, OSError):  # not settable here
+                if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+    def stop_all(self) -> None:
+        """Stop every root still running, newest first (bounded)."""
+        with self._lock:
+            roots = list(self._roots)
+        for proc in reversed(roots):
+            if proc.exited:
+                continue
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                proc.ref.ask(_StopRequest(SHUTDOWN), timeout=_EXIT_STOP_LIMIT)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+_AT_EXIT = _AtExit()
+
+
 # --- public functions ----------------------------------------------------------------------
 
 
@@ -486,6 +565,26 @@ def send_exit(ref: pykka.ActorRef[Any], reason: Any, *, sender: Any = None) -> N
     _proc_of(ref).exit_signal(sender, reason)
 
 
+def in_handler(ref: pykka.ActorRef[Any]) -> bool:
+    """Whether the actor's thread is inside a handler or its cleanup hook right now: a kill
+    cannot stop it there (it lands, if at all, once the handler returns). False for a plain
+    pykka actor, which cannot tell."""
+    proc = _attached(ref)
+    if proc is None or not proc.ours:
+        return False
+    return proc.exec_lock.locked() or (proc.tearing_down and not proc.exited)
+
+
+def not_exited(ref: pykka.ActorRef[Any]) -> bool:
+    """True until the actor has exited: unlike pykka's `is_alive`, an `Actor` running its
+    cleanup hook (`on_stop`/`on_failure`) has not exited yet, and may still use what it
+    uses (a pool, a port)."""
+    proc = _attached(ref)
+    if proc is not None and proc.ours:
+        return not proc.exited
+    return ref.is_alive()
+
+
 def exit_reason(ref: pykka.ActorRef[Any]) -> Any:
     """The actor's exit reason, or None while it is running (or has not finished exiting)."""
     proc = _proc_of(ref)
@@ -523,6 +622,9 @@ class Actor(pykka.ThreadingActor):
 
     trap_exits: ClassVar[bool] = False
     start_timeout: ClassVar[float | None] = 5.0
+    # Daemon threads: an actor never keeps the interpreter alive. At exit, the actors still
+    # running are stopped in order instead (see `_AtExit`).
+    use_daemon_thread: ClassVar[bool] = True
 
     _dspex_proc: _Proc
 
@@ -542,9 +644,13 @@ class Actor(pykka.ThreadingActor):
         proc = _proc_of(ref)
         if cls.on_start is pykka.Actor.on_start:
             return ref  # nothing can fail before the first message: no need to wait for it
-        if not proc.started.wait(os_timeout(cls.start_timeout)):
+        limit = cls.start_timeout
+        cap: float | None = getattr(_current, "start_limit", None)  # see `start_limit`
+        if cap is not None:
+            limit = cap if limit is None else min(limit, cap)
+        if not proc.started.wait(os_timeout(limit)):
             proc.interrupt(KILLED, kill=True)
-            cause = TimeoutError(f"on_start did not return within {cls.start_timeout}s")
+            cause = TimeoutError(f"on_start did not return within {limit}s")
             raise StartError(cls, cause) from cause
         if proc.start_error is not None:
             proc.done.wait()  # its cleanup has finished before we report the failure
@@ -641,6 +747,8 @@ class Actor(pykka.ThreadingActor):
 
     def _start_actor_loop(self) -> None:
         proc = _Proc(self.actor_ref, ours=True)
+        if current_actor() is None:  # started from plain code: a root, stopped at exit
+            _AT_EXIT.track(proc)
         self.actor_ref._dspex_proc = proc  # type: ignore[attr-defined]
         self._dspex_proc = proc
         inbox = self.actor_inbox
@@ -693,7 +801,7 @@ class Actor(pykka.ThreadingActor):
                     if not isinstance(message, _Wake):
                         inbox.put_front(envelope)  # left for teardown to reject
                     return interrupted, proc.inline_crash
-                if isinstance(message, _Wake):
+                if isinstance(message, _Wake | _Ready):  # a late _Ready: nobody waits for it
                     continue
                 if isinstance(message, _StopRequest | pykka_messages._ActorStop):
                     if envelope.reply_to is not None:
@@ -764,6 +872,61 @@ class Actor(pykka.ThreadingActor):
             _reject(envelope, inbox.owner, proc)
         self._dspex_on_exit(reason)
         proc.finish(reason)
+
+    def _wait_serving(
+        self,
+        start: Callable[[Callable[[], None]], None],
+        timeout: float | None,
+        is_query: Callable[[Any], bool],
+    ) -> bool:
+        """From inside a handler: run `start(ready)`, which must arrange for `ready()` to be
+        called (from any thread) once what it started is done, and wait for that, while still
+        answering the queued messages `is_query` accepts (read-only questions about state,
+        answered in the order they came). Every other message waits for its turn, in order,
+        after the current handler.
+
+        Returns True once `ready()` was called; False if `timeout` passed first, or if the
+        actor is asked to stop or exit meanwhile (that request is handled as soon as the
+        current handler returns).
+        """
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _Inbox)
+        token = object()
+        start(lambda: inbox.put_front(Envelope(_Ready(token))))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        deferred: list[Envelope[Any]] = []
+        try:
+            while True:
+                try:
+                    envelope = inbox.get(timeout=os_timeout(remaining(deadline)))
+                except queue.Empty:
+                    return False
+                message = envelope.message
+                if isinstance(message, _Ready):
+                    if message.token is token:
+                        return True
+                    deferred.append(envelope)  # an older wait's: nobody waits for it now
+                elif (
+                    isinstance(message, _Wake | _StopRequest | pykka_messages._ActorStop)
+                    or self._dspex_proc.pending() is not None
+                ):
+                    deferred.append(envelope)
+                    return False
+                elif is_query(message):
+                    try:
+                        response = self._handle_receive(message)
+                    except Exception:
+                        if envelope.reply_to is not None:
+                            envelope.reply_to.set_exception()
+                    else:
+                        if envelope.reply_to is not None:
+                            envelope.reply_to.set(response)
+                else:
+                    deferred.append(envelope)
+        finally:
+            for envelope in reversed(deferred):
+                if not isinstance(envelope.message, _Ready):
+                    inbox.put_front(envelope)
 
     def _dspex_on_exit(self, reason: Any) -> None:
         """Last step before links and monitors are told; framework subclasses extend it."""
@@ -839,6 +1002,31 @@ def _reason_for(exc: BaseException) -> Any:
     return exc
 
 
+@contextlib.contextmanager
+def start_limit(seconds: float | None) -> Iterator[None]:
+    """Meanwhile, an `Actor.start` in this thread waits at most `seconds` for `on_start`
+    (or its class's `start_timeout`, if shorter): a supervisor bounds a child's start so."""
+    previous = getattr(_current, "start_limit", None)
+    _current.start_limit = seconds
+    try:
+        yield
+    finally:
+        _current.start_limit = previous
+
+
+@contextlib.contextmanager
+def acting_for(ref: pykka.ActorRef[Any]) -> Iterator[None]:
+    """Meanwhile, `current_actor()` in this thread is `ref`'s actor: for work an actor hands
+    to a helper thread (what a supervisor's start function starts is its child, linked to
+    it)."""
+    previous = getattr(_current, "proc", None)
+    _current.proc = _proc_of(ref)
+    try:
+        yield
+    finally:
+        _current.proc = previous
+
+
 def start_actor(actor_class: type[Actor], *args: Any) -> pykka.ActorRef[Any]:
     """Start a framework actor; an `on_start` failure raises its own error, not a `StartError`.
 
@@ -849,6 +1037,9 @@ def start_actor(actor_class: type[Actor], *args: Any) -> pykka.ActorRef[Any]:
         return actor_class.start(*args)
     except StartError as exc:
         raise exc.reason from None
+
+
+inline_start(Actor.start)
 
 
 # --- handles ---------------------------------------------------------------------------------

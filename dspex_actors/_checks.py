@@ -17,8 +17,10 @@ wait on.
 from __future__ import annotations
 
 import enum
+import inspect
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._clock import SYSTEM_CLOCK, Clock
@@ -28,6 +30,7 @@ __all__ = [
     "check_clock",
     "check_name",
     "check_name_option",
+    "check_options",
     "check_timeout",
     "enum_member",
     "enum_option",
@@ -40,6 +43,7 @@ __all__ = [
 ]
 
 E = TypeVar("E", bound=enum.Enum)
+T = TypeVar("T")
 
 
 def is_int(value: Any) -> bool:
@@ -117,6 +121,21 @@ def check_timeout(timeout: Any, option: str = "timeout") -> None:
     """A timeout in seconds: a number >= 0, or None (wait forever)."""
     if timeout is not None and (not is_number(timeout) or not timeout >= 0):
         raise InvalidOption(option, timeout, "a non-negative number of seconds or None")
+
+
+def check_options(check: Callable[..., T], *args: Any, **options: Any) -> T:
+    """`check(*args, **options)`, refusing an option `check` does not take with
+    `InvalidOption` (naming the options it does take) instead of a `TypeError`.
+
+    For ``child_spec`` functions, which check a start function's options when the spec is
+    built: `check` is the start function's own validation, keyword-only options with defaults.
+    """
+    parameters = inspect.signature(check).parameters
+    known = [name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
+    for name in options:
+        if name not in known:
+            raise InvalidOption(name, options[name], f"one of the options {', '.join(known)}")
+    return check(*args, **options)
 
 
 def os_timeout(timeout: float | None) -> float | None:

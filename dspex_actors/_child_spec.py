@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, cast, final
+from typing import Any, Final, TypeVar, cast, final
 
 import attrs
 
@@ -106,7 +106,10 @@ ShutdownSpec = float | _Infinity | _BrutalKill
 """What `ChildSpec.shutdown` holds: seconds, `INFINITY` or `BRUTAL_KILL`."""
 
 _DEFAULT: Final = object()
-_SPEC_FIELDS = frozenset({"id", "restart", "shutdown", "type", "significant", "name"})
+F = TypeVar("F", bound=Callable[..., Any])
+_SPEC_FIELDS = frozenset(
+    {"id", "restart", "shutdown", "type", "significant", "name", "start_timeout"}
+)
 
 
 def _to_restart(value: Any) -> Any:
@@ -160,6 +163,18 @@ def _check_shutdown(_instance: Any, _attribute: Any, value: Any) -> None:
             value,
             f"shutdown must be a number of seconds >= 0, BRUTAL_KILL or INFINITY, got: {value!r}",
             "invalid_shutdown",
+        )
+
+
+def _check_start_timeout(_instance: Any, _attribute: Any, value: Any) -> None:
+    if value is _DEFAULT or value is INFINITY:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ChildSpecError(
+            "start_timeout",
+            value,
+            f"start_timeout must be a number of seconds > 0 or INFINITY, got: {value!r}",
+            "invalid_start_timeout",
         )
 
 
@@ -233,6 +248,13 @@ class ChildSpec:
             Only for `TRANSIENT` and `TEMPORARY` children.
         name: if set, the supervisor registers the child under this local name after every
             start, so `whereis(name)` finds the current instance.
+        start_timeout: seconds the start function may take before the start counts as
+            failed (a `TimeoutError` reason), or `INFINITY`. Default: 5.0 for workers,
+            `INFINITY` for supervisors (whose own children's starts are bounded). A start
+            function that is not an actor's `start` runs in a thread of its own, so the
+            supervisor keeps answering `which_children`, `count_children` and `stop` while
+            it runs; one that never returns is abandoned (a child it starts later is
+            stopped at once).
     """
 
     id: Any = attrs.field(validator=_check_id)
@@ -256,11 +278,16 @@ class ChildSpec:
     )
     significant: bool = attrs.field(default=False, validator=_check_significant)
     name: Any = attrs.field(default=None, validator=_check_name)
+    start_timeout: float | _Infinity = attrs.field(
+        default=cast(float, _DEFAULT), validator=_check_start_timeout
+    )
 
     def __attrs_post_init__(self) -> None:
+        supervisor = self.type is ChildType.SUPERVISOR
         if self.shutdown is _DEFAULT:
-            default = INFINITY if self.type is ChildType.SUPERVISOR else 5.0
-            object.__setattr__(self, "shutdown", default)
+            object.__setattr__(self, "shutdown", INFINITY if supervisor else 5.0)
+        if self.start_timeout is _DEFAULT:
+            object.__setattr__(self, "start_timeout", INFINITY if supervisor else 5.0)
 
     def replace(self, **changes: Any) -> ChildSpec:
         """A copy with some fields changed, validated again (Elixir's `Supervisor.child_spec/2`).
@@ -290,6 +317,20 @@ class ChildSpec:
     def start_description(self) -> str:
         """The start function's name, for logs."""
         return getattr(self.start, "__qualname__", None) or repr(self.start)
+
+
+def inline_start(start: F) -> F:
+    """Mark a start function a supervisor may call in its own thread: one that returns
+    within a bound of its own (an actor's `start`, bounded by its `start_timeout`; a
+    framework handle's `start`). Any other start function runs in a thread of its own."""
+    function: Any = getattr(start, "__func__", start)
+    function._dspex_inline_start = True
+    return start
+
+
+def is_inline_start(start: Any) -> bool:
+    """Whether `start` was marked with `inline_start` (bound methods included)."""
+    return bool(getattr(getattr(start, "__func__", start), "_dspex_inline_start", False))
 
 
 def split_spec_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

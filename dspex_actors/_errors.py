@@ -11,6 +11,7 @@ attributes; the message is for people.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pykka
@@ -48,6 +49,7 @@ __all__ = [
     "StartError",
     "SupervisorStartError",
     "WorkerCrashed",
+    "WorkerStartError",
 ]
 
 
@@ -292,12 +294,19 @@ class CallbackReturnError(DspexActorsError, TypeError):
 
 
 class PoolTimeout(DspexActorsError, TimeoutError):
-    """A checkout got no worker before its deadline (NimblePool ``{:timeout, ...}``)."""
+    """A checkout got no worker before its deadline (NimblePool ``{:timeout, ...}``).
 
-    def __init__(self, pool: str, timeout: float | None) -> None:
+    When the pool's worker starts were failing meanwhile, the last start failure is the
+    `__cause__` (and is named in the message).
+    """
+
+    def __init__(self, pool: str, timeout: float | None, start_error: Any = None) -> None:
         self.pool = pool
         self.timeout = timeout
-        super().__init__(f"checkout from pool {pool} timed out after {timeout}s")
+        text = f"checkout from pool {pool} timed out after {timeout}s"
+        if start_error is not None:
+            text += f"; its last worker start failed: {start_error}"
+        super().__init__(text)
 
 
 class CheckoutFailed(DspexActorsError, RuntimeError):
@@ -373,13 +382,51 @@ class WorkerCrashed(DspexActorsError, RuntimeError):
     """A worker process died while serving a request.
 
     Attributes:
+        worker: the worker's port.
         exit_status: the process's exit status (negative: killed by that signal), if known.
+        delivered: False when the process was dead before the request was written (nothing
+            ran: a `ProcessPool` retries it on another worker whatever `retries` says).
     """
 
-    def __init__(self, worker: str, exit_status: int | None) -> None:
+    def __init__(self, worker: str, exit_status: int | None, *, delivered: bool = True) -> None:
         self.worker = worker
         self.exit_status = exit_status
-        super().__init__(f"worker {worker} crashed (exit status {exit_status})")
+        self.delivered = delivered
+        what = "crashed" if delivered else "was dead before the request was sent"
+        super().__init__(f"worker {worker} {what} (exit status {exit_status})")
+
+
+class WorkerStartError(DspexActorsError, RuntimeError):
+    """A pool could not start a worker process (or it died before it answered).
+
+    Raised by the worker start itself, and carried as the `__cause__` of the `PoolTimeout` of a
+    caller who waited for a worker while starts kept failing.
+
+    Attributes:
+        worker: what was being started (the program, or the handler's name).
+        exit_status: the process's exit status, if it started and exited.
+        stderr_tail: the last lines it wrote on stderr.
+    """
+
+    def __init__(
+        self, worker: str, reason: str, exit_status: int | None, stderr_tail: list[str]
+    ) -> None:
+        self.worker = worker
+        self.exit_status = exit_status
+        self.stderr_tail = stderr_tail
+        text = f"worker {worker} could not start: {reason}"
+        if exit_status is not None:
+            text += f" (exit status {exit_status})"
+        if stderr_tail:
+            text += "; its stderr ended with: " + " | ".join(stderr_tail[-5:])
+        super().__init__(text)
+
+    @property
+    def backs_off(self) -> bool:
+        """Whether the pool should wait before the next start: not for a process that was
+        SIGKILLed from outside (by an operator, the OOM killer, a test's chaos), which says
+        nothing about the next start; yes for one that failed by itself."""
+        return self.exit_status != -signal.SIGKILL
 
 
 class AlreadyNamed(DspexActorsError, ValueError):

@@ -354,12 +354,14 @@ def test_the_fallback_is_really_taken_when_the_accelerators_are_off(
     ids=["nan", "-inf", "set", "bytes", "tuple-key", "object", "huge-int"],
 )
 def test_encode_errors_name_the_type_and_carry_json_s_message(value: Any) -> None:
-    """ "cannot encode <type> as JSON: <json's message>", caused by json's exception."""
+    """ "cannot encode <type> as JSON: <json's message>", caused by json's exception; a dict
+    key that JSON refuses is named as such, with its own type."""
     ok, expected = outcome(json_encode, value)
     assert not ok
     with pytest.raises(ProtocolError) as info:
         JSON_CODEC.encode(value)
-    assert str(info.value) == f"cannot encode {type(value).__name__} as JSON: {expected}"
+    culprit = "tuple (a dict key)" if isinstance(value, dict) else type(value).__name__
+    assert str(info.value) == f"cannot encode {culprit} as JSON: {expected}"
 
 
 # --- a cycle costs what it costs json -------------------------------------------------------------

@@ -62,7 +62,7 @@ import attrs
 import pykka
 
 from .._actor import Actor, ActorHandle, demonitor, monitor, start_actor
-from .._child_spec import ChildSpec
+from .._child_spec import ChildSpec, inline_start
 from .._errors import InvalidOption, NameNotRegistered, NameTaken, NoProc
 from .._reasons import Down, MonitorRef
 from ._names import Via, _as_ref, whereis
@@ -633,3 +633,6 @@ def _check_key(key: Any) -> None:
         hash(key)
     except TypeError:
         raise InvalidOption("key", key, "hashable", code="invalid_key") from None
+
+
+inline_start(Registry.start)  # a supervisor may call it in its own thread: it is bounded

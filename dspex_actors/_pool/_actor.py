@@ -33,7 +33,7 @@ import pykka
 
 from .._actor import Actor, InternalMessage
 from .._clock import SYSTEM_CLOCK, Clock, TimerHandle
-from .._errors import CallbackReturnError, NoProc, StartError
+from .._errors import CallbackReturnError, NoProc, StartError, WorkerStartError
 from .._logging import area_logger, log_event, short_repr
 from .._naming._names import register
 from .._reasons import Down, Exit, MonitorRef, Shutdown
@@ -138,7 +138,7 @@ class _Core:
     actor itself while it runs (so a caller's thread can handle its own checkout and checkin
     while the pool is idle: see `Pool._acquire`)."""
 
-    __slots__ = ("actor", "inflight", "label", "proc")
+    __slots__ = ("actor", "inflight", "label", "proc", "start_error")
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -147,6 +147,9 @@ class _Core:
         # Set once the pool is ready, cleared as it exits (so that a handle kept after the
         # pool stopped does not keep its state alive).
         self.actor: PoolActor | None = None
+        # Why the last worker start failed, while starts keep failing (cleared by a
+        # successful checkin): a caller whose checkout times out gets it as the cause.
+        self.start_error: BaseException | None = None
 
 
 class _Worker:
@@ -186,6 +189,8 @@ class _Config:
     worker_idle_timeout: float | None
     max_idle_pings: int | None
     clock: Clock
+    start_backoff: float
+    max_start_backoff: float
 
 
 # --- the pool actor (handlers) ---------------------------------------------------------------
@@ -232,6 +237,8 @@ class PoolActor(Actor):
         self._removed = 0
         self._checkouts = 0
         self._idle_timer: TimerHandle | None = None
+        self._start_failures = 0  # worker starts failed in a row (for the backoff)
+        self._retry_timers: list[TimerHandle] = []
         self._core = _Core("")
 
     # -- start and exit --
@@ -288,6 +295,8 @@ class PoolActor(Actor):
         self._core.actor = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        for timer in self._retry_timers:
+            timer.cancel()
         for req in self._core.inflight.copy():
             if req.kind is _PENDING:
                 self._fail(req, NoProc(f"{self._core.label} (exited: {reason!r})", "checkout"))
@@ -405,6 +414,9 @@ class PoolActor(Actor):
                 worker.error_checkins += 1
             else:
                 worker.successful_checkins += 1
+                if self._start_failures:  # a worker served: starts are healthy again
+                    self._start_failures = 0
+                    self._core.start_error = None
             self._checked_in(worker)
             return
         match result:
@@ -460,7 +472,9 @@ class PoolActor(Actor):
         if message.ok:
             self._add_worker(message.value)
         else:
-            self._start_worker()  # a crashed async init is retried at once, even when lazy
+            # A crashed async init is retried (even when lazy), with the backoff.
+            self._start_failed(message.value)
+            self._retry_init()
         self._serve_waiters()
 
     def _on_info(self, message: Any) -> None:
@@ -634,19 +648,44 @@ class PoolActor(Actor):
                 self._ps = ps
                 self._initializing += 1
                 self._run_async(fn)
-            case _Raised():
+            case _Raised(error):
+                self._start_failed(error)
                 self._retry_init()
             case _:
                 error = self._bad_return("init_worker", result)
                 if starting:
                     raise error
                 self._log_bad_return(error)
+                self._start_failed(error)
                 self._retry_init()
 
+    def _start_failed(self, error: BaseException) -> None:
+        """A worker start failed: keep why (for callers who wait in vain) and count it for
+        the backoff, unless the error says it is no reason to wait (`backs_off`: a
+        `WorkerStartError` of a process SIGKILLed from outside)."""
+        self._core.start_error = error
+        if getattr(error, "backs_off", True):
+            self._start_failures += 1
+
     def _retry_init(self) -> None:
-        # Through our own inbox, never in a loop: other messages are served between attempts.
+        """Start a worker again, through our own inbox, never in a loop (other messages are
+        served between attempts): at once, or after the backoff while starts keep failing."""
         self._initializing += 1
-        self.actor_ref.tell(_INIT_WORKER)
+        failures = self._start_failures
+        if failures <= 1:
+            self.actor_ref.tell(_INIT_WORKER)
+            return
+        cfg = self._cfg
+        delay = min(cfg.max_start_backoff, cfg.start_backoff * 2 ** (failures - 2))
+        ref = self.actor_ref
+
+        def retry() -> None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(_INIT_WORKER)
+
+        now = self._clock.monotonic()
+        self._retry_timers = [h for h in self._retry_timers if h.when > now]
+        self._retry_timers.append(self._clock.call_later(delay, retry))
 
     def _add_worker(self, worker_state: Any) -> None:
         self._next_id += 1
@@ -694,6 +733,10 @@ class PoolActor(Actor):
         self._terminate_worker(reason, worker)
         self._removed += 1
         del self._workers[worker.id]
+        if isinstance(reason, WorkerStartError):
+            # The worker says it never really started (a program that exits at once): a
+            # failed start, which must not be retried in a storm.
+            self._start_failed(reason)
         if self._overflow > 0:
             self._overflow -= 1  # Poolboy: an overflow pool shrinks instead of replacing
         elif self._cfg.lazy:

@@ -56,8 +56,9 @@ How it works (and what Python changes):
 - Deadlines are real time (`time.monotonic`): the caller really waits. The injected `clock`
   drives idle pings and `WorkerStats.last_activity`.
 - A caller that is an `Actor` is monitored while it waits or holds a worker: if it exits, the
-  worker is removed with reason ``"DOWN"`` (and replaced). A plain thread cannot be monitored;
-  an exception in `fn` (or in a `with pool.lease(...)` block) cancels the lease instead.
+  worker is removed with reason ``"DOWN"`` (and replaced). A thread that ends inside a lease
+  (entered, never left) is noticed too, when its thread-local data goes: its worker is removed
+  the same way. An exception in `fn` (or in a `with pool.lease(...)` block) cancels the lease.
 - The wait queue is pruned as soon as a waiter times out or exits (NimblePool #27).
 - `kill` runs no cleanup (see `kill`): idle workers are then not terminated.
 """
@@ -65,7 +66,9 @@ How it works (and what Python changes):
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -74,7 +77,16 @@ import pykka
 
 from .._actor import ActorHandle, current_actor, run_inline
 from .._actor import _current as _actor_thread
-from .._checks import check_clock, check_name_option, check_timeout, is_int, is_number, os_timeout
+from .._checks import (
+    check_clock,
+    check_name_option,
+    check_options,
+    check_timeout,
+    is_int,
+    is_number,
+    os_timeout,
+)
+from .._child_spec import inline_start
 from .._clock import Clock
 from .._errors import (
     CallbackReturnError,
@@ -154,6 +166,8 @@ class Lease:
         req = self._pool._acquire(self._command, self._timeout)
         self._req = req
         self.checkin_state = req.value
+        if req.client is None:  # a thread: the pool cannot monitor it, so it is watched here
+            _leases_of_this_thread()[req] = self._pool
         return self
 
     def __exit__(
@@ -165,6 +179,8 @@ class Lease:
         req = self._active()
         self._req = None
         self._done = True
+        if req.client is None:
+            _leases_of_this_thread().pop(req, None)
         if exc is None:
             self._pool._checkin(req, self.checkin_state)
         else:
@@ -210,6 +226,8 @@ class Pool(ActorHandle):
         max_idle_pings: int | None = None,
         name: Any = None,
         clock: Clock | None = None,
+        start_backoff: float = 0.05,
+        max_start_backoff: float = 5.0,
     ) -> Pool:
         """Start a pool; return once `init_pool` (and, eager, every `init_worker`) has run.
 
@@ -225,7 +243,14 @@ class Pool(ActorHandle):
                 workers are pinged on this period.
             max_idle_pings: at most this many pings per scan (`None`: no limit).
             name: register the pool under this local name (see `register`).
-            clock: drives idle pings and `last_activity` (a `FakeClock` in tests).
+            clock: drives idle pings, start backoff and `last_activity` (a `FakeClock` in
+                tests).
+            start_backoff: worker starts that keep failing back off: the first failure is
+                retried at once, the next after `start_backoff` seconds, doubling each time
+                up to `max_start_backoff`. A worker removed before it served anything counts
+                as a failed start; a successful checkin resets the backoff. Meanwhile a caller
+                who waits in vain gets a `PoolTimeout` caused by the last start failure.
+            max_start_backoff: the longest wait between two failed starts.
 
         Raises:
             InvalidOption: an invalid option; nothing was started.
@@ -234,7 +259,15 @@ class Pool(ActorHandle):
             NameTaken: `name` is registered to a live actor.
         """
         config = _validate(
-            worker, pool_size, lazy, max_overflow, worker_idle_timeout, max_idle_pings, clock
+            worker,
+            pool_size=pool_size,
+            lazy=lazy,
+            max_overflow=max_overflow,
+            worker_idle_timeout=worker_idle_timeout,
+            max_idle_pings=max_idle_pings,
+            clock=clock,
+            start_backoff=start_backoff,
+            max_start_backoff=max_start_backoff,
         )
         check_name_option(name)
         try:
@@ -257,15 +290,7 @@ class Pool(ActorHandle):
         from .._child_spec import ChildSpec, split_spec_options
 
         spec_options, start_options = split_spec_options(options)
-        _validate(
-            worker,
-            start_options.get("pool_size", 10),
-            start_options.get("lazy", False),
-            start_options.get("max_overflow", 0),
-            start_options.get("worker_idle_timeout"),
-            start_options.get("max_idle_pings"),
-            start_options.get("clock"),
-        )
+        check_options(_validate, worker, **start_options)
         spec_options.setdefault("id", getattr(worker, "__name__", "Pool"))
         return ChildSpec(
             start=cls.start, args=(worker, init_arg), kwargs=start_options, **spec_options
@@ -417,7 +442,8 @@ class Pool(ActorHandle):
         if not got:
             with contextlib.suppress(pykka.ActorDeadError):
                 self._ref.tell(_Cancel(req, "timeout"))
-            raise PoolTimeout(core.label, timeout)
+            start_error = core.start_error
+            raise PoolTimeout(core.label, timeout, start_error) from start_error
         if req.kind is _GRANTED:
             return req
         error: BaseException = req.value
@@ -447,13 +473,17 @@ class Pool(ActorHandle):
 
 def _validate(
     worker: Any,
-    pool_size: Any,
-    lazy: Any,
-    max_overflow: Any,
-    worker_idle_timeout: Any,
-    max_idle_pings: Any,
-    clock: Any,
+    *,
+    pool_size: Any = 10,
+    lazy: Any = False,
+    max_overflow: Any = 0,
+    worker_idle_timeout: Any = None,
+    max_idle_pings: Any = None,
+    clock: Any = None,
+    start_backoff: Any = 0.05,
+    max_start_backoff: Any = 5.0,
 ) -> _Config:
+    """Check every `Pool.start` option (the defaults are `Pool.start`'s); return the config."""
     if not (isinstance(worker, type) and issubclass(worker, PoolWorker)):
         raise InvalidOption("worker", worker, "a PoolWorker subclass (the class itself)")
     missing = [
@@ -479,7 +509,12 @@ def _validate(
         )
     if max_idle_pings is not None and (not is_int(max_idle_pings) or max_idle_pings <= 0):
         raise InvalidOption("max_idle_pings", max_idle_pings, "a positive integer or None")
-    clock = check_clock(clock)
+    if not is_number(start_backoff) or not 0 <= start_backoff < float("inf"):
+        raise InvalidOption("start_backoff", start_backoff, "a number of seconds >= 0")
+    if not is_number(max_start_backoff) or not start_backoff <= max_start_backoff < float("inf"):
+        raise InvalidOption(
+            "max_start_backoff", max_start_backoff, "a number of seconds >= start_backoff"
+        )
     return _Config(
         worker=worker,
         pool_size=pool_size,
@@ -487,8 +522,40 @@ def _validate(
         max_overflow=max_overflow,
         worker_idle_timeout=(None if worker_idle_timeout is None else float(worker_idle_timeout)),
         max_idle_pings=max_idle_pings,
-        clock=clock,
+        clock=check_clock(clock),
+        start_backoff=float(start_backoff),
+        max_start_backoff=float(max_start_backoff),
     )
+
+
+inline_start(Pool.start)  # a supervisor may call it in its own thread: it is bounded
+
+
+class _ThreadLeases:
+    """The leases one thread holds. It lives in the thread's locals, which go when the thread
+    ends: its finalizer then cancels what the thread never gave back (reason ``"DOWN"``, as for
+    an actor that exits holding a worker)."""
+
+    __slots__ = ("__weakref__", "leases")
+
+    def __init__(self) -> None:
+        self.leases: dict[_Request, Pool] = {}
+
+
+_thread_locals = threading.local()
+
+
+def _leases_of_this_thread() -> dict[_Request, Pool]:
+    holder: _ThreadLeases | None = getattr(_thread_locals, "leases", None)
+    if holder is None:
+        holder = _thread_locals.leases = _ThreadLeases()
+        weakref.finalize(holder, _thread_ended, holder.leases)
+    return holder.leases
+
+
+def _thread_ended(leases: dict[_Request, Pool]) -> None:
+    for req, pool in list(leases.items()):
+        pool._cancel(req, "DOWN")
 
 
 def _kind_of(exc: BaseException) -> str:

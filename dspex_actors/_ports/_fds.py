@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
+import select
 import selectors
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,6 +35,7 @@ __all__ = [
     "FORK_GUARD",
     "PARENT_FDS",
     "ForkGuard",
+    "arm_lifeline",
     "close_fd",
     "die_with",
     "drop_parent_fds",
@@ -192,6 +196,38 @@ def die_with(parent: int) -> None:
     libc().prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         os._exit(1)
+
+
+_F_SETSIG = getattr(fcntl, "F_SETSIG", 10)  # Linux: the signal a file owner gets on I/O
+
+
+def arm_lifeline(fd: int) -> bool:
+    """In a worker that leads its own process group: be SIGKILLed, by the kernel, when the
+    lifeline pipe's last write end closes (its owner died), whatever this process is doing.
+
+    The lifeline's read end is set to signal its owner (our process group) on I/O
+    (``O_ASYNC``), with SIGKILL as the signal (``F_SETSIG``); the kernel raises it when the
+    pipe's last writer goes away. No thread of ours has to run for it: a handler holding the
+    GIL in C code dies as promptly as an idle one. The file status and owner belong to the
+    open file, so they also hold across an exec (a program keeps the fd open).
+
+    Returns False where this cannot be set up (not Linux): the caller then watches the
+    lifeline with a thread. Exits at once if the owner is already gone.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETOWN, -os.getpgrp())
+        fcntl.fcntl(fd, _F_SETSIG, int(signal.SIGKILL))
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    except OSError:
+        return False
+    # The owner may have gone before the above took effect: no close is coming to signal.
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if poller.poll(0):
+        os.killpg(0, signal.SIGKILL)
+    return True
 
 
 def pdeathsig_preexec(parent: int) -> Callable[[], None]:

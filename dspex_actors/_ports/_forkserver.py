@@ -67,11 +67,13 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import itertools
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -96,13 +98,28 @@ from ._forkserver_server import (
     SERVE,
     STALLED,
     STARTED,
+    WATCHED,
     kill_group,
     process_state,
     raised,
 )
 
-__all__ = ["FORK_SERVER", "ForkServer", "ServedChild", "abandon_worker", "release_from"]
+__all__ = [
+    "FORK_SERVER",
+    "ForkServer",
+    "ForkServerUnavailable",
+    "ServedChild",
+    "abandon_worker",
+    "release_from",
+]
 
+_REPORT_GRACE = 1.0
+"""Seconds a port waits, after the kernel reported a served child's exit, for the server's
+report of its status (it comes at once, unless the server is gone or stalled)."""
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 5.0
+"""A server that dies before it answered anything is started again after 0.1 s, then 0.2 s,
+and so on, at most 5 s apart, while starts keep failing."""
 SEND_STALL_LIMIT = 30.0
 """Seconds a request may go without any progress in being sent before the server counts as
 stalled (and is replaced)."""
@@ -114,6 +131,12 @@ _STOP_LIMIT = 10.0
 # --- public types ------------------------------------------------------------------------------
 
 
+class ForkServerUnavailable(OSError):
+    """The fork server could not start a child: it could not be started, died before it
+    answered, or is being restarted after dying at boot. Nothing was started; the caller may
+    start the child another way (a `ProcessPool` falls back to ``"spawn"``)."""
+
+
 class ForkServer:
     """The fork server of this process: started by the first `acquire`, stopped by the last
     `release`. Use the shared `FORK_SERVER`."""
@@ -122,6 +145,8 @@ class ForkServer:
         self._lock = threading.Lock()
         self._users = 0
         self._server: _Server | None = None
+        self._failures = 0  # servers in a row that died before answering anything
+        self._retry_at = 0.0  # no server start before this (time.monotonic)
 
     @property
     def pid(self) -> int | None:
@@ -137,14 +162,12 @@ class ForkServer:
             return self._users
 
     def acquire(self) -> None:
-        """Take a reference; start the server if none runs.
-
-        Raises:
-            OSError: the server could not be started.
-        """
+        """Take a reference; start the server if none runs (a start that fails now is tried
+        again by the next child's start)."""
         with self._lock:
-            self._running()
             self._users += 1
+            with contextlib.suppress(ForkServerUnavailable):
+                self._running()
 
     def release(self) -> None:
         """Drop a reference; the last one stops the server and reaps it before returning."""
@@ -246,11 +269,40 @@ class ForkServer:
         return server
 
     def _running(self) -> _Server:
-        """The running server, started (again) if needed. Holds `_lock`."""
+        """The running server, started (again) if needed. Holds `_lock`.
+
+        A server may die at any time (killed, out of memory): the next start runs a new one.
+        One that dies before answering anything is not started again at once: starts back
+        off (0.1 s, doubling, at most 5 s apart) until a server answers again, and meanwhile
+        this raises at once.
+
+        Raises:
+            ForkServerUnavailable: no server could be started, or it is backing off.
+        """
         server = self._server
-        if server is None or server.dead:
+        if server is not None and not server.dead:
+            return server
+        now = time.monotonic()
+        if server is not None:
+            self._server = None
+            if server.answered:
+                self._failures = 0  # it worked for a while: no backoff for its successor
+            else:
+                self._failures += 1
+                delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
+                self._retry_at = now + delay
+        if now < self._retry_at:
+            raise ForkServerUnavailable(
+                f"the fork server died at its start {self._failures} time(s) in a row; "
+                f"the next one starts in {self._retry_at - now:.2f} s"
+            )
+        try:
             server = _Server.start()
-            self._server = server
+        except OSError as exc:
+            self._failures += 1
+            self._retry_at = now + min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
+            raise ForkServerUnavailable(f"the fork server could not be started: {exc}") from exc
+        self._server = server
         return server
 
 
@@ -262,38 +314,69 @@ FORK_SERVER = ForkServer()
 
 
 class ServedChild:
-    """A worker forked by the server, as `Port` sees it (the `_launch.Child` protocol).
+    """A child the server forked, as `Port` sees it (the `_launch.Child` protocol).
 
-    Its exit status comes from the server (the parent cannot wait for a grandchild); the
-    reader thread writes a byte to the exit pipe when it does, so the port's own reader wakes.
+    The parent cannot wait for a grandchild, so its exit comes two ways. With a pidfd (which
+    the server opens right after the fork and hands over, Linux 5.3 and later), the kernel says
+    when the child exits, even once the server is gone: a child outlives its server. Its
+    status is the server's report, when the server is still there to make one, else unknown
+    (None). Without a pidfd the server's report is the only news, written to an exit pipe the
+    port's reader watches; a child whose server died is then killed, since nothing could tell
+    of its exit.
     """
 
     def __init__(self, exit_r: int, exit_w: int) -> None:
         self.pid = 0  # set from the server's answer, before anyone else sees this object
-        self._exit_r = exit_r
+        self._exit_r: int | None = exit_r
         self._exit_w: int | None = exit_w
+        self._pidfd: int | None = None
         self._status: int | None = None
-        self._done = threading.Event()
+        self._known = threading.Event()  # the status is reported, or never will be
         self._lock = threading.Lock()
 
     def wait_status(self, timeout: float | None) -> int | None:
-        if not self._done.wait(timeout):
+        if self._pidfd is not None:
+            # The exit event was the kernel's; the server, if still there, reports the status
+            # moments later.
+            grace = _REPORT_GRACE if timeout is None else min(timeout, _REPORT_GRACE)
+            self._known.wait(grace)
+            self._close()
+            return self._status
+        if not self._known.wait(timeout):
             return None
         return self._status
 
     def exit_fd(self) -> int | None:
+        if self._pidfd is not None:
+            return os.dup(self._pidfd)
         return self._exit_r
 
     def reaped(self) -> bool:
-        # The server reaps at once: from then on the pid may be another process's.
-        return self._done.is_set()
-
-    def _exited(self, status: int) -> None:
+        # Once it has exited anyone may reap it (the server, or init once the server is
+        # gone), and its pid may be another process's: signal it no more.
         with self._lock:
-            if self._done.is_set():
+            if self._pidfd is not None:
+                poller = select.poll()
+                poller.register(self._pidfd, select.POLLIN)
+                return bool(poller.poll(0))
+        return self._known.is_set()
+
+    def _watched(self, pidfd: int) -> None:
+        """The server handed over a pidfd: the exit pipe is not needed."""
+        with self._lock:
+            self._pidfd = pidfd
+            write_end, self._exit_w = self._exit_w, None
+            read_end, self._exit_r = self._exit_r, None
+        for fd in (write_end, read_end):
+            if fd is not None:
+                close_fd(fd)
+
+    def _exited(self, status: int | None) -> None:
+        with self._lock:
+            if self._known.is_set():
                 return
             self._status = status
-            self._done.set()
+            self._known.set()
             fd, self._exit_w = self._exit_w, None
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -301,12 +384,22 @@ class ServedChild:
             close_fd(fd)
 
     def _discard(self) -> None:
-        """Never handed to a port: close both ends of the exit pipe."""
+        """Never handed to a port: close what it holds."""
         with self._lock:
-            fd, self._exit_w = self._exit_w, None
+            fds = [self._exit_w, self._exit_r, self._pidfd]
+            self._exit_w = self._exit_r = self._pidfd = None
+        for fd in fds:
+            if fd is not None:
+                close_fd(fd)
+
+    def _close(self) -> None:
+        """Its exit has been seen: let go of the pidfd."""
+        with self._lock:
+            fd, self._pidfd = self._pidfd, None
+            # Its exit is known from here on (the port keeps the status).
+            self._known.set()
         if fd is not None:
-            close_fd(fd)
-        os.close(self._exit_r)
+            os.close(fd)
 
 
 class _StartFailed(OSError):
@@ -338,6 +431,7 @@ class _Server:
         self.pid = popen.pid
         self.credentials = _credentials()  # the server's: those of when it was started
         self.dead = False
+        self.answered = 0  # starts it answered: it booted
         self._sock = sock
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -414,7 +508,7 @@ class _Server:
                     try:
                         with self._lock:
                             if self.dead:
-                                raise OSError("the fork server exited")
+                                raise ForkServerUnavailable("the fork server exited")
                             self._pending[request_id] = request
                         registered = sending = True
                         child_ends = [in_r, out_w, err_w, life_r, cwd_fd]
@@ -438,7 +532,7 @@ class _Server:
             if request is not None:
                 self._give_up(request_id, request, parent_ends or (), registered)
             if broken and isinstance(exc, OSError):
-                raise OSError(f"could not reach the fork server: {exc}") from exc
+                raise ForkServerUnavailable(f"could not reach the fork server: {exc}") from exc
             raise
         if request.error is not None:
             abandon_worker(request.child, parent_ends)
@@ -479,42 +573,53 @@ class _Server:
 
     def _read(self) -> None:
         buffer = bytearray()
+        fds: collections.deque[int] = collections.deque()  # pidfds, in the order they came
         try:
             while True:
-                chunk = self._sock.recv(65536)
+                chunk, new_fds, _flags, _addr = socket.recv_fds(self._sock, 65536, 16)
+                fds.extend(new_fds)
                 if not chunk:
                     break
                 buffer += chunk
                 while len(buffer) >= REPLY.size:
                     kind, key, value = REPLY.unpack_from(buffer)
                     del buffer[: REPLY.size]
-                    self._dispatch(kind, key, value)
+                    pidfd = fds.popleft() if kind == WATCHED and fds else None
+                    self._dispatch(kind, key, value, pidfd)
         except OSError:
             pass
         finally:
+            for fd in fds:
+                os.close(fd)
             self._gone()
 
-    def _dispatch(self, kind: int, key: int, value: int) -> None:
+    def _dispatch(self, kind: int, key: int, value: int, pidfd: int | None = None) -> None:
         if kind == EXITED:
             with self._lock:
                 child = self._workers.pop(key, None)
             if child is not None:
                 child._exited(value)
             return
+        started = kind in (STARTED, WATCHED)
         with self._lock:
             request = self._pending.pop(key, None)
-            if request is not None and kind == STARTED:
+            if request is not None and started:
                 # Registered before the requester learns the pid: the exit, which the server
                 # always reports after the start, finds its record.
                 request.child.pid = value
                 self._workers[value] = request.child
+                self.answered += 1
         if request is None:
-            if kind == STARTED:  # its requester gave up waiting
+            if started:  # its requester gave up waiting
                 kill_group(value)
+            if pidfd is not None:
+                os.close(pidfd)
             return
+        if pidfd is not None:
+            request.child._watched(pidfd)
         if kind in (NO_EXEC, NO_CWD, NO_SETUP, STALLED):
             request.error = _StartFailed(kind, value)
-        elif kind != STARTED:
+        elif not started:
             request.error = OSError(value, f"the fork server could not fork: {os.strerror(value)}")
         request.done.set()
 
@@ -527,13 +632,19 @@ class _Server:
             workers = list(self._workers.values())
             self._workers.clear()
         for request in pending:
-            request.error = OSError("the fork server exited before starting the worker")
+            request.error = ForkServerUnavailable(
+                "the fork server exited before starting the child"
+            )
             request.done.set()
-        # The server died with these still running: init reaps them now and their status is
-        # lost. Kill them (their ports must not outlive the server that reports their exits).
         for child in workers:
-            kill_group(child.pid)
-            child._exited(-signal.SIGKILL)
+            if child._pidfd is not None:
+                # It lives on (it dies with its owner, not with its server) and the kernel
+                # will tell of its exit; its status is unknown from now on.
+                child._exited(None)
+            else:
+                # Nothing could tell of its exit any more: its port must not wait for it.
+                kill_group(child.pid)
+                child._exited(-signal.SIGKILL)
         with self._send_lock:
             PARENT_FDS.discard(self._sock.fileno())
             self._sock.close()

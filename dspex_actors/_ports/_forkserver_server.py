@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from ._fds import die_with, libc
+from ._fds import arm_lifeline
 from ._framing import FrameDecoder
 from ._worker import forked_child_setup, serve
 
@@ -41,6 +41,7 @@ __all__ = [
     "SERVE",
     "STALLED",
     "STARTED",
+    "WATCHED",
     "WORKER_FDS",
     "ProcessState",
     "kill_group",
@@ -61,6 +62,7 @@ NO_EXEC = 4  # (request id, errno): a program's exec failed
 NO_CWD = 5  # (request id, errno): a program's working directory could not be entered
 NO_SETUP = 6  # (request id, errno): a program's umask or resource limits could not be set
 STALLED = 7  # (request id, 0): a program neither exec'd nor failed in time (it is killed)
+WATCHED = 8  # (request id, pid): STARTED, with a pidfd of the child riding along (SCM_RIGHTS)
 # The first byte of a request's setup: serve a Python handler, or exec a program.
 SERVE = b"S"
 EXEC = b"X"
@@ -143,9 +145,6 @@ def server_main(fd: int, parent: int) -> None:
     with contextlib.suppress(Exception):  # only an optimisation
         dill.loads(dill.dumps((_on_sigchld, (), "json", 1), recurse=True))
 
-    if sys.platform.startswith("linux"):
-        libc()  # loaded once here too: every started program calls prctl
-
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -156,7 +155,7 @@ def server_main(fd: int, parent: int) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, "parent")
     sel.register(wake_r, selectors.EVENT_READ, "child")
-    state = _State(sock, sel)
+    state = _State(sock, sel, parent)
     buffer = bytearray()
     fds: collections.deque[int] = collections.deque()
     try:
@@ -217,14 +216,35 @@ class _Starting:
 class _State:
     """The server's children: the workers it reports on, and programs not yet exec'd."""
 
-    def __init__(self, sock: socket.socket, sel: selectors.BaseSelector) -> None:
+    def __init__(self, sock: socket.socket, sel: selectors.BaseSelector, owner: int) -> None:
         self.sock = sock
         self.sel = sel
+        self.owner = owner  # the process that started us, which owns every child
         self.workers: set[int] = set()
         self.starting: dict[int, _Starting] = {}
 
     def send(self, kind: int, key: int, value: int) -> None:
         self.sock.sendall(REPLY.pack(kind, key, value))
+
+    def started(self, request_id: int, pid: int) -> None:
+        """Answer a start, with a pidfd of the child if there can be one.
+
+        The pidfd is opened here, where the child cannot have been reaped yet (so its pid
+        names it), and lets the owner see the child's exit even once we are gone: our
+        children outlive us, and nothing else could tell the owner of their deaths.
+        """
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfd (before Linux 5.3)
+            self.send(STARTED, request_id, pid)
+            return
+        try:
+            message = REPLY.pack(WATCHED, request_id, pid)
+            sent = socket.send_fds(self.sock, [message], [pidfd])
+            if sent < len(message):
+                self.sock.sendall(message[sent:])
+        finally:
+            os.close(pidfd)
 
     def next_deadline(self) -> float | None:
         if not self.starting:
@@ -239,7 +259,6 @@ class _State:
         """Fork a worker (or a program's child) for the request; answer once it runs."""
         program = setup[:1] == EXEC
         made: list[int] = []
-        server = os.getpid()
         try:
             if program:
                 made.extend(os.pipe())  # O_CLOEXEC: a successful exec closes it
@@ -251,13 +270,13 @@ class _State:
             return
         if pid == 0:
             if program:
-                _program_main(fds, setup[1:], self.sock, self.sel, made[1], server)
-            _worker_main(fds, setup[1:], self.sock, self.sel, server)
+                _program_main(fds, setup[1:], self.sock, self.sel, made[1])
+            _worker_main(fds, setup[1:], self.sock, self.sel, self.owner)
         for fd in fds + made[1:]:
             os.close(fd)
         if not program:
             self.workers.add(pid)
-            self.send(STARTED, request_id, pid)
+            self.started(request_id, pid)
             return
         # Answered once the exec has succeeded or failed (the child reports a failure on
         # the pipe, which the exec closes), as `subprocess.Popen` does, without blocking:
@@ -282,7 +301,7 @@ class _State:
             return
         if start.status is None:
             self.workers.add(start.pid)  # before any send: killed at our exit if that fails
-            self.send(STARTED, start.request_id, start.pid)
+            self.started(start.request_id, start.pid)
         else:  # it has exited already: reported after its start, as any exit is
             self.send(STARTED, start.request_id, start.pid)
             self.send(EXITED, start.pid, start.status)
@@ -349,10 +368,14 @@ def _program_main(
     sock: socket.socket,
     sel: selectors.BaseSelector,
     report_w: int,
-    server: int,
 ) -> NoReturn:
-    """A program's child, just forked from the server: set up as `Port.open` does, exec."""
-    in_fd, out_fd, err_fd, _lifeline, cwd_fd = fds
+    """A program's child, just forked from the server: set up as `Port.open` does, exec.
+
+    It keeps its lifeline (armed: the kernel kills it when its owner dies, see
+    `arm_lifeline`) open across the exec, as one more inherited fd; it does not die with the
+    server.
+    """
+    in_fd, out_fd, err_fd, life_fd, cwd_fd = fds
     stage = b"exec"
     try:
         signal.set_wakeup_fd(-1)
@@ -360,8 +383,7 @@ def _program_main(
         sel.close()
         sock.close()
         os.setsid()
-        if sys.platform.startswith("linux"):
-            die_with(server)
+        arm_lifeline(life_fd)
         args, env, cwd, state, _limit = pickle.loads(setup)
         # The requester's working directory first (a relative `cwd` starts from there),
         # before any fd is moved: its fd may have any number.
@@ -378,8 +400,9 @@ def _program_main(
         # survive exec.
         for fd, std in ((in_fd, 0), (out_fd, 1), (err_fd, 2)):
             os.dup2(fd, std)
-        # The lifeline too: the program cannot watch it (the server's death kills it).
-        _close_fds_except({0, 1, 2, report_w})
+        # The lifeline stays open (and armed) in the program; nothing else of ours does.
+        os.set_inheritable(life_fd, True)
+        _close_fds_except({0, 1, 2, life_fd, report_w})
         os.execvpe(args[0], args, env)
     except OSError as exc:
         report = b"%s:%d" % (stage, exc.errno or 0)
@@ -391,9 +414,13 @@ def _program_main(
 
 
 def _worker_main(
-    fds: list[int], setup: bytes, sock: socket.socket, sel: selectors.BaseSelector, server: int
+    fds: list[int], setup: bytes, sock: socket.socket, sel: selectors.BaseSelector, owner: int
 ) -> NoReturn:
-    """A worker, just forked from the server: become a ``"fork"`` port's child and serve."""
+    """A worker, just forked from the server: become a ``"fork"`` port's child and serve.
+
+    Its lifeline is armed at once (the kernel kills it when its `owner` dies, whoever forked
+    it): it does not die with the server.
+    """
     in_fd, out_fd, err_fd, life_fd, cwd_fd = fds
     code = 1
     try:
@@ -406,13 +433,10 @@ def _worker_main(
         with contextlib.suppress(OSError):
             os.fchdir(cwd_fd)  # the requester's working directory, even if deleted since
         os.close(cwd_fd)  # before any fd is moved below: it may have any number
-        if sys.platform.startswith("linux"):
-            # Killed with the server (which kills us if the parent dies): what covers the
-            # boot, before the lifeline is watched, if both die at once.
-            die_with(server)
-        # The lifeline is watched from the first request on (see _serve): until then the
-        # server and PR_SET_PDEATHSIG do, and the pool's first ping is answered sooner.
-        watch_lifeline = forked_child_setup(err_fd, life_fd)
+        # The lifeline is armed now (the kernel's watch); the owner's pid is also watched by
+        # a thread from the first request on (see serve), so the first ping is answered
+        # sooner.
+        watch_owner = forked_child_setup(err_fd, life_fd, owner)
         (environ, path, state), setup = pickle.loads(setup)
         # Only what differs (a fork has the server's): setting each variable costs a
         # start about half a millisecond.
@@ -427,7 +451,7 @@ def _worker_main(
 
         handler, args, codec_name, max_frame = dill.loads(setup)
         decoder = FrameDecoder(max_frame)
-        serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], decoder, watch_lifeline)
+        serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], decoder, watch_owner)
         code = 0
     except SystemExit as exc:
         # As the interpreter does: None is 0, an int is the status, anything else is printed

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any, Protocol, runtime_checkable
 
@@ -113,7 +114,10 @@ class JsonCodec:
         try:
             return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError, RecursionError) as exc:
-            raise ProtocolError(f"cannot encode {type(value).__name__} as JSON: {exc}") from exc
+            where, culprit = _unencodable(value)
+            raise ProtocolError(
+                f"cannot encode {type(culprit).__name__}{where} as JSON: {exc}"
+            ) from exc
 
     def decode(self, payload: bytes) -> Any:
         if _c_scan is not None:
@@ -128,6 +132,54 @@ class JsonCodec:
             return json.loads(payload)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # [[[[... nests too deep
             raise ProtocolError(f"invalid JSON in frame ({len(payload)} bytes): {exc}") from exc
+
+
+def _unencodable(value: Any) -> tuple[str, Any]:
+    """Where in `value` the first thing JSON cannot encode sits, and that thing: ``" at
+    items[1]"`` (a path: ``config.limits``, ``items[1]``), ``" (a dict key at config)"``, or
+    empty for `value` itself. Follows json.dumps's rules (``allow_nan=False``); a cycle is
+    reported where it closes. Only called once an encoding has failed."""
+    on_path: set[int] = set()
+
+    def visit(node: Any, path: str) -> tuple[str, Any] | None:
+        if node is None or isinstance(node, str | bool):
+            return None
+        if isinstance(node, int):
+            try:
+                int.__repr__(node)  # a huge int has more digits than str() may make
+            except ValueError:
+                return (f" at {path}" if path else ""), node
+            return None
+        if isinstance(node, float):
+            return None if math.isfinite(node) else ((f" at {path}" if path else ""), node)
+        if not isinstance(node, dict | list | tuple):
+            return (f" at {path}" if path else ""), node
+        if id(node) in on_path:
+            return (f" at {path}" if path else ""), node
+        on_path.add(id(node))
+        try:
+            if isinstance(node, dict):
+                # dict.items, not an override: locating must not run the value's own code.
+                for key, item in dict.items(node):
+                    if key is not None and not isinstance(key, str | int | float | bool):
+                        return (f" (a dict key at {path})" if path else " (a dict key)"), key
+                    step = f"{path}.{key}" if path else str(key)
+                    found = visit(item, step)
+                    if found:
+                        return found
+            else:
+                for index, item in enumerate(node):
+                    found = visit(item, f"{path}[{index}]")
+                    if found:
+                        return found
+        finally:
+            on_path.discard(id(node))
+        return None
+
+    try:
+        return visit(value, "") or ("", value)
+    except RecursionError:
+        return "", value
 
 
 def _refuse(value: Any) -> Any:

@@ -26,7 +26,7 @@ from .._errors import (
     PortClosed,
     PortNotOwned,
 )
-from ._port import Port, PortExited, PortInfo, calling_owner, same_owner
+from ._port import Port, PortExited, PortInfo, calling_owner, owner_alive, same_owner
 
 __all__ = ["PortActor", "check_port", "hand_over", "safe_connect", "validate_port"]
 
@@ -103,7 +103,7 @@ def hand_over(port: Any, target: Any) -> None:
         raise ConnectFailed(error) from error
     # The thread running this is alive: only another target can be dead or die meanwhile.
     elsewhere = target is not threading.current_thread()
-    if elsewhere and not target.is_alive():
+    if elsewhere and not owner_alive(target):
         raise ConnectFailed("target_dead")
     previous = port._owner
     try:
@@ -111,7 +111,7 @@ def hand_over(port: Any, target: Any) -> None:
             if port._closing or port._exit is not None:
                 raise PortClosed(port, "closed during connect")
             port._owner = target
-        if elsewhere and not target.is_alive():
+        if elsewhere and not owner_alive(target):
             port._reclaim(previous)
             raise ConnectExited("target_exited")
     except PortClosed as exc:

@@ -16,6 +16,7 @@ it cannot (its reader thread did not start), `Started.abandon` undoes the start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import subprocess
@@ -105,7 +106,12 @@ class ProcessChild:
         return code
 
     def exit_fd(self) -> int | None:
-        # The process sentinel becomes readable when the process exits.
+        # A pidfd becomes readable when the process exits (it cannot name another process:
+        # the child is ours and unreaped). The sentinel, where there is no pidfd, can be held
+        # open by a grandchild that inherited its write end.
+        with contextlib.suppress(AttributeError, OSError):
+            fd: int = os.pidfd_open(self.pid)
+            return fd
         return os.dup(self.process.sentinel)
 
     def reaped(self) -> bool:
@@ -340,16 +346,19 @@ def start_forked(
     return Started(ProcessChild(process), in_w, out_r, err_r, forget_fds, abandon)
 
 
-def start_forkserver_worker(setup: bytes) -> Started:
+def start_forkserver_worker(setup: bytes, timeout: float) -> Started:
     """Have the fork server fork a worker serving `setup` (`pickle_setup`'s bytes)."""
-    return _through_forkserver(lambda server: server.start_worker(setup, SETUP_TIMEOUT))
+    return _through_forkserver(lambda server: server.start_worker(setup, timeout))
 
 
 def start_forkserver_program(
-    argv: list[str], env: Mapping[str, str] | None, cwd: str | os.PathLike[str] | None
+    argv: list[str],
+    env: Mapping[str, str] | None,
+    cwd: str | os.PathLike[str] | None,
+    timeout: float,
 ) -> Started:
     """Have the fork server start the program `argv` (this process forks nothing)."""
-    return _through_forkserver(lambda server: server.start_program(argv, env, cwd, SETUP_TIMEOUT))
+    return _through_forkserver(lambda server: server.start_program(argv, env, cwd, timeout))
 
 
 def _through_forkserver(start: Callable[[Any], tuple[Any, tuple[int, int, int, int]]]) -> Started:

@@ -54,28 +54,33 @@ Example:
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import attrs
 import pykka
 
 from .._actor import current_actor
-from .._checks import remaining
+from .._checks import is_int, remaining
+from .._child_spec import inline_start
 from .._errors import (
     CallTimeout,
     ConnectError,
     ConnectExited,
     ConnectFailed,
     InvalidOption,
+    NoProc,
     NotAPort,
     PortClosed,
     PortNotOwned,
+    ProtocolError,
     RemoteError,
     WorkerCrashed,
+    WorkerStartError,
 )
 from .._logging import area_logger, log_event
 from .._pool._contract import From, PoolWorker
@@ -83,6 +88,7 @@ from .._pool._handle import Lease, Pool
 from .._pool._results import Async, Ok, Remove, Skip, Stop
 from .._reasons import is_normal_exit
 from . import _forkserver
+from ._forkserver import ForkServerUnavailable
 from ._framing import DEFAULT_MAX_FRAME, JSON_CODEC, Codec, JsonCodec, PickleCodec
 from ._handover import hand_over
 from ._port import (
@@ -91,8 +97,10 @@ from ._port import (
     Owner,
     Port,
     PortExited,
+    Prepared,
     calling_owner,
     check_max_frame,
+    close_ports,
 )
 
 __all__ = ["PortCheckout", "PortSpec", "PortWorker", "PortWorkerState", "ProcessPool"]
@@ -139,7 +147,9 @@ class PortSpec:
             the framework's own ping.
         close_timeout: seconds a worker gets to exit on EOF when the pool stops or it is
             checked in with ``"close"``, before SIGTERM.
-        init_timeout: seconds a new worker has to answer its first ping.
+        init_timeout: seconds a new worker has to start and answer its first ping.
+        retries: how often `ProcessPool.call` retries a request whose worker died while
+            serving it (for idempotent requests only).
     """
 
     argv: tuple[str, ...] | None = attrs.field(default=None, converter=_argv_tuple)
@@ -153,6 +163,7 @@ class PortSpec:
     ping: Any = None
     close_timeout: float = 1.0
     init_timeout: float = 30.0
+    retries: int = 0
 
     def __attrs_post_init__(self) -> None:
         if (self.argv is None) == (self.target is None):
@@ -161,6 +172,8 @@ class PortSpec:
             raise InvalidOption("target", self.target, "a callable")
         if not isinstance(self.close_timeout, int | float) or self.close_timeout < 0:
             raise InvalidOption("close_timeout", self.close_timeout, "a number >= 0")
+        if not is_int(self.retries) or self.retries < 0:
+            raise InvalidOption("retries", self.retries, "a non-negative integer")
         # The checks Port.open / Port.spawn make, made here so that a bad option is refused
         # at once instead of failing every worker start forever.
         if self.start_method is not None and self.start_method not in START_METHODS:
@@ -186,8 +199,30 @@ class PortSpec:
             return self.start_method
         return POOL_START_METHOD if self.target is not None else "spawn"
 
-    def open(self, owner: Owner) -> Port:
-        """Start one worker process, owned by `owner`."""
+    def open(self, owner: Owner, on_start: Callable[[Port], None] | None = None) -> Port:
+        """Start one worker process, owned by `owner`; `on_start` as in `Port.spawn`.
+
+        With ``"forkserver"``, a fork server that cannot start the worker (it could not come
+        up, died, or is backing off after dying at its start) does not stop the pool: the
+        worker is started the other way instead (``"spawn"``), and the server is tried again
+        for the next one.
+        """
+        method = self.method
+        if method == "forkserver":
+            try:
+                return self._open(owner, on_start, "forkserver")
+            except ForkServerUnavailable as exc:
+                log_event(
+                    _log,
+                    "WARNING",
+                    "fork_server_unavailable",
+                    "{error}; starting a worker with spawn instead",
+                    error=str(exc),
+                )
+            method = "spawn"
+        return self._open(owner, on_start, method)
+
+    def _open(self, owner: Owner, on_start: Callable[[Port], None] | None, method: str) -> Port:
         if self.argv is not None:
             return Port.open(
                 self.argv,
@@ -196,17 +231,28 @@ class PortSpec:
                 max_frame=self.max_frame,
                 codec=self.codec,
                 owner=owner,
-                start_method=self.method,
+                start_method=None if method == "spawn" else method,
+                timeout=self.init_timeout,
+                on_start=on_start,
             )
         assert self.target is not None
         return Port.spawn(
             self.target,
             *self.args,
-            start_method=self.method,
+            start_method=method,
             max_frame=self.max_frame,
             codec=self.codec,
             owner=owner,
+            timeout=self.init_timeout,
+            on_start=on_start,
         )
+
+    @property
+    def name(self) -> str:
+        """What a worker is called in errors: the program, or the handler's name."""
+        if self.argv is not None:
+            return os.path.basename(self.argv[0])
+        return str(getattr(self.target, "__qualname__", None) or repr(self.target))
 
 
 @attrs.frozen
@@ -237,6 +283,7 @@ class PortWorkerState:
 
     port: Port
     current_command: Any = None
+    served: bool = False  # checked in at least once: it did start
 
 
 @attrs.define
@@ -245,9 +292,19 @@ class _PoolState:
     live: set[Port] = attrs.field(factory=set)  # every port this pool started and not closed
     lock: threading.Lock = attrs.field(factory=threading.Lock)
     stopped: bool = False  # terminate_pool ran: a worker still starting must close itself
+    # Idle workers handed to terminate_worker at stop: terminate_pool closes them all at once.
+    closing: list[Port] = attrs.field(factory=list)
+    # Threads closing removed workers gracefully (off the pool's thread): joined at stop.
+    closers: set[threading.Thread] = attrs.field(factory=set)
+    # Worker starts in flight; terminate_pool waits for them to let go of what they made.
+    starting: int = 0
+    settled: threading.Condition = attrs.field(init=False)
     # Drops this pool's reference to the fork server: called by terminate_pool, or when the
     # state is collected (a killed pool runs no terminate_pool). None: not a forkserver pool.
     release_server: Callable[[], Any] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.settled = threading.Condition(self.lock)
 
 
 # --- the callbacks -----------------------------------------------------------------------------
@@ -288,14 +345,31 @@ class PortWorker(PoolWorker):
         pool = current_actor() or threading.current_thread()
         spec: PortSpec = pool_state.spec
 
+        def keep(port: Port) -> None:
+            with pool_state.lock:
+                if pool_state.stopped:
+                    raise RuntimeError("the pool stopped while this worker was starting")
+                # terminate_pool kills it if the pool stops while it boots.
+                pool_state.live.add(port)
+
         def start() -> PortWorkerState:
-            port = spec.open(threading.current_thread())  # this thread owns it for the ping
+            with pool_state.lock:
+                pool_state.starting += 1
             try:
+                return start_one()
+            finally:
                 with pool_state.lock:
-                    if pool_state.stopped:
-                        raise RuntimeError("the pool stopped while this worker was starting")
-                    # terminate_pool kills it if the pool stops while it boots.
-                    pool_state.live.add(port)
+                    pool_state.starting -= 1
+                    pool_state.settled.notify_all()
+
+        def start_one() -> PortWorkerState:
+            try:
+                # This thread owns it for the ping; it is kept (and killable) from the moment
+                # its process exists.
+                port = spec.open(threading.current_thread(), on_start=keep)
+            except Exception as exc:
+                raise WorkerStartError(spec.name, str(exc), None, []) from exc
+            try:
                 if spec.target is not None:
                     port.ping(timeout=spec.init_timeout)
                 elif spec.ping is not None:
@@ -304,12 +378,16 @@ class PortWorker(PoolWorker):
                     if pool_state.stopped:
                         raise RuntimeError("the pool stopped while this worker was starting")
                     port.connect(pool)
-            except BaseException:
+            except BaseException as exc:
                 port.kill()
                 port.close(spec.close_timeout)
                 with pool_state.lock:
                     pool_state.live.discard(port)
-                raise
+                if not isinstance(exc, Exception):
+                    raise
+                raise WorkerStartError(
+                    spec.name, str(exc), port.exit_status, port.stderr_tail()
+                ) from exc
             return PortWorkerState(port)
 
         return Async(start, pool_state)
@@ -326,6 +404,9 @@ class PortWorker(PoolWorker):
             error = InvalidOption("command", command, "a PortCheckout(owner, command)")
             return Skip(error, pool_state)
         port = worker_state.port
+        if isinstance(port, Port) and port._has_unread(pipe=True):
+            # It wrote while idle (or kept a frame): its next reader would take it as a reply.
+            return Remove(("checkout_failed", "unread_output"), pool_state)
         try:
             hand_over(port, command.owner)  # safe_connect, without building a PortInfo
         except ConnectFailed as exc:
@@ -345,8 +426,9 @@ class PortWorker(PoolWorker):
     def handle_checkin(
         self, client_state: Any, from_: From, worker_state: Any, pool_state: Any
     ) -> Ok | Remove:
-        """Take the port back; ``"close"``, a dead process or a request that timed out (its
-        reply may still come) removes the worker."""
+        """Take the port back; ``"close"``, a dead process, a request that timed out (its
+        reply may still come) or output nobody read (a frame more than the replies taken)
+        removes the worker: no later caller may ever read a reply that was not its own."""
         port = worker_state.port
         port._reclaim(calling_owner())
         worker_state.current_command = None
@@ -355,14 +437,30 @@ class PortWorker(PoolWorker):
         if port._reply_pending:
             # A request timed out in the lease: its late reply would reach the next caller.
             return Remove("reply_pending", pool_state)
+        if port._has_unread(pipe=False):
+            return Remove("unread_output", pool_state)
+        worker_state.served = True
         if not port._is_open():
             return Remove(("port_exited", port.exit_status), pool_state)
         return Ok(worker_state, pool_state)
 
     def handle_info(self, message: Any, worker_state: Any) -> Ok | Remove:
-        """An idle worker whose process exited is removed (its `PortExited` reached the pool)."""
+        """An idle worker whose process exited is removed (its `PortExited` reached the pool).
+
+        One that exited by itself before it ever served counts as a failed start (the reason
+        is a `WorkerStartError`): the pool backs off before the next, so a program that exits
+        at once is not restarted in a storm.
+        """
         if isinstance(message, PortExited) and message.port is worker_state.port:
-            return Remove(("port_exited", message.status))
+            port = worker_state.port
+            status = message.status
+            if not worker_state.served and status != -signal.SIGKILL:
+                return Remove(
+                    WorkerStartError(
+                        port._name, "exited before it served anything", status, port.stderr_tail()
+                    )
+                )
+            return Remove(("port_exited", status))
         return Ok(worker_state)
 
     def handle_ping(self, worker_state: Any, pool_state: Any) -> Ok | Remove:
@@ -380,32 +478,65 @@ class PortWorker(PoolWorker):
         return Ok(worker_state)
 
     def terminate_worker(self, reason: Any, worker_state: Any, pool_state: Any) -> Ok:
-        """Close the worker's process and reap it.
+        """Close the worker's process and reap it, never holding the pool up for long.
 
         A worker removed after an error (timeout, crash, protocol error, raising lease) is
-        killed at once: its state is unknown. One removed at stop, on ``"close"`` or as
-        overflow gets `close_timeout` seconds to exit on EOF first.
+        killed at once: its state is unknown. One removed on ``"close"`` or as overflow gets
+        `close_timeout` seconds to exit on EOF first, in a thread of its own. At stop, the
+        idle workers are closed together by `terminate_pool`: stopping costs about one
+        `close_timeout`, not one per worker.
         """
         port = worker_state.port
-        if is_normal_exit(reason) or reason in ("closed", "overflow"):
-            port.close(pool_state.spec.close_timeout)
-        else:
-            port.kill()
-            port.close(pool_state.spec.close_timeout)
+        if is_normal_exit(reason):  # the pool is stopping
+            with pool_state.lock:
+                pool_state.closing.append(port)
+            return Ok(pool_state)
+        if reason in ("closed", "overflow"):
+            closer = threading.Thread(
+                target=self._close_gracefully,
+                args=(port, pool_state),
+                name=f"dspex-pool-close-{port.id}",
+                daemon=True,
+            )
+            with pool_state.lock:
+                pool_state.closers.add(closer)
+            closer.start()
+            return Ok(pool_state)
+        port.kill()
+        port.close(pool_state.spec.close_timeout)
         with pool_state.lock:
             pool_state.live.discard(port)
         return Ok(pool_state)
 
+    @staticmethod
+    def _close_gracefully(port: Port, pool_state: _PoolState) -> None:
+        try:
+            port.close(pool_state.spec.close_timeout)
+        finally:
+            with pool_state.lock:
+                pool_state.live.discard(port)
+                pool_state.closers.discard(threading.current_thread())
+
     def terminate_pool(self, reason: Any, pool_state: Any) -> None:
-        """Kill and reap every process still checked out: no worker outlives its pool."""
+        """Close every worker at once: idle ones gracefully, checked-out and still-booting
+        ones killed first. No worker outlives its pool."""
         with pool_state.lock:
             pool_state.stopped = True
+            idle = set(pool_state.closing)
             ports = list(pool_state.live)
-        # Checked-out and still-booting workers too: no worker outlives its pool.
+            closers = list(pool_state.closers)
         for port in ports:
-            port.kill()
-        for port in ports:
-            port.close(pool_state.spec.close_timeout)
+            if port not in idle:
+                port.kill()
+        close_ports(ports, pool_state.spec.close_timeout)
+        for closer in closers:
+            closer.join(pool_state.spec.close_timeout + _CLOSE_SLACK)
+        # A start in flight finds the pool stopped (or its process killed above) and undoes
+        # what it made; wait for that, so that no process outlives stop().
+        with pool_state.settled:
+            pool_state.settled.wait_for(
+                lambda: pool_state.starting == 0, pool_state.spec.close_timeout + _CLOSE_SLACK
+            )
         if pool_state.release_server is not None:
             pool_state.release_server()  # a finalizer: runs once
 
@@ -421,11 +552,20 @@ class ProcessPool(Pool):
     worker or ``(result, "close")`` to have it removed.
     """
 
-    _default_retries: ClassVar[int] = 0
-
-    def __init__(self, actor_ref: pykka.ActorRef[Any], retries: int = 0) -> None:
+    def __init__(self, actor_ref: pykka.ActorRef[Any]) -> None:
         super().__init__(actor_ref)
-        self._retries = retries
+        # The pool's PortSpec, read from the actor (not asked for: from_ref on a busy pool
+        # must not wait). None if the ref is not a running PortWorker pool.
+        actor = actor_ref._actor_weakref()
+        state = getattr(actor, "_ps", None)
+        self.__spec: PortSpec | None = state.spec if isinstance(state, _PoolState) else None
+
+    @property
+    def _spec(self) -> PortSpec:
+        spec = self.__spec
+        if spec is None:
+            raise NoProc(str(self.actor_ref), "call")  # not a running process pool
+        return spec
 
     @classmethod
     def start(  # type: ignore[override]
@@ -475,8 +615,6 @@ class ProcessPool(Pool):
         Raises:
             InvalidOption: a bad option; nothing was started.
         """
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise InvalidOption("retries", retries, "a non-negative integer")
         spec = PortSpec(
             argv=argv,
             target=target,
@@ -488,6 +626,7 @@ class ProcessPool(Pool):
             cwd=cwd,
             ping=ping,
             close_timeout=close_timeout,
+            retries=retries,
         )
         pool = Pool.start(
             PortWorker,
@@ -498,7 +637,7 @@ class ProcessPool(Pool):
             worker_idle_timeout=worker_idle_timeout,
             name=name,
         )
-        return cls(pool.actor_ref, retries)
+        return cls(pool.actor_ref)
 
     def checkout(
         self,
@@ -527,18 +666,21 @@ class ProcessPool(Pool):
             RemoteError: the handler raised (the worker stays).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        prepared = self._prepare(request)  # a bad request is refused before any worker
         crashes = 0
         undelivered = 0
         while True:
             try:
-                return self._call_once(request, deadline, timeout)
-            except _Undelivered:
-                undelivered += 1
-                if undelivered > _UNDELIVERED_RETRIES:
-                    raise
+                return self._call_once(prepared, deadline, timeout)
             except WorkerCrashed as exc:
+                if not exc.delivered:
+                    # Nothing reached the process: safe to run elsewhere, idempotent or not.
+                    undelivered += 1
+                    if undelivered > _UNDELIVERED_RETRIES:
+                        raise
+                    continue
                 crashes += 1
-                if crashes > self._retries:
+                if crashes > self._spec.retries:
                     raise
                 log_event(
                     _log,
@@ -547,16 +689,32 @@ class ProcessPool(Pool):
                     "{worker} crashed mid-request; retrying ({attempt}/{retries})",
                     worker=exc.worker,
                     attempt=crashes,
-                    retries=self._retries,
+                    retries=self._spec.retries,
                 )
 
-    def _call_once(self, request: Any, deadline: float | None, timeout: float | None) -> Any:
+    def _prepare(self, request: Any) -> Prepared:
+        """The request, encoded now: what cannot be encoded (or is too large) is the caller's
+        mistake, refused with a `ProtocolError` that names the value, and no worker is
+        involved."""
+        spec = self._spec
+        own_id = None
+        if spec.argv is not None:
+            if not isinstance(request, Mapping):
+                raise ProtocolError(
+                    f"a request to a program must be a mapping to carry an id, got "
+                    f"{type(request).__name__}"
+                )
+            own_id = request.get("id")
+        return Prepared.of(request, spec.codec, spec.max_frame, spec.argv is None, own_id)
+
+    def _call_once(self, prepared: Prepared, deadline: float | None, timeout: float | None) -> Any:
         def use(from_: From, port: Port) -> tuple[Any, str]:
             try:
-                request_id, _ = port._send_request(request, remaining(deadline))
+                request_id, _ = port._send_request(prepared, remaining(deadline))
             except PortClosed as exc:
-                # Nothing reached the process: safe to run elsewhere, idempotent or not.
-                raise _Undelivered(str(port), port.exit_status) from exc
+                raise WorkerCrashed(str(port), port.exit_status, delivered=False) from exc
+            except ProtocolError as exc:
+                return _Refused(exc), "ok"  # nothing was written: the worker is fine
             try:
                 reply = port._await_reply(request_id, deadline)
             except PortClosed as exc:
@@ -564,13 +722,16 @@ class ProcessPool(Pool):
             except CallTimeout:
                 raise CallTimeout(str(port), "call", timeout) from None
             except RemoteError as exc:
-                return exc, "ok"
+                return _Refused(exc), "ok"
             return reply, "ok"
 
         result = self.checkout(None, use, remaining(deadline))  # a subclass's override too
-        if isinstance(result, RemoteError):
-            raise result
+        if isinstance(result, _Refused):
+            raise result.error
         return result
+
+
+inline_start(ProcessPool.start)  # bounded: its workers start asynchronously
 
 
 # --- private helpers ---------------------------------------------------------------------------
@@ -583,5 +744,13 @@ _CHECKOUT_FAILED: dict[type, str] = {
 }
 
 
-class _Undelivered(WorkerCrashed):
-    """The worker was dead before the request was written: nothing ran, retry anywhere."""
+@attrs.frozen
+class _Refused:
+    """An error raised in a lease that leaves the worker fine (it is checked in, then the
+    error is raised): the handler raised, or the request was refused before anything was
+    written."""
+
+    error: Exception
+
+
+_CLOSE_SLACK = 2.0  # seconds on top of close_timeout for a graceful close's escalation

@@ -22,6 +22,7 @@ from typing import Any
 
 from .._errors import ProtocolError
 from .._logging import short_repr
+from ._fds import arm_lifeline
 from ._framing import JSON_CODEC, PICKLE_CODEC, Codec, FrameDecoder, encode_frame
 
 __all__ = [
@@ -74,20 +75,23 @@ def fork_child_main(
     """The start of a ``"fork"`` child (runs in the child)."""
     # The parent's port fds are /dev/null here already (_drop_parent_fds, at the fork).
     in_fd, out_fd, err_fd, life_fd = (c.fileno() for c in (stdin, stdout, stderr, lifeline))
-    forked_child_setup(err_fd, life_fd, parent)()
+    forked_child_setup(err_fd, life_fd, parent)()  # watched from the start
     serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], FrameDecoder(max_frame))
 
 
-def forked_child_setup(err_fd: int, life_fd: int, parent: int | None = None) -> Callable[[], None]:
+def forked_child_setup(err_fd: int, life_fd: int, owner: int) -> Callable[[], None]:
     """What a forked worker does before serving (``"fork"`` and ``"forkserver"`` children).
 
     It leads its own session (so the port signals its whole process group), sends what it
-    prints to the port's stderr pipe, and returns what starts watching its lifeline: EOF
-    there means the parent is gone, and the worker SIGKILLs its own process group. A
-    ``"fork"`` worker also watches its `parent` (a pidfd, where there is one): a process
-    forked from the parent without Python's at-fork hooks (a C-level fork) may hold the
-    lifeline's other end past the parent's death. A ``"forkserver"`` worker leaves that to
-    the server, which watches the parent.
+    prints to the port's stderr pipe, and arms its lifeline: the kernel SIGKILLs its process
+    group once the lifeline's write end, held by the `owner` process, closes (see
+    `arm_lifeline`), whatever the worker is doing. That holds whoever forked the worker, the
+    fork server included: a worker outlives its fork server and dies with its owner.
+
+    Returns what starts a thread that also watches the owner's pid (a pidfd, where there is
+    one): a process forked from the owner without Python's at-fork hooks (a C-level fork) may
+    hold the lifeline's write end past the owner's death, and without ``O_ASYNC`` (not Linux)
+    the thread is the lifeline's only watcher.
     """
     with contextlib.suppress(OSError):
         os.setsid()
@@ -97,31 +101,31 @@ def forked_child_setup(err_fd: int, life_fd: int, parent: int | None = None) -> 
     os.dup2(err_fd, 1)
     os.dup2(err_fd, 2)
     line_buffered_std_streams()
+    arm_lifeline(life_fd)
 
     watched = [life_fd]
-    if parent is not None:
-        with contextlib.suppress(AttributeError, OSError):  # no pidfd (before Linux 5.3)
-            watched.append(os.pidfd_open(parent))
-        if os.getppid() != parent:  # gone already (the pidfd may name a new process)
+    with contextlib.suppress(AttributeError, OSError):  # no pidfd (before Linux 5.3)
+        owner_fd = os.pidfd_open(owner)
+        watched.append(owner_fd)
+        poller = select.poll()
+        poller.register(owner_fd, select.POLLIN)
+        if poller.poll(0):  # the owner has exited already
             os.killpg(0, signal.SIGKILL)
 
-    def watch_parent() -> None:
+    def watch_owner() -> None:
         try:
             poller = select.poll()  # not select(): fds above 1023 are common in a fork
             for fd in watched:
                 poller.register(fd, select.POLLIN)
-            poller.poll()  # EOF on the lifeline, or the parent's exit
+            poller.poll()  # EOF on the lifeline, or the owner's exit
         finally:
             os.killpg(0, signal.SIGKILL)
 
     def start_watching() -> None:
-        # A limit the parent set (RLIMIT_NPROC) may refuse the thread: a forkserver worker
-        # still has its server's watch and PR_SET_PDEATHSIG, a "fork" one fails to start.
-        try:
-            threading.Thread(target=watch_parent, name="port-lifeline", daemon=True).start()
-        except RuntimeError:
-            if parent is not None:
-                raise
+        # A limit the owner set (RLIMIT_NPROC) may refuse the thread: the kernel's lifeline
+        # still stands.
+        with contextlib.suppress(RuntimeError):
+            threading.Thread(target=watch_owner, name="port-lifeline", daemon=True).start()
 
     return start_watching
 

@@ -10,16 +10,26 @@ children.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Final
 
 import attrs
 import pykka
 
-from .._actor import Actor, InternalMessage, demonitor, kill, monitor, send_exit
+from .._actor import (
+    Actor,
+    InternalMessage,
+    acting_for,
+    in_handler,
+    kill,
+    monitor,
+    send_exit,
+    start_limit,
+)
 from .._checks import is_int, is_number, os_timeout
-from .._child_spec import BRUTAL_KILL, ChildSpec, ChildType, Restart
+from .._child_spec import BRUTAL_KILL, ChildSpec, ChildType, Restart, is_inline_start
 from .._clock import Clock
 from .._errors import (
     AlreadyNamed,
@@ -35,6 +45,7 @@ from .._reasons import KILLED, SHUTDOWN, Down, Exit, MonitorRef, is_normal_exit
 from ._intensity import add_restart
 
 __all__ = [
+    "ABANDON_AFTER",
     "KILL_TIMEOUT",
     "RESTARTING",
     "ChildCounts",
@@ -60,7 +71,11 @@ RESTARTING: Final = _Restarting()
 """In `ChildInfo.ref`: the child failed to restart and a retry is queued."""
 
 KILL_TIMEOUT: Final = 5.0
-"""Seconds to wait for a killed thread actor to reach its next message boundary."""
+"""Seconds to wait for a killed actor that was not inside a handler to exit (it does so at
+once; this only bounds the wait)."""
+ABANDON_AFTER: Final = 0.05
+"""Seconds to wait for a killed actor that is inside a handler before abandoning it: a
+handler about to return still makes it."""
 
 
 @attrs.frozen
@@ -72,11 +87,15 @@ class ChildInfo:
         ref: its `ActorRef` while running, `None` when stopped, `RESTARTING` between failed
             restart attempts.
         type: `ChildType.WORKER` or `ChildType.SUPERVISOR`.
+        abandoned: the `ActorRef` of an earlier instance that was killed but whose thread is
+            still inside a handler (Python cannot kill a thread): it counts as exited with
+            `KILLED` and lingers until its handler returns. None when there is none.
     """
 
     id: Any
     ref: pykka.ActorRef[Any] | _Restarting | None = attrs.field(repr=str)
     type: ChildType
+    abandoned: pykka.ActorRef[Any] | None = attrs.field(default=None, repr=str)
 
 
 @attrs.frozen
@@ -134,16 +153,44 @@ def offender(spec: ChildSpec, ref: Any) -> dict[str, Any]:
 
 
 class _Waiter:
-    """A one-shot `Down` catcher: the selective receive OTP's shutdown does on a monitor."""
+    """A one-shot `Down` catcher: the selective receive OTP's shutdown does on a monitor.
+
+    Once the child is abandoned (`abandon`), its late `Down` is forwarded instead.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason: Any = None
         self.mref: MonitorRef | None = None
+        self._lock = threading.Lock()
+        self._late: Callable[[], None] | None = None
 
     def __call__(self, down: Down) -> None:
-        self.reason = down.reason
-        self.event.set()
+        with self._lock:
+            self.reason = down.reason
+            self.event.set()
+            late = self._late
+        if late is not None:
+            late()
+
+    def abandon(self, late: Callable[[], None]) -> bool:
+        """Call `late()` when the child finally exits; False if it has exited already."""
+        with self._lock:
+            if self.event.is_set():
+                return False
+            self._late = late
+            return True
+
+
+class _StartRun:
+    """A start function running in a thread of its own, and what came of it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = False
+        self.abandoned = False  # the supervisor stopped waiting: a late child is stopped
+        self.ref: pykka.ActorRef[Any] | None = None
+        self.failure: _StartFailure | None = None
 
 
 class _SupervisorBase(Actor):
@@ -151,6 +198,7 @@ class _SupervisorBase(Actor):
 
     trap_exits = True
     start_timeout = None  # like start_link for supervisors: wait for every child (infinity)
+    _QUERIES: ClassVar[tuple[type, ...]] = ()  # set below, once the messages are defined
 
     def __init__(
         self, max_restarts: int, max_seconds: float, clock: Clock, parent: Any, label: Any
@@ -166,6 +214,8 @@ class _SupervisorBase(Actor):
         # of each running child's ref: a child's exit signal names only its ref.
         self._children: dict[Any, Any] = {}
         self._by_ref: dict[pykka.ActorRef[Any], Any] = {}
+        # Killed children still inside a handler, by key, until their thread exits.
+        self._abandoned: dict[Any, pykka.ActorRef[Any]] = {}
 
     @property
     def _name(self) -> str:
@@ -199,6 +249,65 @@ class _SupervisorBase(Actor):
         )
         self.exit(SHUTDOWN)
 
+    def _run_start(
+        self, spec: ChildSpec, extra_args: tuple[Any, ...] = ()
+    ) -> pykka.ActorRef[Any] | None:
+        """Call `spec`'s start function, bounded by `spec.start_timeout`.
+
+        An actor's (or framework handle's) `start` is called here, with its wait for
+        `on_start` capped at the spec's limit. Any other start function runs in a thread of
+        its own while this supervisor keeps answering queries (`which_children`,
+        `count_children`...) and a `stop`: a start function that blocks never wedges it.
+        Past the limit (or on a stop) the start fails with a `TimeoutError` reason and is
+        abandoned; whatever it starts later is stopped at once.
+
+        Raises:
+            _StartFailure: the start function raised, returned something invalid, or did not
+                return in time.
+        """
+        timeout = spec.start_timeout
+        limit = timeout if isinstance(timeout, float | int) else None  # None: INFINITY
+        if is_inline_start(spec.start):
+            with start_limit(limit):
+                return start_spec(spec, extra_args)
+        run = _StartRun()
+        me = self.actor_ref
+
+        def start(ready: Callable[[], None]) -> None:
+            def body() -> None:
+                with acting_for(me):  # what it starts is our child (linked to us)
+                    try:
+                        ref = start_spec(spec, extra_args)
+                    except _StartFailure as failure:
+                        run.failure, ref = failure, None
+                with run.lock:
+                    run.done, run.ref = True, ref
+                    abandoned = run.abandoned
+                if not abandoned:
+                    ready()
+                elif ref is not None:
+                    _stop_late_child(spec, ref)
+
+            threading.Thread(target=body, name=f"dspex-start-{spec.id}", daemon=True).start()
+
+        self._wait_serving(start, limit, self._is_query)
+        with run.lock:
+            if not run.done:
+                run.abandoned = True
+        if not run.done:
+            raise _StartFailure(
+                TimeoutError(f"start function of {spec.id!r} did not return within {limit}s")
+                if self._dspex_proc.pending() is None
+                else RuntimeError(f"the supervisor stopped while {spec.id!r} was starting")
+            )
+        if run.failure is not None:
+            raise run.failure
+        return run.ref
+
+    def _is_query(self, message: Any) -> bool:
+        """A message answered even while a start function runs: it reads, never changes."""
+        return isinstance(message, self._QUERIES)
+
     def _link_started(self, spec: ChildSpec, ref: pykka.ActorRef[Any]) -> None:
         """Link a freshly started child and register its name; a name clash stops it again."""
         self.link(ref)
@@ -225,14 +334,14 @@ class _SupervisorBase(Actor):
             ref=str(ref),
         )
 
-    def _shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any]) -> Any:
+    def _shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any], key: Any = None) -> Any:
         """Stop one child by OTP's shutdown protocol and return the reason it exited with."""
         waiter = self._begin_shutdown(spec, ref)
         if spec.shutdown is not BRUTAL_KILL:
             limit = spec.shutdown if isinstance(spec.shutdown, float | int) else None
             if not waiter.event.wait(os_timeout(limit)):
                 kill(ref)
-        return self._finish_shutdown(spec, ref, waiter)
+        return self._finish_shutdown(spec, ref, waiter, key)
 
     def _begin_shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any]) -> _Waiter:
         """Unlink, monitor, then signal the child (kill it for `BRUTAL_KILL`)."""
@@ -246,22 +355,40 @@ class _SupervisorBase(Actor):
             send_exit(ref, SHUTDOWN, sender=self.actor_ref)
         return waiter
 
-    def _finish_shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any], waiter: _Waiter) -> Any:
-        """Wait (bounded) for a signalled or killed child's exit; report unexpected reasons."""
-        if not waiter.event.wait(KILL_TIMEOUT):
-            if waiter.mref is not None:
-                demonitor(waiter.mref)
-            log_event(
-                _log,
-                "ERROR",
-                "kill_timeout",
-                "supervisor {supervisor}: child {child_id!r} is blocked in a handler and cannot "
-                "be killed; reported as KILLED, its thread exits at its next message boundary",
-                supervisor=self._name,
-                child_id=spec.id,
-                offender=offender(spec, ref),
-            )
-            return KILLED
+    def _finish_shutdown(
+        self, spec: ChildSpec, ref: pykka.ActorRef[Any], waiter: _Waiter, key: Any = None
+    ) -> Any:
+        """Wait for a signalled or killed child's exit; report unexpected reasons.
+
+        A killed thread actor exits at its next message boundary: at once if it is idle. One
+        that is inside a handler cannot be killed (Python cannot kill a thread) and is not
+        waited for: it is *abandoned*, reported as `KILLED` (event ``child_abandoned``) and
+        listed as `ChildInfo.abandoned` until it finally exits.
+        """
+        wait = ABANDON_AFTER if in_handler(ref) else KILL_TIMEOUT
+        if not waiter.event.wait(wait):
+            key = spec.id if key is None else key
+            me = self.actor_ref
+
+            def gone() -> None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    me.tell(_AbandonedExited(key, ref))
+
+            if waiter.abandon(gone):
+                self._abandoned[key] = ref
+                log_event(
+                    _log,
+                    "ERROR",
+                    "child_abandoned",
+                    "supervisor {supervisor}: child {child_id!r} is stuck in a handler and "
+                    "cannot be killed; reported as KILLED, abandoned (its thread exits when the "
+                    "handler returns)",
+                    supervisor=self._name,
+                    child_id=spec.id,
+                    ref=str(ref),
+                    offender=offender(spec, ref),
+                )
+                return KILLED
         reason = waiter.reason
         expected = KILLED if spec.shutdown is BRUTAL_KILL else SHUTDOWN
         fine = reason is expected or (
@@ -358,6 +485,10 @@ class _SupervisorBase(Actor):
             case _TryAgainRestart(key):
                 self._try_again(key)
                 return None
+            case _AbandonedExited(key, ref):
+                if self._abandoned.get(key) is ref:
+                    del self._abandoned[key]
+                return None
             case _StartChild(spec):
                 return self._api_start_child(spec)
             case _TerminateChild(key):
@@ -439,10 +570,35 @@ class _CountChildren:
 
 
 @attrs.frozen
+class _AbandonedExited(InternalMessage):
+    """An abandoned child's thread has finally exited."""
+
+    key: Any
+    ref: Any
+
+
+@attrs.frozen
 class _TryAgainRestart(InternalMessage):
     """A failed restart's retry, sent to the supervisor itself."""
 
     key: Any
+
+
+_SupervisorBase._QUERIES = (_WhichChildren, _CountChildren)
+
+
+def _stop_late_child(spec: ChildSpec, ref: pykka.ActorRef[Any]) -> None:
+    """A child whose start was abandoned came up after all: stop it (nobody supervises it)."""
+    log_event(
+        _log,
+        "WARNING",
+        "late_child_stopped",
+        "a start of {child_id!r} returned after it was given up; its child is stopped",
+        child_id=spec.id,
+        ref=str(ref),
+    )
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.stop(block=False)
 
 
 def count_children(children: Iterable[tuple[ChildSpec, Any]]) -> ChildCounts:

@@ -40,6 +40,7 @@ from .._child_spec import (
     Restart,
     Strategy,
     check_child_specs,
+    inline_start,
 )
 from .._clock import Clock
 from .._errors import (
@@ -63,7 +64,6 @@ from ._base import (
     _TerminateChild,
     _Waiter,
     _WhichChildren,
-    start_spec,
     validate_intensity,
 )
 
@@ -104,10 +104,15 @@ class _DynamicSupervisorActor(_SupervisorBase):
         self._link_parent()
 
     def _which_children(self) -> list[ChildInfo]:
-        return [ChildInfo(None, c.ref, c.spec.type) for c in self._children.values()]
+        running = [ChildInfo(None, c.ref, c.spec.type) for c in self._children.values()]
+        # Killed children still stuck in a handler are listed too, until their thread exits.
+        abandoned = [
+            ChildInfo(None, None, ChildType.WORKER, ref) for ref in self._abandoned.values()
+        ]
+        return running + abandoned
 
     def _start(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
-        ref = start_spec(spec, self._extra_args)
+        ref = self._run_start(spec, self._extra_args)
         if ref is not None:
             self._link_started(spec, ref)
         return ref
@@ -141,7 +146,7 @@ class _DynamicSupervisorActor(_SupervisorBase):
             raise ChildNotFound(key)
         child = self._remove(found)
         if isinstance(child.ref, pykka.ActorRef):
-            self._shutdown(child.spec, child.ref)
+            self._shutdown(child.spec, child.ref, child.key)
 
     def _remove(self, key: int) -> _DynChild:
         child = self._children.pop(key)
@@ -200,7 +205,7 @@ class _DynamicSupervisorActor(_SupervisorBase):
             if not waiter.event.wait(os_timeout(remaining)):
                 kill(ref)
         for _deadline, spec, ref, waiter in pending:
-            self._finish_shutdown(spec, ref, waiter)
+            self._finish_shutdown(spec, ref, waiter, ref)
 
 
 class DynamicSupervisor(ActorHandle):
@@ -294,6 +299,7 @@ class DynamicSupervisor(ActorHandle):
             options.get("clock"),
         )
 
+        @inline_start  # it starts no child of its own
         def start_dynamic_supervisor() -> DynamicSupervisor:
             return cls.start(**options)
 

@@ -59,6 +59,7 @@ from .._child_spec import (
     Restart,
     Strategy,
     check_child_specs,
+    inline_start,
 )
 from .._clock import Clock
 from .._errors import (
@@ -86,7 +87,6 @@ from ._base import (
     _TerminateChild,
     _WhichChildren,
     offender,
-    start_spec,
     validate_intensity,
 )
 
@@ -129,6 +129,12 @@ class _GetChildSpec:
 
 
 class _SupervisorActor(_SupervisorBase):
+    _QUERIES: ClassVar[tuple[type, ...]] = (
+        *_SupervisorBase._QUERIES,
+        _WhichChild,
+        _GetChildSpec,
+    )
+
     def __init__(
         self,
         specs: Sequence[ChildSpec],
@@ -174,7 +180,7 @@ class _SupervisorActor(_SupervisorBase):
         self._link_parent()
 
     def _start(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
-        ref = start_spec(spec)
+        ref = self._run_start(spec)
         if ref is not None:
             self._link_started(spec, ref)
         return ref
@@ -219,7 +225,8 @@ class _SupervisorActor(_SupervisorBase):
         return found
 
     def _info(self, child: _Child) -> ChildInfo:
-        return ChildInfo(child.spec.id, child.ref, child.spec.type)
+        abandoned = self._abandoned.get(child.spec.id)
+        return ChildInfo(child.spec.id, child.ref, child.spec.type, abandoned)
 
     def _api_start_child(self, spec: ChildSpec) -> pykka.ActorRef[Any] | None:
         check_child_specs([spec], self._auto_shutdown)
@@ -478,6 +485,7 @@ class Supervisor(ActorHandle):
                 sorted(unknown)[0], options[sorted(unknown)[0]], "a Supervisor.start option"
             )
 
+        @inline_start  # bounded by its children's own start limits
         def start_supervisor() -> Supervisor:
             return cls.start(children, **options)
 

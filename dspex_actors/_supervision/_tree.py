@@ -10,14 +10,16 @@ Supervisor app (one_for_one)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
-from rich.tree import Tree
 
 from ._base import RESTARTING, ChildInfo
 from ._dynamic import DynamicSupervisor, _DynamicSupervisorActor
 from ._supervisor import Supervisor, _SupervisorActor
+
+if TYPE_CHECKING:
+    from rich.tree import Tree
 
 __all__ = ["short_ref", "supervision_tree"]
 
@@ -52,6 +54,8 @@ def supervision_tree(
     sup: Supervisor | DynamicSupervisor, label: str | None = None, timeout: float = 5.0
 ) -> Tree:
     """Render `sup` and, recursively, its child supervisors as a `rich.tree.Tree`."""
+    from rich.tree import Tree  # only when a tree is drawn: rich takes a while to import
+
     title = label or f"[bold cyan]{type(sup).__name__}[/] {short_ref(sup.actor_ref)}"
     tree = Tree(title)
     _add_children(tree, sup, timeout)
