@@ -21,6 +21,9 @@ Run: ``python bench/process_pool.py`` (under a minute) or ``python bench/process
    process and get one answer through a pipe, sampled right before each kill: the ratio is
    against the floor sampled alongside that contender), and what each peer does after the
    same kill.
+4. SIGKILL of the fork server while 8 clients call a pool of 4 (retries=0): the slowest call
+   across the kill, how soon a worker killed right after is replaced (through a new server),
+   and the requests lost (target 0).
 
 Figures are medians of several rounds, measured interleaved in the same process.
 """
@@ -44,6 +47,7 @@ import psutil
 from _common import ops_per_second, quiet_logs
 
 import dspex_actors as da
+from dspex_actors._ports._forkserver import FORK_SERVER
 
 DOUBLER = """
 import json, struct, sys
@@ -486,6 +490,75 @@ def bench_sigkill(rounds: int) -> None:
         print(f"    {name:24} {peer_after_crash(make2, submit2)}")
 
 
+def fork_server_kill_once(clients: int = 8) -> tuple[float, float, int, int]:
+    """SIGKILL the fork server while `clients` threads call a pool of 4 (retries=0).
+
+    Returns: the longest any call took across the kill (the pool never stops serving: its
+    workers outlive the server), the time from the kill until a worker killed right after it
+    is replaced and answering (through a new server, or "spawn" while none is up), the
+    requests lost (failed calls: target 0) and the calls served meanwhile.
+    """
+    pool = da.ProcessPool.start(target=square, pool_size=4, retries=0)
+    stop = threading.Event()
+    lost = served = 0
+    slowest = 0.0
+    lock = threading.Lock()
+
+    def client() -> None:
+        nonlocal lost, served, slowest
+        while not stop.is_set():
+            began = time.perf_counter()
+            try:
+                ok = pool.call(3, timeout=30) == 9
+            except Exception:
+                ok = False
+            took = time.perf_counter() - began
+            with lock:
+                served += ok
+                lost += not ok
+                slowest = max(slowest, took)
+
+    try:
+        while pool.status().idle < 4:
+            time.sleep(0.001)
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)  # load on
+        server = FORK_SERVER.pid
+        assert server is not None
+        with lock:
+            slowest = 0.0
+        start = time.perf_counter()
+        os.kill(server, signal.SIGKILL)
+        victim = pool.checkout(None, lambda from_, port: (port.os_pid, "ok"))
+        os.kill(victim, signal.SIGKILL)
+        while pool.status().workers_started < 5:  # the replacement is up and answered
+            time.sleep(0.0005)
+        replaced = time.perf_counter() - start
+        time.sleep(0.2)  # load on, after the kill
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        stop.set()
+        pool.stop(timeout=30)
+    # The victim was checked out by us (not a client): its death cost no client request.
+    return slowest, replaced, lost, served
+
+
+def bench_fork_server_kill(rounds: int) -> None:
+    print("\n4. SIGKILL of the fork server under load (8 clients, a pool of 4, retries=0)")
+    results = [fork_server_kill_once() for _ in range(rounds)]
+    slowest = statistics.median(r[0] for r in results)
+    replaced = statistics.median(r[1] for r in results)
+    lost = sum(r[2] for r in results)
+    served = sum(r[3] for r in results)
+    print(f"  slowest call across the kill (median of {rounds}): {slowest * 1000:7.1f} ms")
+    print(f"  a worker killed right after it, replaced and answering: {replaced * 1000:7.1f} ms")
+    print(f"  requests lost: {lost} of {lost + served} (target 0)")
+
+
 def main() -> int:
     quiet_logs()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -502,6 +575,7 @@ def main() -> int:
         os.sched_setaffinity(0, everywhere)
     bench_throughput(max(1, rounds // 2), per_client)
     bench_sigkill(rounds + 2)
+    bench_fork_server_kill(rounds)
     return 0
 
 
