@@ -125,3 +125,21 @@ def test_the_subpackage_inits_import_nothing() -> None:
         tree = ast.parse(path.read_text())
         imports = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
         assert imports == [], f"{path} imports {ast.unparse(imports[0])}"
+
+
+def test_every_package_of_the_library_is_installed() -> None:
+    """A plain (non-editable) install ships the packages pyproject.toml lists: a new layer's
+    folder must be listed there, or `pip install .` gives a library that cannot import."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
+            "packages"
+        ]
+    )
+    folders = {
+        ".".join(path.parent.relative_to(PACKAGE.parent).parts)
+        for path in PACKAGE.rglob("__init__.py")
+        if "__pycache__" not in path.parts
+    }
+    assert folders - listed == set()
