@@ -98,6 +98,7 @@ from ._pool._handle import (
 from ._pool._results import (
     Async,
     Ok,
+    Recycle,
     Remove,
     Skip,
     Stop,
@@ -220,6 +221,7 @@ __all__ = [
     "ProtocolError",
     "RAW_CODEC",
     "RESTARTING",
+    "Recycle",
     "Registered",
     "Registry",
     "RemoteError",

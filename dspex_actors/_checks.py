@@ -128,10 +128,11 @@ def check_options(check: Callable[..., T], *args: Any, **options: Any) -> T:
     `InvalidOption` (naming the options it does take) instead of a `TypeError`.
 
     For ``child_spec`` functions, which check a start function's options when the spec is
-    built: `check` is the start function's own validation, keyword-only options with defaults.
+    built: `check` is the start function's own validation, options with defaults.
     """
     parameters = inspect.signature(check).parameters
-    known = [name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    known = [name for name, p in parameters.items() if p.kind in named]
     for name in options:
         if name not in known:
             raise InvalidOption(name, options[name], f"one of the options {', '.join(known)}")

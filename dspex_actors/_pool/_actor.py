@@ -47,7 +47,7 @@ from ._contract import (
     is_error,
     is_error_state,
 )
-from ._results import NO_POOL_STATE, Async, Ok, Remove, Skip, Stop
+from ._results import NO_POOL_STATE, Async, Ok, Recycle, Remove, Skip, Stop
 
 __all__ = ["PoolActor"]
 
@@ -159,6 +159,9 @@ class _Worker:
         "id",
         "idle_since",
         "last_activity",
+        "leaving",
+        "retiring",
+        "spare",
         "state",
         "successful_checkins",
     )
@@ -171,6 +174,11 @@ class _Worker:
         self.successful_checkins = 0
         self.error_checkins = 0
         self.last_activity = now
+        self.spare = False  # kept ready beyond pool_size (in `_spares`, not lent)
+        # Due for recycling (the `Recycle` reason): it keeps serving until its replacement
+        # has joined, then leaves (at once if idle, else at its checkin: `leaving`).
+        self.retiring: Recycle | None = None
+        self.leaving = False
 
 
 @attrs.frozen
@@ -191,6 +199,7 @@ class _Config:
     clock: Clock
     start_backoff: float
     max_start_backoff: float
+    spares: int
 
 
 # --- the pool actor (handlers) ---------------------------------------------------------------
@@ -225,6 +234,17 @@ class PoolActor(Actor):
         self._ps: Any = None
         self._ready = False  # init_pool has succeeded: terminate_pool runs at exit
         self._idle: deque[_Worker] = deque()
+        # Spare workers: started and ready, not lent; one takes a regular worker's place the
+        # moment that one is removed (a replacement for the spare is started then).
+        self._spares: deque[_Worker] = deque()
+        # Workers due for recycling, still serving, whose replacements are starting (oldest
+        # first: the next worker to start replaces the first of them).
+        self._retiring: deque[_Worker] = deque()
+        self._recycled = 0
+        # Replacements of recycled workers that failed to start in a row: recycling waits
+        # (the worker keeps working) until `_recycle_after`, backing off like starts do.
+        self._recycle_failures = 0
+        self._recycle_after = 0.0
         self._busy: dict[_Request, _Worker] = {}
         self._waiting: dict[_Request, None] = {}  # insertion-ordered: FIFO, O(1) pruning
         self._by_mref: dict[MonitorRef, _Request] = {}
@@ -266,7 +286,7 @@ class PoolActor(Actor):
         self._core.proc = self._dspex_proc
         self._core.actor = self
         if not self._cfg.lazy:
-            for _ in range(self._cfg.pool_size):
+            for _ in range(self._cfg.pool_size + self._cfg.spares):
                 self._start_worker(starting=True)
         timeout = self._cfg.worker_idle_timeout
         if timeout is not None:
@@ -410,16 +430,18 @@ class PoolActor(Actor):
         result = self._invoke(self._handle_checkin, checkin_state, req, worker.state, self._ps)
         if type(result) is Ok and len(result.values) == 2:
             worker.state, self._ps = result.values
-            if is_error_state(checkin_state):
-                worker.error_checkins += 1
+            self._count_checkin(worker, checkin_state)
+            if worker.leaving:
+                self._retire(worker)
+                self._serve_waiters()
             else:
-                worker.successful_checkins += 1
-                if self._start_failures:  # a worker served: starts are healthy again
-                    self._start_failures = 0
-                    self._core.start_error = None
-            self._checked_in(worker)
+                self._checked_in(worker)
             return
         match result:
+            case Remove(Recycle() as recycle, ps) if ps is not NO_POOL_STATE:
+                self._ps = ps
+                self._count_checkin(worker, checkin_state)  # the task itself went fine
+                self._recycle(worker, recycle)
             case Remove(reason, ps) if ps is not NO_POOL_STATE:
                 self._ps = ps
                 self._remove_worker(worker, reason)
@@ -430,6 +452,15 @@ class PoolActor(Actor):
                 self._log_bad_return(error)
                 self._remove_worker(worker, error)
         self._serve_waiters()
+
+    def _count_checkin(self, worker: _Worker, checkin_state: Any) -> None:
+        if is_error_state(checkin_state):
+            worker.error_checkins += 1
+        else:
+            worker.successful_checkins += 1
+            if self._start_failures:  # a worker served: starts are healthy again
+                self._start_failures = 0
+                self._core.start_error = None
 
     def _on_cancel(self, req: _Request, kind: str) -> None:
         worker = self._busy.pop(req, None)
@@ -474,28 +505,28 @@ class PoolActor(Actor):
         else:
             # A crashed async init is retried (even when lazy), with the backoff.
             self._start_failed(message.value)
-            self._retry_init()
+            self._start_again()
         self._serve_waiters()
 
     def _on_info(self, message: Any) -> None:
-        if not self._idle:
+        """`handle_info` for every waiting worker, idle and spare (not those lent out)."""
+        if not self._idle and not self._spares:
             return
-        kept: deque[_Worker] = deque()
-        for worker in self._idle:
+        removals: list[tuple[_Worker, Any]] = []
+        for worker in [*self._idle, *self._spares]:
             result = self._invoke(self._w.handle_info, message, worker.state)
             match result:
                 case Ok(values=(ws,)):
                     worker.state = ws
-                    kept.append(worker)
                 case Remove(reason, ps) if ps is NO_POOL_STATE:
-                    self._remove_worker(worker, reason)
+                    removals.append((worker, reason))
                 case _Raised(error):
-                    self._remove_worker(worker, error)
+                    removals.append((worker, error))
                 case _:
                     error = self._bad_return("handle_info", result)
                     self._log_bad_return(error)
-                    self._remove_worker(worker, error)
-        self._idle = kept
+                    removals.append((worker, error))
+        self._remove_waiting(removals)
         self._serve_waiters()
 
     def _on_check_idle(self) -> None:
@@ -504,41 +535,49 @@ class PoolActor(Actor):
         assert timeout is not None
         limit = self._cfg.max_idle_pings
         now = self._clock.monotonic()
-        kept: deque[_Worker] = deque()
+        removals: list[tuple[_Worker, Any]] = []
         pings = 0
-        scanning = True
         stop: Stop | None = None
-        for worker in self._idle:
-            if not scanning or (limit is not None and pings >= limit):
-                kept.append(worker)
-                continue
-            if now - worker.idle_since < timeout:
-                scanning = False  # the scan stops at the first worker not idle long enough
-                kept.append(worker)
-                continue
+        # The idle queue from its head (the scan stops at the first worker not idle long
+        # enough), then the spares, which wait as long as they are spare.
+        for worker in [*self._idle, *self._spares]:
+            if stop is not None or (limit is not None and pings >= limit):
+                break
+            if not worker.spare and now - worker.idle_since < timeout:
+                continue  # a regular not idle long enough: none after it in the queue is
             pings += 1
             result = self._invoke(self._w.handle_ping, worker.state, self._ps)
             match result:
                 case Ok(values=(ws,)):
                     worker.state = ws  # its idle timestamp stays: pinged again next scan
-                    kept.append(worker)
                 case Remove(reason, ps) if ps is NO_POOL_STATE:
-                    self._remove_worker(worker, reason)
+                    removals.append((worker, reason))
                 case Stop():
                     stop = result
-                    kept.append(worker)
-                    scanning = False
                 case _Raised(error):
-                    self._remove_worker(worker, error)
+                    removals.append((worker, error))
                 case _:
                     error = self._bad_return("handle_ping", result)
                     self._log_bad_return(error)
-                    self._remove_worker(worker, error)
-        self._idle = kept
+                    removals.append((worker, error))
+        self._remove_waiting(removals)
         if stop is not None:
             self.exit(Shutdown(stop.reason))  # on_stop terminates idle workers with it
             return
         self._serve_waiters()
+
+    def _remove_waiting(self, removals: list[tuple[_Worker, Any]]) -> None:
+        """Remove workers that were waiting (idle or spare), each with its reason; an idle
+        one due for recycling is recycled instead (`_recycle`)."""
+        for worker, reason in removals:
+            if worker.spare:
+                self._remove_worker(worker, reason)  # its replacement is the next spare
+                continue
+            self._idle.remove(worker)
+            if isinstance(reason, Recycle):
+                self._recycle(worker, reason)
+            else:
+                self._remove_worker(worker, reason)
 
     # -- serving --
 
@@ -650,14 +689,14 @@ class PoolActor(Actor):
                 self._run_async(fn)
             case _Raised(error):
                 self._start_failed(error)
-                self._retry_init()
+                self._start_again()
             case _:
                 error = self._bad_return("init_worker", result)
                 if starting:
                     raise error
                 self._log_bad_return(error)
                 self._start_failed(error)
-                self._retry_init()
+                self._start_again()
 
     def _start_failed(self, error: BaseException) -> None:
         """A worker start failed: keep why (for callers who wait in vain) and count it for
@@ -666,6 +705,23 @@ class PoolActor(Actor):
         self._core.start_error = error
         if getattr(error, "backs_off", True):
             self._start_failures += 1
+
+    def _start_again(self) -> None:
+        """After a failed start: start again (`_retry_init`), unless a worker due for
+        recycling waits for its replacement. Then that worker is no longer due (it serves on,
+        healthy) and recycling waits out a backoff: a pool whose starts fail keeps its
+        capacity, and recycling never turns into a storm of failing starts."""
+        if not self._retiring:
+            self._retry_init()
+            return
+        self._retiring.popleft().retiring = None
+        self._recycle_failures += 1
+        cfg = self._cfg
+        delay = min(cfg.max_start_backoff, cfg.start_backoff * 2 ** (self._recycle_failures - 1))
+        self._recycle_after = self._clock.monotonic() + delay
+
+    def _recycle_postponed(self) -> bool:
+        return self._recycle_failures > 0 and self._clock.monotonic() < self._recycle_after
 
     def _retry_init(self) -> None:
         """Start a worker again, through our own inbox, never in a loop (other messages are
@@ -688,11 +744,84 @@ class PoolActor(Actor):
         self._retry_timers.append(self._clock.call_later(delay, retry))
 
     def _add_worker(self, worker_state: Any) -> None:
+        """A worker has started: it joins the idle queue, and the oldest worker due for
+        recycling leaves (at once if idle, else at its checkin); or, when every regular
+        worker is there and a spare is missing, it becomes a spare."""
         self._next_id += 1
         self._started += 1
         worker = _Worker(self._next_id, worker_state, self._clock.monotonic())
         self._workers[worker.id] = worker
+        if self._retiring:
+            self._recycle_failures = 0
+            old = self._retiring.popleft()
+            if old in self._idle:
+                self._idle.remove(old)
+                self._retire(old)
+            else:
+                old.leaving = True
+        elif len(self._spares) < self._cfg.spares and self._regulars() > (
+            self._cfg.pool_size + self._overflow
+        ):
+            worker.spare = True
+            self._spares.append(worker)
+            return
+        worker.idle_since = self._now()
         self._idle.append(worker)
+
+    def _regulars(self) -> int:
+        """Workers that count toward `pool_size` (and overflow): not spare, and not due for
+        recycling (whose replacements count instead)."""
+        return sum(1 for w in self._workers.values() if not w.spare and w.retiring is None)
+
+    def _recycle(self, worker: _Worker, reason: Recycle) -> None:
+        """A healthy worker, neither idle nor lent (just checked in, or taken off the idle
+        queue), is due for recycling. A spare takes its place at once if there is one (and
+        a new spare starts); else it serves on while its replacement starts, and leaves when
+        that one joins. No caller waits or fails for it, and it is no failed start."""
+        if worker.leaving:
+            self._retire(worker)  # its replacement is already serving
+            self._serve_waiters()
+            return
+        if worker.retiring is not None or self._recycle_postponed():
+            self._checked_in(worker)  # already being replaced, or starts are failing
+            return
+        self._recycled += 1
+        log_event(
+            _log,
+            "INFO",
+            "pool_worker_recycled",
+            "pool {pool} recycles worker {worker_id}: {reason}",
+            pool=self._core.label,
+            worker_id=worker.id,
+            reason=short_repr(reason.why),
+        )
+        if self._overflow > 0 or self._cfg.lazy:
+            self._remove_worker(worker, reason)  # an overflow or lazy pool starts no one
+            self._serve_waiters()
+            return
+        worker.retiring = reason
+        if self._spares:
+            self._promote_spare()
+            self._retire(worker)
+            self._start_worker()  # the new spare
+            self._serve_waiters()
+            return
+        self._retiring.append(worker)
+        self._checked_in(worker)  # serving on; lent as any other until its replacement joins
+        self._start_worker()
+
+    def _retire(self, worker: _Worker) -> None:
+        """A worker due for recycling leaves (neither idle nor lent): its replacement has
+        joined."""
+        self._terminate_worker(worker.retiring, worker)
+        self._removed += 1
+        del self._workers[worker.id]
+
+    def _promote_spare(self) -> None:
+        spare = self._spares.popleft()
+        spare.spare = False
+        spare.idle_since = self._now()
+        self._idle.append(spare)
 
     def _run_async(self, fn: Callable[[], Any]) -> None:
         ref = self.actor_ref
@@ -704,7 +833,8 @@ class PoolActor(Actor):
             except Exception as exc:
                 log_event(
                     _log,
-                    "ERROR",
+                    # A start cut short by the pool's stop is no error.
+                    "ERROR" if ref.is_alive() else "DEBUG",
                     "pool_callback_error",
                     "Error during {callback} (async init function) in pool {pool}",
                     callback=f"{self._cls_name}.init_worker",
@@ -737,6 +867,15 @@ class PoolActor(Actor):
             # The worker says it never really started (a program that exits at once): a
             # failed start, which must not be retried in a storm.
             self._start_failed(reason)
+        if worker.leaving:
+            return  # its replacement has already joined
+        if worker.retiring is not None:
+            self._retiring.remove(worker)
+            return  # its replacement is already starting
+        if worker.spare:
+            self._spares.remove(worker)
+        elif self._spares:
+            self._promote_spare()  # the regular's place is taken at once; the spare replaced
         if self._overflow > 0:
             self._overflow -= 1  # Poolboy: an overflow pool shrinks instead of replacing
         elif self._cfg.lazy:
@@ -759,8 +898,9 @@ class PoolActor(Actor):
             self._idle_timer.cancel()
         if not self._ready:
             return
-        idle, self._idle = self._idle, deque()
-        for worker in idle:
+        waiting = [*self._idle, *self._spares]  # those due for recycling are idle or lent
+        self._idle, self._spares, self._retiring = deque(), deque(), deque()
+        for worker in waiting:
             self._terminate_worker(reason, worker)
         self._invoke(self._w.terminate_pool, reason, self._ps)
 
@@ -839,11 +979,13 @@ class PoolActor(Actor):
     def _stats_of(self, worker: _Worker) -> WorkerStats:
         return WorkerStats(
             worker_id=worker.id,
-            busy=worker not in self._idle,
+            busy=not worker.spare and worker not in self._idle,
             checkouts=worker.checkouts,
             successful_checkins=worker.successful_checkins,
             error_checkins=worker.error_checkins,
             last_activity=worker.last_activity,
+            retiring=None if worker.retiring is None else worker.retiring.why,
+            spare=worker.spare,
         )
 
     def _status(self) -> PoolStatus:
@@ -873,6 +1015,8 @@ class PoolActor(Actor):
             workers_removed=self._removed,
             checkouts=self._checkouts,
             state=state,
+            spares=len(self._spares),
+            workers_recycled=self._recycled,
         )
 
 

@@ -77,6 +77,9 @@ class PoolStatus:
         checkouts: checkouts served since the pool started.
         state: Poolboy's state name: ``"ready"`` (a checkout is served now), ``"overflow"``
             (it would create an overflow worker) or ``"full"`` (it would wait).
+        spares: started spare workers kept ready beyond `pool_size` (see `Pool.start`).
+        workers_recycled: workers retired since the pool started (`Recycle`), included in
+            `workers_removed`.
     """
 
     pool_size: int
@@ -91,6 +94,8 @@ class PoolStatus:
     workers_removed: int
     checkouts: int
     state: Literal["ready", "overflow", "full"]
+    spares: int = 0
+    workers_recycled: int = 0
 
 
 @attrs.frozen
@@ -109,6 +114,9 @@ class WorkerStats:
             out or exited, `handle_checkin` returned `Remove`) removes it, stats and all;
             `PoolStatus.workers_removed` counts those.
         last_activity: pool clock time of its last checkout or checkin (or creation).
+        retiring: why it is being recycled (the `Recycle` reason) while it waits for its
+            replacement; None otherwise.
+        spare: a spare worker, kept ready and lent only once a regular one is gone.
     """
 
     worker_id: int
@@ -117,6 +125,8 @@ class WorkerStats:
     successful_checkins: int
     error_checkins: int
     last_activity: float
+    retiring: Any = None
+    spare: bool = False
 
 
 # --- the callback protocol -------------------------------------------------------------------

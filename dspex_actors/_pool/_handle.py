@@ -117,7 +117,7 @@ from ._contract import From, PoolStatus, PoolWorker, WorkerStats
 if TYPE_CHECKING:
     from .._child_spec import ChildSpec
 
-__all__ = ["Lease", "Pool"]
+__all__ = ["Lease", "Pool", "validate_options"]
 
 
 # --- public API ------------------------------------------------------------------------------
@@ -228,6 +228,7 @@ class Pool(ActorHandle):
         clock: Clock | None = None,
         start_backoff: float = 0.05,
         max_start_backoff: float = 5.0,
+        spares: int = 0,
     ) -> Pool:
         """Start a pool; return once `init_pool` (and, eager, every `init_worker`) has run.
 
@@ -251,6 +252,9 @@ class Pool(ActorHandle):
                 as a failed start; a successful checkin resets the backoff. Meanwhile a caller
                 who waits in vain gets a `PoolTimeout` caused by the last start failure.
             max_start_backoff: the longest wait between two failed starts.
+            spares: started workers kept ready beyond `pool_size` and not lent: when a
+                worker is removed (it died, it was recycled), a spare takes its place at once
+                and a new spare is started. Eager pools only.
 
         Raises:
             InvalidOption: an invalid option; nothing was started.
@@ -258,7 +262,7 @@ class Pool(ActorHandle):
             StartError: `init_pool` raised or returned `Stop(reason)`.
             NameTaken: `name` is registered to a live actor.
         """
-        config = _validate(
+        config = validate_options(
             worker,
             pool_size=pool_size,
             lazy=lazy,
@@ -268,6 +272,7 @@ class Pool(ActorHandle):
             clock=clock,
             start_backoff=start_backoff,
             max_start_backoff=max_start_backoff,
+            spares=spares,
         )
         check_name_option(name)
         try:
@@ -279,22 +284,35 @@ class Pool(ActorHandle):
         return cls(ref)
 
     @classmethod
-    def child_spec(
-        cls, worker: type[PoolWorker], init_arg: Any = None, **options: Any
-    ) -> ChildSpec:
-        """A `ChildSpec` that starts this pool under a supervisor; `id` defaults to the class name.
+    def child_spec(cls, *args: Any, **options: Any) -> ChildSpec:
+        """A `ChildSpec` that starts this pool under a supervisor, with this class's `start`
+        and its own options (``Pool.child_spec(MyWorker, init_arg, pool_size=4, id=...)``,
+        ``ProcessPool.child_spec(target=f, pool_size=2, id=..., name=...)``).
 
-        Keyword options named like `ChildSpec` fields (`id`, `restart`, `shutdown`, ...)
-        configure the spec; the others are `Pool.start` options, validated now.
+        Keyword options named like `ChildSpec` fields (`id`, `restart`, `shutdown`, `name`,
+        ...) configure the spec; the others are `start` options, validated now. With `name`,
+        the supervisor registers every incarnation under it: ``whereis(name)`` (and
+        `from_ref`) drive the current one.
+
+        Raises:
+            InvalidOption: a bad or unknown option.
         """
         from .._child_spec import ChildSpec, split_spec_options
 
         spec_options, start_options = split_spec_options(options)
-        check_options(_validate, worker, **start_options)
-        spec_options.setdefault("id", getattr(worker, "__name__", "Pool"))
-        return ChildSpec(
-            start=cls.start, args=(worker, init_arg), kwargs=start_options, **spec_options
-        )
+        cls._check_start(*args, **start_options)
+        spec_options.setdefault("id", cls._child_id(*args, **start_options))
+        return ChildSpec(start=cls.start, args=args, kwargs=start_options, **spec_options)
+
+    @classmethod
+    def _check_start(cls, worker: Any = None, init_arg: Any = None, **options: Any) -> None:
+        """Check `start`'s options, as `child_spec` needs (a subclass checks its own)."""
+        check_options(validate_options, worker, **options)
+
+    @classmethod
+    def _child_id(cls, worker: Any = None, *args: Any, **options: Any) -> Any:
+        """The default child id: the worker class's name."""
+        return getattr(worker, "__name__", cls.__name__)
 
     # -- checkout --
 
@@ -471,7 +489,7 @@ class Pool(ActorHandle):
             self._ref.tell(_Cancel(req, kind))
 
 
-def _validate(
+def validate_options(
     worker: Any,
     *,
     pool_size: Any = 10,
@@ -482,6 +500,7 @@ def _validate(
     clock: Any = None,
     start_backoff: Any = 0.05,
     max_start_backoff: Any = 5.0,
+    spares: Any = 0,
 ) -> _Config:
     """Check every `Pool.start` option (the defaults are `Pool.start`'s); return the config."""
     if not (isinstance(worker, type) and issubclass(worker, PoolWorker)):
@@ -515,6 +534,10 @@ def _validate(
         raise InvalidOption(
             "max_start_backoff", max_start_backoff, "a number of seconds >= start_backoff"
         )
+    if not is_int(spares) or spares < 0:
+        raise InvalidOption("spares", spares, "a non-negative integer")
+    if spares and lazy:
+        raise InvalidOption("spares", spares, "0 for a lazy pool (it starts workers on demand)")
     return _Config(
         worker=worker,
         pool_size=pool_size,
@@ -525,6 +548,7 @@ def _validate(
         clock=check_clock(clock),
         start_backoff=float(start_backoff),
         max_start_backoff=float(max_start_backoff),
+        spares=spares,
     )
 
 

@@ -70,6 +70,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import importlib.util
 import itertools
 import os
 import pickle
@@ -80,7 +81,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .._checks import remaining
 from .._errors import CallTimeout
@@ -91,8 +92,11 @@ from ._forkserver_server import (
     EXITED,
     NO_CWD,
     NO_EXEC,
+    NO_PRELOAD,
     NO_SETUP,
     PIPES,
+    PRELOAD,
+    PRELOADED,
     REPLY,
     REQUEST,
     SERVE,
@@ -144,6 +148,9 @@ class ForkServer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
+        # Modules preloaded for the users that asked (each counted once per acquire): every
+        # new server imports them first.
+        self._preload: collections.Counter[str] = collections.Counter()
         self._server: _Server | None = None
         self._failures = 0  # servers in a row that died before answering anything
         self._retry_at = 0.0  # no server start before this (time.monotonic)
@@ -161,20 +168,59 @@ class ForkServer:
         with self._lock:
             return self._users
 
-    def acquire(self) -> None:
+    def acquire(self, preload: Sequence[str] = (), timeout: float = 30.0) -> None:
         """Take a reference; start the server if none runs (a start that fails now is tried
-        again by the next child's start)."""
+        again by the next child's start).
+
+        `preload`: modules the server imports now, so that every child forked from now on
+        starts with them loaded; they stay loaded (and every replacement server imports them
+        first) until the matching `release(preload)`. Importing them holds up the server's
+        other starts; `timeout` bounds it.
+
+        Raises:
+            ImportError: a `preload` module cannot be imported (its traceback is on stderr);
+                no reference was taken.
+            RuntimeError: importing one started a thread (the server is replaced: forking a
+                threaded process is unsafe); no reference was taken.
+            CallTimeout: the imports took longer than `timeout` (the server is replaced).
+        """
+        modules = list(dict.fromkeys(preload))
+        for module in modules:
+            # Only the top-level package is looked up here: finding a submodule would import
+            # its package into this process.
+            top = module.partition(".")[0]
+            try:
+                found = importlib.util.find_spec(top) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise ModuleNotFoundError(f"No module named {top!r} (preload)", name=top)
         with self._lock:
             self._users += 1
-            with contextlib.suppress(ForkServerUnavailable):
-                self._running()
+            try:
+                server: _Server | None = self._running()
+            except ForkServerUnavailable:
+                server = None
+        if server is not None and not server.preloaded.issuperset(modules):
+            try:
+                server.preload([m for m in modules if m not in server.preloaded], timeout)
+            except ForkServerUnavailable:
+                pass  # the next server imports them at its start
+            except BaseException:
+                self.release()
+                raise
+        with self._lock:
+            self._preload.update(modules)
 
-    def release(self) -> None:
-        """Drop a reference; the last one stops the server and reaps it before returning."""
+    def release(self, preload: Sequence[str] = ()) -> None:
+        """Drop a reference (and `preload`, what it was acquired with); the last one stops
+        the server and reaps it before returning."""
         with self._lock:
             if self._users <= 0:
                 raise RuntimeError("ForkServer.release() without a matching acquire()")
             self._users -= 1
+            self._preload.subtract(dict.fromkeys(preload, 1))
+            self._preload = +self._preload  # drops what nobody preloads any more
             if self._users:
                 return
             server, self._server = self._server, None
@@ -297,7 +343,7 @@ class ForkServer:
                 f"the next one starts in {self._retry_at - now:.2f} s"
             )
         try:
-            server = _Server.start()
+            server = _Server.start(sorted(self._preload))
         except OSError as exc:
             self._failures += 1
             self._retry_at = now + min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
@@ -411,10 +457,11 @@ class _StartFailed(OSError):
 
 
 class _Request:
-    def __init__(self, child: ServedChild) -> None:
-        self.child = child
+    def __init__(self, child: ServedChild | None) -> None:
+        self.child = child  # None: a preload request
         self.done = threading.Event()
         self.error: OSError | None = None
+        self.failed: int | None = None  # a preload's NO_PRELOAD value
 
 
 class _Server:
@@ -422,7 +469,7 @@ class _Server:
 
     BOOT = (
         "from dspex_actors._ports._forkserver_server import server_main; "
-        "server_main({fd}, {parent})"
+        "server_main({fd}, {parent}, {preload!r})"
     )
     """What the server's interpreter runs (tests patch it to observe the server)."""
 
@@ -432,6 +479,7 @@ class _Server:
         self.credentials = _credentials()  # the server's: those of when it was started
         self.dead = False
         self.answered = 0  # starts it answered: it booted
+        self.preloaded: set[str] = set()  # the modules it has imported
         self._sock = sock
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -442,7 +490,7 @@ class _Server:
         self._reader.start()
 
     @classmethod
-    def start(cls) -> _Server:
+    def start(cls, preload: Sequence[str] = ()) -> _Server:
         # Every fd made here exists (or is in _PARENT_FDS) only under the fork guard, so a
         # "fork" port's child forked meanwhile never holds the parent's end of the socket:
         # the server would never see EOF when the parent dies.
@@ -453,7 +501,7 @@ class _Server:
             PARENT_FDS.add(parent_sock.fileno())
             fd = child_sock.fileno()
             boot = f"import sys; sys.path[:0] = {sys.path!r}; " + cls.BOOT.format(
-                fd=fd, parent=os.getpid()
+                fd=fd, parent=os.getpid(), preload=list(preload)
             )
             try:
                 popen = subprocess.Popen(
@@ -465,6 +513,7 @@ class _Server:
                 )
                 # Made before the lock is released, like every parent-side fd.
                 server = cls(popen, parent_sock)
+                server.preloaded.update(preload)
             except BaseException:
                 PARENT_FDS.discard(parent_sock.fileno())
                 parent_sock.close()
@@ -504,7 +553,8 @@ class _Server:
                     in_r, in_w, out_r, out_w, err_r, err_w, life_r, life_w, exit_r, exit_w = pipes
                     parent_ends = (in_w, out_r, err_r, life_w)
                     PARENT_FDS.update((*parent_ends, exit_w))
-                    request = _Request(ServedChild(exit_r, exit_w))
+                    child = ServedChild(exit_r, exit_w)
+                    request = _Request(child)
                     try:
                         with self._lock:
                             if self.dead:
@@ -535,9 +585,55 @@ class _Server:
                 raise ForkServerUnavailable(f"could not reach the fork server: {exc}") from exc
             raise
         if request.error is not None:
-            abandon_worker(request.child, parent_ends)
+            abandon_worker(child, parent_ends)
             raise request.error
-        return request.child, parent_ends
+        return child, parent_ends
+
+    def preload(self, modules: list[str], timeout: float) -> None:
+        """Have the server import `modules` now (it answers once they are imported).
+
+        Raises:
+            ImportError: one of them could not be imported in the server.
+            RuntimeError: one started a thread on import (the server then exits: forking it
+                would be unsafe).
+            ForkServerUnavailable: the server is gone; CallTimeout: it did not answer.
+        """
+        request_id = next(self._ids)
+        setup = PRELOAD + pickle.dumps(modules)
+        message = memoryview(REQUEST.pack(request_id, len(setup)) + setup)
+        request = _Request(None)
+        with self._lock:
+            if self.dead:
+                raise ForkServerUnavailable("the fork server exited")
+            self._pending[request_id] = request
+        sending = False
+        try:
+            with self._send_lock:
+                sending = True
+                _send_bounded(self._sock, message, [])
+                sending = False
+            if not request.done.wait(timeout):
+                self._kill()  # stuck in an import: it can start nobody's workers
+                raise CallTimeout(f"fork server {self.pid}", "preload", timeout)
+        except BaseException as exc:
+            with self._lock:
+                self._pending.pop(request_id, None)
+            if sending:  # part of a request may be in the stream: this server is unusable
+                self._kill()
+                if isinstance(exc, OSError):
+                    raise ForkServerUnavailable(f"could not reach the fork server: {exc}") from exc
+            raise
+        if request.error is not None:
+            raise request.error
+        if request.failed is not None:
+            module = modules[request.failed // 2]
+            if request.failed % 2:
+                raise RuntimeError(
+                    f"importing {module!r} started a thread in the fork server, which must "
+                    f"stay single-threaded to fork safely: do not preload it"
+                )
+            raise ImportError(f"the fork server could not import {module!r} (preload)", name=module)
+        self.preloaded.update(modules)
 
     def _give_up(
         self, request_id: int, request: _Request, parent_ends: tuple[int, ...], registered: bool
@@ -552,7 +648,8 @@ class _Server:
                 request.done.wait(_STOP_LIMIT)
         # A worker forked later is killed by the reader (and sees EOF on its lifeline, whose
         # parent end is closed here).
-        abandon_worker(request.child, parent_ends)
+        if request.child is not None:
+            abandon_worker(request.child, parent_ends)
 
     def stop(self) -> None:
         """Ask the server to exit (EOF on its socket), wait until the reader has reaped it."""
@@ -600,10 +697,18 @@ class _Server:
             if child is not None:
                 child._exited(value)
             return
+        if kind in (PRELOADED, NO_PRELOAD):
+            with self._lock:
+                preload = self._pending.pop(key, None)
+            if preload is not None:
+                if kind == NO_PRELOAD:
+                    preload.failed = value
+                preload.done.set()
+            return
         started = kind in (STARTED, WATCHED)
         with self._lock:
             request = self._pending.pop(key, None)
-            if request is not None and started:
+            if request is not None and started and request.child is not None:
                 # Registered before the requester learns the pid: the exit, which the server
                 # always reports after the start, finds its record.
                 request.child.pid = value
@@ -615,7 +720,7 @@ class _Server:
             if pidfd is not None:
                 os.close(pidfd)
             return
-        if pidfd is not None:
+        if pidfd is not None and request.child is not None:
             request.child._watched(pidfd)
         if kind in (NO_EXEC, NO_CWD, NO_SETUP, STALLED):
             request.error = _StartFailed(kind, value)
@@ -708,11 +813,12 @@ def _send_bounded(
     return view
 
 
-def release_from(pid: int) -> None:
-    """`FORK_SERVER.release()`, unless this is a forked copy of process `pid` (a finalizer
-    copied into a child must not stop the parent's server, whose socket the child shares)."""
+def release_from(pid: int, preload: Sequence[str] = ()) -> None:
+    """`FORK_SERVER.release(preload)`, unless this is a forked copy of process `pid` (a
+    finalizer copied into a child must not stop the parent's server, whose socket the child
+    shares)."""
     if os.getpid() == pid:
-        FORK_SERVER.release()
+        FORK_SERVER.release(preload)
 
 
 def abandon_worker(child: ServedChild, parent_ends: tuple[int, ...]) -> None:

@@ -11,6 +11,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import importlib
 import os
 import pickle
 import resource
@@ -19,9 +20,10 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from ._fds import arm_lifeline
@@ -34,8 +36,11 @@ __all__ = [
     "FAILED",
     "NO_CWD",
     "NO_EXEC",
+    "NO_PRELOAD",
     "NO_SETUP",
     "PIPES",
+    "PRELOAD",
+    "PRELOADED",
     "REPLY",
     "REQUEST",
     "SERVE",
@@ -63,9 +68,12 @@ NO_CWD = 5  # (request id, errno): a program's working directory could not be en
 NO_SETUP = 6  # (request id, errno): a program's umask or resource limits could not be set
 STALLED = 7  # (request id, 0): a program neither exec'd nor failed in time (it is killed)
 WATCHED = 8  # (request id, pid): STARTED, with a pidfd of the child riding along (SCM_RIGHTS)
+PRELOADED = 9  # (request id, 0): the modules of a preload request are imported
+NO_PRELOAD = 10  # (request id, 2 * index + why): module `index` failed: 0 import, 1 threads
 # The first byte of a request's setup: serve a Python handler, or exec a program.
 SERVE = b"S"
 EXEC = b"X"
+PRELOAD = b"P"  # import these modules now (no fds ride with it)
 PIPES = 5  # a worker's stdin, stdout, stderr and lifeline, and its exit pipe (parent only)
 WORKER_FDS = 5  # the child ends of the first four pipes, and the working directory's fd
 _CWD_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
@@ -136,10 +144,15 @@ def take_process_state(state: ProcessState, *, python: bool) -> None:
 # --- the server process ----------------------------------------------------------------------
 
 
-def server_main(fd: int, parent: int) -> None:
+def server_main(fd: int, parent: int, preload: Sequence[str] = ()) -> None:
     """The fork server (runs in its own process, single-threaded): fork workers on request,
-    report their exits, and kill them all once the parent is gone."""
+    report their exits, and kill them all once the parent is gone. `preload`: modules to
+    import first (those its predecessor had been asked to import)."""
     import dill
+
+    for name in preload:
+        with contextlib.suppress(Exception):  # checked when it was first asked for
+            importlib.import_module(name)
 
     # Loaded and used once here, so every worker has it ready (its lazy set-up done).
     with contextlib.suppress(Exception):  # only an optimisation
@@ -186,10 +199,14 @@ def server_main(fd: int, parent: int) -> None:
                     end = REQUEST.size + size
                     if len(buffer) < end:
                         break
-                    if len(fds) < WORKER_FDS:
-                        return  # cannot happen: the fds arrive with the header's first byte
                     setup = bytes(buffer[REQUEST.size : end])
                     del buffer[:end]
+                    if setup[:1] == PRELOAD:
+                        if not state.preload(request_id, pickle.loads(setup[1:])):
+                            return  # a module started a thread: forking is no longer safe
+                        continue
+                    if len(fds) < WORKER_FDS:
+                        return  # cannot happen: the fds arrive with the header's first byte
                     # Above fd 2 (ours is closed if the parent's was): a child moves its
                     # stdio onto 0-2 and must not overwrite one of these doing so.
                     mine = [raised(fds.popleft()) for _ in range(WORKER_FDS)]
@@ -254,6 +271,23 @@ class _State:
 
     def reap(self) -> None:
         _reap(self.workers, self.send, self.starting)
+
+    def preload(self, request_id: int, modules: list[str]) -> bool:
+        """Import `modules`, so that every child forked from now on has them; answer. False
+        if one of them started a thread: a fork copies a lock another thread holds, so this
+        server must not fork any more (it answers, then exits)."""
+        for index, name in enumerate(modules):
+            try:
+                importlib.import_module(name)
+            except BaseException:
+                traceback.print_exc()  # the server's stderr is its parent's
+                self.send(NO_PRELOAD, request_id, 2 * index)
+                return True
+            if threading.active_count() > 1:
+                self.send(NO_PRELOAD, request_id, 2 * index + 1)
+                return False
+        self.send(PRELOADED, request_id, 0)
+        return True
 
     def fork(self, request_id: int, fds: list[int], setup: bytes) -> None:
         """Fork a worker (or a program's child) for the request; answer once it runs."""

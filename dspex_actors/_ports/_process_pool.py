@@ -54,18 +54,19 @@ Example:
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import attrs
 import pykka
 
-from .._actor import current_actor
-from .._checks import is_int, remaining
+from .._actor import current_actor, monitor
+from .._checks import check_name_option, check_options, is_int, is_number, remaining
 from .._child_spec import inline_start
 from .._errors import (
     CallTimeout,
@@ -84,8 +85,8 @@ from .._errors import (
 )
 from .._logging import area_logger, log_event
 from .._pool._contract import From, PoolWorker
-from .._pool._handle import Lease, Pool
-from .._pool._results import Async, Ok, Remove, Skip, Stop
+from .._pool._handle import Lease, Pool, validate_options
+from .._pool._results import Async, Ok, Recycle, Remove, Skip, Stop
 from .._reasons import is_normal_exit
 from . import _forkserver
 from ._forkserver import ForkServerUnavailable
@@ -122,6 +123,16 @@ def _argv_tuple(argv: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if argv is None else tuple(argv)
 
 
+def _str_tuple(names: Any) -> Any:
+    if isinstance(names, str):
+        raise InvalidOption("preload", names, "a list of module names, not one string")
+    names = tuple(names)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise InvalidOption("preload", names, "a list of module names")
+    return names
+
+
 @attrs.frozen
 class PortSpec:
     """How a `PortWorker` pool starts each worker: the `init_arg` of `Pool.start(PortWorker, ...)`.
@@ -150,6 +161,16 @@ class PortSpec:
         init_timeout: seconds a new worker has to start and answer its first ping.
         retries: how often `ProcessPool.call` retries a request whose worker died while
             serving it (for idempotent requests only).
+        max_tasks: recycle a worker after this many tasks (checkins); None: never.
+        max_memory: recycle a worker whose resident memory (RSS, bytes) reached this,
+            checked after each task; None: never.
+        max_age: recycle a worker this many seconds after its start (checked after each
+            task, and when an idle worker is pinged: `worker_idle_timeout`); None: never.
+        recycle_jitter: each worker's limits are drawn between ``(1 - recycle_jitter)`` and
+            1 times the configured ones, so that workers started together do not all
+            recycle at once.
+        preload: modules the fork server imports once (``"forkserver"`` target workers only),
+            so that every worker starts with them loaded.
     """
 
     argv: tuple[str, ...] | None = attrs.field(default=None, converter=_argv_tuple)
@@ -164,6 +185,11 @@ class PortSpec:
     close_timeout: float = 1.0
     init_timeout: float = 30.0
     retries: int = 0
+    max_tasks: int | None = None
+    max_memory: int | None = None
+    max_age: float | None = None
+    recycle_jitter: float = 0.1
+    preload: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
 
     def __attrs_post_init__(self) -> None:
         if (self.argv is None) == (self.target is None):
@@ -174,6 +200,20 @@ class PortSpec:
             raise InvalidOption("close_timeout", self.close_timeout, "a number >= 0")
         if not is_int(self.retries) or self.retries < 0:
             raise InvalidOption("retries", self.retries, "a non-negative integer")
+        if not is_number(self.init_timeout) or not 0 < self.init_timeout < float("inf"):
+            raise InvalidOption("init_timeout", self.init_timeout, "a positive number of seconds")
+        for option in ("max_tasks", "max_memory"):
+            value = getattr(self, option)
+            if value is not None and (not is_int(value) or value <= 0):
+                raise InvalidOption(option, value, "a positive integer or None")
+        if self.max_age is not None and (not is_number(self.max_age) or not self.max_age > 0):
+            raise InvalidOption("max_age", self.max_age, "a positive number of seconds or None")
+        if not is_number(self.recycle_jitter) or not 0 <= self.recycle_jitter < 1:
+            raise InvalidOption("recycle_jitter", self.recycle_jitter, "a number in [0, 1)")
+        if self.preload and (self.target is None or self.method != "forkserver"):
+            raise InvalidOption(
+                "preload", self.preload, "empty unless target workers use the fork server"
+            )
         # The checks Port.open / Port.spawn make, made here so that a bad option is refused
         # at once instead of failing every worker start forever.
         if self.start_method is not None and self.start_method not in START_METHODS:
@@ -284,6 +324,11 @@ class PortWorkerState:
     port: Port
     current_command: Any = None
     served: bool = False  # checked in at least once: it did start
+    tasks: int = 0  # checkins
+    born: float = attrs.field(factory=time.monotonic)
+    # This worker's own recycling limits (the pool's, less a random jitter).
+    max_tasks: float | None = None
+    max_age: float | None = None
 
 
 @attrs.define
@@ -327,10 +372,17 @@ class PortWorker(PoolWorker):
             # Held for the pool's whole life: when its only worker dies, the replacement is
             # forked by the same server instead of waiting for a new one to boot.
             try:
-                _forkserver.FORK_SERVER.acquire()
-            except OSError as exc:
+                _forkserver.FORK_SERVER.acquire(init_arg.preload, init_arg.init_timeout)
+            except (ImportError, OSError) as exc:
                 return Stop(exc)
-            state.release_server = weakref.finalize(state, _forkserver.release_from, os.getpid())
+            state.release_server = weakref.finalize(
+                state, _forkserver.release_from, os.getpid(), init_arg.preload
+            )
+        me = current_actor()
+        if me is not None:
+            # A pool killed (no terminate_pool) must not leave its processes running: its
+            # exit, whatever the reason, kills what terminate_pool did not close.
+            monitor(me, lambda down: _kill_leftovers(state))
         return Ok(state)
 
     def init_worker(self, pool_state: Any) -> Async:
@@ -388,7 +440,12 @@ class PortWorker(PoolWorker):
                 raise WorkerStartError(
                     spec.name, str(exc), port.exit_status, port.stderr_tail()
                 ) from exc
-            return PortWorkerState(port)
+            jitter = 1.0 - spec.recycle_jitter * random.random()
+            return PortWorkerState(
+                port,
+                max_tasks=None if spec.max_tasks is None else spec.max_tasks * jitter,
+                max_age=None if spec.max_age is None else spec.max_age * jitter,
+            )
 
         return Async(start, pool_state)
 
@@ -428,7 +485,9 @@ class PortWorker(PoolWorker):
     ) -> Ok | Remove:
         """Take the port back; ``"close"``, a dead process, a request that timed out (its
         reply may still come) or output nobody read (a frame more than the replies taken)
-        removes the worker: no later caller may ever read a reply that was not its own."""
+        removes the worker: no later caller may ever read a reply that was not its own. A
+        worker past one of its recycling limits (`max_tasks`, `max_age`, `max_memory`) is
+        retired with `Recycle`: its replacement starts first."""
         port = worker_state.port
         port._reclaim(calling_owner())
         worker_state.current_command = None
@@ -442,6 +501,17 @@ class PortWorker(PoolWorker):
         worker_state.served = True
         if not port._is_open():
             return Remove(("port_exited", port.exit_status), pool_state)
+        worker_state.tasks += 1
+        limit = worker_state.max_tasks
+        if limit is not None and worker_state.tasks >= limit:
+            return Remove(Recycle("max_tasks"), pool_state)
+        if _too_old(worker_state):
+            return Remove(Recycle("max_age"), pool_state)
+        max_memory = pool_state.spec.max_memory
+        if max_memory is not None:
+            rss = _rss(port.os_pid)
+            if rss is not None and rss >= max_memory:
+                return Remove(Recycle(("max_memory", rss)), pool_state)
         return Ok(worker_state, pool_state)
 
     def handle_info(self, message: Any, worker_state: Any) -> Ok | Remove:
@@ -464,10 +534,13 @@ class PortWorker(PoolWorker):
         return Ok(worker_state)
 
     def handle_ping(self, worker_state: Any, pool_state: Any) -> Ok | Remove:
-        """Ping an idle worker; one that does not answer within 1 s is removed."""
+        """Ping an idle worker; one that does not answer within 1 s is removed, one past its
+        `max_age` is recycled."""
         port = worker_state.port
         if port.info() is None:
             return Remove(("port_exited", port.exit_status))
+        if _too_old(worker_state):
+            return Remove(Recycle("max_age"))
         try:
             if pool_state.spec.target is not None:
                 port.ping(timeout=1.0)
@@ -481,17 +554,17 @@ class PortWorker(PoolWorker):
         """Close the worker's process and reap it, never holding the pool up for long.
 
         A worker removed after an error (timeout, crash, protocol error, raising lease) is
-        killed at once: its state is unknown. One removed on ``"close"`` or as overflow gets
-        `close_timeout` seconds to exit on EOF first, in a thread of its own. At stop, the
-        idle workers are closed together by `terminate_pool`: stopping costs about one
-        `close_timeout`, not one per worker.
+        killed at once: its state is unknown. One removed on ``"close"``, as overflow or
+        recycled gets `close_timeout` seconds to exit on EOF first, in a thread of its own. At
+        stop, the idle workers are closed together by `terminate_pool`: stopping costs about
+        one `close_timeout`, not one per worker.
         """
         port = worker_state.port
         if is_normal_exit(reason):  # the pool is stopping
             with pool_state.lock:
                 pool_state.closing.append(port)
             return Ok(pool_state)
-        if reason in ("closed", "overflow"):
+        if reason in ("closed", "overflow") or isinstance(reason, Recycle):
             closer = threading.Thread(
                 target=self._close_gracefully,
                 args=(port, pool_state),
@@ -541,6 +614,38 @@ class PortWorker(PoolWorker):
             pool_state.release_server()  # a finalizer: runs once
 
 
+def _kill_leftovers(state: _PoolState) -> None:
+    """The pool exited: if it ran no `terminate_pool` (it was killed), kill every process it
+    still has (idle, lent out, starting) and let go of the fork server. Runs in the exiting
+    pool's thread; the kills do not wait (each port's reader reaps its process)."""
+    with state.lock:
+        if state.stopped:
+            return
+        state.stopped = True
+        ports = list(state.live)
+    for port in ports:
+        port.kill()
+    if state.release_server is not None:
+        state.release_server()
+
+
+def _too_old(worker_state: PortWorkerState) -> bool:
+    limit = worker_state.max_age
+    return limit is not None and time.monotonic() - worker_state.born >= limit
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss(pid: int) -> int | None:
+    """Resident memory of process `pid` in bytes (Linux's /proc), or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # --- public API --------------------------------------------------------------------------------
 
 
@@ -572,11 +677,28 @@ class ProcessPool(Pool):
         cls,
         argv: Sequence[str] | None = None,
         target: Callable[..., Any] | None = None,
+        **options: Any,
+    ) -> ProcessPool:
+        """Start a pool of `pool_size` worker processes; `options` as `options` documents.
+
+        Raises:
+            InvalidOption: a bad option; nothing was started.
+            StartError: the fork server could not import a `preload` module.
+        """
+        spec, pool_options = cls.options(argv, target, **options)
+        pool = Pool.start(PortWorker, spec, **pool_options)
+        return cls(pool.actor_ref)
+
+    @staticmethod
+    def options(
+        argv: Sequence[str] | None = None,
+        target: Callable[..., Any] | None = None,
         *,
         pool_size: int,
         args: Sequence[Any] = (),
         lazy: bool = False,
         max_overflow: int = 0,
+        spares: int = 0,
         retries: int = 0,
         start_method: str | None = None,
         name: Any = None,
@@ -587,8 +709,17 @@ class ProcessPool(Pool):
         ping: Any = None,
         worker_idle_timeout: float | None = None,
         close_timeout: float = 1.0,
-    ) -> ProcessPool:
-        """Start a pool of `pool_size` worker processes.
+        init_timeout: float = 30.0,
+        max_tasks: int | None = None,
+        max_memory: int | None = None,
+        max_age: float | None = None,
+        recycle_jitter: float = 0.1,
+        preload: Sequence[str] = (),
+        start_backoff: float = 0.05,
+        max_start_backoff: float = 5.0,
+    ) -> tuple[PortSpec, dict[str, Any]]:
+        """Check the options of `start` (and `child_spec`); return the workers' `PortSpec`
+        and the `Pool.start` options.
 
         Args:
             argv: an external program speaking length-prefixed frames (`Port.open`); or
@@ -598,6 +729,8 @@ class ProcessPool(Pool):
             args: extra arguments for `target`.
             lazy: start workers on first use.
             max_overflow: extra workers allowed above `pool_size` under load.
+            spares: started, pinged workers kept ready beyond `pool_size`: a killed or
+                recycled worker's place is taken at once (see `Pool.start`).
             retries: how often `call` retries a request whose worker crashed mid-request
                 (only for idempotent requests).
             start_method: ``"forkserver"`` (default), ``"spawn"`` or ``"fork"`` for
@@ -611,9 +744,17 @@ class ProcessPool(Pool):
             ping: see `PortSpec`.
             worker_idle_timeout: ping idle workers on this period (seconds).
             close_timeout: see `PortSpec`.
+            init_timeout: see `PortSpec`.
+            max_tasks: see `PortSpec` (recycling).
+            max_memory: see `PortSpec` (recycling).
+            max_age: see `PortSpec` (recycling).
+            recycle_jitter: see `PortSpec` (recycling).
+            preload: see `PortSpec`.
+            start_backoff: see `Pool.start`.
+            max_start_backoff: see `Pool.start`.
 
         Raises:
-            InvalidOption: a bad option; nothing was started.
+            InvalidOption: a bad option.
         """
         spec = PortSpec(
             argv=argv,
@@ -626,18 +767,46 @@ class ProcessPool(Pool):
             cwd=cwd,
             ping=ping,
             close_timeout=close_timeout,
+            init_timeout=init_timeout,
             retries=retries,
+            max_tasks=max_tasks,
+            max_memory=max_memory,
+            max_age=max_age,
+            recycle_jitter=recycle_jitter,
+            preload=preload,
         )
-        pool = Pool.start(
-            PortWorker,
-            spec,
-            pool_size=pool_size,
-            lazy=lazy,
-            max_overflow=max_overflow,
-            worker_idle_timeout=worker_idle_timeout,
-            name=name,
-        )
-        return cls(pool.actor_ref)
+        pool_options: dict[str, Any] = {
+            "pool_size": pool_size,
+            "lazy": lazy,
+            "max_overflow": max_overflow,
+            "worker_idle_timeout": worker_idle_timeout,
+            "start_backoff": start_backoff,
+            "max_start_backoff": max_start_backoff,
+            "spares": spares,
+        }
+        check_options(validate_options, PortWorker, **pool_options)
+        check_name_option(name)
+        return spec, {**pool_options, "name": name}
+
+    @classmethod
+    def _check_start(cls, *args: Any, **options: Any) -> None:
+        check_options(cls.options, *args, **options)
+
+    @classmethod
+    def _child_id(cls, *args: Any, **options: Any) -> Any:
+        return cls.__name__
+
+    @classmethod
+    def from_ref(cls, actor_ref: pykka.ActorRef[Any]) -> Self:
+        """Drive a running process pool (e.g. found in `which_children()` or by `whereis`).
+
+        Raises:
+            TypeError: `actor_ref` is not the ref of a running process pool.
+        """
+        handle = super().from_ref(actor_ref)
+        if handle.__spec is None:
+            raise TypeError(f"expected the ActorRef of a running ProcessPool, got: {actor_ref!r}")
+        return handle
 
     def checkout(
         self,
@@ -661,9 +830,12 @@ class ProcessPool(Pool):
         Raises:
             WorkerCrashed: the worker died mid-request, `retries + 1` times.
             CallTimeout: no reply in time (the worker is removed: it may answer later).
-            PoolTimeout: no worker in time.
-            ProtocolError: the reply was malformed or had the wrong id (worker removed).
-            RemoteError: the handler raised (the worker stays).
+            PoolTimeout: no worker in time (caused by the last start failure, if any).
+            ProtocolError: the request cannot be encoded (no worker was involved), or the
+                reply was malformed or had the wrong id (the worker is removed).
+            RemoteError: the handler raised, or an `argv` program answered in DSPex's
+                envelope with ``"success": false`` (its ``"error"`` is the message); the
+                worker stays, counted in `error_checkins`.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         prepared = self._prepare(request)  # a bad request is refused before any worker
@@ -708,7 +880,9 @@ class ProcessPool(Pool):
         return Prepared.of(request, spec.codec, spec.max_frame, spec.argv is None, own_id)
 
     def _call_once(self, prepared: Prepared, deadline: float | None, timeout: float | None) -> Any:
-        def use(from_: From, port: Port) -> tuple[Any, str]:
+        program = self._spec.argv is not None
+
+        def use(from_: From, port: Port) -> tuple[Any, Any]:
             try:
                 request_id, _ = port._send_request(prepared, remaining(deadline))
             except PortClosed as exc:
@@ -722,7 +896,11 @@ class ProcessPool(Pool):
             except CallTimeout:
                 raise CallTimeout(str(port), "call", timeout) from None
             except RemoteError as exc:
-                return _Refused(exc), "ok"
+                return _Refused(exc), ("error", exc)  # the worker is fine: an error checkin
+            if program and isinstance(reply, Mapping) and reply.get("success") is False:
+                # DSPex's envelope: the program says the command failed; it is fine.
+                error = RemoteError("error", str(reply.get("error")), str(port))
+                return _Refused(error), ("error", error)
             return reply, "ok"
 
         result = self.checkout(None, use, remaining(deadline))  # a subclass's override too
