@@ -24,6 +24,14 @@ Run: ``python bench/process_pool.py`` (under a minute) or ``python bench/process
 4. SIGKILL of the fork server while 8 clients call a pool of 4 (retries=0): the slowest call
    across the kill, how soon a worker killed right after is replaced (through a new server),
    and the requests lost (target 0).
+5. Pools that look after their workers:
+   - recovery with ``spares=1``: SIGKILL of the serving worker until a call is answered (by
+     the spare), against the fork floor sampled alongside (target <= 1x), for target and argv
+     workers;
+   - a replacement whose handler needs a heavy module (`hypothesis`, ~0.2 s to import):
+     preloaded in the fork server vs imported by each new worker (a cold start);
+   - throughput (8 clients, 2 workers) with ``max_tasks=100`` vs without (target >= 0.9x):
+     the price of recycling a worker every 100 tasks.
 
 Figures are medians of several rounds, measured interleaved in the same process.
 """
@@ -254,20 +262,22 @@ def _children_pids() -> set[int]:
     return pids
 
 
-def _only_worker(pool: da.ProcessPool) -> int:
-    """The pid of the single worker of a pool of size 1, once it is idle and nothing starts."""
+def _serving_worker(pool: da.ProcessPool, spares: int = 0) -> int:
+    """The pid of the single worker of a pool of size 1, once it is idle, its `spares` are
+    ready and nothing starts."""
     while True:
         status = pool.status()
-        if status.idle == 1 and status.initializing == 0:
+        if status.idle == 1 and status.spares == spares and status.initializing == 0:
             pid: int = pool.checkout(None, lambda from_, port: (port.os_pid, "ok"))
             return pid
         time.sleep(0.001)
 
 
-def recovery_once(pool: da.ProcessPool, request: Any) -> float:
-    """SIGKILL the only (idle) worker; time until a call is answered by its replacement."""
+def recovery_once(pool: da.ProcessPool, request: Any, spares: int = 0) -> float:
+    """SIGKILL the only (idle) worker; time until a call is answered by its replacement (the
+    spare, with `spares`)."""
     pool.call(request, timeout=30)
-    victim = _only_worker(pool)
+    victim = _serving_worker(pool, spares)
     start = time.perf_counter()
     os.kill(victim, signal.SIGKILL)
     while True:
@@ -275,7 +285,7 @@ def recovery_once(pool: da.ProcessPool, request: Any) -> float:
             pool.call(request, timeout=30)
             break
         except da.WorkerCrashed:
-            continue
+            continue  # it reached the dead worker before the pool noticed the death
     return time.perf_counter() - start
 
 
@@ -490,6 +500,11 @@ def bench_sigkill(rounds: int) -> None:
         print(f"    {name:24} {peer_after_crash(make2, submit2)}")
 
 
+def _kill_and_close(from_: Any, port: da.Port) -> tuple[None, str]:
+    os.kill(port.os_pid, signal.SIGKILL)
+    return None, "close"
+
+
 def fork_server_kill_once(clients: int = 8) -> tuple[float, float, int, int]:
     """SIGKILL the fork server while `clients` threads call a pool of 4 (retries=0).
 
@@ -531,8 +546,9 @@ def fork_server_kill_once(clients: int = 8) -> tuple[float, float, int, int]:
             slowest = 0.0
         start = time.perf_counter()
         os.kill(server, signal.SIGKILL)
-        victim = pool.checkout(None, lambda from_, port: (port.os_pid, "ok"))
-        os.kill(victim, signal.SIGKILL)
+        # A worker killed right after, inside our own lease (checked in "close": no client
+        # ever gets it), so that its replacement must come through a new server.
+        pool.checkout(None, _kill_and_close)
         while pool.status().workers_started < 5:  # the replacement is up and answered
             time.sleep(0.0005)
         replaced = time.perf_counter() - start
@@ -543,7 +559,6 @@ def fork_server_kill_once(clients: int = 8) -> tuple[float, float, int, int]:
     finally:
         stop.set()
         pool.stop(timeout=30)
-    # The victim was checked out by us (not a client): its death cost no client request.
     return slowest, replaced, lost, served
 
 
@@ -559,23 +574,111 @@ def bench_fork_server_kill(rounds: int) -> None:
     print(f"  requests lost: {lost} of {lost + served} (target 0)")
 
 
+def uses_heavy(n: int) -> int:
+    import hypothesis  # noqa: F401  (what the handler needs; preloaded or not)
+
+    return n
+
+
+def bench_self_managing(rounds: int, per_client: int) -> None:
+    print("\n5. Pools that look after their workers")
+    print("  SIGKILL of the serving worker of a pool of 1 with spares=1:")
+    for label, options, request in (
+        ("target (forkserver)", {"target": square}, 3),
+        (
+            "argv (python -S, ping)",
+            # With a ping, a spare joins once its program answers: it is ready, not booting.
+            {"argv": [sys.executable, "-S", "-c", DOUBLER], "ping": {"n": 0}},
+            {"n": 3},
+        ),
+    ):
+        pool = da.ProcessPool.start(pool_size=1, spares=1, **options)
+        floors: list[float] = []
+        samples: list[float] = []
+        try:
+            for _ in range(rounds):
+                floors.append(fork_floor_once())
+                samples.append(recovery_once(pool, request, spares=1))
+        finally:
+            pool.stop(timeout=30)
+        t, floor = statistics.median(samples), statistics.median(floors)
+        print(
+            f"    {label:22} answering after {t * 1e3:6.2f} ms = {t / floor:5.2f}x fork floor"
+            f" ({floor * 1e3:.1f} ms) (target <= 1)"
+        )
+
+    print("  SIGKILL -> replacement answering, the handler needing `hypothesis`:")
+    medians = {}
+    for label, preload in (("imported by each worker", ()), ("preloaded", ("hypothesis",))):
+        pool = da.ProcessPool.start(target=uses_heavy, pool_size=1, preload=preload)
+        try:
+            samples = [recovery_once(pool, 3) for _ in range(rounds)]
+        finally:
+            pool.stop(timeout=30)
+        medians[label] = statistics.median(samples)
+        print(f"    {label:26} {medians[label] * 1e3:7.1f} ms")
+    cold, warm = medians["imported by each worker"], medians["preloaded"]
+    print(f"    preloaded / cold = {warm / cold:.3f} ({cold / warm:.0f}x faster)")
+
+    print("  throughput, 8 clients on 2 workers, recycling every 100 (and 1000) tasks:")
+    pools = {
+        "no recycling": da.ProcessPool.start(target=square, pool_size=2),
+        "max_tasks=100": da.ProcessPool.start(target=square, pool_size=2, max_tasks=100),
+        "max_tasks=1000": da.ProcessPool.start(target=square, pool_size=2, max_tasks=1000),
+    }
+    try:
+        results: dict[str, list[float]] = {name: [] for name in pools}
+        ops = {name: (lambda p=p: p.call(3, timeout=30)) for name, p in pools.items()}
+        for op in ops.values():
+            ops_per_second(8, 20, op)  # warm
+        names = list(ops)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                results[name].append(ops_per_second(8, per_client, ops[name]))
+        recycled = pools["max_tasks=100"].status().workers_recycled
+    finally:
+        for pool in pools.values():
+            pool.stop(timeout=30)
+    med = {name: statistics.median(r) for name, r in results.items()}
+    for name, rate in med.items():
+        print(f"    {name:26} {rate:10.0f}/s")
+    print(f"    max_tasks=1000 / no recycling = {med['max_tasks=1000'] / med['no recycling']:.2f}")
+    ratio = med["max_tasks=100"] / med["no recycling"]
+    print(
+        f"    max_tasks=100 / no recycling = {ratio:.2f} ({recycled} workers recycled)"
+        " (target >= 0.9)"
+    )
+
+
 def main() -> int:
     quiet_logs()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
+    parser.add_argument("--only", type=int, choices=range(1, 6), help="run only this section (1-5)")
     opts = parser.parse_args()
     rounds, n, per_client = (3, 200, 100) if opts.quick else (7, 1000, 400)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, rounds={rounds}")
-    bench_round_trip(rounds, n, "processes free to run on any CPU")
-    if hasattr(os, "sched_setaffinity"):
-        everywhere = os.sched_getaffinity(0)
-        # Threads and processes started from now on inherit it (the contenders start afresh).
-        os.sched_setaffinity(0, {min(everywhere)})
-        bench_round_trip(rounds, n, "every thread and process pinned to one CPU")
-        os.sched_setaffinity(0, everywhere)
-    bench_throughput(max(1, rounds // 2), per_client)
-    bench_sigkill(rounds + 2)
-    bench_fork_server_kill(rounds)
+
+    def wanted(section: int) -> bool:
+        return opts.only in (None, section)
+
+    if wanted(1):
+        bench_round_trip(rounds, n, "processes free to run on any CPU")
+        if hasattr(os, "sched_setaffinity"):
+            everywhere = os.sched_getaffinity(0)
+            # Threads and processes started from now on inherit it (the contenders start
+            # afresh).
+            os.sched_setaffinity(0, {min(everywhere)})
+            bench_round_trip(rounds, n, "every thread and process pinned to one CPU")
+            os.sched_setaffinity(0, everywhere)
+    if wanted(2):
+        bench_throughput(max(1, rounds // 2), per_client)
+    if wanted(3):
+        bench_sigkill(rounds + 2)
+    if wanted(4):
+        bench_fork_server_kill(rounds)
+    if wanted(5):
+        bench_self_managing(rounds, per_client)
     return 0
 
 

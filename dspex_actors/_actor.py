@@ -1036,7 +1036,7 @@ def start_actor(actor_class: type[Actor], *args: Any) -> pykka.ActorRef[Any]:
     try:
         return actor_class.start(*args)
     except StartError as exc:
-        raise exc.reason from None
+        raise exc.reason from exc.reason.__cause__  # its own cause (if any) stays
 
 
 inline_start(Actor.start)

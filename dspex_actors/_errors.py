@@ -140,6 +140,7 @@ class StartError(DspexActorsError, RuntimeError):
         self.actor_class = actor_class
         self.reason = reason
         super().__init__(f"{actor_class.__name__} failed to start: {reason!r}")
+        self.__cause__ = reason
 
 
 # --- supervision ---------------------------------------------------------------------------------

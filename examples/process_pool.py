@@ -2,8 +2,11 @@
 
 Run it: ``python examples/process_pool.py``. It starts a `ProcessPool` of two Python worker
 processes, serves requests, SIGKILLs an idle worker (the pool replaces it; nobody notices),
-kills a worker in the middle of a request (`WorkerCrashed`, then the same call with
-``retries=1`` succeeds), and finally shows a bare `Port` talking to an external program.
+kills a worker in the middle of a request (`WorkerCrashed`; the next call is fine), and shows a
+bare `Port` talking to an external program. Then a pool that looks after its workers, in a
+supervision tree: workers recycled every few tasks, a spare ready for when one is killed, a
+module preloaded in the fork server, and the pool itself killed and restarted by its
+supervisor.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import signal
 import sys
 from typing import Any
 
-from dspex_actors import Port, ProcessPool, WorkerCrashed
+from dspex_actors import Port, ProcessPool, Supervisor, WorkerCrashed, kill, whereis
 from dspex_actors.testing import wait_for
 
 ECHO_PROGRAM = """
@@ -31,6 +34,21 @@ def handle(request: Any) -> Any:
     if request == "crash":
         os.kill(os.getpid(), signal.SIGKILL)  # a segfault, an OOM kill, a kill -9...
     return {"pid": os.getpid(), "squared": request * request}
+
+
+def exact_square(request: str) -> dict[str, Any]:
+    """A worker that needs a module: `decimal` is preloaded, so no worker imports it."""
+    import decimal
+
+    return {"pid": os.getpid(), "squared": str(decimal.Decimal(request) ** 2)}
+
+
+def current(name: str) -> ProcessPool:
+    """The pool registered under `name` now (a supervisor's restart registers the new one)."""
+    ref = whereis(name)
+    if ref is None:
+        raise LookupError(f"no pool is registered as {name!r}")
+    return ProcessPool.from_ref(ref)
 
 
 def alive(pid: int) -> bool:
@@ -82,6 +100,49 @@ def main() -> int:
         reply = port.request({"command": "ping"}, timeout=10)
         print(f"external program on {port}: {reply}")
     print(f"port closed with status {port.exit_status}")
+    return self_managing()
+
+
+def self_managing() -> int:
+    """A supervised pool that recycles its workers and keeps a spare."""
+    spec = ProcessPool.child_spec(
+        target=exact_square,
+        pool_size=2,
+        spares=1,  # one more worker, started and pinged, for when one dies
+        max_tasks=3,  # each worker is replaced after about 3 tasks (less a 10% jitter)
+        preload=["decimal"],  # imported once, in the fork server
+        id="squares",
+        name="squares",
+    )
+    sup = Supervisor.start([spec])
+    try:
+        pool = current("squares")
+        wait_for(lambda: pool.status().spares == 1, timeout=30)
+        pids = {pool.call("1.5", timeout=30)["pid"] for _ in range(12)}
+        status = pool.status()
+        print(
+            f"12 calls served by {len(pids)} workers; recycled {status.workers_recycled},"
+            f" none failed"
+        )
+
+        wait_for(lambda: pool.status().initializing == 0, timeout=30)  # recycling is done
+        victim = pool.call("2", timeout=30)["pid"]
+        removed = pool.status().workers_removed
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: pool.status().workers_removed > removed, timeout=30)
+        print(f"SIGKILLed worker {victim}: its place was taken by the spare at once")
+        print(f"call('2.5') -> {pool.call('2.5', timeout=30)['squared']}")
+
+        old = pool.actor_ref
+        kill(old)  # the pool's own actor dies: its workers die with it
+        wait_for(lambda: whereis("squares") not in (None, old), timeout=30)
+        pool = current("squares")
+        print(
+            f"pool killed and restarted by its supervisor; call('3') -> "
+            f"{pool.call('3', timeout=30)['squared']}"
+        )
+    finally:
+        sup.stop()
     return 0
 
 

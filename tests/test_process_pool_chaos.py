@@ -128,8 +128,16 @@ def run_chaos(retries: int, calls: int, check: Callable[[int, Any], None], **opt
         assert killer.kills > 0
 
         def back_to_full_size() -> bool:
+            # Every idle worker's process alive too: a worker killed by the killer's last
+            # shot counts as idle until the pool hears of its death.
             status = pool.status()
-            return status.idle == POOL_SIZE and status.busy == 0 and status.initializing == 0
+            workers = [w for w in live_workers(server) if server is None or w.pid != server.pid]
+            return (
+                status.idle == POOL_SIZE
+                and status.busy == 0
+                and status.initializing == 0
+                and len(workers) == POOL_SIZE
+            )
 
         wait_for(back_to_full_size, timeout=20)
         assert pool.call({"n": 1}, timeout=30)["double"] == 2

@@ -28,6 +28,8 @@ import pytest
 import dspex_actors as da
 from dspex_actors.testing import sync, wait_for
 
+from support.lifecycle import ProcessPools as Pools
+from support.lifecycle import settled
 from support.processes import (
     PROGRAMS,
     Seen,
@@ -42,41 +44,6 @@ FRAME_WORKER = [sys.executable, os.path.join(PROGRAMS, "frame_worker.py")]
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def settled(pool: da.ProcessPool, size: int) -> bool:
-    status = pool.status()
-    return status.idle == size and status.busy == 0 and status.initializing == 0
-
-
-class Pools:
-    """Starts pools for a test, stops them at teardown and kills every process they showed."""
-
-    def __init__(self) -> None:
-        self.pools: list[da.ProcessPool] = []
-        self.seen: set[Seen] = set()
-
-    def start(self, *, ready: bool = True, **options: Any) -> da.ProcessPool:
-        pool = da.ProcessPool.start(**options)
-        self.pools.append(pool)
-        if ready:
-            wait_for(lambda: settled(pool, options["pool_size"]), timeout=30)
-        self.note()
-        return pool
-
-    def note(self) -> None:
-        """Remember every process below this one now (killed at teardown if still running)."""
-        self.seen |= {s for s in map(Seen.of, descendants()) if s is not None}
-
-    def close(self) -> None:
-        try:
-            for pool in self.pools:
-                if pool.is_alive():
-                    with contextlib.suppress(da.NoProc, da.CallTimeout):
-                        pool.stop(timeout=30)
-        finally:
-            self.note()
-            kill_all(self.seen)
 
 
 @pytest.fixture

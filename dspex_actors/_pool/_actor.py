@@ -571,6 +571,8 @@ class PoolActor(Actor):
         one due for recycling is recycled instead (`_recycle`)."""
         for worker, reason in removals:
             if worker.spare:
+                if isinstance(reason, Recycle):
+                    self._count_recycle(worker, reason)
                 self._remove_worker(worker, reason)  # its replacement is the next spare
                 continue
             self._idle.remove(worker)
@@ -785,16 +787,7 @@ class PoolActor(Actor):
         if worker.retiring is not None or self._recycle_postponed():
             self._checked_in(worker)  # already being replaced, or starts are failing
             return
-        self._recycled += 1
-        log_event(
-            _log,
-            "INFO",
-            "pool_worker_recycled",
-            "pool {pool} recycles worker {worker_id}: {reason}",
-            pool=self._core.label,
-            worker_id=worker.id,
-            reason=short_repr(reason.why),
-        )
+        self._count_recycle(worker, reason)
         if self._overflow > 0 or self._cfg.lazy:
             self._remove_worker(worker, reason)  # an overflow or lazy pool starts no one
             self._serve_waiters()
@@ -809,6 +802,18 @@ class PoolActor(Actor):
         self._retiring.append(worker)
         self._checked_in(worker)  # serving on; lent as any other until its replacement joins
         self._start_worker()
+
+    def _count_recycle(self, worker: _Worker, reason: Recycle) -> None:
+        self._recycled += 1
+        log_event(
+            _log,
+            "INFO",
+            "pool_worker_recycled",
+            "pool {pool} recycles worker {worker_id}: {reason}",
+            pool=self._core.label,
+            worker_id=worker.id,
+            reason=short_repr(reason.why),
+        )
 
     def _retire(self, worker: _Worker) -> None:
         """A worker due for recycling leaves (neither idle nor lent): its replacement has
@@ -851,15 +856,16 @@ class PoolActor(Actor):
 
     def _remove_worker(self, worker: _Worker, reason: Any) -> None:
         """Terminate a worker already taken off the idle queue / busy map, and replace it."""
-        log_event(
-            _log,
-            "WARNING",
-            "pool_worker_removed",
-            "pool {pool} removed worker {worker_id}: {reason}",
-            pool=self._core.label,
-            worker_id=worker.id,
-            reason=short_repr(reason),
-        )
+        if not isinstance(reason, Recycle):  # a recycle is logged as such
+            log_event(
+                _log,
+                "WARNING",
+                "pool_worker_removed",
+                "pool {pool} removed worker {worker_id}: {reason}",
+                pool=self._core.label,
+                worker_id=worker.id,
+                reason=short_repr(reason),
+            )
         self._terminate_worker(reason, worker)
         self._removed += 1
         del self._workers[worker.id]
@@ -874,13 +880,15 @@ class PoolActor(Actor):
             return  # its replacement is already starting
         if worker.spare:
             self._spares.remove(worker)
-        elif self._spares:
-            self._promote_spare()  # the regular's place is taken at once; the spare replaced
+            self._retry_init()  # a new spare
+            return
         if self._overflow > 0:
             self._overflow -= 1  # Poolboy: an overflow pool shrinks instead of replacing
         elif self._cfg.lazy:
             self._lazy_left += 1
         else:
+            if self._spares:
+                self._promote_spare()  # the place is taken at once; the start is a new spare
             self._retry_init()
 
     def _terminate_worker(self, reason: Any, worker: _Worker) -> None:

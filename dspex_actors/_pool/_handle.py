@@ -279,7 +279,7 @@ class Pool(ActorHandle):
             ref = PoolActor.start(config, init_arg, name, current_actor())
         except StartError as exc:
             if isinstance(exc.reason, DspexActorsError):
-                raise exc.reason from None
+                raise exc.reason from exc.reason.__cause__  # its own cause (if any) stays
             raise
         return cls(ref)
 

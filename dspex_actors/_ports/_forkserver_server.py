@@ -203,7 +203,7 @@ def server_main(fd: int, parent: int, preload: Sequence[str] = ()) -> None:
                     del buffer[:end]
                     if setup[:1] == PRELOAD:
                         if not state.preload(request_id, pickle.loads(setup[1:])):
-                            return  # a module started a thread: forking is no longer safe
+                            state.leave()  # a module started a thread: no more forks
                         continue
                     if len(fds) < WORKER_FDS:
                         return  # cannot happen: the fds arrive with the header's first byte
@@ -348,6 +348,14 @@ class _State:
             self._forget(start)
             kill_group(start.pid)  # reaped with the others, unreported
             self.send(STALLED, start.request_id, 0)
+
+    def leave(self) -> NoReturn:
+        """Exit now, as if killed: the workers live on (each dies with its owner, who sees
+        the server gone and starts a new one); only programs not yet exec'd are killed."""
+        for pid, start in self.starting.items():
+            if start.status is None:
+                kill_group(pid)
+        os._exit(0)  # the thread a preloaded module started must not hold the exit up
 
     def stop(self, wake_r: int) -> None:
         """The parent is gone: kill and reap every child, those not exec'd yet too (not

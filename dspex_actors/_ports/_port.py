@@ -441,6 +441,36 @@ class Port:
                 reaped; see the port's `stderr_tail` in the logs, event ``port_stderr``).
             ProtocolError: the pickled handler and arguments exceed 4 GiB.
         """
+        return cls._spawn(
+            handler,
+            args,
+            None,
+            start_method=start_method,
+            max_frame=max_frame,
+            codec=codec,
+            owner=owner,
+            on_exit=on_exit,
+            timeout=timeout,
+            on_start=on_start,
+        )
+
+    @classmethod
+    def _spawn(
+        cls,
+        handler: Callable[..., Any],
+        args: tuple[Any, ...],
+        setup: bytes | None,
+        *,
+        start_method: str | None,
+        max_frame: int,
+        codec: Codec,
+        owner: Owner | None,
+        on_exit: Callable[[PortExited], None] | None,
+        timeout: float | None,
+        on_start: Callable[[Port], None] | None,
+    ) -> Port:
+        """`spawn`, with `setup`: `pickle_setup`'s bytes for `handler` and `args` made once
+        by the caller (a pool starting many workers of one handler), or None."""
         if not callable(handler):
             raise InvalidOption("handler", handler, "a callable")
         method = start_method or "spawn"
@@ -457,7 +487,8 @@ class Port:
         else:
             # Pickled before anything starts, so an unpicklable handler (or one over 4 GiB
             # pickled: ProtocolError) starts nothing.
-            setup = pickle_setup(handler, args, codec, max_frame)
+            if setup is None:
+                setup = pickle_setup(handler, args, codec, max_frame)
             if method == "forkserver":
                 started = start_forkserver_worker(setup, limit)
             else:
@@ -476,6 +507,7 @@ class Port:
         if method != "spawn":
             return port
         # "spawn": the handler arrives as the fresh interpreter's first frame.
+        assert setup is not None
         try:
             port._write(encode_frame(setup, max_frame=len(setup)), limit)
         except BaseException as exc:

@@ -92,6 +92,7 @@ from . import _forkserver
 from ._forkserver import ForkServerUnavailable
 from ._framing import DEFAULT_MAX_FRAME, JSON_CODEC, Codec, JsonCodec, PickleCodec
 from ._handover import hand_over
+from ._launch import pickle_setup
 from ._port import (
     OPEN_METHODS,
     START_METHODS,
@@ -239,8 +240,14 @@ class PortSpec:
             return self.start_method
         return POOL_START_METHOD if self.target is not None else "spawn"
 
-    def open(self, owner: Owner, on_start: Callable[[Port], None] | None = None) -> Port:
-        """Start one worker process, owned by `owner`; `on_start` as in `Port.spawn`.
+    def open(
+        self,
+        owner: Owner,
+        on_start: Callable[[Port], None] | None = None,
+        setup: bytes | None = None,
+    ) -> Port:
+        """Start one worker process, owned by `owner`; `on_start` as in `Port.spawn`; `setup`:
+        the target and args already pickled (`pickle_setup`), or None to pickle them now.
 
         With ``"forkserver"``, a fork server that cannot start the worker (it could not come
         up, died, or is backing off after dying at its start) does not stop the pool: the
@@ -250,7 +257,7 @@ class PortSpec:
         method = self.method
         if method == "forkserver":
             try:
-                return self._open(owner, on_start, "forkserver")
+                return self._open(owner, on_start, "forkserver", setup)
             except ForkServerUnavailable as exc:
                 log_event(
                     _log,
@@ -260,9 +267,15 @@ class PortSpec:
                     error=str(exc),
                 )
             method = "spawn"
-        return self._open(owner, on_start, method)
+        return self._open(owner, on_start, method, setup)
 
-    def _open(self, owner: Owner, on_start: Callable[[Port], None] | None, method: str) -> Port:
+    def _open(
+        self,
+        owner: Owner,
+        on_start: Callable[[Port], None] | None,
+        method: str,
+        setup: bytes | None = None,
+    ) -> Port:
         if self.argv is not None:
             return Port.open(
                 self.argv,
@@ -276,13 +289,15 @@ class PortSpec:
                 on_start=on_start,
             )
         assert self.target is not None
-        return Port.spawn(
+        return Port._spawn(
             self.target,
-            *self.args,
+            self.args,
+            None if method == "fork" else setup,
             start_method=method,
             max_frame=self.max_frame,
             codec=self.codec,
             owner=owner,
+            on_exit=None,
             timeout=self.init_timeout,
             on_start=on_start,
         )
@@ -347,6 +362,8 @@ class _PoolState:
     # Drops this pool's reference to the fork server: called by terminate_pool, or when the
     # state is collected (a killed pool runs no terminate_pool). None: not a forkserver pool.
     release_server: Callable[[], Any] | None = None
+    # The target and its args, pickled once for every worker ("spawn" and "forkserver").
+    setup: bytes | None = None
 
     def __attrs_post_init__(self) -> None:
         self.settled = threading.Condition(self.lock)
@@ -368,12 +385,21 @@ class PortWorker(PoolWorker):
         if not isinstance(init_arg, PortSpec):
             return Stop(InvalidOption("init_arg", init_arg, "a PortSpec"))
         state = _PoolState(init_arg)
+        if init_arg.target is not None and init_arg.method != "fork":
+            # Once, not at every worker's start (it is most of a start's work in this
+            # process): every worker of the pool serves the same target and args.
+            try:
+                state.setup = pickle_setup(
+                    init_arg.target, init_arg.args, init_arg.codec, init_arg.max_frame
+                )
+            except (InvalidOption, ProtocolError) as exc:
+                return Stop(exc)
         if init_arg.method == "forkserver":
             # Held for the pool's whole life: when its only worker dies, the replacement is
             # forked by the same server instead of waiting for a new one to boot.
             try:
                 _forkserver.FORK_SERVER.acquire(init_arg.preload, init_arg.init_timeout)
-            except (ImportError, OSError) as exc:
+            except (ImportError, OSError, RuntimeError) as exc:
                 return Stop(exc)
             state.release_server = weakref.finalize(
                 state, _forkserver.release_from, os.getpid(), init_arg.preload
@@ -418,7 +444,7 @@ class PortWorker(PoolWorker):
             try:
                 # This thread owns it for the ping; it is kept (and killable) from the moment
                 # its process exists.
-                port = spec.open(threading.current_thread(), on_start=keep)
+                port = spec.open(threading.current_thread(), keep, pool_state.setup)
             except Exception as exc:
                 raise WorkerStartError(spec.name, str(exc), None, []) from exc
             try:
@@ -555,30 +581,27 @@ class PortWorker(PoolWorker):
 
         A worker removed after an error (timeout, crash, protocol error, raising lease) is
         killed at once: its state is unknown. One removed on ``"close"``, as overflow or
-        recycled gets `close_timeout` seconds to exit on EOF first, in a thread of its own. At
-        stop, the idle workers are closed together by `terminate_pool`: stopping costs about
-        one `close_timeout`, not one per worker.
+        recycled gets `close_timeout` seconds to exit on EOF first. Either way it is closed and
+        reaped in a thread of its own, so the pool serves on meanwhile. At stop, the idle
+        workers are closed together by `terminate_pool`: stopping costs about one
+        `close_timeout`, not one per worker.
         """
         port = worker_state.port
         if is_normal_exit(reason):  # the pool is stopping
             with pool_state.lock:
                 pool_state.closing.append(port)
             return Ok(pool_state)
-        if reason in ("closed", "overflow") or isinstance(reason, Recycle):
-            closer = threading.Thread(
-                target=self._close_gracefully,
-                args=(port, pool_state),
-                name=f"dspex-pool-close-{port.id}",
-                daemon=True,
-            )
-            with pool_state.lock:
-                pool_state.closers.add(closer)
-            closer.start()
-            return Ok(pool_state)
-        port.kill()
-        port.close(pool_state.spec.close_timeout)
+        if reason not in ("closed", "overflow") and not isinstance(reason, Recycle):
+            port.kill()  # its state is unknown; the close below only reaps it
+        closer = threading.Thread(
+            target=self._close_gracefully,
+            args=(port, pool_state),
+            name=f"dspex-pool-close-{port.id}",
+            daemon=True,
+        )
         with pool_state.lock:
-            pool_state.live.discard(port)
+            pool_state.closers.add(closer)
+        closer.start()
         return Ok(pool_state)
 
     @staticmethod

@@ -1,0 +1,653 @@
+"""`ProcessPool` looking after its workers: supervision, recycling, spares, preload, envelopes.
+
+- Supervised: `ProcessPool.child_spec(...)` under a `Supervisor` or `DynamicSupervisor`; a
+  killed pool is restarted with fresh workers and its old worker processes are gone; a killed
+  pool with no supervisor kills its workers too.
+- Recycling: `max_tasks`, `max_memory`, `max_age` (at checkin and at idle pings) retire a
+  healthy worker without failing a call; `recycle_jitter` spreads the limits.
+- Spares: a SIGKILLed worker's place is taken at once by the spare (target and argv pools).
+- Preload: the fork server imports the modules once, before forking workers (and a replacement
+  server imports them again); a module that is missing, raises or starts a thread fails start.
+- DSPex's envelope: an `argv` program's ``"success": false`` reply is a `RemoteError`.
+
+Every process is real; every wait is bounded and on a condition (the pool's status, a pidfd, a
+process table). White-box: `FORK_SERVER` (no public API exposes the fork server) to find its
+pid, check its references and make a preload test start with no server running; `PortWorker`
+driven by hand to read each worker's recycling limits.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import dspex_actors as da
+from dspex_actors import InvalidOption, PortSpec, PortWorker, ProcessPool
+from dspex_actors._ports._forkserver import FORK_SERVER
+from dspex_actors.testing import EchoWorker, sync, wait_for
+
+from support.lifecycle import (
+    WAIT,
+    Modules,
+    ProcessPools,
+    importers,
+    lease_pids,
+    seen_pids,
+    settled,
+    wait_all_gone,
+)
+from support.logs import Records
+from support.processes import PROGRAMS, descendants, wait_gone
+from support.supervision import Supervisors, ref_of
+from support.threads import in_thread
+
+pytestmark = pytest.mark.leak_check
+
+FRAME_WORKER = [sys.executable, os.path.join(PROGRAMS, "frame_worker.py")]
+ENVELOPE_WORKER = [sys.executable, os.path.join(PROGRAMS, "envelope_worker.py")]
+
+MIB = 1 << 20
+
+
+# --- the workers' target -----------------------------------------------------------------------
+
+_kept: list[bytes] = []  # what a worker was told to keep (resident: every byte is written)
+
+
+def probe(request: Any) -> Any:
+    """A worker that says what the tests ask about it.
+
+    ``"pid"``: its pid; ``"rss"``: its resident memory in bytes; ``["loaded", name]``: whether
+    module `name` is imported here (looked up, never imported); ``["grow", n]``: keep `n` more
+    resident bytes and answer its pid; an int: twice that; anything else: itself.
+    """
+    if request == "pid":
+        return os.getpid()
+    if request == "rss":
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    if isinstance(request, list) and request[:1] == ["loaded"]:
+        return request[1] in sys.modules
+    if isinstance(request, list) and request[:1] == ["grow"]:
+        _kept.append(b"x" * request[1])
+        return os.getpid()
+    if isinstance(request, int):
+        return request * 2
+    return request
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pools() -> Iterator[ProcessPools]:
+    p = ProcessPools()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def sups() -> Iterator[Supervisors]:
+    s = Supervisors()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Modules:
+    """A directory on `sys.path` for this test's modules, put there while no fork server runs:
+    the next server starts with it on its `sys.path` (where preload imports look)."""
+    wait_for(lambda: FORK_SERVER.users == 0 and FORK_SERVER.pid is None, timeout=10)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return Modules(tmp_path)
+
+
+def recycled_reasons(records: Records) -> list[Any]:
+    """The reasons of the ``pool_worker_recycled`` records, as values."""
+    return [ast.literal_eval(r["reason"]) for r in records.of("pool_worker_recycled")]
+
+
+def next_new_pid(pool: ProcessPool, old: int) -> int:
+    """Call until a worker other than `old` answers (bounded); every call must succeed."""
+    pid: int = wait_for(lambda: (p := pool.call("pid", timeout=WAIT)) != old and p, WAIT)
+    return pid
+
+
+# --- 1. supervised -------------------------------------------------------------------------------
+
+
+def test_a_supervised_process_pool_killed_is_restarted_with_fresh_workers_and_no_orphan(
+    sups: Supervisors,
+) -> None:
+    spec = ProcessPool.child_spec(target=probe, pool_size=2, id="pp", name="pp")
+    sup = sups.start([spec])
+    first = da.whereis("pp")
+    assert first is not None
+    assert first == ref_of(sup, "pp")
+    pool = ProcessPool.from_ref(first)
+    wait_for(lambda: settled(pool, 2), timeout=WAIT)
+    old = lease_pids(pool, 2)
+    old_seen = seen_pids(old)
+    assert pool.call(21, timeout=WAIT) == 42
+
+    da.kill(first)
+    assert da.wait_exit(first, 10) is da.KILLED
+    assert wait_all_gone(old_seen), f"workers of the killed pool still run: {old}"
+    second = wait_for(lambda: (r := da.whereis("pp")) is not None and r != first and r, 10)
+    assert second == ref_of(sup, "pp")
+    again = ProcessPool.from_ref(second)
+    wait_for(lambda: settled(again, 2), timeout=WAIT)
+    assert not lease_pids(again, 2) & old
+    assert again.call(4, timeout=WAIT) == 8
+
+
+def test_a_process_pool_runs_under_a_dynamic_supervisor_which_restarts_it(
+    sups: Supervisors,
+) -> None:
+    sup = sups.dynamic()
+    first = sup.start_child(ProcessPool.child_spec(argv=FRAME_WORKER, pool_size=1))
+    assert first is not None
+    pool = ProcessPool.from_ref(first)
+    reply = pool.call({"x": 4}, timeout=WAIT)
+    assert reply["result"] == 40
+    old = seen_pids({reply["pid"]})
+
+    da.kill(first)
+    assert da.wait_exit(first, 10) is da.KILLED
+    assert wait_all_gone(old)
+
+    def restarted() -> Any:
+        refs = [c.ref for c in sup.which_children()]
+        return refs != [first] and len(refs) == 1 and refs[0] is not da.RESTARTING and refs[0]
+
+    again = ProcessPool.from_ref(wait_for(restarted, 10))
+    reply = again.call({"x": 5}, timeout=WAIT)
+    assert reply["result"] == 50
+    assert reply["pid"] not in {s.pid for s in old}
+
+
+def test_a_killed_process_pool_with_no_supervisor_kills_its_idle_and_lent_workers(
+    pools: ProcessPools,
+) -> None:
+    pool = pools.start(target=probe, pool_size=2)
+    workers = lease_pids(pool, 2)
+    lease = pool.lease(None, timeout=WAIT)
+    with lease:
+        lent = lease.client_state.os_pid
+        da.kill(pool.actor_ref)
+        assert da.wait_exit(pool.actor_ref, 10) is da.KILLED
+        assert lent in workers
+        for pid in workers:
+            assert wait_gone(pid, 10), f"worker {pid} outlived its killed pool"
+    # Leaving the lease of a dead pool is no error; its fork server reference is dropped.
+    wait_for(lambda: FORK_SERVER.users == 0, timeout=10)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"target": probe, "pool_size": 1},
+        {"argv": FRAME_WORKER, "pool_size": 1},
+    ],
+    ids=["target", "argv"],
+)
+def test_process_pool_child_spec_default_id_is_process_pool(options: dict[str, Any]) -> None:
+    assert ProcessPool.child_spec(**options).id == "ProcessPool"
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"target": probe, "pool_size": 1, "pool_sise": 2}, "pool_sise"),
+        ({"target": probe, "pool_size": 0}, "pool_size"),
+        ({"pool_size": 1}, "argv"),
+        ({"target": probe, "pool_size": 1, "max_tasks": 0}, "max_tasks"),
+        ({"target": probe, "pool_size": 1, "lazy": True, "spares": 1}, "spares"),
+        ({"argv": FRAME_WORKER, "pool_size": 1, "preload": ["json"]}, "preload"),
+    ],
+    ids=["unknown", "pool_size", "no_program", "max_tasks", "lazy_spares", "argv_preload"],
+)
+def test_process_pool_child_spec_refuses_bad_options_when_the_spec_is_built(
+    options: dict[str, Any], option: str
+) -> None:
+    with pytest.raises(InvalidOption) as err:
+        ProcessPool.child_spec(**options)
+    assert err.value.option == option
+    assert FORK_SERVER.users == 0  # nothing was started
+
+
+def test_process_pool_from_ref_refuses_a_ref_that_is_not_a_process_pool() -> None:
+    pool = da.Pool.start(EchoWorker, pool_size=1)
+    try:
+        with pytest.raises(TypeError, match="ProcessPool"):
+            ProcessPool.from_ref(pool.actor_ref)
+    finally:
+        pool.stop()
+    actor = da.Actor.start()
+    try:
+        with pytest.raises(TypeError):
+            ProcessPool.from_ref(actor)
+    finally:
+        actor.stop()
+
+
+# --- 2. recycling --------------------------------------------------------------------------------
+
+
+def test_max_tasks_recycles_the_worker_at_its_third_task_and_every_call_is_served(
+    pools: ProcessPools, records: Records
+) -> None:
+    pool = pools.start(target=probe, pool_size=1, max_tasks=3, recycle_jitter=0)
+    first = pool.call("pid", timeout=WAIT)
+    assert pool.call("pid", timeout=WAIT) == first
+    sync(pool.actor_ref)
+    assert pool.status().workers_recycled == 0
+    assert pool.call("pid", timeout=WAIT) == first  # its third task: it is due now
+    sync(pool.actor_ref)
+    assert pool.status().workers_recycled == 1
+    assert recycled_reasons(records) == ["max_tasks"]
+    # It serves on until its replacement has joined, then leaves.
+    second = next_new_pid(pool, first)
+    assert wait_gone(first, 10), "the recycled worker did not exit"
+    sync(pool.actor_ref)
+    status = pool.status()
+    assert (status.workers_recycled, status.workers_removed) == (1, 1)
+    assert pool.call("pid", timeout=WAIT) == second
+
+
+def test_no_call_fails_while_workers_recycle_under_concurrent_callers(
+    pools: ProcessPools,
+) -> None:
+    pool = pools.start(target=probe, pool_size=2, max_tasks=4, recycle_jitter=0)
+
+    def client(offset: int) -> list[Any]:
+        return [pool.call(offset + i, timeout=WAIT) for i in range(20)]
+
+    futures = [in_thread(functools.partial(client, 1000 * t), name=f"caller-{t}") for t in range(4)]
+    results = [f.result(timeout=120) for f in futures]
+    assert results == [[2 * (1000 * t + i) for i in range(20)] for t in range(4)]
+    # Every recycled worker is replaced, and none was removed for any other reason.
+    wait_for(
+        lambda: settled(pool, 2) and (s := pool.status()).workers_removed == s.workers_recycled > 0,
+        timeout=WAIT,
+    )
+
+
+def test_max_memory_recycles_a_worker_that_grew_past_it_with_its_rss_as_the_reason(
+    pools: ProcessPools, records: Records
+) -> None:
+    limit = 128 * MIB
+    pool = pools.start(target=probe, pool_size=1, max_memory=limit, recycle_jitter=0)
+    baseline = pool.call("rss", timeout=WAIT)
+    assert baseline < limit - 32 * MIB, f"a fresh worker already holds {baseline} bytes"
+    sync(pool.actor_ref)
+    assert pool.status().workers_recycled == 0
+    grown = pool.call(["grow", limit - baseline + 16 * MIB], timeout=WAIT)
+    sync(pool.actor_ref)
+    assert pool.status().workers_recycled == 1
+    [(why, rss)] = recycled_reasons(records)
+    assert why == "max_memory"
+    assert rss >= limit
+    next_new_pid(pool, grown)
+    assert wait_gone(grown, 10)
+
+
+def test_max_age_recycles_a_worker_at_its_checkin(pools: ProcessPools, records: Records) -> None:
+    max_age = 0.05
+    pool = pools.start(target=probe, pool_size=1, max_age=max_age, recycle_jitter=0)
+    # The worker was born before it settled: once this much has passed, it is too old.
+    settled_at = time.monotonic()
+    wait_for(lambda: time.monotonic() - settled_at >= max_age, timeout=5)
+    first = pool.call("pid", timeout=WAIT)
+    sync(pool.actor_ref)
+    assert pool.status().workers_recycled >= 1
+    assert recycled_reasons(records)[0] == "max_age"
+    next_new_pid(pool, first)
+    assert wait_gone(first, 10)
+
+
+def test_max_age_recycles_an_idle_worker_when_it_is_pinged(
+    pools: ProcessPools, records: Records
+) -> None:
+    pool = pools.start(
+        target=probe, pool_size=1, max_age=0.5, worker_idle_timeout=0.1, recycle_jitter=0
+    )
+    server = FORK_SERVER.pid
+    assert server is not None
+    (first,) = (p.pid for p in psutil.Process(server).children())
+    # No checkout at all: only an idle ping can have seen that it grew too old.
+    wait_for(lambda: (s := pool.status()).workers_recycled >= 1 and s.workers_removed >= 1, WAIT)
+    assert pool.status().checkouts == 0
+    assert recycled_reasons(records)[0] == "max_age"
+    assert wait_gone(first, 10)
+    assert pool.call(21, timeout=WAIT) == 42
+
+
+@contextlib.contextmanager
+def hand_driven_workers(spec: PortSpec, n: int) -> Iterator[list[da.PortWorkerState]]:
+    """`n` workers started by `PortWorker` driven by hand (this thread plays the pool)."""
+    w = PortWorker()
+    result = w.init_pool(spec)
+    assert isinstance(result, da.Ok)
+    pool_state = result.values[0]
+    states: list[da.PortWorkerState] = []
+    try:
+        for _ in range(n):
+            started = w.init_worker(pool_state)
+            assert isinstance(started, da.Async)
+            states.append(started.fn())
+        yield states
+    finally:
+        for state in states:
+            w.terminate_worker(da.SHUTDOWN, state, pool_state)
+        w.terminate_pool(da.SHUTDOWN, pool_state)
+
+
+def test_recycle_jitter_draws_each_workers_limits_between_1_minus_jitter_and_1_times_them() -> None:
+    spec = PortSpec(target=probe, max_tasks=100, max_age=10.0, recycle_jitter=0.5)
+    with hand_driven_workers(spec, 4) as states:
+        limits = [(s.max_tasks, s.max_age) for s in states]
+    for tasks, age in limits:
+        assert tasks is not None
+        assert age is not None
+        assert 50 <= tasks <= 100, limits
+        assert 5.0 <= age <= 10.0, limits
+    assert len({tasks for tasks, _ in limits}) > 1, f"no jitter at all: {limits}"
+    exact = PortSpec(target=probe, max_tasks=100, max_age=10.0, recycle_jitter=0)
+    with hand_driven_workers(exact, 1) as states:
+        assert (states[0].max_tasks, states[0].max_age) == (100, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("recycle_jitter", 1),
+        ("recycle_jitter", 1.5),
+        ("recycle_jitter", -0.1),
+        ("recycle_jitter", "0.1"),
+        ("max_tasks", 0),
+        ("max_tasks", -1),
+        ("max_tasks", 2.5),
+        ("max_tasks", True),
+        ("max_memory", 0),
+        ("max_memory", 1.5),
+        ("max_age", 0),
+        ("max_age", -1.0),
+        ("max_age", "60"),
+    ],
+)
+def test_recycling_options_are_validated_before_anything_starts(option: str, value: Any) -> None:
+    with pytest.raises(InvalidOption) as err:
+        ProcessPool.start(target=probe, pool_size=1, **{option: value})
+    assert err.value.option == option
+    assert FORK_SERVER.users == 0
+
+
+# --- 3. spares -----------------------------------------------------------------------------------
+
+
+def call_pid(pool: ProcessPool, program: dict[str, Any]) -> int:
+    """The pid of the worker serving one call (a `probe` or a `frame_worker` pool)."""
+    if "argv" in program:
+        pid: int = pool.call({"x": 1}, timeout=WAIT)["pid"]
+    else:
+        pid = pool.call("pid", timeout=WAIT)
+    return pid
+
+
+@pytest.mark.parametrize(
+    "program", [{"target": probe}, {"argv": FRAME_WORKER}], ids=["target", "argv"]
+)
+def test_a_sigkilled_worker_is_replaced_at_once_by_the_spare_and_a_new_spare_starts(
+    pools: ProcessPools, program: dict[str, Any]
+) -> None:
+    pool = pools.start(pool_size=1, spares=1, **program)
+    assert pool.status().spares == 1
+    regular = call_pid(pool, program)
+    before = {p.pid for p in descendants()}
+    assert regular in before
+    os.kill(regular, signal.SIGKILL)
+    wait_for(lambda: pool.status().workers_removed >= 1, timeout=WAIT)
+    spare = call_pid(pool, program)  # served at once by the former spare, which existed before
+    assert spare != regular
+    assert spare in before
+    wait_for(lambda: settled(pool, 1, spares=1), timeout=WAIT)  # and a new spare is ready
+    assert [s.spare for s in pool.worker_stats()] == [False, True]
+    assert {p.pid for p in descendants()} - before, "no new spare process was started"
+    assert call_pid(pool, program) == spare
+
+
+def test_a_recycled_worker_with_a_spare_ready_is_replaced_before_the_next_call(
+    pools: ProcessPools, records: Records
+) -> None:
+    pool = pools.start(target=probe, pool_size=1, spares=1, max_tasks=2, recycle_jitter=0)
+    first = pool.call("pid", timeout=WAIT)
+    before = {p.pid for p in descendants()}
+    assert pool.call("pid", timeout=WAIT) == first  # its second task: recycled at its checkin
+    sync(pool.actor_ref)
+    spare = pool.call("pid", timeout=WAIT)  # the former spare took its place at once
+    assert spare != first
+    assert spare in before
+    assert recycled_reasons(records) == ["max_tasks"]
+    assert wait_gone(first, 10)
+    wait_for(lambda: settled(pool, 1, spares=1), timeout=WAIT)  # and a new spare is ready
+    status = pool.status()
+    assert (status.workers_recycled, status.workers_removed) == (1, 1)
+
+
+# --- 4. preload ----------------------------------------------------------------------------------
+
+
+def test_without_preload_a_worker_does_not_have_the_module(
+    pools: ProcessPools, modules: Modules
+) -> None:
+    name, marker = modules.marker_module("dspex_test_not_preloaded")
+    pool = pools.start(target=probe, pool_size=1)
+    assert pool.call(["loaded", name], timeout=WAIT) is False
+    assert importers(marker) == []
+
+
+def test_preload_imports_the_module_once_in_the_fork_server_and_every_worker_has_it(
+    pools: ProcessPools, modules: Modules
+) -> None:
+    name, marker = modules.marker_module("dspex_test_preloaded")
+    pool = pools.start(target=probe, pool_size=2, preload=[name])
+    server = FORK_SERVER.pid
+    assert server is not None
+    workers = lease_pids(pool, 2)
+    assert [pool.call(["loaded", name], timeout=WAIT) for _ in range(2)] == [True, True]
+    # Imported once, by the server: not by the workers (forked with it), nor here.
+    assert importers(marker) == [server]
+    assert name not in sys.modules
+    assert all(psutil.Process(pid).ppid() == server for pid in workers)
+
+
+def test_a_dotted_preload_name_gives_every_worker_that_submodule(pools: ProcessPools) -> None:
+    name = "xml.dom.minidom"
+    plain = pools.start(target=probe, pool_size=1)
+    assert plain.call(["loaded", name], timeout=WAIT) is False  # not there by accident
+    plain.stop(timeout=WAIT)
+    pool = pools.start(target=probe, pool_size=1, preload=[name])
+    assert pool.call(["loaded", name], timeout=WAIT) is True
+
+
+def test_a_missing_preload_module_fails_start_with_module_not_found_error() -> None:
+    with pytest.raises(da.StartError) as err:
+        ProcessPool.start(target=probe, pool_size=1, preload=["dspex_test_no_such_module"])
+    assert isinstance(err.value.reason, ModuleNotFoundError)
+    assert "dspex_test_no_such_module" in str(err.value)
+    assert (FORK_SERVER.users, FORK_SERVER.pid) == (0, None)
+
+
+def test_a_preload_module_that_raises_fails_start_with_import_error(modules: Modules) -> None:
+    name = modules.add("dspex_test_raises_on_import", "raise ValueError('not today')\n")
+    with pytest.raises(da.StartError) as err:
+        ProcessPool.start(target=probe, pool_size=1, preload=[name])
+    assert isinstance(err.value.reason, ImportError)
+    assert name in str(err.value)
+    assert (FORK_SERVER.users, FORK_SERVER.pid) == (0, None)
+
+
+THREAD_AT_IMPORT = """
+import threading
+threading.Thread(target=threading.Event().wait, args=(30,), daemon=True).start()
+"""
+
+
+def test_a_preload_module_that_starts_a_thread_fails_start_and_its_fork_server_exits(
+    pools: ProcessPools, modules: Modules
+) -> None:
+    name = modules.add("dspex_test_thread_at_import", THREAD_AT_IMPORT)
+    holder = pools.start(target=probe, pool_size=1)  # holds the server: only the import ends it
+    server = FORK_SERVER.pid
+    assert server is not None
+    with pytest.raises(da.StartError) as err:
+        ProcessPool.start(target=probe, pool_size=1, preload=[name])
+    assert isinstance(err.value.reason, RuntimeError)
+    assert "thread" in str(err.value)
+    assert wait_gone(server, 10), "the fork server that started a thread still runs"
+    # Seen dead here (the holder may even have started a new server since).
+    wait_for(lambda: FORK_SERVER.pid != server, timeout=10)
+    # A new server serves the next pool; the holder serves on.
+    other = pools.start(target=probe, pool_size=1)
+    (worker,) = lease_pids(other, 1)
+    assert psutil.Process(worker).ppid() == FORK_SERVER.pid != server
+    assert holder.call(21, timeout=WAIT) == 42
+
+
+def test_a_preload_that_starts_a_thread_kills_no_worker_of_another_pool(
+    pools: ProcessPools, modules: Modules
+) -> None:
+    name = modules.add("dspex_test_thread_at_import", THREAD_AT_IMPORT)
+    holder = pools.start(target=probe, pool_size=1)
+    before = holder.call("pid", timeout=WAIT)
+    worker = seen_pids({before})
+    server = FORK_SERVER.pid
+    assert server is not None
+    with pytest.raises(da.StartError):
+        ProcessPool.start(target=probe, pool_size=1, preload=[name])
+    assert wait_gone(server, 10)
+    # The server reaps what it kills before it exits: the worker's fate is known now.
+    assert all(s.running() for s in worker), (
+        f"the fork server killed worker {before} of another pool as it left"
+    )
+    assert holder.call("pid", timeout=WAIT) == before
+    sync(holder.actor_ref)
+    assert holder.status().workers_removed == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"argv": FRAME_WORKER, "preload": ["json"]},
+        {"argv": FRAME_WORKER, "start_method": "forkserver", "preload": ["json"]},
+        {"target": probe, "start_method": "spawn", "preload": ["json"]},
+        {"target": probe, "start_method": "fork", "preload": ["json"]},
+        {"target": probe, "preload": "json"},
+        {"target": probe, "preload": [""]},
+    ],
+    ids=["argv", "argv_forkserver", "spawn", "fork", "a_string", "empty_name"],
+)
+def test_preload_is_refused_unless_target_workers_use_the_fork_server(
+    options: dict[str, Any],
+) -> None:
+    with pytest.raises(InvalidOption) as err:
+        ProcessPool.start(pool_size=1, **options)
+    assert err.value.option == "preload"
+    assert FORK_SERVER.users == 0
+
+
+def test_a_replacement_fork_server_imports_what_running_pools_preload_and_no_more(
+    pools: ProcessPools, modules: Modules
+) -> None:
+    a, marker_a = modules.marker_module("dspex_test_preload_a")
+    b, marker_b = modules.marker_module("dspex_test_preload_b")
+    pool_a = pools.start(target=probe, pool_size=1, preload=[a])
+    pool_b = pools.start(target=probe, pool_size=1, preload=[b])
+    first_server = FORK_SERVER.pid
+    assert importers(marker_a) == importers(marker_b) == [first_server]
+    pool_a.stop(timeout=WAIT)  # nobody preloads `a` any more
+    (old_worker,) = lease_pids(pool_b, 1)
+    assert pool_b.call(["loaded", b], timeout=WAIT) is True
+
+    assert first_server is not None
+    os.kill(first_server, signal.SIGKILL)
+    wait_for(lambda: FORK_SERVER.pid != first_server, timeout=10)  # seen dead here
+    os.kill(old_worker, signal.SIGKILL)  # pool_b replaces its worker through a new server
+    wait_for(lambda: pool_b.status().workers_removed == 1 and settled(pool_b, 1), WAIT)
+    (new_worker,) = lease_pids(pool_b, 1)
+    second_server = FORK_SERVER.pid
+    assert second_server not in (None, first_server)
+    assert psutil.Process(new_worker).ppid() == second_server
+    assert pool_b.call(["loaded", b], timeout=WAIT) is True
+    assert importers(marker_b) == [first_server, second_server]
+    assert importers(marker_a) == [first_server]
+
+    pool_b.stop(timeout=WAIT)
+    assert FORK_SERVER.users == 0
+    assert not FORK_SERVER._preload  # every preload was released with its pool
+    assert FORK_SERVER.pid is None
+
+
+# --- 5. DSPex's envelope -------------------------------------------------------------------------
+
+
+def test_a_program_reply_with_success_false_is_remote_error_and_the_worker_stays(
+    pools: ProcessPools,
+) -> None:
+    pool = pools.start(argv=ENVELOPE_WORKER, pool_size=1)
+    pid = pool.call({"mode": "plain"}, timeout=WAIT)["pid"]
+    with pytest.raises(da.RemoteError) as err:
+        pool.call({"mode": "fail", "error": "boom"}, timeout=WAIT)
+    assert isinstance(err.value, da.DspexActorsError)
+    assert err.value.message == "boom"
+    assert pool.call({"mode": "plain"}, timeout=WAIT)["pid"] == pid  # the same worker
+    sync(pool.actor_ref)
+    [stats] = pool.worker_stats()
+    assert (stats.successful_checkins, stats.error_checkins) == (2, 1)
+    assert pool.status().workers_removed == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [("ok", {"success": True}), ("plain", {})],
+    ids=["success_true", "no_success_key"],
+)
+def test_a_program_reply_with_success_true_or_without_the_key_is_returned_unchanged(
+    pools: ProcessPools, mode: str, extra: dict[str, Any]
+) -> None:
+    pool = pools.start(argv=ENVELOPE_WORKER, pool_size=1)
+    reply = pool.call({"id": "r1", "mode": mode}, timeout=WAIT)
+    assert reply == {"id": "r1", "pid": reply["pid"], "result": "done", **extra}
+    sync(pool.actor_ref)
+    assert pool.worker_stats()[0].error_checkins == 0
+
+
+def test_a_target_returning_success_false_is_returned_unchanged(pools: ProcessPools) -> None:
+    pool = pools.start(target=probe, pool_size=1)
+    reply = {"success": False, "error": "not an envelope"}
+    assert pool.call(reply, timeout=WAIT) == reply
+    sync(pool.actor_ref)
+    assert pool.worker_stats()[0].error_checkins == 0
+
+
+def test_a_failed_preload_is_the_cause_of_the_start_error() -> None:
+    with pytest.raises(da.StartError) as caught:
+        ProcessPool.start(target=abs, pool_size=1, preload=["no_such_module_for_dspex_tests"])
+    assert isinstance(caught.value.__cause__, ModuleNotFoundError)
+    assert caught.value.__cause__ is caught.value.reason
