@@ -64,6 +64,7 @@ from ._errors import (
     StartChildError,
     StartError,
     SupervisorStartError,
+    WorkerBusy,
     WorkerCrashed,
     WorkerStartError,
 )
@@ -244,6 +245,7 @@ __all__ = [
     "Unregistered",
     "Via",
     "WorkerCrashed",
+    "WorkerBusy",
     "WorkerStartError",
     "WorkerStats",
     "check_child_specs",

@@ -48,6 +48,7 @@ __all__ = [
     "StartChildError",
     "StartError",
     "SupervisorStartError",
+    "WorkerBusy",
     "WorkerCrashed",
     "WorkerStartError",
 ]
@@ -308,6 +309,21 @@ class PoolTimeout(DspexActorsError, TimeoutError):
         if start_error is not None:
             text += f"; its last worker start failed: {start_error}"
         super().__init__(text)
+
+
+class WorkerBusy(DspexActorsError, RuntimeError):
+    """A checkout asked for one worker with ``affinity="strict_fail_fast"``, and that worker
+    is lent out: nothing was checked out.
+
+    Attributes:
+        pool: the pool's label.
+        worker_id: the worker asked for.
+    """
+
+    def __init__(self, pool: str, worker_id: int) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        super().__init__(f"worker {worker_id} of pool {pool} is busy")
 
 
 class CheckoutFailed(DspexActorsError, RuntimeError):

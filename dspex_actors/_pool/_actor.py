@@ -33,7 +33,13 @@ import pykka
 
 from .._actor import Actor, InternalMessage
 from .._clock import SYSTEM_CLOCK, Clock, TimerHandle
-from .._errors import CallbackReturnError, NoProc, StartError, WorkerStartError
+from .._errors import (
+    CallbackReturnError,
+    NoProc,
+    StartError,
+    WorkerBusy,
+    WorkerStartError,
+)
 from .._logging import area_logger, log_event, short_repr
 from .._naming._names import register
 from .._reasons import Down, Exit, MonitorRef, Shutdown
@@ -70,6 +76,8 @@ class _Request(From, InternalMessage):
     """One checkout: the message sent to the pool, its reply slot, and its `From`."""
 
     __slots__ = (
+        "affinity",
+        "blocked",
         "client",
         "command",
         "deadline",
@@ -77,13 +85,27 @@ class _Request(From, InternalMessage):
         "lock",
         "mref",
         "poison",
+        "prefer",
         "value",
     )
 
-    def __init__(self, pool: pykka.ActorRef[Any], command: Any, deadline: float | None) -> None:
+    def __init__(
+        self,
+        pool: pykka.ActorRef[Any],
+        command: Any,
+        deadline: float | None,
+        prefer: int | None = None,
+        affinity: str = "prefer",
+    ) -> None:
         self.pool = pool
         self.command = command
         self.deadline = deadline
+        self.worker_id: int | None = None
+        # A worker asked for (its id), and how: "prefer" (it if idle, else any), "strict"
+        # (wait for it) or "strict_fail_fast" (WorkerBusy if it is lent out).
+        self.prefer = prefer
+        self.affinity = affinity
+        self.blocked = False  # queued, waiting for the one worker it asked for
         self.client: pykka.ActorRef[Any] | None = None
         # Held until the pool's answer is in `kind`/`value`; made only for a request that
         # waits (sent to the pool's thread, or queued there), not one answered inline.
@@ -247,6 +269,7 @@ class PoolActor(Actor):
         self._recycle_after = 0.0
         self._busy: dict[_Request, _Worker] = {}
         self._waiting: dict[_Request, None] = {}  # insertion-ordered: FIFO, O(1) pruning
+        self._has_blocked = False  # some queued request may wait for one worker alone
         self._by_mref: dict[MonitorRef, _Request] = {}
         self._workers: dict[int, _Worker] = {}
         self._lazy_left = config.pool_size if config.lazy else 0
@@ -414,7 +437,11 @@ class PoolActor(Actor):
                 case _:
                     self._answer_error(req, self._bad_return("handle_enqueue", result))
                     return
-        if self._waiting or not self._serve(req):
+        if self._waiting:
+            self._wait_for(req)
+            if req.prefer is not None or self._waiting_blocked():
+                self._serve_waiters()  # workers may be idle: the queue's head waits for one
+        elif not self._serve(req):
             self._wait_for(req)
 
     def _on_checkin(self, req: _Request, checkin_state: Any) -> None:
@@ -586,6 +613,8 @@ class PoolActor(Actor):
     def _serve(self, req: _Request) -> bool:
         """Try to give `req` a worker now; True if it got an answer (worker, skip or error)."""
         idle = self._idle
+        if req.prefer is not None and not self._prefer(req):
+            return req.kind is not _PENDING  # answered WorkerBusy, or waits for its worker
         created = 0  # workers created for this request in this call
         while True:
             if idle:
@@ -596,6 +625,7 @@ class PoolActor(Actor):
                 if type(result) is Ok and len(result.values) == 3:
                     idle.popleft()
                     client_state, worker.state, self._ps = result.values
+                    req.worker_id = worker.id
                     worker.checkouts += 1
                     worker.last_activity = self._now()
                     self._checkouts += 1
@@ -643,12 +673,38 @@ class PoolActor(Actor):
             if not idle:
                 return False  # the new worker is being created asynchronously: wait for it
 
+    def _prefer(self, req: _Request) -> bool:
+        """A request asking for one worker: put that worker at the head of the idle queue if
+        it is idle (True: serve on), or act on its affinity if it is lent out (False: served
+        by no one now). A worker that is gone (or leaving) drops the preference: any will do."""
+        worker = self._workers.get(req.prefer)  # type: ignore[arg-type]
+        idle = self._idle
+        if worker is None or worker.spare or worker.leaving:
+            req.prefer = None
+            return True
+        if idle and idle[0] is worker:
+            return True
+        if worker in idle:
+            idle.remove(worker)
+            idle.appendleft(worker)
+            return True
+        if req.affinity == "prefer":
+            return True  # lent out: any idle worker
+        if req.affinity == "strict":
+            req.blocked = self._has_blocked = True
+            return False
+        self._answer_error(req, WorkerBusy(self._core.label, worker.id))
+        return False
+
     def _wait_for(self, req: _Request) -> None:
         """Queue `req` until a worker is free. One handled inline has no lock yet: it gets
         its held lock here, before any other thread can answer it (we hold `exec_lock`)."""
         if req.lock is None:
             req.lock = _held_lock()
         self._waiting[req] = None
+
+    def _waiting_blocked(self) -> bool:
+        return next(iter(self._waiting)).blocked
 
     def _serve_waiters(self) -> None:
         waiting = self._waiting
@@ -659,8 +715,25 @@ class PoolActor(Actor):
                 self._forget_client(req)
                 continue
             if not self._serve(req):
+                if req.blocked:
+                    self._serve_past_blocked()
                 return
             del waiting[req]
+
+    def _serve_past_blocked(self) -> None:
+        """The head of the queue waits for one lent-out worker (strict affinity): serve the
+        requests behind it that can be served now, in order, until one cannot for want of
+        any worker."""
+        for req in list(self._waiting)[1:]:
+            if req.deadline is not None and time.monotonic() >= req.deadline:
+                del self._waiting[req]
+                self._forget_client(req)
+                continue
+            req.blocked = False
+            if self._serve(req):
+                del self._waiting[req]
+            elif not req.blocked:
+                return
 
     def _checked_in(self, worker: _Worker) -> None:
         now = self._now()
@@ -674,7 +747,24 @@ class PoolActor(Actor):
         worker.idle_since = now
         self._idle.append(worker)
         if self._waiting:
+            if self._has_blocked:
+                self._serve_blocked_on(worker)
             self._serve_waiters()
+
+    def _serve_blocked_on(self, worker: _Worker) -> None:
+        """A worker came back: the first request waiting for it alone gets it, ahead of the
+        queue (else strict affinity could starve behind requests any worker would do for)."""
+        blocked = False
+        for req in self._waiting:
+            if req.blocked:
+                blocked = True
+                if req.prefer == worker.id:
+                    break
+        else:
+            self._has_blocked = blocked
+            return
+        if self._serve(req):
+            del self._waiting[req]
 
     # -- worker lifecycle --
 

@@ -39,13 +39,16 @@ class From:
 
     Attributes:
         pool: the pool's `ActorRef`.
+        worker_id: the id of the worker this checkout was given (as in `WorkerStats`: ask
+            for it again with ``checkout(..., worker=worker_id)``); None until then.
     """
 
-    __slots__ = ("_token", "pool")
+    __slots__ = ("_token", "pool", "worker_id")
 
     def __init__(self, pool: pykka.ActorRef[Any], ref: Any = None) -> None:
         self.pool = pool
         self._token = ref
+        self.worker_id: int | None = None
 
     @property
     def ref(self) -> Any:

@@ -136,12 +136,30 @@ class Lease:
     A lease is used once.
     """
 
-    __slots__ = ("_command", "_done", "_pool", "_req", "_timeout", "checkin_state")
+    __slots__ = (
+        "_affinity",
+        "_command",
+        "_done",
+        "_pool",
+        "_req",
+        "_timeout",
+        "_worker",
+        "checkin_state",
+    )
 
-    def __init__(self, pool: Pool, command: Any, timeout: float | None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        command: Any,
+        timeout: float | None,
+        worker: int | None = None,
+        affinity: str = "prefer",
+    ) -> None:
         self._pool = pool
         self._command = command
         self._timeout = timeout
+        self._worker = worker
+        self._affinity = affinity
         self._req: _Request | None = None
         self._done = False
         self.checkin_state: Any = None
@@ -163,7 +181,7 @@ class Lease:
     def __enter__(self) -> Self:
         if self._req is not None or self._done:
             raise RuntimeError("a Lease can be entered only once; call pool.lease() again")
-        req = self._pool._acquire(self._command, self._timeout)
+        req = self._pool._acquire(self._command, self._timeout, self._worker, self._affinity)
         self._req = req
         self.checkin_state = req.value
         if req.client is None:  # a thread: the pool cannot monitor it, so it is watched here
@@ -321,6 +339,9 @@ class Pool(ActorHandle):
         command: Any,
         fn: Callable[[From, Any], tuple[Any, Any]],
         timeout: float | None = 5.0,
+        *,
+        worker: int | None = None,
+        affinity: str = "prefer",
     ) -> Any:
         """Check a worker out, run ``fn(from_, client_state)`` here, check it in, return.
 
@@ -332,6 +353,12 @@ class Pool(ActorHandle):
             command: passed to `handle_enqueue` and `handle_checkout`.
             fn: runs in this thread while the worker is checked out.
             timeout: seconds to wait for a worker (`None`: forever). It does not limit `fn`.
+            worker: ask for this worker (a `From.worker_id` of an earlier checkout, or a
+                `WorkerStats.worker_id`): it gets this checkout if it is idle. If it is gone,
+                any worker will do.
+            affinity: what happens when `worker` is lent out: ``"prefer"`` (any idle worker
+                instead), ``"strict"`` (wait for it, within `timeout`; requests behind are
+                served meanwhile) or ``"strict_fail_fast"`` (raise `WorkerBusy` at once).
 
         Returns:
             The first element of the pair `fn` returned.
@@ -340,13 +367,14 @@ class Pool(ActorHandle):
             PoolTimeout: no worker within `timeout` (if the pool assigned one just as we gave
                 up, it is removed with reason ``"timeout"``).
             NoProc: the pool is not running, or exited while we waited.
+            WorkerBusy: `worker` is lent out and `affinity` is ``"strict_fail_fast"``.
             CallbackReturnError: `handle_enqueue` or `handle_checkout` returned an invalid
                 value, or `fn` returned something that is not a pair (the lease is cancelled:
                 the worker is removed, not leaked).
             Exception: the error of a `Skip`; anything `fn` raises (re-raised unchanged, after
                 the lease is cancelled and the worker removed).
         """
-        req = self._acquire(command, timeout)
+        req = self._acquire(command, timeout, worker, affinity)
         try:
             ret = fn(req, req.value)
         except BaseException as exc:
@@ -364,10 +392,19 @@ class Pool(ActorHandle):
         self._checkin(req, ret[1])
         return ret[0]
 
-    def lease(self, command: Any, timeout: float | None = 5.0) -> Lease:
-        """A `Lease`: `checkout` as a context manager (``with pool.lease(cmd) as lease:``)."""
+    def lease(
+        self,
+        command: Any,
+        timeout: float | None = 5.0,
+        *,
+        worker: int | None = None,
+        affinity: str = "prefer",
+    ) -> Lease:
+        """A `Lease`: `checkout` as a context manager (``with pool.lease(cmd) as lease:``);
+        `worker` and `affinity` as in `checkout`."""
         check_timeout(timeout)
-        return Lease(self, command, timeout)
+        _check_affinity(worker, affinity)
+        return Lease(self, command, timeout, worker, affinity)
 
     def update(self, from_: From, message: Any) -> None:
         """Send `message` to `handle_update` for the worker checked out as `from_` (async).
@@ -415,7 +452,13 @@ class Pool(ActorHandle):
         except pykka.ActorDeadError:
             raise NoProc(str(self._ref), type(message).__name__) from None
 
-    def _acquire(self, command: Any, timeout: float | None) -> _Request:
+    def _acquire(
+        self,
+        command: Any,
+        timeout: float | None,
+        worker: int | None = None,
+        affinity: str = "prefer",
+    ) -> _Request:
         """Check a worker out for the calling thread: the checkout half of the one seam.
 
         If the pool is idle, this thread handles the checkout itself, in the pool's place
@@ -430,10 +473,13 @@ class Pool(ActorHandle):
         # Forever (e.g. `inf`) must be None: a longer lock wait raises OverflowError after the
         # request was sent, and the worker granted to it would never come back.
         timeout = os_timeout(timeout)
+        if worker is not None or affinity != "prefer":
+            _check_affinity(worker, affinity)
         core = self.__core
         if core is None:
             raise NoProc(str(self._ref), "checkout")  # not a running pool
-        req = _Request(self._ref, command, None if timeout is None else time.monotonic() + timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        req = _Request(self._ref, command, deadline, worker, affinity)
         proc = getattr(_actor_thread, "proc", None)  # current_actor(), without the call
         client = req.client = proc.ref if proc is not None else None
         if client is self._ref:
@@ -487,6 +533,16 @@ class Pool(ActorHandle):
     def _cancel(self, req: _Request, kind: str) -> None:
         with contextlib.suppress(pykka.ActorDeadError):
             self._ref.tell(_Cancel(req, kind))
+
+
+AFFINITIES = ("prefer", "strict", "strict_fail_fast")
+
+
+def _check_affinity(worker: Any, affinity: Any) -> None:
+    if worker is not None and not is_int(worker):
+        raise InvalidOption("worker", worker, "a worker id (an int) or None")
+    if affinity not in AFFINITIES:
+        raise InvalidOption("affinity", affinity, f"one of {', '.join(AFFINITIES)}")
 
 
 def validate_options(

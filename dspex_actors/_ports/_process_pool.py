@@ -836,13 +836,31 @@ class ProcessPool(Pool):
         command: Any,
         fn: Callable[[From, Any], tuple[Any, Any]],
         timeout: float | None = 5.0,
+        *,
+        worker: int | None = None,
+        affinity: str = "prefer",
     ) -> Any:
         """`Pool.checkout`; `fn(from_, port)` gets the worker's `Port`, owned by the caller."""
-        return super().checkout(PortCheckout(calling_owner(), command), fn, timeout)
+        return super().checkout(
+            PortCheckout(calling_owner(), command),
+            fn,
+            timeout,
+            worker=worker,
+            affinity=affinity,
+        )
 
-    def lease(self, command: Any, timeout: float | None = 5.0) -> Lease:
+    def lease(
+        self,
+        command: Any,
+        timeout: float | None = 5.0,
+        *,
+        worker: int | None = None,
+        affinity: str = "prefer",
+    ) -> Lease:
         """`Pool.lease`; `lease.client_state` is the worker's `Port`, owned by the caller."""
-        return super().lease(PortCheckout(calling_owner(), command), timeout)
+        return super().lease(
+            PortCheckout(calling_owner(), command), timeout, worker=worker, affinity=affinity
+        )
 
     def call(self, request: Any, timeout: float | None = 5.0) -> Any:
         """Send `request` to a worker and return its reply.

@@ -66,10 +66,12 @@ class Waiter:
         command: Any = None,
         timeout: float | None = WAIT,
         fn: Callable[[da.From, Any], tuple[Any, Any]] | None = None,
+        **options: Any,
     ) -> None:
         self.result: Any = None
         self.error: BaseException | None = None
         self._fn = fn or (lambda from_, client_state: (client_state, client_state))
+        self._options = options  # checkout's keyword options (worker, affinity)
         self._thread = threading.Thread(
             target=self._run, args=(pool, command, timeout), name="pool-test-waiter"
         )
@@ -77,7 +79,7 @@ class Waiter:
 
     def _run(self, pool: da.Pool, command: Any, timeout: float | None) -> None:
         try:
-            self.result = pool.checkout(command, self._fn, timeout=timeout)
+            self.result = pool.checkout(command, self._fn, timeout=timeout, **self._options)
         except BaseException as exc:
             self.error = exc
 
