@@ -44,6 +44,7 @@ __all__ = [
     "PortNotOwned",
     "ProtocolError",
     "RemoteError",
+    "ResponseMismatch",
     "ServiceUnavailable",
     "StartChildError",
     "StartError",
@@ -393,6 +394,21 @@ class ConnectError(DspexActorsError, RuntimeError):
 
 class ProtocolError(DspexActorsError, ValueError):
     """A frame or message broke the wire protocol (bad length, bad JSON, wrong id...)."""
+
+
+class ResponseMismatch(ProtocolError):
+    """A reply carried another request's id (DSPex's ``response_mismatch``): the process
+    answered something it was not asked now, so nothing it says can be trusted.
+
+    Attributes:
+        expected: the id of the request sent.
+        got: the id the reply carried.
+    """
+
+    def __init__(self, worker: str, expected: Any, got: Any) -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__(f"reply id mismatch from {worker}: expected {expected!r}, got {got!r}")
 
 
 class WorkerCrashed(DspexActorsError, RuntimeError):

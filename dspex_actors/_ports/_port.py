@@ -86,6 +86,7 @@ from .._errors import (
     PortNotOwned,
     ProtocolError,
     RemoteError,
+    ResponseMismatch,
 )
 from .._logging import area_logger, log_event, short_repr
 from . import _fds, _launch
@@ -648,9 +649,7 @@ class Port:
             if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[1], bool)):
                 raise ProtocolError(f"malformed reply from {self}: {short_repr(reply)}")
             if reply[0] != request_id:
-                raise ProtocolError(
-                    f"reply id mismatch from {self}: expected {request_id}, got {reply[0]!r}"
-                )
+                raise ResponseMismatch(str(self), request_id, reply[0])
             if reply[1]:
                 return reply[2]
             kind, message = error_fields(reply[2])
@@ -658,9 +657,7 @@ class Port:
         if not isinstance(reply, Mapping) or "id" not in reply:
             raise ProtocolError(f"reply without an id from {self}: {short_repr(reply)}")
         if reply["id"] != request_id:
-            raise ProtocolError(
-                f"reply id mismatch from {self}: expected {request_id!r}, got {reply['id']!r}"
-            )
+            raise ResponseMismatch(str(self), request_id, reply["id"])
         return reply
 
     # -- ownership --

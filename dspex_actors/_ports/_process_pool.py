@@ -53,6 +53,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -245,9 +246,11 @@ class PortSpec:
         owner: Owner,
         on_start: Callable[[Port], None] | None = None,
         setup: bytes | None = None,
+        argv: Sequence[str] | None = None,
     ) -> Port:
         """Start one worker process, owned by `owner`; `on_start` as in `Port.spawn`; `setup`:
-        the target and args already pickled (`pickle_setup`), or None to pickle them now.
+        the target and args already pickled (`pickle_setup`), or None to pickle them now;
+        `argv`: this worker's own command line instead of `self.argv` (`argv` workers).
 
         With ``"forkserver"``, a fork server that cannot start the worker (it could not come
         up, died, or is backing off after dying at its start) does not stop the pool: the
@@ -257,7 +260,7 @@ class PortSpec:
         method = self.method
         if method == "forkserver":
             try:
-                return self._open(owner, on_start, "forkserver", setup)
+                return self._open(owner, on_start, "forkserver", setup, argv)
             except ForkServerUnavailable as exc:
                 log_event(
                     _log,
@@ -267,7 +270,7 @@ class PortSpec:
                     error=str(exc),
                 )
             method = "spawn"
-        return self._open(owner, on_start, method, setup)
+        return self._open(owner, on_start, method, setup, argv)
 
     def _open(
         self,
@@ -275,10 +278,11 @@ class PortSpec:
         on_start: Callable[[Port], None] | None,
         method: str,
         setup: bytes | None = None,
+        argv: Sequence[str] | None = None,
     ) -> Port:
         if self.argv is not None:
             return Port.open(
-                self.argv,
+                list(self.argv if argv is None else argv),
                 env=self.env,
                 cwd=self.cwd,
                 max_frame=self.max_frame,
@@ -337,6 +341,7 @@ class PortWorkerState:
     """
 
     port: Port
+    name: str = ""  # the worker's own name, as `PortWorker.worker_name` made it
     current_command: Any = None
     served: bool = False  # checked in at least once: it did start
     tasks: int = 0  # checkins
@@ -441,17 +446,15 @@ class PortWorker(PoolWorker):
                     pool_state.settled.notify_all()
 
         def start_one() -> PortWorkerState:
+            name = self.worker_name()
             try:
                 # This thread owns it for the ping; it is kept (and killable) from the moment
                 # its process exists.
-                port = spec.open(threading.current_thread(), keep, pool_state.setup)
+                port = self.open_port(pool_state, name, threading.current_thread(), keep)
             except Exception as exc:
                 raise WorkerStartError(spec.name, str(exc), None, []) from exc
             try:
-                if spec.target is not None:
-                    port.ping(timeout=spec.init_timeout)
-                elif spec.ping is not None:
-                    port.request(spec.ping, timeout=spec.init_timeout)
+                self.handshake(port, pool_state, name)
                 with pool_state.lock:
                     if pool_state.stopped:
                         raise RuntimeError("the pool stopped while this worker was starting")
@@ -469,11 +472,43 @@ class PortWorker(PoolWorker):
             jitter = 1.0 - spec.recycle_jitter * random.random()
             return PortWorkerState(
                 port,
+                name,
                 max_tasks=None if spec.max_tasks is None else spec.max_tasks * jitter,
                 max_age=None if spec.max_age is None else spec.max_age * jitter,
             )
 
         return Async(start, pool_state)
+
+    _names = itertools.count(1)
+
+    def worker_name(self) -> str:
+        """A new worker's name, unique in this process: ``worker_<n>_<µs>`` (DSPex's form).
+        It is `PortWorkerState.name`, and what a subclass's `open_port` may pass on."""
+        return f"worker_{next(PortWorker._names)}_{time.time_ns() // 1000}"
+
+    def open_port(
+        self, pool_state: Any, name: str, owner: Owner, on_start: Callable[[Port], None]
+    ) -> Port:
+        """Start the process of the worker `name` (in the worker's start thread, `owner`).
+
+        The default starts every worker alike, from `PortSpec`; a subclass may give each
+        its own command line (``pool_state.spec.open(owner, on_start, pool_state.setup,
+        argv=[...])``). `on_start` must be passed on: it makes the process killable by the
+        pool from the moment it exists."""
+        return pool_state.spec.open(owner, on_start, pool_state.setup)  # type: ignore[no-any-return]
+
+    def handshake(self, port: Port, pool_state: Any, name: str) -> None:
+        """Check that a new worker answers before it joins the pool; raise if it does not
+        (the worker is closed, and the start counts as failed).
+
+        The default pings `target` workers, and `argv` workers with `PortSpec.ping` set;
+        a subclass may speak its own protocol's handshake (within `PortSpec.init_timeout`).
+        """
+        spec: PortSpec = pool_state.spec
+        if spec.target is not None:
+            port.ping(timeout=spec.init_timeout)
+        elif spec.ping is not None:
+            port.request(spec.ping, timeout=spec.init_timeout)
 
     def handle_checkout(
         self, command: Any, from_: From, worker_state: Any, pool_state: Any

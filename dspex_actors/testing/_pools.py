@@ -49,12 +49,12 @@ class EchoWorker(PoolWorker):
 
 @contextmanager
 def start_test_pool(
-    worker: type[PoolWorker] = EchoWorker,
+    worker: type[PoolWorker] | type[Pool] = EchoWorker,
     init_arg: Any = None,
     *,
     ready_timeout: float = 5.0,
     **options: Any,
-) -> Iterator[Pool]:
+) -> Iterator[Any]:
     """Start an isolated pool for one test; stop it (and wait for it) when the block ends.
 
     Defaults for tests: a unique registered name (``test_pool_<pid>_<n>``), eager
@@ -62,10 +62,14 @@ def start_test_pool(
     is ready (see `wait_for_pool_ready`) when the block starts.
 
     Args:
-        worker: the `PoolWorker` class (default `EchoWorker`).
-        init_arg: passed to `init_pool`.
-        ready_timeout: seconds to wait for the pool to be ready.
-        **options: `Pool.start` options.
+        worker: the `PoolWorker` class (default `EchoWorker`); or a `Pool` class whose
+            `start` takes keyword options only, such as `ProcessPool` or
+            `dspex_actors.bridge.SessionPool` (``start_test_pool(SessionPool)``): the block
+            gets that class's handle.
+        init_arg: passed to `init_pool` (`PoolWorker` classes only).
+        ready_timeout: seconds to wait for the pool to be ready (every worker idle, for a
+            `Pool` class: its workers start processes).
+        **options: `Pool.start` options (or the `Pool` class's `start` options).
 
     Raises:
         TimeoutError: the pool was not ready within `ready_timeout` (it is stopped first).
@@ -74,10 +78,17 @@ def start_test_pool(
     options.setdefault("pool_size", 2)
     options.setdefault("lazy", False)
     options.setdefault("max_overflow", 0)
-    pool = Pool.start(worker, init_arg, **options)
+    if isinstance(worker, type) and issubclass(worker, Pool):
+        if init_arg is not None:
+            raise TypeError(f"{worker.__name__}.start takes keyword options, not an init_arg")
+        pool: Any = worker.start(**options)
+        min_idle = options["pool_size"]
+    else:
+        pool = Pool.start(worker, init_arg, **options)
+        min_idle = 1
     try:
         if not options["lazy"]:
-            wait_for_pool_ready(pool, ready_timeout)
+            wait_for_pool_ready(pool, ready_timeout, min_idle=min_idle)
         yield pool
     finally:
         if pool.is_alive():
@@ -89,7 +100,8 @@ def start_test_pool(
 def wait_for_pool_ready(
     pool: Pool, timeout: float = 5.0, *, min_idle: int = 1, interval: float = 0.005
 ) -> PoolStatus:
-    """Poll `pool.status()` until at least `min_idle` workers are idle; return that status.
+    """Poll `pool.status()` until at least `min_idle` workers are idle; return that status
+    (the workers' `PoolStatus`, for a `SessionPool` too).
 
     Args:
         pool: the pool.
@@ -105,6 +117,7 @@ def wait_for_pool_ready(
     while True:
         remaining = max(0.0, deadline - time.monotonic())
         status = pool.status(timeout=max(remaining, 0.5))
+        status = getattr(status, "pool", status)  # a SessionPool's status holds the pool's
         if status.idle >= min_idle:
             return status
         if time.monotonic() >= deadline:

@@ -12,7 +12,8 @@
   (protocol, with a mock bridge) and ``layer_3`` (full integration, real worker processes).
   The mode comes from ``--test-mode`` or the ``TEST_MODE`` environment variable:
   ``mock_adapter`` runs layer 1, ``bridge_mock`` layers 1-2, ``full_integration`` (the
-  default) everything. Skipped tests say how to run them.
+  default) everything. Skipped tests say how to run them. The ``bridge_adapter`` fixture is
+  DSPex's adapter for the test's layer (`dspex_actors.bridge.adapter_for_layer`).
 """
 
 from __future__ import annotations
@@ -153,3 +154,25 @@ def _dspex_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail(
             f"dspex_actors leak check: still running after the test ({details})", pytrace=False
         )
+
+
+@pytest.fixture
+def bridge_adapter(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """DSPex's adapter for the test's layer: its ``layer_N`` marker, else the highest layer
+    the test mode runs. Layer 1 is the in-process mock (`MockAdapter`), layer 2 a session pool
+    of mock worker processes, layer 3 one of DSPy workers (both stopped after the test).
+    Asked for by name only: a project that does not use it pays nothing."""
+    from dspex_actors.bridge import adapter_for_layer
+
+    layer = _MODES[_mode(request.config)]
+    for candidate in (1, 2, 3):
+        if request.node.get_closest_marker(f"layer_{candidate}"):
+            layer = candidate
+            break
+    adapter = adapter_for_layer(f"layer_{layer}")
+    try:
+        yield adapter
+    finally:
+        close = getattr(adapter, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,522 @@
+"""`SessionPool`: DSPex's session pool of DSPy bridge workers (its SessionPoolV2), on `ProcessPool`.
+
+A `ProcessPool` whose workers speak DSPex's bridge protocol (`_protocol`), with three things a
+plain process pool has no reason to know:
+
+- **Sessions.** `execute_in_session(sid, command, args)` injects ``session_id`` into the args,
+  as DSPex does. The pool keeps a `SessionStore`: what each session created. Before a
+  session's command runs on a worker, the commands that worker lacks are sent first (its
+  programs created, its LM configured), so any worker can serve any session, a crash loses
+  nothing, and `list_programs` answers the same on every worker.
+- **Affinity.** A session's commands ask for the worker that served it last (the pool's own
+  worker affinity, which NimblePool could not express): ``"prefer"`` takes another idle worker
+  if that one is busy (then rebuilds the session there), ``"strict"`` waits for it,
+  ``"strict_fail_fast"`` raises `WorkerBusy`. A worker that dies drops its sessions' affinity.
+- **DSPex's errors.** A worker's error reply raises `CommandError` and keeps the worker (an
+  error checkin, as the seed's stats count it); a reply with another id (`ResponseMismatch`),
+  an undecodable or malformed reply (`ProtocolError`), no reply in time (`CommandTimeout`) and
+  a worker that died or could not be written to (`WorkerCrashed`) remove it; a checkout that
+  finds no worker in time is a `PoolTimeout`, a pool that is not running `NoProc`; a request
+  that cannot be encoded is refused (`ProtocolError`) before any worker is used.
+
+Worker I/O runs in the caller's thread; the pool actor only hands workers out, as in DSPex.
+Workers are, by default, Python targets (`worker.handle_request`) forked by a fork server that
+has DSPy imported already (a replacement serves within milliseconds); with ``worker_argv`` they
+are programs started as ``worker_argv + ["--mode", "pool-worker", "--worker-id", <id>]``, which
+is how DSPex starts its ``dspy_bridge.py``: DSPex's own script runs unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self
+
+import attrs
+import pykka
+
+from .._checks import check_clock, check_options, is_number
+from .._clock import Clock
+from .._errors import CallTimeout, InvalidOption, PortClosed, WorkerCrashed
+from .._pool._contract import From, PoolStatus
+from .._pool._handle import AFFINITIES, Pool
+from .._pool._results import Ok, Stop
+from .._ports._port import Port
+from .._ports._process_pool import PortSpec, PortWorker, ProcessPool, _Refused
+from ._protocol import INIT_PING_ID, CommandError, CommandTimeout, request, result_of
+from ._store import ANONYMOUS, SessionStats, SessionStore
+from .worker import PRELOAD, handle_request
+
+if TYPE_CHECKING:
+    from .._child_spec import ChildSpec
+
+__all__ = ["BridgeWorker", "SessionPool", "SessionPoolStatus", "SessionSpec"]
+
+_UNDELIVERED_RETRIES = 8
+"""How often a command is sent again when its worker turned out dead before it was written
+(each time the dead worker is removed: the pool's other workers, or a replacement, follow)."""
+
+DEFAULT_SESSION_TTL = 3600.0
+"""Seconds a session may stay idle before it expires (DSPex: stale after an hour)."""
+
+
+@attrs.frozen
+class SessionSpec(PortSpec):
+    """A `PortSpec` for bridge workers, with the pool's session settings.
+
+    Attributes:
+        store: the sessions' state (it outlives the workers, and a supervised pool's
+            restarts).
+        affinity: ``"prefer"``, ``"strict"`` or ``"strict_fail_fast"``.
+        checkout_timeout: seconds a command waits for a worker.
+        op_timeout: seconds a command waits for its reply (unless the call says otherwise).
+    """
+
+    store: SessionStore = attrs.field(kw_only=True)
+    affinity: str = attrs.field(default="prefer", kw_only=True)
+    checkout_timeout: float = attrs.field(default=5.0, kw_only=True)
+    op_timeout: float = attrs.field(default=60.0, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.affinity not in AFFINITIES:
+            raise InvalidOption("affinity", self.affinity, f"one of {', '.join(AFFINITIES)}")
+        for option in ("checkout_timeout", "op_timeout"):
+            value = getattr(self, option)
+            if not is_number(value) or not value >= 0:
+                raise InvalidOption(option, value, "a non-negative number of seconds")
+
+
+@attrs.frozen
+class SessionPoolStatus:
+    """A snapshot of a `SessionPool` (DSPex's ``get_pool_status``, with affinity stats).
+
+    Attributes:
+        pool: the workers, as `Pool.status()` reports them.
+        sessions: live sessions (the anonymous one included once used), by id.
+        affinity: the pool's affinity mode.
+        affinity_hits: session commands served by the worker that served the session last.
+        affinity_misses: session commands served by another worker (rebuilt there first).
+        uptime: seconds since the session store was made: the pool's first start (clock).
+    """
+
+    pool: PoolStatus
+    sessions: dict[str, SessionStats]
+    affinity: str
+    affinity_hits: int
+    affinity_misses: int
+    uptime: float
+
+    @property
+    def active_sessions(self) -> int:
+        """Named sessions alive (DSPex's ``active_sessions``)."""
+        return sum(1 for session_id in self.sessions if session_id != ANONYMOUS)
+
+
+class BridgeWorker(PortWorker):
+    """`PortWorker` for bridge workers: each starts with its own ``--worker-id`` and must
+    answer DSPex's init ping (id 0, ``{"initialization": true, "worker_id": ...}``) before it
+    joins; a worker that leaves takes what it held of the sessions with it."""
+
+    def open_port(self, pool_state: Any, name: str, owner: Any, on_start: Any) -> Port:
+        spec: SessionSpec = pool_state.spec
+        if spec.argv is None:
+            return super().open_port(pool_state, name, owner, on_start)
+        argv = [*spec.argv, "--mode", "pool-worker", "--worker-id", name]
+        return spec.open(owner, on_start, pool_state.setup, argv=argv)
+
+    def handshake(self, port: Port, pool_state: Any, name: str) -> None:
+        spec: SessionSpec = pool_state.spec
+        if spec.target is not None:
+            port.ping(timeout=spec.init_timeout)  # the process serves at all
+        ping = request("ping", {"initialization": True, "worker_id": name}, INIT_PING_ID)
+        reply = port.request(ping, timeout=spec.init_timeout)
+        if isinstance(reply, Mapping) and reply.get("id") != INIT_PING_ID:
+            raise InvalidOption("init ping reply id", reply.get("id"), str(INIT_PING_ID))
+        result_of(reply, "ping", str(port))
+
+    def init_pool(self, init_arg: Any) -> Ok | Stop:
+        result = super().init_pool(init_arg)
+        if isinstance(init_arg, SessionSpec):
+            # A new incarnation (a supervisor's restart): no worker holds anything, and the
+            # worker ids the sessions remember name other processes now.
+            init_arg.store.new_workers()
+        return result
+
+    def terminate_worker(self, reason: Any, worker_state: Any, pool_state: Any) -> Ok:
+        pool_state.spec.store.forget_worker(worker_state.port.id)
+        return super().terminate_worker(reason, worker_state, pool_state)
+
+
+class SessionPool(ProcessPool):
+    """DSPex's session pool: bridge workers, sessions kept by the pool, worker affinity.
+
+    Start with `SessionPool.start`, or put one in a supervision tree with
+    `SessionPool.child_spec`; `from_ref` drives a running one (`whereis(name)`).
+    """
+
+    def __init__(self, actor_ref: pykka.ActorRef[Any]) -> None:
+        super().__init__(actor_ref)
+        spec = self._ProcessPool__spec  # type: ignore[attr-defined]
+        self.__session_spec: SessionSpec | None = spec if isinstance(spec, SessionSpec) else None
+
+    @property
+    def _session_spec(self) -> SessionSpec:
+        spec = self.__session_spec
+        if spec is None:
+            return self._spec  # type: ignore[return-value]  # raises NoProc
+        return spec
+
+    @classmethod
+    def start(  # type: ignore[override]
+        cls,
+        *,
+        pool_size: int = 4,
+        max_overflow: int = 0,
+        lazy: bool = False,
+        worker_argv: Sequence[str] | None = None,
+        checkout_timeout: float = 5.0,
+        op_timeout: float = 60.0,
+        affinity: str = "prefer",
+        name: Any = "session_pool",
+        session_ttl: float | None = DEFAULT_SESSION_TTL,
+        clock: Clock | None = None,
+        store: SessionStore | None = None,
+        start_method: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        init_timeout: float = 10.0,
+        close_timeout: float = 1.0,
+        spares: int = 0,
+        worker_idle_timeout: float | None = None,
+        max_tasks: int | None = None,
+        max_memory: int | None = None,
+        max_age: float | None = None,
+        preload: Sequence[str] | None = None,
+        start_backoff: float = 0.05,
+        max_start_backoff: float = 5.0,
+    ) -> SessionPool:
+        """Start a session pool; return once every worker is starting (they join as they
+        answer their init ping).
+
+        Args:
+            pool_size: workers (DSPex's final default, 4).
+            max_overflow: extra workers under load.
+            lazy: start workers on first use.
+            worker_argv: a program speaking the bridge protocol (e.g. ``[python,
+                "dspy_bridge.py"]``); each worker gets ``--mode pool-worker --worker-id
+                <id>`` appended. Default: the bundled DSPy worker as a Python target,
+                forked from a fork server with DSPy preloaded.
+            checkout_timeout: seconds a command waits for a worker (`PoolTimeout`).
+            op_timeout: seconds a command waits for its reply (`CommandTimeout`), unless
+                the call gives its own `timeout`.
+            affinity: ``"prefer"``, ``"strict"`` or ``"strict_fail_fast"`` (see the module).
+            name: register the pool under this name (None: unregistered).
+            session_ttl: seconds of inactivity after which a session expires (None: never).
+            clock: the clock of session expiry and idle pings (tests pass a `FakeClock`).
+            store: the sessions' state to start from (`child_spec` passes one, so that a
+                supervisor's restart keeps every session).
+            start_method: as `ProcessPool.start`.
+            env: environment of `worker_argv` programs.
+            cwd: working directory of `worker_argv` programs.
+            init_timeout: seconds a worker has to start and answer its init ping.
+            close_timeout: seconds a removed worker gets to exit on EOF.
+            spares: started workers kept ready beyond `pool_size`.
+            worker_idle_timeout: ping idle workers on this period.
+            max_tasks: recycle a worker after this many commands.
+            max_memory: recycle a worker whose RSS reached this many bytes.
+            max_age: recycle a worker this many seconds after its start.
+            preload: modules the fork server imports for target workers (default: DSPy and
+                the worker's command module).
+            start_backoff: see `Pool.start`.
+            max_start_backoff: see `Pool.start`.
+
+        Raises:
+            InvalidOption: a bad option; nothing was started.
+            NameTaken: `name` is registered to a live actor.
+            StartError: the fork server could not import a `preload` module.
+        """
+        spec, pool_options = cls.options(
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            lazy=lazy,
+            worker_argv=worker_argv,
+            checkout_timeout=checkout_timeout,
+            op_timeout=op_timeout,
+            affinity=affinity,
+            name=name,
+            session_ttl=session_ttl,
+            clock=clock,
+            store=store,
+            start_method=start_method,
+            env=env,
+            cwd=cwd,
+            init_timeout=init_timeout,
+            close_timeout=close_timeout,
+            spares=spares,
+            worker_idle_timeout=worker_idle_timeout,
+            max_tasks=max_tasks,
+            max_memory=max_memory,
+            max_age=max_age,
+            preload=preload,
+            start_backoff=start_backoff,
+            max_start_backoff=max_start_backoff,
+        )
+        pool = Pool.start(BridgeWorker, spec, **pool_options)
+        return cls(pool.actor_ref)
+
+    @staticmethod
+    def options(  # type: ignore[override]
+        *,
+        pool_size: int = 4,
+        max_overflow: int = 0,
+        lazy: bool = False,
+        worker_argv: Sequence[str] | None = None,
+        checkout_timeout: float = 5.0,
+        op_timeout: float = 60.0,
+        affinity: str = "prefer",
+        name: Any = "session_pool",
+        session_ttl: float | None = DEFAULT_SESSION_TTL,
+        clock: Clock | None = None,
+        store: SessionStore | None = None,
+        start_method: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        init_timeout: float = 10.0,
+        close_timeout: float = 1.0,
+        spares: int = 0,
+        worker_idle_timeout: float | None = None,
+        max_tasks: int | None = None,
+        max_memory: int | None = None,
+        max_age: float | None = None,
+        preload: Sequence[str] | None = None,
+        start_backoff: float = 0.05,
+        max_start_backoff: float = 5.0,
+    ) -> tuple[SessionSpec, dict[str, Any]]:
+        """Check `start`'s options; return the workers' `SessionSpec` and `Pool.start`'s
+        options."""
+        if session_ttl is not None and (not is_number(session_ttl) or not session_ttl > 0):
+            raise InvalidOption("session_ttl", session_ttl, "a positive number of seconds or None")
+        clock = check_clock(clock)
+        if store is None:
+            store = SessionStore(clock, session_ttl)
+        elif not isinstance(store, SessionStore):
+            raise InvalidOption("store", store, "a SessionStore")
+        target = handle_request if worker_argv is None else None
+        if preload is None:
+            preload = PRELOAD if target is not None and start_method in (None, "forkserver") else ()
+        base, pool_options = ProcessPool.options(
+            worker_argv,
+            target,
+            pool_size=pool_size,
+            lazy=lazy,
+            max_overflow=max_overflow,
+            spares=spares,
+            start_method=start_method,
+            name=name,
+            env=env,
+            cwd=cwd,
+            worker_idle_timeout=worker_idle_timeout,
+            close_timeout=close_timeout,
+            init_timeout=init_timeout,
+            max_tasks=max_tasks,
+            max_memory=max_memory,
+            max_age=max_age,
+            preload=preload,
+            start_backoff=start_backoff,
+            max_start_backoff=max_start_backoff,
+        )
+        spec = SessionSpec(
+            **attrs.asdict(base, recurse=False),
+            store=store,
+            affinity=affinity,
+            checkout_timeout=checkout_timeout,
+            op_timeout=op_timeout,
+        )
+        return spec, {**pool_options, "clock": clock}
+
+    @classmethod
+    def child_spec(cls, *args: Any, **options: Any) -> ChildSpec:
+        """A `ChildSpec` for a supervision tree: `start`'s options plus `ChildSpec`'s (id
+        ``"SessionPool"``, name ``"session_pool"`` and a 10 s shutdown by default, as
+        DSPex's). The supervisor registers each incarnation under the name. The session
+        store is made now, once: a restart keeps every session.
+
+        Raises:
+            InvalidOption: a bad or unknown option (or a positional one).
+        """
+        from .._child_spec import ChildSpec, split_spec_options
+
+        if args:
+            raise InvalidOption("args", args, "keyword options only")
+        spec_options, start_options = split_spec_options(options)
+        spec_options.setdefault("id", cls.__name__)
+        spec_options.setdefault("name", "session_pool")
+        spec_options.setdefault("shutdown", 10.0)
+        if start_options.get("store") is None:
+            start_options["store"] = SessionStore(
+                check_clock(start_options.get("clock")),
+                start_options.get("session_ttl", DEFAULT_SESSION_TTL),
+            )
+        start_options["name"] = None  # registered by the supervisor, under the spec's name
+        check_options(cls.options, **start_options)
+        return ChildSpec(start=cls.start, kwargs=start_options, **spec_options)
+
+    @classmethod
+    def from_ref(cls, actor_ref: pykka.ActorRef[Any]) -> Self:
+        """Drive a running session pool (`whereis(name)`, `which_children()`).
+
+        Raises:
+            TypeError: `actor_ref` is not the ref of a running session pool.
+        """
+        handle = super().from_ref(actor_ref)
+        if handle.__session_spec is None:
+            raise TypeError(f"expected the ActorRef of a running SessionPool, got: {actor_ref!r}")
+        return handle
+
+    # -- commands --
+
+    def execute_in_session(
+        self,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run `command` in session `session_id` (its id injected into `args`) and return
+        the worker's result.
+
+        Args:
+            session_id: any non-empty string but ``"anonymous"``.
+            command: a bridge command (``"create_program"``, ``"execute_program"``...).
+            args: the command's arguments (a mapping of JSON values).
+            timeout: seconds to wait for the reply (default: the pool's `op_timeout`).
+
+        Raises:
+            CommandError: the worker answered with an error (the worker is kept).
+            CommandTimeout: no reply in time (the worker is removed).
+            ResponseMismatch: the reply was another request's (the worker is removed).
+            ProtocolError: the request cannot be encoded (no worker was used), or the reply
+                was undecodable or not DSPex's envelope (the worker is removed).
+            WorkerCrashed: the worker died during the command, or could not be written to.
+            PoolTimeout: no worker within `checkout_timeout`.
+            WorkerBusy: the session's worker is busy and the affinity is strict_fail_fast.
+            NoProc: the pool is not running.
+            InvalidOption: a bad `session_id`, `command`, `args` or `timeout`.
+        """
+        if not isinstance(session_id, str) or not session_id or session_id == ANONYMOUS:
+            raise InvalidOption(
+                "session_id", session_id, f"a non-empty string other than {ANONYMOUS!r}"
+            )
+        return self._execute(session_id, command, args, timeout)
+
+    def execute_anonymous(
+        self, command: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Run `command` outside any session (DSPex's global programs live in the
+        ``"anonymous"`` session, kept by the pool as any other); any worker serves it.
+
+        Raises: as `execute_in_session`.
+        """
+        return self._execute(ANONYMOUS, command, args, timeout)
+
+    def end_session(self, session_id: str) -> bool:
+        """Forget a session: its state leaves the store, and each worker holding it cleans
+        it up at its next command. False if the session was unknown (or expired)."""
+        return self._session_spec.store.end(session_id)
+
+    def status(self, timeout: float | None = 5.0) -> SessionPoolStatus:  # type: ignore[override]
+        """Workers, sessions and affinity, in one `SessionPoolStatus`."""
+        spec = self._session_spec
+        store = spec.store
+        pool = super().status(timeout)
+        return SessionPoolStatus(
+            pool=pool,
+            sessions=store.stats(),
+            affinity=spec.affinity,
+            affinity_hits=store.hits,
+            affinity_misses=store.misses,
+            uptime=store.uptime(),
+        )
+
+    def _execute(
+        self,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        if not isinstance(command, str) or not command:
+            raise InvalidOption("command", command, "a command name")
+        if args is None:
+            args = {}
+        elif not isinstance(args, Mapping):
+            raise InvalidOption("args", args, "a mapping of the command's arguments")
+        spec = self._session_spec
+        if timeout is None:
+            timeout = spec.op_timeout
+        elif not is_number(timeout) or not timeout >= 0:
+            raise InvalidOption("timeout", timeout, "a non-negative number of seconds")
+        store = spec.store
+        body = {**args, "session_id": session_id}
+        prepared = self._prepare(request(command, body))  # refused before any worker
+        public_session = None if session_id == ANONYMOUS else session_id
+        op_timeout = float(timeout)
+
+        def use(from_: From, port: Port) -> tuple[Any, Any]:
+            deadline = time.monotonic() + op_timeout
+            worker = str(port)
+            for step, step_args in store.plan(session_id, port.id):
+                reply = _round_trip(port, request(step, step_args), deadline, step, op_timeout)
+                try:
+                    result_of(reply, step, worker, public_session)
+                except CommandError as exc:
+                    # The worker refused to rebuild the session: the command fails, and the
+                    # worker (which answered) stays, an error checkin.
+                    return _Refused(exc), ("error", exc)
+                store.applied(port.id, step, step_args)
+            reply = _round_trip(port, prepared, deadline, command, op_timeout)
+            try:
+                result = result_of(reply, command, worker, public_session)
+            except CommandError as exc:
+                store.record(session_id, command, body, port.id, from_.worker_id, ok=False)
+                return _Refused(exc), ("error", exc)  # the worker is fine: an error checkin
+            store.record(session_id, command, body, port.id, from_.worker_id, ok=True)
+            return result, "ok"
+
+        for attempt in range(_UNDELIVERED_RETRIES + 1):
+            try:
+                result = self.checkout(
+                    None,
+                    use,
+                    spec.checkout_timeout,
+                    worker=store.preferred(session_id),
+                    affinity=spec.affinity,
+                )
+                break
+            except WorkerCrashed as exc:
+                # Dead before the request was written (its death not yet known to the pool):
+                # nothing ran, so another worker takes it; the dead one has been removed.
+                if exc.delivered or attempt == _UNDELIVERED_RETRIES:
+                    raise
+        if isinstance(result, _Refused):
+            raise result.error
+        return result  # type: ignore[no-any-return]
+
+
+def _round_trip(port: Port, message: Any, deadline: float, command: str, op_timeout: float) -> Any:
+    """Send one request and wait for its reply; what goes wrong is raised as DSPex's error
+    kinds (raised inside the lease: the worker is removed)."""
+    try:
+        request_id, _ = port._send_request(message, max(0.0, deadline - time.monotonic()))
+    except PortClosed as exc:
+        raise WorkerCrashed(str(port), port.exit_status, delivered=False) from exc
+    except CallTimeout:
+        raise CommandTimeout(str(port), command, op_timeout) from None
+    try:
+        return port._await_reply(request_id, deadline)
+    except PortClosed as exc:
+        raise WorkerCrashed(str(port), port.exit_status) from exc
+    except CallTimeout:
+        raise CommandTimeout(str(port), command, op_timeout) from None

@@ -1,0 +1,447 @@
+"""`Bridge`: DSPex's single-bridge mode: one worker process, many requests in flight.
+
+Where a `SessionPool` lends a worker to one caller at a time, a `Bridge` shares its one worker:
+every caller writes its request at once, and a reader thread hands each reply to the caller
+whose request id it carries (DSPex's ``Bridge`` GenServer and its pending-request map). The
+worker answers in order, so a slow command delays those behind it; nothing else does. A caller
+that gives up (`CommandTimeout`) leaves its id behind: the late reply is dropped and counted
+(``correlation_errors``), and can never reach another caller.
+
+The worker's exit makes the bridge's actor exit (`PortExited`, a crash to a supervisor); every
+request in flight fails with `WorkerCrashed`. Under a supervisor (`Bridge.child_spec`), the
+restart starts a new worker, and the session store, made once with the spec, rebuilds each
+session's programs on it when the session is next used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import pykka
+
+from .._actor import Actor, ActorHandle, InternalMessage
+from .._checks import check_clock, check_name_option, check_options, is_number
+from .._clock import Clock
+from .._errors import InvalidOption, NoProc, PortClosed, ProtocolError, WorkerCrashed
+from .._logging import area_logger, log_event, short_repr
+from .._ports import _forkserver
+from .._ports._framing import encode_frame
+from .._ports._port import Port, PortExited, Prepared
+from ._protocol import INIT_PING_ID, CommandError, CommandTimeout, request, result_of
+from ._session_pool import DEFAULT_SESSION_TTL, SessionPool, SessionSpec
+from ._store import ANONYMOUS, SessionStats, SessionStore
+
+if TYPE_CHECKING:
+    from .._child_spec import ChildSpec
+
+__all__ = ["Bridge", "BridgeStatus"]
+
+_log = area_logger("bridge")
+
+
+@attrs.frozen
+class BridgeStatus:
+    """A snapshot of a `Bridge` (DSPex's bridge stats).
+
+    Attributes:
+        worker_pid: the worker process's pid.
+        in_flight: requests written and not answered yet.
+        requests_sent: requests written since the bridge started.
+        responses_received: replies handed to their callers.
+        errors: commands answered with an error.
+        correlation_errors: replies nobody waited for (their caller had timed out) or that
+            carried no known id.
+        sessions: live sessions, by id.
+    """
+
+    worker_pid: int
+    in_flight: int
+    requests_sent: int
+    responses_received: int
+    errors: int
+    correlation_errors: int
+    sessions: dict[str, SessionStats]
+
+
+class _Slot:
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reply: Any = None
+        self.error: BaseException | None = None
+
+
+@attrs.frozen
+class _WorkerExited(InternalMessage):
+    exit: PortExited
+
+
+class _BridgeCore:
+    """What the bridge's handles share with its actor: the worker's port, the requests in
+    flight, the store and the counters. Callers write and wait in their own threads."""
+
+    def __init__(
+        self, spec: SessionSpec, port: Port, name: str, on_exit: Callable[[PortExited], None]
+    ) -> None:
+        self.spec = spec
+        self.port = port
+        self.name = name
+        self.on_exit = on_exit
+        self.lock = threading.Lock()
+        self.sync_lock = threading.Lock()  # one session rebuild at a time
+        self.pending: dict[int, _Slot] = {}
+        self.closed: BaseException | None = None
+        self.requests_sent = 0
+        self.responses_received = 0
+        self.errors = 0
+        self.correlation_errors = 0
+
+    def exchange(self, message: dict[str, Any], deadline: float, timeout: float) -> Any:
+        """Write `message` and wait for the reply carrying its id."""
+        request_id = message["id"]
+        spec = self.spec
+        enveloped = spec.target is not None
+        prepared = Prepared.of(message, spec.codec, spec.max_frame, enveloped, request_id)
+        frame = encode_frame(prepared.payload(request_id), max_frame=spec.max_frame)
+        slot = _Slot()
+        with self.lock:
+            if self.closed is not None:
+                raise WorkerCrashed(str(self.port), self.port.exit_status, delivered=False)
+            self.pending[request_id] = slot
+            self.requests_sent += 1
+        try:
+            self.port._write(frame, max(0.0, deadline - time.monotonic()))
+        except PortClosed as exc:
+            with self.lock:
+                self.pending.pop(request_id, None)
+            raise WorkerCrashed(str(self.port), self.port.exit_status, delivered=False) from exc
+        except BaseException:
+            with self.lock:
+                self.pending.pop(request_id, None)
+            raise
+        if not slot.done.wait(max(0.0, deadline - time.monotonic())):
+            with self.lock:
+                if self.pending.pop(request_id, None) is not None:
+                    raise CommandTimeout(str(self.port), str(message["command"]), timeout)
+            slot.done.wait()  # answered as we gave up: take it
+        if slot.error is not None:
+            raise slot.error
+        return slot.reply
+
+    def read(self) -> None:
+        """The reader thread (the port's owner): hand each reply to its caller by id."""
+        port = self.port
+        enveloped = self.spec.target is not None
+        while True:
+            try:
+                value = port.recv(timeout=None)
+            except PortClosed:
+                self._close(WorkerCrashed(str(port), port.exit_status))
+                self.on_exit(PortExited(port, port.exit_status))
+                return
+            except ProtocolError as exc:
+                # An undecodable frame names no caller: count it; a broken stream ends the
+                # port, which the next recv reports.
+                with self.lock:
+                    self.correlation_errors += 1
+                log_event(_log, "WARNING", "bridge_bad_frame", "{error}", error=str(exc))
+                continue
+            reply = value[2] if enveloped and isinstance(value, list) and len(value) == 3 else value
+            request_id = reply.get("id") if isinstance(reply, Mapping) else None
+            with self.lock:
+                slot = self.pending.pop(request_id, None) if request_id is not None else None
+                if slot is None:
+                    self.correlation_errors += 1
+                else:
+                    self.responses_received += 1
+            if slot is None:
+                log_event(
+                    _log,
+                    "WARNING",
+                    "bridge_uncorrelated_reply",
+                    "a reply nobody waits for (its caller timed out?): {reply}",
+                    reply=short_repr(reply),
+                )
+                continue
+            slot.reply = reply
+            slot.done.set()
+
+    def _close(self, error: BaseException) -> None:
+        with self.lock:
+            self.closed = error
+            pending, self.pending = self.pending, {}
+        for slot in pending.values():
+            slot.error = error
+            slot.done.set()
+
+
+class _BridgeActor(Actor):
+    """Owns the worker: starts it, answers its init ping, exits when it exits."""
+
+    def __init__(self, spec: SessionSpec, register_as: Any) -> None:
+        super().__init__()
+        self._spec = spec
+        self._register_as = register_as
+        self.core: _BridgeCore | None = None
+        self._forkserver = False
+
+    def on_start(self) -> None:
+        from .._naming._names import register
+
+        spec = self._spec
+        if spec.method == "forkserver":
+            _forkserver.FORK_SERVER.acquire(spec.preload, spec.init_timeout)
+            self._forkserver = True
+        name = f"bridge_{self.actor_ref.actor_urn[-8:]}"
+        argv = (
+            None
+            if spec.argv is None
+            else [*spec.argv, "--mode", "pool-worker", "--worker-id", name]
+        )
+        port = spec.open(self.actor_ref, None, None, argv=argv)
+        try:
+            if spec.target is not None:
+                port.ping(timeout=spec.init_timeout)
+            ping = request("ping", {"initialization": True, "worker_id": name}, INIT_PING_ID)
+            result_of(port.request(ping, timeout=spec.init_timeout), "ping", str(port))
+        except BaseException:
+            port.kill()
+            port.close(spec.close_timeout)
+            raise
+        core = self.core = _BridgeCore(spec, port, name, self._tell_exited)
+        reader = threading.Thread(target=core.read, name=f"dspex-bridge-{port.id}", daemon=True)
+        port._reclaim(reader)  # the reader owns it from now on: it alone reads
+        reader.start()
+        if self._register_as is not None:
+            register(self._register_as, self.actor_ref)
+
+    def _tell_exited(self, exited: PortExited) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(_WorkerExited(exited))
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _WorkerExited):
+            self.exit(message.exit)
+        return None
+
+    def _dspex_on_exit(self, reason: Any) -> None:
+        core = self.core
+        if core is not None:
+            core.port.close(self._spec.close_timeout)
+        if self._forkserver:
+            self._forkserver = False
+            _forkserver.FORK_SERVER.release(self._spec.preload)
+
+
+class Bridge(ActorHandle):
+    """DSPex's single-bridge mode: one worker, many commands in flight, matched by id.
+
+    The same commands as a `SessionPool` (`execute_in_session`, `execute_anonymous`,
+    `end_session`), the same session store (so a restarted bridge rebuilds its sessions) and
+    the same errors, except that a timed-out command leaves the worker in place: replies are
+    matched by id, so a late one cannot reach another caller.
+    """
+
+    _actor_class = _BridgeActor
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        worker_argv: Sequence[str] | None = None,
+        name: Any = "bridge",
+        op_timeout: float = 60.0,
+        session_ttl: float | None = DEFAULT_SESSION_TTL,
+        clock: Clock | None = None,
+        store: SessionStore | None = None,
+        start_method: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        init_timeout: float = 10.0,
+        close_timeout: float = 1.0,
+        preload: Sequence[str] | None = None,
+    ) -> Bridge:
+        """Start the worker; return once it has answered its init ping.
+
+        Options as `SessionPool.start` (one worker; no checkout, so no `checkout_timeout`
+        nor affinity).
+
+        Raises:
+            InvalidOption: a bad option; nothing was started.
+            NameTaken: `name` is registered to a live actor.
+            StartError: the worker could not start or did not answer its init ping.
+        """
+        spec = cls.options(
+            worker_argv=worker_argv,
+            name=name,
+            op_timeout=op_timeout,
+            session_ttl=session_ttl,
+            clock=clock,
+            store=store,
+            start_method=start_method,
+            env=env,
+            cwd=cwd,
+            init_timeout=init_timeout,
+            close_timeout=close_timeout,
+            preload=preload,
+        )
+        return cls(_BridgeActor.start(spec, name))
+
+    @staticmethod
+    def options(
+        *,
+        worker_argv: Sequence[str] | None = None,
+        name: Any = "bridge",
+        op_timeout: float = 60.0,
+        session_ttl: float | None = DEFAULT_SESSION_TTL,
+        clock: Clock | None = None,
+        store: SessionStore | None = None,
+        start_method: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        init_timeout: float = 10.0,
+        close_timeout: float = 1.0,
+        preload: Sequence[str] | None = None,
+    ) -> SessionSpec:
+        """Check `start`'s options; return the worker's `SessionSpec`.
+
+        Raises:
+            InvalidOption: a bad option.
+        """
+        check_name_option(name)
+        spec, _ = SessionPool.options(
+            pool_size=1,
+            worker_argv=worker_argv,
+            op_timeout=op_timeout,
+            name=None,
+            session_ttl=session_ttl,
+            clock=clock,
+            store=store,
+            start_method=start_method,
+            env=env,
+            cwd=cwd,
+            init_timeout=init_timeout,
+            close_timeout=close_timeout,
+            preload=preload,
+        )
+        return spec
+
+    @classmethod
+    def child_spec(cls, *args: Any, **options: Any) -> ChildSpec:
+        """A `ChildSpec`: `start`'s options plus `ChildSpec`'s (id ``"Bridge"``, name
+        ``"bridge"``). The session store is made now, once: a restart keeps every session.
+
+        Raises:
+            InvalidOption: a bad or unknown option (or a positional one).
+        """
+        from .._child_spec import ChildSpec, split_spec_options
+
+        if args:
+            raise InvalidOption("args", args, "keyword options only")
+        spec_options, start_options = split_spec_options(options)
+        spec_options.setdefault("id", cls.__name__)
+        spec_options.setdefault("name", "bridge")
+        if start_options.get("store") is None:
+            start_options["store"] = SessionStore(
+                check_clock(start_options.get("clock")),
+                start_options.get("session_ttl", DEFAULT_SESSION_TTL),
+            )
+        start_options["name"] = None  # registered by the supervisor, under the spec's name
+        check_options(cls.options, **start_options)
+        return ChildSpec(start=cls.start, kwargs=start_options, **spec_options)
+
+    @property
+    def _core(self) -> _BridgeCore:
+        actor = self._ref._actor_weakref()
+        core = actor.core if isinstance(actor, _BridgeActor) else None
+        if core is None or not self._ref.is_alive():
+            raise NoProc(str(self._ref), "execute")
+        return core
+
+    def execute_in_session(
+        self,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """As `SessionPool.execute_in_session` (no `PoolTimeout` nor `WorkerBusy`: the one
+        worker is shared)."""
+        if not isinstance(session_id, str) or not session_id or session_id == ANONYMOUS:
+            raise InvalidOption(
+                "session_id", session_id, f"a non-empty string other than {ANONYMOUS!r}"
+            )
+        return self._execute(session_id, command, args, timeout)
+
+    def execute_anonymous(
+        self, command: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """As `SessionPool.execute_anonymous`."""
+        return self._execute(ANONYMOUS, command, args, timeout)
+
+    def end_session(self, session_id: str) -> bool:
+        """As `SessionPool.end_session`."""
+        return self._core.spec.store.end(session_id)
+
+    def status(self) -> BridgeStatus:
+        """A `BridgeStatus` snapshot."""
+        core = self._core
+        with core.lock:
+            counts = (
+                len(core.pending),
+                core.requests_sent,
+                core.responses_received,
+                core.errors,
+                core.correlation_errors,
+            )
+        return BridgeStatus(core.port.os_pid, *counts, sessions=core.spec.store.stats())
+
+    def _execute(
+        self,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        if not isinstance(command, str) or not command:
+            raise InvalidOption("command", command, "a command name")
+        if args is None:
+            args = {}
+        elif not isinstance(args, Mapping):
+            raise InvalidOption("args", args, "a mapping of the command's arguments")
+        core = self._core
+        spec = core.spec
+        if timeout is None:
+            timeout = spec.op_timeout
+        elif not is_number(timeout) or not timeout >= 0:
+            raise InvalidOption("timeout", timeout, "a non-negative number of seconds")
+        deadline = time.monotonic() + timeout
+        store = spec.store
+        worker = core.port.id
+        body = {**args, "session_id": session_id}
+        message = request(command, body)
+        Prepared.of(message, spec.codec, spec.max_frame, False, None)  # refused before sending
+        public_session = None if session_id == ANONYMOUS else session_id
+        if store.plan(session_id, worker):
+            with core.sync_lock:  # one rebuild at a time: no step sent twice
+                for step, step_args in store.plan(session_id, worker):
+                    reply = core.exchange(request(step, step_args), deadline, timeout)
+                    result_of(reply, step, str(core.port), public_session)
+                    store.applied(worker, step, step_args)
+        reply = core.exchange(message, deadline, timeout)
+        try:
+            result = result_of(reply, command, str(core.port), public_session)
+        except CommandError:
+            with core.lock:
+                core.errors += 1
+            store.record(session_id, command, body, worker, None, ok=False)
+            raise
+        store.record(session_id, command, body, worker, None, ok=True)
+        return result

@@ -1,0 +1,292 @@
+"""DSPex's adapter API on its three test layers, the scripted mock bridge, service detection,
+and the single-bridge mode (one worker, many requests in flight, matched by id)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import dspex_actors as da
+from dspex_actors.bridge import (
+    Bridge,
+    BridgeAdapter,
+    CommandError,
+    CommandTimeout,
+    MockAdapter,
+    MockScript,
+    SessionPool,
+    adapter_for_layer,
+    detect_bridge,
+)
+from dspex_actors.bridge._mock import MockBridge, MockCrash, mock_outputs
+from dspex_actors.testing import wait_for
+
+SIGNATURE = {"inputs": [{"name": "question"}], "outputs": [{"name": "answer"}]}
+MOCK_WORKER = [sys.executable, "-m", "dspex_actors.bridge.worker", "--backend", "mock"]
+WAIT = 30.0
+
+
+@pytest.fixture
+def stoppers() -> Iterator[list[Any]]:
+    """Handles to stop after the test (pools, bridges, supervisors, adapters)."""
+    started: list[Any] = []
+    try:
+        yield started
+    finally:
+        for handle in reversed(started):
+            close = getattr(handle, "close", None) or handle.stop
+            if getattr(handle, "is_alive", lambda: True)():
+                close()
+
+
+# --- the adapter API on each layer ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", ["layer_1", "layer_2", "layer_3"])
+def test_the_adapter_api_works_the_same_on_every_layer(layer: str, stoppers: list[Any]) -> None:
+    adapter = adapter_for_layer(layer, session_id="s1")
+    stoppers.append(adapter) if isinstance(adapter, BridgeAdapter) else None
+    program = adapter.create_program({"signature": SIGNATURE})
+    assert program.startswith("pool_")
+    outputs = adapter.execute_program(program, {"question": "2+2?"})
+    assert set(outputs) == {"answer"}
+    assert isinstance(outputs["answer"], str)
+    assert adapter.list_programs() == [program]
+    info = adapter.get_program_info(program)
+    assert info["program_id"] == program
+    assert info["execution_count"] == 1
+    assert adapter.health_check() is True
+    assert adapter.get_stats()["layer"] == layer
+    assert adapter.configure_lm({"model": "offline"}) is True
+    adapter.delete_program(program)
+    assert adapter.list_programs() == []
+
+
+def test_layers_1_and_2_answer_alike_and_layer_3_runs_dspy(stoppers: list[Any]) -> None:
+    inputs = {"question": "what is a port?"}
+    answers = []
+    for layer in ("layer_1", "layer_2", "layer_3"):
+        adapter = adapter_for_layer(layer, session_id="s")
+        if isinstance(adapter, BridgeAdapter):
+            stoppers.append(adapter)
+        program = adapter.create_program({"id": "p", "signature": SIGNATURE})
+        answers.append(adapter.execute_program(program, inputs)["answer"])
+    assert answers[0] == answers[1] == mock_outputs(["answer"], inputs)["answer"]
+    assert answers[2].startswith("[offline ")  # the DSPy worker's offline LM
+
+
+def test_adapter_for_layer_takes_dspex_mode_names_and_refuses_others() -> None:
+    assert isinstance(adapter_for_layer("mock_adapter"), MockAdapter)
+    with pytest.raises(da.InvalidOption):
+        adapter_for_layer("layer_4")
+
+
+def test_a_session_adapter_sees_only_its_own_programs(stoppers: list[Any]) -> None:
+    adapter = adapter_for_layer("bridge_mock", session_id="a")
+    assert isinstance(adapter, BridgeAdapter)
+    stoppers.append(adapter)
+    other = adapter.session("b")
+    adapter.create_program({"id": "mine", "signature": SIGNATURE})
+    other.create_program({"id": "theirs", "signature": SIGNATURE})
+    assert adapter.list_programs() == ["mine"]
+    assert other.list_programs() == ["theirs"]
+
+
+def test_mock_adapter_injected_errors_fail_the_next_call_only() -> None:
+    adapter = MockAdapter()
+    adapter.inject_error("create_program", "disk full")
+    with pytest.raises(CommandError, match="disk full"):
+        adapter.create_program({"signature": SIGNATURE})
+    assert adapter.create_program({"id": "p", "signature": SIGNATURE}) == "p"
+    adapter.reset()
+    assert adapter.list_programs() == []
+
+
+# --- the scripted mock ---------------------------------------------------------------------------
+
+
+def test_the_mock_fails_the_commands_it_is_told_to_and_keeps_serving() -> None:
+    bridge = MockBridge(script=MockScript(fail={"get_stats"}))
+    reply = bridge.respond({"id": 1, "command": "get_stats", "args": {}})
+    assert reply == {**reply, "success": False, "error": "scripted failure of get_stats"}
+    assert bridge.respond({"id": 2, "command": "ping", "args": {}})["success"]  # type: ignore[index]
+
+
+def test_the_mock_error_rate_is_reproducible_from_its_seed() -> None:
+    def outcomes() -> list[bool]:
+        bridge = MockBridge(script=MockScript(error_rate=0.5, seed=7))
+        replies = [bridge.respond({"id": i, "command": "ping", "args": {}}) for i in range(20)]
+        return [bool(r and r["success"]) for r in replies]
+
+    first = outcomes()
+    assert first == outcomes()
+    assert 0 < first.count(True) < 20
+
+
+def test_a_scripted_crash_raises_in_this_process() -> None:
+    bridge = MockBridge(script=MockScript(crash_after=2))
+    bridge.handle("ping", {})
+    with pytest.raises(MockCrash):
+        bridge.handle("ping", {})
+    with pytest.raises(MockCrash):
+        MockBridge().handle("ping", {"_mock": {"crash": True}})
+
+
+@pytest.mark.leak_check
+def test_a_mock_worker_told_to_crash_dies_and_the_session_survives_it(
+    stoppers: list[Any],
+) -> None:
+    pool = SessionPool.start(pool_size=1, worker_argv=MOCK_WORKER, name=None)
+    stoppers.append(pool)
+    pool.execute_in_session("s", "create_program", {"id": "p", "signature": SIGNATURE})
+    with pytest.raises(da.WorkerCrashed) as crashed:
+        pool.execute_in_session("s", "ping", {"_mock": {"crash": True}})
+    assert crashed.value.exit_status == 70
+    # The replacement is rebuilt from the session store before the next command.
+    listed = pool.execute_in_session("s", "list_programs")
+    assert [p["id"] for p in listed["programs"]] == ["p"]
+
+
+# --- service detection ---------------------------------------------------------------------------
+
+
+@pytest.mark.leak_check
+def test_detect_bridge_prefers_the_pool_then_the_single_bridge_then_fails(
+    stoppers: list[Any],
+) -> None:
+    with pytest.raises(da.ServiceUnavailable, match="session_pool"):
+        detect_bridge()
+    bridge = Bridge.start(worker_argv=MOCK_WORKER)  # registered as "bridge"
+    stoppers.append(bridge)
+    assert isinstance(detect_bridge(), Bridge)
+    pool = SessionPool.start(pool_size=1, worker_argv=MOCK_WORKER)  # as "session_pool"
+    stoppers.append(pool)
+    found = detect_bridge()
+    assert isinstance(found, SessionPool)
+    assert found.actor_ref == pool.actor_ref
+    pool.stop()
+    assert isinstance(detect_bridge(), Bridge)
+
+
+@pytest.mark.leak_check
+def test_detect_bridge_falls_back_to_the_registry(stoppers: list[Any]) -> None:
+    registry = da.Registry.start("unique")
+    stoppers.append(registry)
+    bridge = Bridge.start(worker_argv=MOCK_WORKER, name=None)
+    stoppers.append(bridge)
+    registry.register("bridge", bridge.actor_ref)
+    found = detect_bridge(registry=registry)
+    assert isinstance(found, Bridge)
+    assert found.execute_anonymous("ping")["status"] == "ok"
+
+
+# --- the single bridge ---------------------------------------------------------------------------
+
+
+@pytest.mark.leak_check
+def test_a_single_bridge_keeps_many_requests_in_flight_and_matches_replies_by_id(
+    stoppers: list[Any],
+) -> None:
+    bridge = Bridge.start(worker_argv=MOCK_WORKER, name=None)
+    stoppers.append(bridge)
+    bridge.execute_in_session("s", "create_program", {"id": "p", "signature": SIGNATURE})
+    gate = threading.Event()
+    results: dict[int, Any] = {}
+
+    def slow_first() -> None:
+        # Held until the others are written: the worker answers in order, so all of them
+        # are in flight at once.
+        results[-1] = bridge.execute_in_session("s", "ping", {"_mock": {"delay": 0.2}})
+
+    def run(i: int) -> None:
+        gate.wait(WAIT)
+        results[i] = bridge.execute_in_session(
+            "s", "execute_program", {"program_id": "p", "inputs": {"question": f"q{i}"}}
+        )
+
+    threads = [threading.Thread(target=slow_first)] + [
+        threading.Thread(target=run, args=(i,)) for i in range(6)
+    ]
+    threads[0].start()
+    wait_for(lambda: bridge.status().in_flight == 1, WAIT)
+    for thread in threads[1:]:
+        thread.start()
+    gate.set()
+    wait_for(lambda: bridge.status().in_flight >= 2, WAIT)
+    for thread in threads:
+        thread.join(WAIT)
+    for i in range(6):
+        assert results[i]["outputs"] == mock_outputs(["answer"], {"question": f"q{i}"})
+    status = bridge.status()
+    assert status.in_flight == 0
+    assert status.requests_sent == status.responses_received
+
+
+@pytest.mark.leak_check
+def test_a_timed_out_request_leaves_the_single_bridge_serving_and_its_late_reply_is_dropped(
+    stoppers: list[Any],
+) -> None:
+    bridge = Bridge.start(worker_argv=MOCK_WORKER, name=None)
+    stoppers.append(bridge)
+    with pytest.raises(CommandTimeout):
+        bridge.execute_anonymous("ping", {"_mock": {"delay": 0.5}}, timeout=0.05)
+    assert bridge.execute_anonymous("get_stats")["worker_id"] is not None  # its own reply
+    wait_for(lambda: bridge.status().correlation_errors == 1, WAIT)
+
+
+@pytest.mark.leak_check
+def test_the_single_bridges_worker_dying_fails_requests_in_flight_and_ends_the_bridge(
+    stoppers: list[Any],
+) -> None:
+    bridge = Bridge.start(worker_argv=MOCK_WORKER, name=None)
+    stoppers.append(bridge)
+    with pytest.raises(da.WorkerCrashed):
+        bridge.execute_anonymous("ping", {"_mock": {"crash": True}})
+    reason = bridge.wait(WAIT)
+    assert isinstance(reason, da.PortExited)
+    assert reason.status == 70
+    with pytest.raises(da.NoProc):
+        bridge.execute_anonymous("ping")
+
+
+@pytest.mark.leak_check
+def test_a_supervised_single_bridge_is_restarted_and_rebuilds_its_sessions(
+    stoppers: list[Any],
+) -> None:
+    sup = da.Supervisor.start([Bridge.child_spec(worker_argv=MOCK_WORKER, name="bridge_t")])
+    stoppers.append(sup)
+    first = Bridge.from_ref(da.whereis("bridge_t"))  # type: ignore[arg-type]
+    first.execute_in_session("s", "create_program", {"id": "p", "signature": SIGNATURE})
+    with pytest.raises(da.WorkerCrashed):
+        first.execute_anonymous("ping", {"_mock": {"crash": True}})
+    wait_for(lambda: da.whereis("bridge_t") not in (None, first.actor_ref), WAIT)
+    second = Bridge.from_ref(da.whereis("bridge_t"))  # type: ignore[arg-type]
+    listed = second.execute_in_session("s", "list_programs")
+    assert [p["id"] for p in listed["programs"]] == ["p"]
+
+
+def test_bad_single_bridge_arguments_are_refused(stoppers: list[Any]) -> None:
+    with pytest.raises(da.InvalidOption):
+        Bridge.start(worker_argv=MOCK_WORKER, op_timeout=-1)
+    with pytest.raises(da.InvalidOption):
+        Bridge.child_spec(worker_argv=MOCK_WORKER, pool_size=2)
+
+
+# --- the pytest plugin's fixture -----------------------------------------------------------------
+
+
+@pytest.mark.layer_1
+def test_the_bridge_adapter_fixture_gives_a_layer_1_test_the_mock(bridge_adapter: Any) -> None:
+    assert isinstance(bridge_adapter, MockAdapter)
+
+
+@pytest.mark.layer_2
+@pytest.mark.leak_check
+def test_the_bridge_adapter_fixture_gives_a_layer_2_test_mock_workers(bridge_adapter: Any) -> None:
+    assert isinstance(bridge_adapter, BridgeAdapter)
+    assert bridge_adapter.layer == "layer_2"
+    assert bridge_adapter.get_stats()["worker"]["dspy_available"] is False
