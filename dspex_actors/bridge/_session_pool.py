@@ -405,10 +405,7 @@ class SessionPool(ProcessPool):
             NoProc: the pool is not running.
             InvalidOption: a bad `session_id`, `command`, `args` or `timeout`.
         """
-        if not isinstance(session_id, str) or not session_id or session_id == ANONYMOUS:
-            raise InvalidOption(
-                "session_id", session_id, f"a non-empty string other than {ANONYMOUS!r}"
-            )
+        _check_session(session_id)
         return self._execute(session_id, command, args, timeout)
 
     def execute_anonymous(
@@ -423,7 +420,13 @@ class SessionPool(ProcessPool):
 
     def end_session(self, session_id: str) -> bool:
         """Forget a session: its state leaves the store, and each worker holding it cleans
-        it up at its next command. False if the session was unknown (or expired)."""
+        it up at its next command. False if the session was unknown (or expired).
+
+        Raises:
+            InvalidOption: `session_id` is not a session's id (``"anonymous"`` is not one:
+                its programs are the global ones, which never end).
+        """
+        _check_session(session_id)
         return self._session_spec.store.end(session_id)
 
     def status(self, timeout: float | None = 5.0) -> SessionPoolStatus:  # type: ignore[override]
@@ -503,6 +506,12 @@ class SessionPool(ProcessPool):
         if isinstance(result, _Refused):
             raise result.error
         return result  # type: ignore[no-any-return]
+
+
+def _check_session(session_id: Any) -> None:
+    if not isinstance(session_id, str) or not session_id or session_id == ANONYMOUS:
+        expected = f"a non-empty string other than {ANONYMOUS!r}"
+        raise InvalidOption("session_id", session_id, expected)
 
 
 def _round_trip(port: Port, message: Any, deadline: float, command: str, op_timeout: float) -> Any:

@@ -33,7 +33,7 @@ from .._ports import _forkserver
 from .._ports._framing import encode_frame
 from .._ports._port import Port, PortExited, Prepared
 from ._protocol import INIT_PING_ID, CommandError, CommandTimeout, request, result_of
-from ._session_pool import DEFAULT_SESSION_TTL, SessionPool, SessionSpec
+from ._session_pool import DEFAULT_SESSION_TTL, SessionPool, SessionSpec, _check_session
 from ._store import ANONYMOUS, SessionStats, SessionStore
 
 if TYPE_CHECKING:
@@ -374,10 +374,7 @@ class Bridge(ActorHandle):
     ) -> dict[str, Any]:
         """As `SessionPool.execute_in_session` (no `PoolTimeout` nor `WorkerBusy`: the one
         worker is shared)."""
-        if not isinstance(session_id, str) or not session_id or session_id == ANONYMOUS:
-            raise InvalidOption(
-                "session_id", session_id, f"a non-empty string other than {ANONYMOUS!r}"
-            )
+        _check_session(session_id)
         return self._execute(session_id, command, args, timeout)
 
     def execute_anonymous(
@@ -388,6 +385,7 @@ class Bridge(ActorHandle):
 
     def end_session(self, session_id: str) -> bool:
         """As `SessionPool.end_session`."""
+        _check_session(session_id)
         return self._core.spec.store.end(session_id)
 
     def status(self) -> BridgeStatus:

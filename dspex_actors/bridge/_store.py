@@ -107,12 +107,15 @@ class SessionStore:
                 ("cleanup_session", {"session_id": gone})
                 for gone in sorted(self._stale.get(worker, ()))
             ]
+            if session_id != ANONYMOUS:
+                # The LM configured outside any session is the worker's own: every session
+                # without one of its own runs on it, so it must be there too.
+                steps += self._lm_step(ANONYMOUS, worker)
             session = self._sessions.get(session_id)
             held = self._held.get(worker, {}).get(session_id)
             if session is None:
                 return steps
-            if session.lm is not None and (held is None or held.lm_version != session.lm_version):
-                steps.append(("configure_lm", session.lm))
+            steps += self._lm_step(session_id, worker)
             have = held.programs if held is not None else set()
             for program_id in sorted(have - session.programs.keys()):
                 steps.append(
@@ -122,6 +125,15 @@ class SessionStore:
                 if program_id not in have:
                     steps.append(("create_program", args))
             return steps
+
+    def _lm_step(self, session_id: str, worker: int) -> list[tuple[str, dict[str, Any]]]:
+        session = self._sessions.get(session_id)
+        if session is None or session.lm is None:
+            return []
+        held = self._held.get(worker, {}).get(session_id)
+        if held is not None and held.lm_version == session.lm_version:
+            return []
+        return [("configure_lm", session.lm)]
 
     # -- what a command did --
 
