@@ -28,8 +28,14 @@ __all__ = ["ANONYMOUS", "SessionStats", "SessionStore"]
 ANONYMOUS = "anonymous"
 """The session of anonymous calls (`SessionPool.execute_anonymous`)."""
 
-# Commands whose success changes a session's state, and what undoes the whole state on a worker.
+# What undoes the whole state on a worker, and every command whose success changes state.
 _WORKER_WIDE_RESETS = frozenset({"cleanup", "reset_state", "shutdown"})
+_CHANGES = _WORKER_WIDE_RESETS | {
+    "create_program",
+    "delete_program",
+    "configure_lm",
+    "cleanup_session",
+}
 
 
 @attrs.frozen
@@ -79,6 +85,9 @@ class SessionStore:
         self._ttl = ttl
         self._created = clock.monotonic()
         self._next_sweep = self._created
+        # (worker, session) pairs found in sync since the last change: no plan to make for
+        # them (the common case: a command in a session whose worker has everything).
+        self._synced: set[tuple[int, str]] = set()
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
         # worker key (its port's id) -> session id -> what it holds
@@ -92,39 +101,47 @@ class SessionStore:
 
     def preferred(self, session_id: str) -> int | None:
         """The worker that served `session_id` last (None: none yet, or anonymous)."""
-        with self._lock:
-            session = self._sessions.get(session_id)
-            return None if session is None or session_id == ANONYMOUS else session.worker_id
+        # One read of one attribute: no lock needed (a stale answer only moves affinity).
+        session = self._sessions.get(session_id)
+        return None if session is None or session_id == ANONYMOUS else session.worker_id
 
     def plan(self, session_id: str, worker: int) -> list[tuple[str, dict[str, Any]]]:
         """The commands that bring worker `worker` up to date for `session_id`, in order:
         clean up the sessions it holds that are gone, configure the session's LM if the
         worker's is stale, delete the programs the session no longer has, create those it
         lacks. Nothing changes until each step is reported done (`applied`)."""
+        if (worker, session_id) in self._synced and self._clock.monotonic() < self._next_sweep:
+            return []  # in sync, and nothing can have expired: no lock to take
         with self._lock:
             self._expire()
-            steps: list[tuple[str, dict[str, Any]]] = [
-                ("cleanup_session", {"session_id": gone})
-                for gone in sorted(self._stale.get(worker, ()))
-            ]
-            if session_id != ANONYMOUS:
-                # The LM configured outside any session is the worker's own: every session
-                # without one of its own runs on it, so it must be there too.
-                steps += self._lm_step(ANONYMOUS, worker)
-            session = self._sessions.get(session_id)
-            held = self._held.get(worker, {}).get(session_id)
-            if session is None:
-                return steps
-            steps += self._lm_step(session_id, worker)
-            have = held.programs if held is not None else set()
-            for program_id in sorted(have - session.programs.keys()):
-                steps.append(
-                    ("delete_program", {"program_id": program_id, "session_id": session_id})
-                )
-            for program_id, args in session.programs.items():
-                if program_id not in have:
-                    steps.append(("create_program", args))
+            if (worker, session_id) in self._synced:
+                return []
+            steps = self._plan(session_id, worker)
+            if not steps:
+                self._synced.add((worker, session_id))
             return steps
+
+    def _plan(self, session_id: str, worker: int) -> list[tuple[str, dict[str, Any]]]:
+        steps: list[tuple[str, dict[str, Any]]] = [
+            ("cleanup_session", {"session_id": gone})
+            for gone in sorted(self._stale.get(worker, ()))
+        ]
+        if session_id != ANONYMOUS:
+            # The LM configured outside any session is the worker's own: every session
+            # without one of its own runs on it, so it must be there too.
+            steps += self._lm_step(ANONYMOUS, worker)
+        session = self._sessions.get(session_id)
+        if session is None:
+            return steps
+        steps += self._lm_step(session_id, worker)
+        held = self._held.get(worker, {}).get(session_id)
+        have = held.programs if held is not None else set()
+        for program_id in sorted(have - session.programs.keys()):
+            steps.append(("delete_program", {"program_id": program_id, "session_id": session_id}))
+        for program_id, args in session.programs.items():
+            if program_id not in have:
+                steps.append(("create_program", args))
+        return steps
 
     def _lm_step(self, session_id: str, worker: int) -> list[tuple[str, dict[str, Any]]]:
         session = self._sessions.get(session_id)
@@ -140,6 +157,7 @@ class SessionStore:
     def applied(self, worker: int, command: str, args: Mapping[str, Any]) -> None:
         """A step of `plan` succeeded on `worker`."""
         with self._lock:
+            self._synced.clear()
             self._worker_did(worker, command, args)
 
     def record(
@@ -167,8 +185,9 @@ class SessionStore:
             session.operations += 1
             if session_id != ANONYMOUS:
                 session.worker_id = worker_id
-            if not ok:
+            if not ok or command not in _CHANGES:
                 return
+            self._synced.clear()
             if command == "create_program" and "id" in args:
                 session.programs[str(args["id"])] = dict(args)
             elif command == "delete_program" and "program_id" in args:
@@ -218,6 +237,7 @@ class SessionStore:
     def _end(self, session_id: str) -> bool:
         if self._sessions.pop(session_id, None) is None:
             return False
+        self._synced.clear()
         for worker, held_by in self._held.items():
             if session_id in held_by:
                 self._stale.setdefault(worker, set()).add(session_id)
@@ -245,6 +265,7 @@ class SessionStore:
         """Every worker is new (the pool started again): none holds anything, and no
         session has a worker to prefer."""
         with self._lock:
+            self._synced.clear()
             self._held.clear()
             self._stale.clear()
             for session in self._sessions.values():
@@ -253,6 +274,7 @@ class SessionStore:
     def forget_worker(self, worker: int) -> None:
         """Worker `worker` is gone: what it held went with it."""
         with self._lock:
+            self._synced.clear()
             self._held.pop(worker, None)
             self._stale.pop(worker, None)
 
