@@ -70,6 +70,7 @@ import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
+from ._aio import in_thread
 from ._checks import os_timeout, remaining
 from ._child_spec import inline_start
 from ._errors import CallTimeout, NoProc, StartError
@@ -1102,6 +1103,34 @@ class ActorHandle:
         if reason is None:
             reason = self._default_stop_reason
         self._call(_StopRequest(reason), timeout, "stop")
+
+    # -- awaitable twins (asyncio) --
+
+    async def until_exit(self, timeout: float | None = 5.0) -> Any:
+        """Awaitable `wait` (``await`` is a keyword, so not ``await``): the exit reason, once
+        the actor has fully exited, without blocking the event loop.
+
+        Raises:
+            CallTimeout: still running after `timeout` seconds.
+        """
+        return await in_thread(self.wait, timeout)
+
+    async def astop(self, reason: Any = None, timeout: float | None = None) -> None:
+        """Awaitable `stop` (`reason` None: the handle's own default). Cancelling the await
+        stops the waiting, not the stop."""
+        if reason is None:
+            await in_thread(self.stop, timeout=timeout)
+        else:
+            await in_thread(self.stop, reason, timeout)
+
+    async def aask(self, message: Any, timeout: float | None = 5.0) -> Any:
+        """Send `message` to the actor's `on_receive` and await its reply (pykka's ``ask``).
+
+        Raises:
+            NoProc: the actor is not running.
+            CallTimeout: no reply within `timeout` seconds.
+        """
+        return await in_thread(self._call, message, timeout, "ask")
 
     def _call(self, message: Any, timeout: float | None, call: str) -> Any:
         proc = _attached(self._ref)

@@ -110,8 +110,9 @@ def test_mock_adapter_injected_errors_fail_the_next_call_only() -> None:
 
 
 def test_the_mock_fails_the_commands_it_is_told_to_and_keeps_serving() -> None:
-    bridge = MockBridge(script=MockScript(fail={"get_stats"}))
+    bridge = MockBridge(script=MockScript(fail=frozenset({"get_stats"})))
     reply = bridge.respond({"id": 1, "command": "get_stats", "args": {}})
+    assert reply is not None
     assert reply == {**reply, "success": False, "error": "scripted failure of get_stats"}
     assert bridge.respond({"id": 2, "command": "ping", "args": {}})["success"]  # type: ignore[index]
 

@@ -15,7 +15,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "dspex_actors"
 
 # Bottom up. Within the ground floor the modules are ordered too.
-GROUND = ["_errors", "_reasons", "_logging", "_clock", "_checks", "_telemetry", "_child_spec"]
+GROUND = [
+    "_errors",
+    "_reasons",
+    "_logging",
+    "_clock",
+    "_checks",
+    "_aio",
+    "_telemetry",
+    "_child_spec",
+]
 LAYERS = [
     *([name] for name in GROUND),
     ["_actor"],
@@ -53,11 +62,12 @@ def _imports(path: Path) -> set[str]:
                 target = node.module or ""
             if not target.startswith("dspex_actors"):
                 continue
-            found.add(target)
-            for alias in node.names:  # `from . import _fds` imports a module
-                candidate = f"{target}.{alias.name}"
-                if _exists(candidate):
-                    found.add(candidate)
+            # `from .. import _telemetry` imports a module: it uses that module, not the
+            # package's own API (a package is counted only for a name that is no module).
+            modules = [f"{target}.{a.name}" for a in node.names if _exists(f"{target}.{a.name}")]
+            found.update(modules)
+            if len(modules) < len(node.names):
+                found.add(target)
     found.discard(module)
     return found
 

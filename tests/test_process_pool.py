@@ -607,9 +607,17 @@ class CountingPool(ProcessPool):
 
     checkouts = 0
 
-    def checkout(self, command: Any, fn: Any, timeout: float | None = 5.0) -> Any:
+    def checkout(
+        self,
+        command: Any,
+        fn: Any,
+        timeout: float | None = 5.0,
+        *,
+        worker: int | None = None,
+        affinity: str = "prefer",
+    ) -> Any:
         CountingPool.checkouts += 1
-        return super().checkout(command, fn, timeout)
+        return super().checkout(command, fn, timeout, worker=worker, affinity=affinity)
 
 
 def test_call_goes_through_a_subclass_s_checkout() -> None:

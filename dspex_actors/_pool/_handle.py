@@ -65,7 +65,9 @@ How it works (and what Python changes):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import threading
 import time
 import weakref
@@ -77,6 +79,7 @@ import pykka
 
 from .._actor import ActorHandle, current_actor, run_inline
 from .._actor import _current as _actor_thread
+from .._aio import AsyncWaker, in_thread
 from .._checks import (
     check_clock,
     check_name_option,
@@ -133,7 +136,9 @@ class Lease:
     `handle_cancelled("checked_out")` and removes the worker (reason ``"error"``, or ``"exit"``
     for a `BaseException`), and the exception propagates unchanged.
 
-    A lease is used once.
+    A lease is used once. ``async with pool.alease(command) as lease:`` is the same, awaited
+    (`Pool.alease`): waiting for the worker does not block the event loop, and a cancelled
+    task inside the block cancels the lease as any exception does.
     """
 
     __slots__ = (
@@ -187,6 +192,22 @@ class Lease:
         if req.client is None:  # a thread: the pool cannot monitor it, so it is watched here
             _leases_of_this_thread()[req] = self._pool
         return self
+
+    async def __aenter__(self) -> Self:
+        if self._req is not None or self._done:
+            raise RuntimeError("a Lease can be entered only once; call pool.alease() again")
+        req = await self._pool._aacquire(self._command, self._timeout, self._worker, self._affinity)
+        self._req = req
+        self.checkin_state = req.value
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
 
     def __exit__(
         self,
@@ -380,6 +401,39 @@ class Pool(ActorHandle):
         except BaseException as exc:
             self._cancel(req, _kind_of(exc))
             raise
+        return self._give_back(req, ret, fn)
+
+    async def acheckout(
+        self,
+        command: Any,
+        fn: Callable[[From, Any], Any],
+        timeout: float | None = 5.0,
+        *,
+        worker: int | None = None,
+        affinity: str = "prefer",
+    ) -> Any:
+        """Awaitable `checkout`: waiting for a worker does not block the event loop (however
+        many tasks wait, no thread waits for them). `fn` may be a coroutine function (its
+        result is awaited) or a plain one.
+
+        Cancelling the task while it waits for a worker takes its request out of the queue;
+        cancelling it while `fn` runs cancels the lease, as any exception in `fn` does (the
+        worker is removed). `asyncio.timeout()` / `wait_for` work the same way.
+
+        Raises: as `checkout`.
+        """
+        req = await self._aacquire(command, timeout, worker, affinity)
+        try:
+            ret = fn(req, req.value)
+            if inspect.isawaitable(ret):
+                ret = await ret
+        except BaseException as exc:
+            self._cancel(req, _kind_of(exc))
+            raise
+        return self._give_back(req, ret, fn)
+
+    def _give_back(self, req: _Request, ret: Any, fn: Any) -> Any:
+        """Check the worker in with what the checkout function returned; return its result."""
         if type(ret) is not tuple or len(ret) != 2:
             self._cancel(req, "error")
             raise CallbackReturnError(
@@ -406,6 +460,17 @@ class Pool(ActorHandle):
         _check_affinity(worker, affinity)
         return Lease(self, command, timeout, worker, affinity)
 
+    def alease(
+        self,
+        command: Any,
+        timeout: float | None = 5.0,
+        *,
+        worker: int | None = None,
+        affinity: str = "prefer",
+    ) -> Lease:
+        """A `Lease` to use with ``async with``: `acheckout` as an async context manager."""
+        return self.lease(command, timeout, worker=worker, affinity=affinity)
+
     def update(self, from_: From, message: Any) -> None:
         """Send `message` to `handle_update` for the worker checked out as `from_` (async).
 
@@ -431,6 +496,14 @@ class Pool(ActorHandle):
         """`WorkerStats` of every live worker (idle or checked out), oldest first."""
         stats: list[WorkerStats] = self._call(_WORKER_STATS, timeout, "worker_stats")
         return stats
+
+    async def astatus(self, timeout: float | None = 5.0) -> Any:
+        """Awaitable `status`."""
+        return await in_thread(self.status, timeout)
+
+    async def aworker_stats(self, timeout: float | None = 5.0) -> list[WorkerStats]:
+        """Awaitable `worker_stats`."""
+        return await in_thread(self.worker_stats, timeout)
 
     @property
     def name(self) -> str:
@@ -466,6 +539,57 @@ class Pool(ActorHandle):
         checkout cheaper than one actor message); otherwise the request is sent and this thread
         waits for the pool's answer on the request's lock.
         """
+        core, req, timeout = self._submit(command, timeout, worker, affinity, None)
+        if req.kind is not _PENDING:
+            got = True  # answered already (inline, the common case)
+        elif (lock := req.lock) is None:
+            got = False  # handled inline and dropped: its deadline had passed (timeout 0)
+        else:  # sent to the pool's thread, or queued there (see _wait_for): wait
+            got = lock.acquire() if timeout is None else lock.acquire(True, timeout)
+        return self._collect(core, req, got, timeout)
+
+    async def _aacquire(
+        self,
+        command: Any,
+        timeout: float | None,
+        worker: int | None = None,
+        affinity: str = "prefer",
+    ) -> _Request:
+        """`_acquire`, awaited: the request carries an `AsyncWaker` in place of the held lock
+        a waiting thread blocks on, so the pool's answer (inline, or from its own thread)
+        wakes this task."""
+        waker = AsyncWaker(asyncio.get_running_loop())
+        core, req, timeout = self._submit(command, timeout, worker, affinity, waker)
+        got = True
+        if req.kind is _PENDING:
+            try:
+                if timeout is None:
+                    await waker.future
+                else:
+                    await asyncio.wait_for(waker.future, timeout)
+            except TimeoutError:
+                got = req.kind is not _PENDING  # answered just as we gave up: take it
+            except BaseException:
+                # Cancelled while queued: out of the queue (a worker granted meanwhile is
+                # removed, as for a caller that gives up).
+                core.inflight.pop(req, None)
+                with contextlib.suppress(pykka.ActorDeadError):
+                    self._ref.tell(_Cancel(req, "cancelled"))
+                raise
+        return self._collect(core, req, got, timeout)
+
+    def _submit(
+        self,
+        command: Any,
+        timeout: float | None,
+        worker: int | None,
+        affinity: str,
+        waker: AsyncWaker | None,
+    ) -> tuple[_Core, _Request, float | None]:
+        """Check the arguments, then hand the request to the pool: handled inline when the
+        pool is idle, else sent. Returns the pool's core, the request and the timeout as the
+        OS can wait for it. A task's request carries its `waker` from the start; a thread's
+        gets a held lock only when it is sent."""
         if timeout is not None and (
             type(timeout) not in (float, int) or timeout < 0 or timeout != timeout
         ):
@@ -484,25 +608,26 @@ class Pool(ActorHandle):
         client = req.client = proc.ref if proc is not None else None
         if client is self._ref:
             raise RuntimeError(f"checkout from a callback of pool {core.label} would deadlock")
+        if waker is not None:
+            req.lock = waker  # type: ignore[assignment]  # released as a lock is
         inflight = core.inflight
         # Registered before it is sent: if the pool exits before answering, its exit path
         # finds the request here and wakes us (see PoolActor._dspex_on_exit).
         inflight[req] = None
         actor = core.actor
         if actor is None or not run_inline(core.proc, actor._on_checkout, req):
-            req.lock = _held_lock()  # before it is sent: the pool's thread releases it
+            if waker is None:
+                req.lock = _held_lock()  # before it is sent: the pool's thread releases it
             try:
                 self._ref.tell(req)
             except pykka.ActorDeadError:
                 inflight.pop(req, None)
                 raise NoProc(core.label, "checkout") from None
-        if req.kind is not _PENDING:
-            got = True  # answered already (inline, the common case)
-        elif (lock := req.lock) is None:
-            got = False  # handled inline and dropped: its deadline had passed (timeout 0)
-        else:  # sent to the pool's thread, or queued there (see _wait_for): wait
-            got = lock.acquire() if timeout is None else lock.acquire(True, timeout)
-        inflight.pop(req, None)
+        return core, req, timeout
+
+    def _collect(self, core: _Core, req: _Request, got: bool, timeout: float | None) -> _Request:
+        """The end of a checkout: the granted request, or its timeout or error raised."""
+        core.inflight.pop(req, None)
         if not got:
             with contextlib.suppress(pykka.ActorDeadError):
                 self._ref.tell(_Cancel(req, "timeout"))
@@ -639,7 +764,10 @@ def _thread_ended(leases: dict[_Request, Pool]) -> None:
 
 
 def _kind_of(exc: BaseException) -> str:
-    """NimblePool's cancel reason for a client that raised: ``"error"`` or ``"exit"``."""
+    """NimblePool's cancel reason for a client that raised: ``"error"`` or ``"exit"``, and
+    ``"cancelled"`` for an asyncio task cancelled while it held the worker."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
     return "error" if isinstance(exc, Exception) else "exit"
 
 

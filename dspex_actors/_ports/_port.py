@@ -75,8 +75,10 @@ from typing import Any
 import attrs
 import pykka
 
+from .. import _telemetry
 from .._actor import _current as _current_actor
 from .._actor import not_exited
+from .._aio import in_thread, wait_readable
 from .._checks import is_number, lock_timeout, remaining
 from .._errors import (
     CallTimeout,
@@ -307,6 +309,10 @@ class Port:
             name=f"dspex-port-{self.id}",
             daemon=True,
         )
+        self._opened_at = time.monotonic()
+        # Before the reader starts, so no handler can see this port's exit before its opening.
+        if _telemetry.active:
+            _telemetry.emit(_telemetry.PORT_OPENED, {"count": 1}, self._telemetry_metadata())
         try:
             self._reader.start()
         except BaseException:
@@ -314,6 +320,7 @@ class Port:
             for fd in (self._exit_r, self._exit_w):
                 close_fd(fd)
             started.abandon()
+            self._emit_exited(None)  # every opening has its exit
             raise
 
     # -- constructors --
@@ -645,6 +652,31 @@ class Port:
         except CallTimeout:
             self._reply_pending = True
             raise
+        return self._check_reply(reply, request_id)
+
+    async def _aawait_reply(self, request_id: Any, deadline: float | None) -> Any:
+        """`_await_reply`, awaited: what the process wrote already is read at once, and
+        otherwise the event loop watches stdout and the exit pipe (no thread waits)."""
+        fds = [self._stdout_fd, self._exit_r] if self._stdout_fd is not None else []
+        while True:
+            if self._stream_done and not self._exited.is_set():
+                # Its stdout ended: its exit (reaped by the port's own thread) follows closely.
+                await in_thread(self._exited.wait, 5.0)
+            try:
+                with self._recv_lock:
+                    frame = self._next_frame(time.monotonic(), 0.0)  # never waits
+            except CallTimeout:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self._reply_pending = True
+                    raise CallTimeout(str(self), "recv", None) from None
+                await wait_readable(fds, left)
+                continue
+            return self._check_reply(self._codec.decode(frame), request_id)
+
+    def _check_reply(self, reply: Any, request_id: Any) -> Any:
+        """`reply`, checked to answer `request_id`; a handler's error raised as
+        `RemoteError`."""
         if self._enveloped:
             if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[1], bool)):
                 raise ProtocolError(f"malformed reply from {self}: {short_repr(reply)}")
@@ -1031,6 +1063,8 @@ class Port:
         self._close_stdin()
         if self._on_reaped is not None:
             self._on_reaped()
+        # Before the exit is visible (wait_exit, recv): who sees it can count on its event.
+        self._emit_exited(status)
         self._exited.set()
         # After the event is set, so a recv woken by this byte finds the exit known; before
         # on_exit, so close() (which waits for this thread) never closes the read end first.
@@ -1063,6 +1097,19 @@ class Port:
                     port=str(self),
                     exc=exc,
                 )
+
+    def _telemetry_metadata(self) -> dict[str, Any]:
+        return {"port": self, "port_id": self.id, "os_pid": self._child.pid, "program": self._name}
+
+    def _emit_exited(self, status: int | None) -> None:
+        if not _telemetry.active:
+            return
+        metadata = self._telemetry_metadata()
+        metadata["status"] = status
+        metadata["signal"] = _signal_name(status)
+        metadata["closing"] = self._closing
+        lifetime = time.monotonic() - self._opened_at
+        _telemetry.emit(_telemetry.PORT_EXITED, {"count": 1, "lifetime": lifetime}, metadata)
 
 
 def close_ports(ports: Sequence[Port], timeout: float | None = 5.0) -> None:
@@ -1105,6 +1152,16 @@ def close_ports(ports: Sequence[Port], timeout: float | None = 5.0) -> None:
 
 
 # --- private helpers ---------------------------------------------------------------------------
+
+
+def _signal_name(status: int | None) -> str | None:
+    """``"SIGKILL"`` for status -9: the signal a negative exit status names, else None."""
+    if status is None or status >= 0:
+        return None
+    try:
+        return signal.Signals(-status).name
+    except ValueError:
+        return f"signal {-status}"
 
 
 def calling_owner() -> Owner:

@@ -897,6 +897,25 @@ class ProcessPool(Pool):
             PortCheckout(calling_owner(), command), timeout, worker=worker, affinity=affinity
         )
 
+    async def acheckout(
+        self,
+        command: Any,
+        fn: Callable[[From, Any], Any],
+        timeout: float | None = 5.0,
+        *,
+        worker: int | None = None,
+        affinity: str = "prefer",
+    ) -> Any:
+        """`Pool.acheckout`; `fn(from_, port)` gets the worker's `Port` (a coroutine function
+        may await `port`'s reply without blocking the loop)."""
+        return await super().acheckout(
+            PortCheckout(calling_owner(), command),
+            fn,
+            timeout,
+            worker=worker,
+            affinity=affinity,
+        )
+
     def call(self, request: Any, timeout: float | None = 5.0) -> Any:
         """Send `request` to a worker and return its reply.
 
@@ -915,30 +934,32 @@ class ProcessPool(Pool):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         prepared = self._prepare(request)  # a bad request is refused before any worker
-        crashes = 0
-        undelivered = 0
+        attempts = _Attempts(self._spec.retries)
         while True:
             try:
                 return self._call_once(prepared, deadline, timeout)
             except WorkerCrashed as exc:
-                if not exc.delivered:
-                    # Nothing reached the process: safe to run elsewhere, idempotent or not.
-                    undelivered += 1
-                    if undelivered > _UNDELIVERED_RETRIES:
-                        raise
-                    continue
-                crashes += 1
-                if crashes > self._spec.retries:
-                    raise
-                log_event(
-                    _log,
-                    "WARNING",
-                    "process_pool_retry",
-                    "{worker} crashed mid-request; retrying ({attempt}/{retries})",
-                    worker=exc.worker,
-                    attempt=crashes,
-                    retries=self._spec.retries,
-                )
+                attempts.again(exc)
+
+    async def acall(self, request: Any, timeout: float | None = 5.0) -> Any:
+        """Awaitable `call`: waiting for a worker and for its reply does not block the event
+        loop (the loop watches the worker's pipe; no thread waits).
+
+        Cancelling the task (or `asyncio.timeout()` / `wait_for` expiring) while the request
+        is with a worker kills that worker (the only way to stop work in another process)
+        and the pool replaces it: no stale reply ever reaches a later caller. Cancelled while
+        waiting for a worker, the request just leaves the queue.
+
+        Raises: as `call`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        prepared = self._prepare(request)
+        attempts = _Attempts(self._spec.retries)
+        while True:
+            try:
+                return await self._acall_once(prepared, deadline, timeout)
+            except WorkerCrashed as exc:
+                attempts.again(exc)
 
     def _prepare(self, request: Any) -> Prepared:
         """The request, encoded now: what cannot be encoded (or is too large) is the caller's
@@ -956,33 +977,100 @@ class ProcessPool(Pool):
         return Prepared.of(request, spec.codec, spec.max_frame, spec.argv is None, own_id)
 
     def _call_once(self, prepared: Prepared, deadline: float | None, timeout: float | None) -> Any:
-        program = self._spec.argv is not None
-
         def use(from_: From, port: Port) -> tuple[Any, Any]:
+            sent = _send(port, prepared, deadline)
+            if isinstance(sent, _Refused):
+                return sent, "ok"  # nothing was written: the worker is fine
             try:
-                request_id, _ = port._send_request(prepared, remaining(deadline))
-            except PortClosed as exc:
-                raise WorkerCrashed(str(port), port.exit_status, delivered=False) from exc
-            except ProtocolError as exc:
-                return _Refused(exc), "ok"  # nothing was written: the worker is fine
-            try:
-                reply = port._await_reply(request_id, deadline)
-            except PortClosed as exc:
-                raise WorkerCrashed(str(port), port.exit_status) from exc
-            except CallTimeout:
-                raise CallTimeout(str(port), "call", timeout) from None
-            except RemoteError as exc:
-                return _Refused(exc), ("error", exc)  # the worker is fine: an error checkin
-            if program and isinstance(reply, Mapping) and reply.get("success") is False:
-                # DSPex's envelope: the program says the command failed; it is fine.
-                error = RemoteError("error", str(reply.get("error")), str(port))
-                return _Refused(error), ("error", error)
-            return reply, "ok"
+                reply = port._await_reply(sent, deadline)
+            except (PortClosed, CallTimeout, RemoteError) as exc:
+                return _failed(port, exc, timeout)
+            return self._replied(port, reply)
 
-        result = self.checkout(None, use, remaining(deadline))  # a subclass's override too
-        if isinstance(result, _Refused):
-            raise result.error
-        return result
+        return _outcome(self.checkout(None, use, remaining(deadline)))  # an override's too
+
+    async def _acall_once(
+        self, prepared: Prepared, deadline: float | None, timeout: float | None
+    ) -> Any:
+        async def use(from_: From, port: Port) -> tuple[Any, Any]:
+            sent = _send(port, prepared, deadline)
+            if isinstance(sent, _Refused):
+                return sent, "ok"
+            try:
+                reply = await port._aawait_reply(sent, deadline)
+            except (PortClosed, CallTimeout, RemoteError) as exc:
+                return _failed(port, exc, timeout)
+            return self._replied(port, reply)
+
+        return _outcome(await self.acheckout(None, use, remaining(deadline)))
+
+    def _replied(self, port: Port, reply: Any) -> tuple[Any, Any]:
+        """A reply and its checkin: an `argv` program's DSPex envelope with ``"success":
+        false`` is the command failing on a worker that is fine (an error checkin)."""
+        program = self._spec.argv is not None
+        if program and isinstance(reply, Mapping) and reply.get("success") is False:
+            error = RemoteError("error", str(reply.get("error")), str(port))
+            return _Refused(error), ("error", error)
+        return reply, "ok"
+
+
+def _send(port: Port, prepared: Prepared, deadline: float | None) -> Any:
+    """Write a request to `port`: its id, or `_Refused` if it could not be encoded."""
+    try:
+        request_id, _ = port._send_request(prepared, remaining(deadline))
+    except PortClosed as exc:
+        raise WorkerCrashed(str(port), port.exit_status, delivered=False) from exc
+    except ProtocolError as exc:
+        return _Refused(exc)
+    return request_id
+
+
+def _failed(port: Port, exc: Exception, timeout: float | None) -> tuple[Any, Any]:
+    """What a failed wait for a reply means: the worker died (`WorkerCrashed`) or did not
+    answer in time (`CallTimeout`): raised, the worker removed; the handler raised
+    (`RemoteError`): the worker is fine, an error checkin."""
+    if isinstance(exc, PortClosed):
+        raise WorkerCrashed(str(port), port.exit_status) from exc
+    if isinstance(exc, CallTimeout):
+        raise CallTimeout(str(port), "call", timeout) from None
+    return _Refused(exc), ("error", exc)
+
+
+def _outcome(result: Any) -> Any:
+    if isinstance(result, _Refused):
+        raise result.error
+    return result
+
+
+class _Attempts:
+    """`call`'s retry rule: a request that never reached its worker is sent again (up to
+    `_UNDELIVERED_RETRIES` times), one whose worker crashed with it up to `retries` times."""
+
+    def __init__(self, retries: int) -> None:
+        self.retries = retries
+        self.crashes = 0
+        self.undelivered = 0
+
+    def again(self, exc: WorkerCrashed) -> None:
+        """Count `exc`; raise it if no attempt is left."""
+        if not exc.delivered:
+            # Nothing reached the process: safe to run elsewhere, idempotent or not.
+            self.undelivered += 1
+            if self.undelivered > _UNDELIVERED_RETRIES:
+                raise exc
+            return
+        self.crashes += 1
+        if self.crashes > self.retries:
+            raise exc
+        log_event(
+            _log,
+            "WARNING",
+            "process_pool_retry",
+            "{worker} crashed mid-request; retrying ({attempt}/{retries})",
+            worker=exc.worker,
+            attempt=self.crashes,
+            retries=self.retries,
+        )
 
 
 inline_start(ProcessPool.start)  # bounded: its workers start asynchronously

@@ -3,9 +3,10 @@
 Both kinds of supervisor start children from `ChildSpec`s, link them, restart them by
 `ChildSpec.restarts_after` under one restart intensity, retry a failed restart through their
 own inbox (never in a loop, so a queued `stop` or API call is served between attempts), stop
-children by OTP's shutdown protocol, and report every event as a structured log record. This
-module holds all of that once; the two supervisors add only how they keep and order their
-children.
+children by OTP's shutdown protocol, and report every event as a structured log record (and
+the starts, exits, restarts and give-ups as telemetry events, see `dspex_actors._telemetry`).
+This module holds all of that once; the two supervisors add only how they keep and order
+their children.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, ClassVar, Final
 import attrs
 import pykka
 
+from .. import _telemetry
 from .._actor import (
     Actor,
     InternalMessage,
@@ -237,6 +239,17 @@ class _SupervisorBase(Actor):
         return exceeded
 
     def _give_up(self, spec: ChildSpec, ref: Any) -> None:
+        if _telemetry.active:
+            _telemetry.emit(
+                _telemetry.SUPERVISOR_INTENSITY_EXCEEDED,
+                {"count": 1},
+                {
+                    "supervisor": self._name,
+                    "child_id": spec.id,
+                    "max_restarts": self._max_restarts,
+                    "max_seconds": self._max_seconds,
+                },
+            )
         log_event(
             _log,
             "ERROR",
@@ -333,6 +346,17 @@ class _SupervisorBase(Actor):
             child_id=spec.id,
             ref=str(ref),
         )
+        if _telemetry.active:
+            _telemetry.emit(
+                _telemetry.SUPERVISOR_CHILD_STARTED,
+                {"count": 1},
+                {
+                    "supervisor": self._name,
+                    "child_id": spec.id,
+                    "child_type": spec.type.value,
+                    "ref": ref,
+                },
+            )
 
     def _shutdown(self, spec: ChildSpec, ref: pykka.ActorRef[Any], key: Any = None) -> Any:
         """Stop one child by OTP's shutdown protocol and return the reason it exited with."""
@@ -408,7 +432,21 @@ class _SupervisorBase(Actor):
         return reason
 
     def _report_exit(self, spec: ChildSpec, ref: Any, reason: Any) -> None:
-        level = "DEBUG" if is_normal_exit(reason) else "ERROR"
+        normal = is_normal_exit(reason)
+        if _telemetry.active:
+            _telemetry.emit(
+                _telemetry.SUPERVISOR_CHILD_EXITED,
+                {"count": 1},
+                {
+                    "supervisor": self._name,
+                    "child_id": spec.id,
+                    "ref": ref,
+                    "reason": reason,
+                    "normal": normal,
+                    "restart": spec.restarts_after(reason),
+                },
+            )
+        level = "DEBUG" if normal else "ERROR"
         log_event(
             _log,
             level,
@@ -474,6 +512,12 @@ class _SupervisorBase(Actor):
             child_id=child.spec.id,
             ref=str(ref),
         )
+        if _telemetry.active:
+            _telemetry.emit(
+                _telemetry.SUPERVISOR_CHILD_RESTARTED,
+                {"count": 1},
+                {"supervisor": self._name, "child_id": child.spec.id, "ref": ref},
+            )
 
     def _try_again(self, key: Any) -> None:
         child = self._children.get(key)

@@ -31,6 +31,7 @@ import attrs
 import pykka
 
 from .._actor import ActorHandle, current_actor, kill, start_actor
+from .._aio import in_thread
 from .._checks import check_clock, check_name_option, enum_option, is_int, os_timeout
 from .._child_spec import (
     BRUTAL_KILL,
@@ -346,6 +347,27 @@ class DynamicSupervisor(ActorHandle):
     def stop(self, reason: Any = SHUTDOWN, timeout: float | None = None) -> None:
         """Stop every child (all at once), then the supervisor; wait until done."""
         super().stop(reason, timeout)
+
+    # -- awaitable twins (each in a thread of its own: cancelling the await stops the
+    # waiting, not the call) --
+
+    async def astart_child(
+        self, spec: ChildSpec, timeout: float | None = 5.0
+    ) -> pykka.ActorRef[Any] | None:
+        """Awaitable `start_child`."""
+        return await in_thread(self.start_child, spec, timeout)
+
+    async def aterminate_child(self, ref: pykka.ActorRef[Any], timeout: float | None = 5.0) -> None:
+        """Awaitable `terminate_child`."""
+        await in_thread(self.terminate_child, ref, timeout)
+
+    async def awhich_children(self, timeout: float | None = 5.0) -> list[ChildInfo]:
+        """Awaitable `which_children`."""
+        return await in_thread(self.which_children, timeout)
+
+    async def acount_children(self, timeout: float | None = 5.0) -> ChildCounts:
+        """Awaitable `count_children`."""
+        return await in_thread(self.count_children, timeout)
 
 
 def _validate_options(

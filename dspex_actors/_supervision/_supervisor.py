@@ -50,6 +50,7 @@ import attrs
 import pykka
 
 from .._actor import ActorHandle, current_actor, start_actor
+from .._aio import in_thread
 from .._checks import check_clock, check_name_option, enum_option, is_hashable
 from .._child_spec import (
     INFINITY,
@@ -583,3 +584,42 @@ class Supervisor(ActorHandle):
             CallTimeout: not done after `timeout` seconds (it goes on stopping).
         """
         super().stop(reason, timeout)
+
+    # -- awaitable twins: the same calls, awaited without blocking the event loop (each in a
+    # thread of its own: cancelling the await stops the waiting, not the call) --
+
+    async def astart_child(
+        self, spec: ChildSpec, timeout: float | None = 5.0
+    ) -> pykka.ActorRef[Any] | None:
+        """Awaitable `start_child`."""
+        return await in_thread(self.start_child, spec, timeout)
+
+    async def aterminate_child(self, id: Any, timeout: float | None = 5.0) -> None:
+        """Awaitable `terminate_child`."""
+        await in_thread(self.terminate_child, id, timeout)
+
+    async def arestart_child(
+        self, id: Any, timeout: float | None = 5.0
+    ) -> pykka.ActorRef[Any] | None:
+        """Awaitable `restart_child`."""
+        return await in_thread(self.restart_child, id, timeout)
+
+    async def adelete_child(self, id: Any, timeout: float | None = 5.0) -> None:
+        """Awaitable `delete_child`."""
+        await in_thread(self.delete_child, id, timeout)
+
+    async def awhich_children(self, timeout: float | None = 5.0) -> list[ChildInfo]:
+        """Awaitable `which_children`."""
+        return await in_thread(self.which_children, timeout)
+
+    async def awhich_child(self, id: Any, timeout: float | None = 5.0) -> ChildInfo:
+        """Awaitable `which_child`."""
+        return await in_thread(self.which_child, id, timeout)
+
+    async def acount_children(self, timeout: float | None = 5.0) -> ChildCounts:
+        """Awaitable `count_children`."""
+        return await in_thread(self.count_children, timeout)
+
+    async def aget_childspec(self, id: Any, timeout: float | None = 5.0) -> ChildSpec:
+        """Awaitable `get_childspec`."""
+        return await in_thread(self.get_childspec, id, timeout)

@@ -31,7 +31,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -48,6 +48,11 @@ class MockCrash(RuntimeError):
     """A scripted crash, in this process (a worker process exits instead)."""
 
 
+def _command_names(names: Iterable[str]) -> frozenset[str]:
+    """The set of command names a script lists (any iterable of names)."""
+    return frozenset(names)
+
+
 @attrs.frozen
 class MockScript:
     """How a `MockBridge` misbehaves.
@@ -61,7 +66,7 @@ class MockScript:
     """
 
     delay: float = 0.0
-    fail: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    fail: frozenset[str] = attrs.field(default=frozenset(), converter=_command_names)
     error_rate: float = 0.0
     seed: int = 0
     crash_after: int | None = None

@@ -28,8 +28,9 @@ is how DSPex starts its ``dspy_bridge.py``: DSPex's own script runs unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import attrs
@@ -443,6 +444,29 @@ class SessionPool(ProcessPool):
             uptime=store.uptime(),
         )
 
+    async def aexecute_in_session(
+        self,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Awaitable `execute_in_session`: neither the wait for a worker nor the wait for its
+        reply blocks the event loop. Cancelling the task while a worker runs the command
+        kills that worker (the pool replaces it; the session is rebuilt on the next one).
+
+        Raises: as `execute_in_session`.
+        """
+        _check_session(session_id)
+        return await self._aexecute(session_id, command, args, timeout)
+
+    async def aexecute_anonymous(
+        self, command: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Awaitable `execute_anonymous`."""
+        return await self._aexecute(ANONYMOUS, command, args, timeout)
+
     def _execute(
         self,
         session_id: str,
@@ -450,59 +474,126 @@ class SessionPool(ProcessPool):
         args: Mapping[str, Any] | None,
         timeout: float | None,
     ) -> dict[str, Any]:
+        run = _Command(self, session_id, command, args, timeout)
+
+        def use(from_: From, port: Port) -> tuple[Any, Any]:
+            talk = run.talk(from_, port)
+            try:
+                message, name = next(talk)
+                while True:
+                    reply = _round_trip(port, message, run.deadline, name, run.op_timeout)
+                    message, name = talk.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+        for attempt in range(_UNDELIVERED_RETRIES + 1):
+            try:
+                return run.outcome(self.checkout(None, use, **run.checkout_options()))
+            except WorkerCrashed as exc:
+                # Dead before the request was written (its death not yet known to the pool):
+                # nothing ran, so another worker takes it; the dead one has been removed.
+                if exc.delivered or attempt == _UNDELIVERED_RETRIES:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _aexecute(
+        self,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        run = _Command(self, session_id, command, args, timeout)
+
+        async def use(from_: From, port: Port) -> tuple[Any, Any]:
+            talk = run.talk(from_, port)
+            try:
+                message, name = next(talk)
+                while True:
+                    reply = await _around_trip(port, message, run.deadline, name, run.op_timeout)
+                    message, name = talk.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+        for attempt in range(_UNDELIVERED_RETRIES + 1):
+            try:
+                return run.outcome(await self.acheckout(None, use, **run.checkout_options()))
+            except WorkerCrashed as exc:
+                if exc.delivered or attempt == _UNDELIVERED_RETRIES:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Command:
+    """One command on its way: checked and encoded once (a bad request never reaches a
+    worker), then talked through with whichever worker the pool lends (`talk`, the same for
+    the blocking and the awaited call)."""
+
+    def __init__(
+        self,
+        pool: SessionPool,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None,
+        timeout: float | None,
+    ) -> None:
         if not isinstance(command, str) or not command:
             raise InvalidOption("command", command, "a command name")
         if args is None:
             args = {}
         elif not isinstance(args, Mapping):
             raise InvalidOption("args", args, "a mapping of the command's arguments")
-        spec = self._session_spec
+        spec = pool._session_spec
         if timeout is None:
             timeout = spec.op_timeout
         elif not is_number(timeout) or not timeout >= 0:
             raise InvalidOption("timeout", timeout, "a non-negative number of seconds")
-        store = spec.store
-        body = {**args, "session_id": session_id}
-        prepared = self._prepare(request(command, body))  # refused before any worker
-        public_session = None if session_id == ANONYMOUS else session_id
-        op_timeout = float(timeout)
+        self.spec = spec
+        self.session_id = session_id
+        self.command = command
+        self.body = {**args, "session_id": session_id}
+        self.prepared = pool._prepare(request(command, self.body))  # refused before a worker
+        self.public_session = None if session_id == ANONYMOUS else session_id
+        self.op_timeout = float(timeout)
+        self.deadline = 0.0  # set when a worker is lent: the timeout covers the work only
 
-        def use(from_: From, port: Port) -> tuple[Any, Any]:
-            deadline = time.monotonic() + op_timeout
-            worker = str(port)
-            for step, step_args in store.plan(session_id, port.id):
-                reply = _round_trip(port, request(step, step_args), deadline, step, op_timeout)
-                try:
-                    result_of(reply, step, worker, public_session)
-                except CommandError as exc:
-                    # The worker refused to rebuild the session: the command fails, and the
-                    # worker (which answered) stays, an error checkin.
-                    return _Refused(exc), ("error", exc)
-                store.applied(port.id, step, step_args)
-            reply = _round_trip(port, prepared, deadline, command, op_timeout)
+    def checkout_options(self) -> dict[str, Any]:
+        return {
+            "timeout": self.spec.checkout_timeout,
+            "worker": self.spec.store.preferred(self.session_id),
+            "affinity": self.spec.affinity,
+        }
+
+    def talk(self, from_: From, port: Port) -> Generator[tuple[Any, str], Any, tuple[Any, Any]]:
+        """The conversation with the lent worker: yields each request (and its command's
+        name) and is sent each reply; returns the checkout's (result, checkin state). First
+        the steps that bring the worker up to date for the session, then the command."""
+        store = self.spec.store
+        self.deadline = time.monotonic() + self.op_timeout
+        worker = str(port)
+        for step, step_args in store.plan(self.session_id, port.id):
+            reply = yield request(step, step_args), step
             try:
-                result = result_of(reply, command, worker, public_session)
+                result_of(reply, step, worker, self.public_session)
             except CommandError as exc:
-                store.record(session_id, command, body, port.id, from_.worker_id, ok=False)
-                return _Refused(exc), ("error", exc)  # the worker is fine: an error checkin
-            store.record(session_id, command, body, port.id, from_.worker_id, ok=True)
-            return result, "ok"
+                # The worker refused to rebuild the session: the command fails, and the
+                # worker (which answered) stays, an error checkin.
+                return _Refused(exc), ("error", exc)
+            store.applied(port.id, step, step_args)
+        reply = yield self.prepared, self.command
+        ok = True
+        try:
+            result: Any = result_of(reply, self.command, worker, self.public_session)
+        except CommandError as exc:
+            ok = False
+            result = _Refused(exc)
+        store.record(self.session_id, self.command, self.body, port.id, from_.worker_id, ok=ok)
+        if not ok:
+            return result, ("error", result.error)  # the worker is fine: an error checkin
+        return result, "ok"
 
-        for attempt in range(_UNDELIVERED_RETRIES + 1):
-            try:
-                result = self.checkout(
-                    None,
-                    use,
-                    spec.checkout_timeout,
-                    worker=store.preferred(session_id),
-                    affinity=spec.affinity,
-                )
-                break
-            except WorkerCrashed as exc:
-                # Dead before the request was written (its death not yet known to the pool):
-                # nothing ran, so another worker takes it; the dead one has been removed.
-                if exc.delivered or attempt == _UNDELIVERED_RETRIES:
-                    raise
+    @staticmethod
+    def outcome(result: Any) -> dict[str, Any]:
         if isinstance(result, _Refused):
             raise result.error
         return result  # type: ignore[no-any-return]
@@ -514,18 +605,32 @@ def _check_session(session_id: Any) -> None:
         raise InvalidOption("session_id", session_id, expected)
 
 
+async def _around_trip(
+    port: Port, message: Any, deadline: float, command: str, op_timeout: float
+) -> Any:
+    """`_round_trip`, awaited (the event loop watches the worker's pipe)."""
+    with _dspex_errors(port, command, op_timeout, sending=True):
+        request_id, _ = port._send_request(message, max(0.0, deadline - time.monotonic()))
+    with _dspex_errors(port, command, op_timeout, sending=False):
+        return await port._aawait_reply(request_id, deadline)
+
+
 def _round_trip(port: Port, message: Any, deadline: float, command: str, op_timeout: float) -> Any:
     """Send one request and wait for its reply; what goes wrong is raised as DSPex's error
     kinds (raised inside the lease: the worker is removed)."""
-    try:
+    with _dspex_errors(port, command, op_timeout, sending=True):
         request_id, _ = port._send_request(message, max(0.0, deadline - time.monotonic()))
-    except PortClosed as exc:
-        raise WorkerCrashed(str(port), port.exit_status, delivered=False) from exc
-    except CallTimeout:
-        raise CommandTimeout(str(port), command, op_timeout) from None
-    try:
+    with _dspex_errors(port, command, op_timeout, sending=False):
         return port._await_reply(request_id, deadline)
+
+
+@contextlib.contextmanager
+def _dspex_errors(port: Port, command: str, op_timeout: float, *, sending: bool) -> Iterator[None]:
+    """The port's errors as DSPex's: its process gone (`WorkerCrashed`, not delivered if it
+    was gone before the request was written), no reply in time (`CommandTimeout`)."""
+    try:
+        yield
     except PortClosed as exc:
-        raise WorkerCrashed(str(port), port.exit_status) from exc
+        raise WorkerCrashed(str(port), port.exit_status, delivered=not sending) from exc
     except CallTimeout:
         raise CommandTimeout(str(port), command, op_timeout) from None

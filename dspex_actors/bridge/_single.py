@@ -25,6 +25,7 @@ import attrs
 import pykka
 
 from .._actor import Actor, ActorHandle, InternalMessage
+from .._aio import in_thread
 from .._checks import check_clock, check_name_option, check_options, is_number
 from .._clock import Clock
 from .._errors import InvalidOption, NoProc, PortClosed, ProtocolError, WorkerCrashed
@@ -382,6 +383,24 @@ class Bridge(ActorHandle):
     ) -> dict[str, Any]:
         """As `SessionPool.execute_anonymous`."""
         return self._execute(ANONYMOUS, command, args, timeout)
+
+    async def aexecute_in_session(
+        self,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Awaitable `execute_in_session` (in a thread of its own: cancelling the await stops
+        the waiting; the reply, when it comes, is dropped)."""
+        return await in_thread(self.execute_in_session, session_id, command, args, timeout=timeout)
+
+    async def aexecute_anonymous(
+        self, command: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Awaitable `execute_anonymous`."""
+        return await in_thread(self.execute_anonymous, command, args, timeout=timeout)
 
     def end_session(self, session_id: str) -> bool:
         """As `SessionPool.end_session`."""
