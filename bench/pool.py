@@ -7,6 +7,9 @@ Run: ``python bench/pool.py`` (about 30 s) or ``python bench/pool.py --quick``.
    same run, interleaved, so machine noise hits both. Target: ratio <= 1.2.
 2. Throughput: 8 client threads sharing a pool of 4, against the floor of pooling on a
    `queue.Queue` (``get`` a resource, use it, ``put`` it back: no actor, no callbacks).
+3. Telemetry: the uncontended checkout with no telemetry handler attached (what every
+   checkout pays for telemetry then: one flag test) against the same checkout with a no-op
+   handler attached to every event (a span's start and stop, and the checkin), interleaved.
 
 Every figure is the median of several rounds; ratios are medians of per-round ratios.
 
@@ -30,6 +33,7 @@ import pykka
 from _common import ops_per_second, quiet_logs
 
 import dspex_actors as da
+from dspex_actors import telemetry
 
 
 class Echo(pykka.ThreadingActor):
@@ -56,6 +60,21 @@ def per_op(n: int, op: Callable[[], Any]) -> float:
     return (time.perf_counter() - start) / n
 
 
+def interleaved(
+    rounds: int, baseline: Callable[[], float], measured: Callable[[], float]
+) -> tuple[float, float, float]:
+    """Time `baseline` and `measured` in turns, `rounds` times: their medians, and the median
+    of the per-round ratios measured / baseline."""
+    bases, values, ratios = [], [], []
+    for _ in range(rounds):
+        b = baseline()
+        m = measured()
+        bases.append(b)
+        values.append(m)
+        ratios.append(m / b)
+    return statistics.median(bases), statistics.median(values), statistics.median(ratios)
+
+
 def round_trip(rounds: int, n: int) -> tuple[float, float, float]:
     echo = Echo.start()
     pool = da.Pool.start(Resource, pool_size=1)
@@ -63,14 +82,11 @@ def round_trip(rounds: int, n: int) -> tuple[float, float, float]:
         for _ in range(500):  # warm up both paths
             echo.ask(1)
             pool.checkout(None, use)
-        asks, checkouts, ratios = [], [], []
-        for _ in range(rounds):
-            a = per_op(n, lambda: echo.ask(1))
-            c = per_op(n, lambda: pool.checkout(None, use))
-            asks.append(a)
-            checkouts.append(c)
-            ratios.append(c / a)
-        return statistics.median(asks), statistics.median(checkouts), statistics.median(ratios)
+        return interleaved(
+            rounds,
+            lambda: per_op(n, lambda: echo.ask(1)),
+            lambda: per_op(n, lambda: pool.checkout(None, use)),
+        )
     finally:
         echo.stop()
         pool.stop()
@@ -102,6 +118,30 @@ def throughput(rounds: int, per_client: int) -> tuple[float, float, float]:
         pool.stop()
 
 
+def noop(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+    pass
+
+
+def telemetry_cost(rounds: int, n: int) -> tuple[float, float, float]:
+    """A checkout with a no-op handler on every event, the same with nothing attached, and
+    the ratio nothing / attached."""
+    pool = da.Pool.start(Resource, pool_size=1)
+
+    def observed() -> float:
+        telemetry.attach("bench.noop", [()], noop, prefix=True)
+        try:
+            return per_op(n, lambda: pool.checkout(None, use))
+        finally:
+            telemetry.detach("bench.noop")
+
+    try:
+        for _ in range(500):
+            pool.checkout(None, use)
+        return interleaved(rounds, observed, lambda: per_op(n, lambda: pool.checkout(None, use)))
+    finally:
+        pool.stop()
+
+
 def main() -> int:
     quiet_logs()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -127,6 +167,12 @@ def main() -> int:
     print(f"  queue.Queue pooling (floor) {queue_ops:10.0f} ops/s")
     print(f"  Pool                        {pool_ops:10.0f} ops/s")
     print(f"  ratio queue / Pool          {slower:8.2f}")
+
+    observed, quiet, ratio = telemetry_cost(rounds, n)
+    print(f"telemetry, uncontended checkout + checkin (median of {rounds} rounds x {n} ops)")
+    print(f"  nothing attached            {quiet * 1e6:8.1f} us")
+    print(f"  a no-op handler attached    {observed * 1e6:8.1f} us   (to every event)")
+    print(f"  ratio nothing / attached    {ratio:8.2f}")
     return 0
 
 

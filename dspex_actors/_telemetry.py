@@ -62,7 +62,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import attrs
 
@@ -157,46 +157,59 @@ class HandlerInfo:
 
 # --- the event catalogue -----------------------------------------------------------------------
 # Durations are seconds (float) on `monotonic_time`; `count` is always 1, so that summing it
-# counts events. Metadata names: `pool` is the pool's label (`Pool.name`), `supervisor` the
-# supervisor's (its registered name, else its actor ref), `reason` the raw reason object.
+# counts events. The start event of a span carries `system_time` and `monotonic_time`, its stop
+# and exception events `duration` and `monotonic_time` (the moment it ended). Metadata names:
+# `pool` is the pool's label (`Pool.name`), `supervisor` the supervisor's (its registered name,
+# else its actor ref), `reason` the raw reason object, `worker_id` a pool's worker id (as in
+# `From.worker_id` and `WorkerStats.worker_id`).
 
 POOL_CHECKOUT: Final[Event] = ("dspex", "pool", "checkout")
-"""Span prefix of a checkout: from the call until a worker is granted (or the call fails)."""
+"""Span prefix of a checkout (`checkout`, `lease`, `acheckout`, `alease`, and so every
+`ProcessPool.call` and bridge command): from the call until a worker is granted (or the
+call fails). Emitted in the caller's thread."""
 
 POOL_CHECKOUT_START: Final[Event] = (*POOL_CHECKOUT, "start")
-"""A caller asks a pool for a worker.
+"""A caller asks a pool for a worker (its arguments are valid: bad ones raise
+`InvalidOption` with no event).
 
 Measurements: ``system_time``, ``monotonic_time``. Metadata: ``pool``, ``telemetry_span_context``.
 """
 
 POOL_CHECKOUT_STOP: Final[Event] = (*POOL_CHECKOUT, "stop")
-"""A worker was granted to the caller.
+"""A worker was granted to the caller (counted in `PoolStatus.checkouts`).
 
 Measurements: ``duration`` (the whole checkout call until the grant), ``queue_wait`` (the part
-of it spent queued behind other callers, waiting for a free worker; 0.0 when one was idle).
-Metadata: ``pool``, ``worker_id``, ``telemetry_span_context``.
+of it spent in the pool's queue, from the moment the request found no worker to give until
+the caller had one; 0.0 when one was idle), ``monotonic_time``. Metadata: ``pool``,
+``worker_id``, ``telemetry_span_context``.
 """
 
 POOL_CHECKOUT_EXCEPTION: Final[Event] = (*POOL_CHECKOUT, "exception")
 """A checkout failed: no worker in time (``reason`` a `PoolTimeout`), the pool is gone
-(`NoProc`), `WorkerBusy`, a `Skip` error or a callback's invalid return.
+(`NoProc`), `WorkerBusy`, a `Skip` error, a callback's invalid return
+(`CallbackReturnError`), or an awaiting task was cancelled while queued (`CancelledError`).
 
-Measurements: ``duration``. Metadata: ``pool``, ``kind`` (the exception's class name),
-``reason`` (the exception), ``telemetry_span_context``.
+Measurements: ``duration``, ``monotonic_time``. Metadata: ``pool``, ``kind`` (the exception's
+class name), ``reason`` (the exception), ``telemetry_span_context``.
 """
 
 POOL_CHECKIN: Final[Event] = ("dspex", "pool", "checkin")
-"""A lease ended: the caller gave its worker back (or the lease was cancelled).
+"""A lease ended: the caller gave its worker back (or the lease was cancelled). Emitted in
+the caller's thread, once per `POOL_CHECKOUT_STOP` (a checkout whose start went unobserved
+has neither).
 
 Measurements: ``hold_time`` (seconds from the grant to the checkin). Metadata: ``pool``,
 ``worker_id``, ``result``: ``"ok"`` (checked in with a non-error state), ``"error"`` (an error
-checkin state: ``("error", reason)`` or an exception) or ``"removed"`` (the lease was
-cancelled: the checkout function raised or returned no pair, the caller's thread ended; the
-worker is removed).
+checkin state: ``("error", reason)`` or an exception; both as `WorkerStats.successful_checkins`
+and `error_checkins` count them) or ``"removed"`` (the lease was cancelled: the checkout
+function or the ``with`` block raised, the function returned no pair, the caller's thread
+ended; the worker is removed). A lease held by an actor that exits has no checkin: its
+worker's `POOL_WORKER_REMOVED` (reason ``"DOWN"``) tells.
 """
 
 POOL_WORKER_INIT: Final[Event] = ("dspex", "pool", "worker", "init")
-"""Span prefix of a worker start (`init_worker`, including an `Async` start's function)."""
+"""Span prefix of a worker start (`init_worker`, including an `Async` start's function).
+Emitted in the pool's thread (or a caller's, for a lazy pool's start during its checkout)."""
 
 POOL_WORKER_INIT_START: Final[Event] = (*POOL_WORKER_INIT, "start")
 """A pool starts a worker.
@@ -205,22 +218,25 @@ Measurements: ``system_time``, ``monotonic_time``. Metadata: ``pool``, ``telemet
 """
 
 POOL_WORKER_INIT_STOP: Final[Event] = (*POOL_WORKER_INIT, "stop")
-"""A worker has started and joined the pool.
+"""A worker has started and joined the pool (counted in `PoolStatus.workers_started`).
 
-Measurements: ``duration`` (how long the start took). Metadata: ``pool``, ``worker_id``,
-``telemetry_span_context``.
+Measurements: ``duration`` (how long the start took), ``monotonic_time``. Metadata: ``pool``,
+``worker_id``, ``telemetry_span_context``.
 """
 
 POOL_WORKER_INIT_EXCEPTION: Final[Event] = (*POOL_WORKER_INIT, "exception")
 """A worker start failed (it raised or returned something invalid); the pool retries it.
+(An `Async` start still running when the pool stops ends with no event.)
 
-Measurements: ``duration``. Metadata: ``pool``, ``kind``, ``reason``, ``telemetry_span_context``.
+Measurements: ``duration``, ``monotonic_time``. Metadata: ``pool``, ``kind``, ``reason``,
+``telemetry_span_context``.
 """
 
 POOL_WORKER_REMOVED: Final[Event] = ("dspex", "pool", "worker", "removed")
 """A pool removed a worker, for any reason but a recycle (see `POOL_WORKER_RECYCLED`): a
-`Remove` result, a cancelled lease (``"timeout"``, ``"DOWN"``, ``"error"``...), a raising
-callback, a dismissed overflow worker (``"overflow"``).
+`Remove` result, a cancelled lease (``"timeout"``, ``"DOWN"``, ``"error"``, ``"exit"``,
+``"cancelled"``), a raising callback (the exception), a dismissed overflow worker
+(``"overflow"``). Workers terminated by the pool's own stop are not removals.
 
 Measurements: ``count``. Metadata: ``pool``, ``worker_id``, ``reason``.
 """
@@ -236,8 +252,9 @@ Measurements: ``count``. Metadata: ``pool``, ``worker_id``, ``reason`` (the `Rec
 POOL_WORKER_PING: Final[Event] = ("dspex", "pool", "worker", "ping")
 """A pool pinged an idle worker (`handle_ping`).
 
-Measurements: ``count``. Metadata: ``pool``, ``worker_id``, ``result``: ``"ok"``,
-``"removed"`` or ``"stop"``.
+Measurements: ``count``. Metadata: ``pool``, ``worker_id``, ``result``: ``"ok"`` (it returned
+`Ok`), ``"removed"`` (`Remove`, or it raised or returned something invalid: the worker is
+removed, or recycled) or ``"stop"`` (`Stop`: the pool stops).
 """
 
 SUPERVISOR_CHILD_STARTED: Final[Event] = ("dspex", "supervisor", "child", "started")
@@ -293,10 +310,12 @@ ending): who sees the exit can count on its event having been emitted.
 """
 
 PROCESS_POOL_REQUEST: Final[Event] = ("dspex", "process_pool", "request")
-"""Span prefix of one `ProcessPool.call` (retries included)."""
+"""Span prefix of one `ProcessPool.call` or `acall` (retries included; each attempt's own
+checkout is a `POOL_CHECKOUT` span inside it). Emitted in the caller's thread."""
 
 PROCESS_POOL_REQUEST_START: Final[Event] = (*PROCESS_POOL_REQUEST, "start")
-"""A `ProcessPool.call` begins.
+"""A `ProcessPool.call` begins (its request is encoded: one that cannot be is refused with
+`ProtocolError` and no event).
 
 Measurements: ``system_time``, ``monotonic_time``. Metadata: ``pool``, ``telemetry_span_context``.
 """
@@ -304,22 +323,29 @@ Measurements: ``system_time``, ``monotonic_time``. Metadata: ``pool``, ``telemet
 PROCESS_POOL_REQUEST_STOP: Final[Event] = (*PROCESS_POOL_REQUEST, "stop")
 """A `ProcessPool.call` returned a reply.
 
-Measurements: ``duration``. Metadata: ``pool``, ``worker`` (the port that answered, as text),
-``telemetry_span_context``.
+Measurements: ``duration``, ``monotonic_time``, ``attempts`` (the workers it was handed to:
+1, plus one per retry after a crash or an undelivered request). Metadata: ``pool``,
+``worker`` (the port that answered, as text: ``"#Port<3>"``), ``worker_id`` (its pool worker
+id), ``telemetry_span_context``.
 """
 
 PROCESS_POOL_REQUEST_EXCEPTION: Final[Event] = (*PROCESS_POOL_REQUEST, "exception")
-"""A `ProcessPool.call` raised (`RemoteError`, `WorkerCrashed`, `CallTimeout`, `PoolTimeout`...).
+"""A `ProcessPool.call` raised (`RemoteError`, `WorkerCrashed`, `CallTimeout`, `PoolTimeout`,
+`CancelledError`...).
 
-Measurements: ``duration``. Metadata: ``pool``, ``worker`` (if one was reached), ``kind``,
+Measurements: ``duration``, ``monotonic_time``, ``attempts`` (0 if no worker was lent).
+Metadata: ``pool``, ``worker`` and ``worker_id`` (the last worker lent, if any), ``kind``,
 ``reason``, ``telemetry_span_context``.
 """
 
 BRIDGE_COMMAND: Final[Event] = ("dspex", "bridge", "command")
-"""Span prefix of one bridge command (`SessionPool.execute_in_session` / `execute_anonymous`)."""
+"""Span prefix of one bridge command (`SessionPool.execute_in_session` / `execute_anonymous`
+and their awaitable twins), the steps that rebuild its session on the worker included.
+Emitted in the caller's thread."""
 
 BRIDGE_COMMAND_START: Final[Event] = (*BRIDGE_COMMAND, "start")
-"""A bridge command begins.
+"""A bridge command begins (its arguments are valid: bad ones raise `InvalidOption` or
+`ProtocolError` with no event).
 
 Measurements: ``system_time``, ``monotonic_time``. Metadata: ``pool``, ``command``,
 ``session_id`` (``"anonymous"`` outside a session), ``telemetry_span_context``.
@@ -328,20 +354,22 @@ Measurements: ``system_time``, ``monotonic_time``. Metadata: ``pool``, ``command
 BRIDGE_COMMAND_STOP: Final[Event] = (*BRIDGE_COMMAND, "stop")
 """A bridge command returned its result.
 
-Measurements: ``duration``. Metadata: ``pool``, ``command``, ``session_id``, ``worker``,
-``telemetry_span_context``.
+Measurements: ``duration``, ``monotonic_time``. Metadata: ``pool``, ``command``,
+``session_id``, ``worker`` (the port that ran it, as text), ``telemetry_span_context``.
 """
 
 BRIDGE_COMMAND_EXCEPTION: Final[Event] = (*BRIDGE_COMMAND, "exception")
-"""A bridge command raised (`CommandError`, `CommandTimeout`, `WorkerCrashed`...).
+"""A bridge command raised (`CommandError`, `CommandTimeout`, `WorkerCrashed`, `PoolTimeout`,
+`WorkerBusy`...).
 
-Measurements: ``duration``. Metadata: ``pool``, ``command``, ``session_id``, ``worker`` (if one
-was reached), ``kind``, ``reason``, ``telemetry_span_context``.
+Measurements: ``duration``, ``monotonic_time``. Metadata: ``pool``, ``command``,
+``session_id``, ``worker`` (if one was lent), ``kind``, ``reason``, ``telemetry_span_context``.
 """
 
 BRIDGE_AFFINITY_HIT: Final[Event] = ("dspex", "bridge", "affinity", "hit")
-"""A session command was served by the worker that served the session last (counted in
-`SessionPoolStatus.affinity_hits`).
+"""A session command was served by the worker that served the session last (emitted where
+`SessionPoolStatus.affinity_hits` counts it; a session's first command is neither a hit nor
+a miss).
 
 Measurements: ``count``. Metadata: ``pool``, ``session_id``, ``worker_id``.
 """
@@ -496,8 +524,8 @@ def attach(
 
     Example:
         >>> attach("doc-prefix", [("dspex", "pool")], print, prefix=True)
-        >>> [h.events for h in list_handlers() if h.id == "doc-prefix"]
-        [(('dspex', 'pool'),)]
+        >>> next(h.events for h in list_handlers() if h.id == "doc-prefix")
+        (('dspex', 'pool'),)
         >>> detach("doc-prefix")
         True
     """
@@ -593,7 +621,7 @@ class Span:
         self.start_time = 0.0
         self._ended = True  # until started, and forever if nothing listened at the start
 
-    def start(self, measurements: Mapping[str, float] | None = None) -> Span:
+    def start(self, measurements: Mapping[str, float] | None = None) -> Self:
         """Emit the start event (with ``system_time`` and ``monotonic_time``); returns self."""
         self.start_time = monotonic_time()
         if not active:
@@ -648,7 +676,7 @@ class Span:
             self.metadata.update(metadata)
         emit((*self.prefix, suffix), values, dict(self.metadata))
 
-    def __enter__(self) -> Span:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

@@ -4,7 +4,8 @@
   check never sees a leftover.
 - `log`: an `EventLog` for `Probe` actors; `clock`: a `FakeClock` at 100.0.
 - `records`: the dspex_actors log records emitted during the test.
-- `pools`: starts pools and stops any still running at teardown.
+- `pools`: starts pools and stops any still running at teardown; `process_pools` the same for
+  `ProcessPool`s (each returned once its workers are idle), `spools` for `SessionPool`s.
 - `ports`: ports (a list of `Port`) closed at teardown; `grandchildren`: detached grandchild
   processes a test's workers started, killed at teardown.
 """
@@ -13,15 +14,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from dspex_actors.testing import FakeClock
 
 from support.logs import EventLog, Records
-from support.pools import Pools
+from support.pools import Pools, ProcessPools
 from support.ports import Grandchildren, Ports
 from support.supervision import Supervisors
+
+if TYPE_CHECKING:
+    from support.sessions import SessionPools
 
 
 @pytest.fixture
@@ -60,6 +65,26 @@ def records() -> Iterator[Records]:
 @pytest.fixture
 def pools() -> Iterator[Pools]:
     p = Pools()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def process_pools() -> Iterator[ProcessPools]:
+    p = ProcessPools()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def spools() -> Iterator[SessionPools]:
+    from support.sessions import SessionPools  # the bridge, imported by its tests only
+
+    p = SessionPools()
     try:
         yield p
     finally:

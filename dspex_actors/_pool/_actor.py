@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Final, Literal
 import attrs
 import pykka
 
+from .. import _telemetry
 from .._actor import Actor, InternalMessage
 from .._clock import SYSTEM_CLOCK, Clock, TimerHandle
 from .._errors import (
@@ -86,6 +87,7 @@ class _Request(From, InternalMessage):
         "mref",
         "poison",
         "prefer",
+        "span",
         "value",
     )
 
@@ -114,6 +116,22 @@ class _Request(From, InternalMessage):
         self.value: Any = None
         self.mref: MonitorRef | None = None
         self.poison: BaseException | None = None
+        # The checkout's telemetry span: made only while a handler is attached (see
+        # `Pool._submit`), so every telemetry step of a checkout tests this one attribute.
+        self.span: CheckoutSpan | None = None
+
+
+class CheckoutSpan(_telemetry.Span):
+    """A checkout's `POOL_CHECKOUT` span, and the two moments its events measure from: when
+    the request was queued (for ``queue_wait``) and when its worker was granted (for the
+    checkin's ``hold_time``). Both 0.0 until they happen."""
+
+    __slots__ = ("granted_at", "queued_at")
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(_telemetry.POOL_CHECKOUT, {"pool": pool})
+        self.queued_at = 0.0
+        self.granted_at = 0.0
 
 
 @attrs.frozen
@@ -137,6 +155,7 @@ class _Info:
 class _AsyncDone(InternalMessage):
     ok: bool
     value: Any
+    span: _telemetry.Span | None  # the start's telemetry span, if observed
 
 
 class _Singleton(InternalMessage):
@@ -528,10 +547,10 @@ class PoolActor(Actor):
     def _on_async_done(self, message: _AsyncDone) -> None:
         self._initializing -= 1
         if message.ok:
-            self._add_worker(message.value)
+            self._add_worker(message.value, message.span)
         else:
             # A crashed async init is retried (even when lazy), with the backoff.
-            self._start_failed(message.value)
+            self._start_failed(message.value, message.span)
             self._start_again()
         self._serve_waiters()
 
@@ -574,19 +593,24 @@ class PoolActor(Actor):
                 continue  # a regular not idle long enough: none after it in the queue is
             pings += 1
             result = self._invoke(self._w.handle_ping, worker.state, self._ps)
+            outcome = "removed"
             match result:
                 case Ok(values=(ws,)):
                     worker.state = ws  # its idle timestamp stays: pinged again next scan
+                    outcome = "ok"
                 case Remove(reason, ps) if ps is NO_POOL_STATE:
                     removals.append((worker, reason))
                 case Stop():
                     stop = result
+                    outcome = "stop"
                 case _Raised(error):
                     removals.append((worker, error))
                 case _:
                     error = self._bad_return("handle_ping", result)
                     self._log_bad_return(error)
                     removals.append((worker, error))
+            if _telemetry.active:
+                self._emit_worker_event(_telemetry.POOL_WORKER_PING, worker, result=outcome)
         self._remove_waiting(removals)
         if stop is not None:
             self.exit(Shutdown(stop.reason))  # on_stop terminates idle workers with it
@@ -701,6 +725,8 @@ class PoolActor(Actor):
         its held lock here, before any other thread can answer it (we hold `exec_lock`)."""
         if req.lock is None:
             req.lock = _held_lock()
+        if req.span is not None:
+            req.span.queued_at = time.monotonic()
         self._waiting[req] = None
 
     def _waiting_blocked(self) -> bool:
@@ -740,6 +766,8 @@ class PoolActor(Actor):
         worker.last_activity = now
         if self._overflow > 0 and not self._waiting:
             self._overflow -= 1  # Poolboy: dismiss whichever worker comes back
+            if _telemetry.active:
+                self._emit_worker_event(_telemetry.POOL_WORKER_REMOVED, worker, reason="overflow")
             self._terminate_worker("overflow", worker)
             self._removed += 1
             del self._workers[worker.id]
@@ -770,30 +798,37 @@ class PoolActor(Actor):
 
     def _start_worker(self, starting: bool = False) -> None:
         """Run init_worker once; the worker joins the idle queue (or arrives later)."""
+        span = None
+        if _telemetry.active:
+            span = _telemetry.start_span(_telemetry.POOL_WORKER_INIT, {"pool": self._core.label})
         result = self._invoke(self._w.init_worker, self._ps)
         match result:
             case Ok(values=(ws, ps)):
                 self._ps = ps
-                self._add_worker(ws)
+                self._add_worker(ws, span)
             case Async(fn, ps) if callable(fn):
                 self._ps = ps
                 self._initializing += 1
-                self._run_async(fn)
+                self._run_async(fn, span)
             case _Raised(error):
-                self._start_failed(error)
+                self._start_failed(error, span)
                 self._start_again()
             case _:
                 error = self._bad_return("init_worker", result)
                 if starting:
+                    if span is not None:
+                        span.exception(error)
                     raise error
                 self._log_bad_return(error)
-                self._start_failed(error)
+                self._start_failed(error, span)
                 self._start_again()
 
-    def _start_failed(self, error: BaseException) -> None:
+    def _start_failed(self, error: BaseException, span: _telemetry.Span | None = None) -> None:
         """A worker start failed: keep why (for callers who wait in vain) and count it for
         the backoff, unless the error says it is no reason to wait (`backs_off`: a
         `WorkerStartError` of a process SIGKILLed from outside)."""
+        if span is not None:
+            span.exception(error)
         self._core.start_error = error
         if getattr(error, "backs_off", True):
             self._start_failures += 1
@@ -835,7 +870,7 @@ class PoolActor(Actor):
         self._retry_timers = [h for h in self._retry_timers if h.when > now]
         self._retry_timers.append(self._clock.call_later(delay, retry))
 
-    def _add_worker(self, worker_state: Any) -> None:
+    def _add_worker(self, worker_state: Any, span: _telemetry.Span | None) -> None:
         """A worker has started: it joins the idle queue, and the oldest worker due for
         recycling leaves (at once if idle, else at its checkin); or, when every regular
         worker is there and a spare is missing, it becomes a spare."""
@@ -843,6 +878,8 @@ class PoolActor(Actor):
         self._started += 1
         worker = _Worker(self._next_id, worker_state, self._clock.monotonic())
         self._workers[worker.id] = worker
+        if span is not None:
+            span.stop(metadata={"worker_id": worker.id})
         if self._retiring:
             self._recycle_failures = 0
             old = self._retiring.popleft()
@@ -895,6 +932,8 @@ class PoolActor(Actor):
 
     def _count_recycle(self, worker: _Worker, reason: Recycle) -> None:
         self._recycled += 1
+        if _telemetry.active:
+            self._emit_worker_event(_telemetry.POOL_WORKER_RECYCLED, worker, reason=reason.why)
         log_event(
             _log,
             "INFO",
@@ -918,13 +957,13 @@ class PoolActor(Actor):
         spare.idle_since = self._now()
         self._idle.append(spare)
 
-    def _run_async(self, fn: Callable[[], Any]) -> None:
+    def _run_async(self, fn: Callable[[], Any], span: _telemetry.Span | None) -> None:
         ref = self.actor_ref
         label = self._core.label
 
         def run() -> None:
             try:
-                message = _AsyncDone(True, fn())
+                message = _AsyncDone(True, fn(), span)
             except Exception as exc:
                 log_event(
                     _log,
@@ -937,7 +976,7 @@ class PoolActor(Actor):
                     reason=repr(exc),
                     exc=exc,
                 )
-                message = _AsyncDone(False, exc)
+                message = _AsyncDone(False, exc, span)
             # If the pool stopped meanwhile, the worker state is dropped.
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.tell(message)
@@ -946,7 +985,9 @@ class PoolActor(Actor):
 
     def _remove_worker(self, worker: _Worker, reason: Any) -> None:
         """Terminate a worker already taken off the idle queue / busy map, and replace it."""
-        if not isinstance(reason, Recycle):  # a recycle is logged as such
+        if not isinstance(reason, Recycle):  # a recycle is logged (and emitted) as such
+            if _telemetry.active:
+                self._emit_worker_event(_telemetry.POOL_WORKER_REMOVED, worker, reason=reason)
             log_event(
                 _log,
                 "WARNING",
@@ -1050,6 +1091,13 @@ class PoolActor(Actor):
             pool=self._core.label,
             callback=error.callback,
             message=str(error),
+        )
+
+    def _emit_worker_event(self, event: _telemetry.Event, worker: _Worker, **metadata: Any) -> None:
+        """Emit a worker event (removed, recycled, ping): measurements ``count``; metadata
+        ``pool``, ``worker_id`` and `metadata`."""
+        _telemetry.emit(
+            event, {"count": 1}, {"pool": self._core.label, "worker_id": worker.id, **metadata}
         )
 
     def _cancelled(self, context: Literal["queued", "checked_out"]) -> None:

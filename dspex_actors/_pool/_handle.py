@@ -77,6 +77,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import pykka
 
+from .. import _telemetry
 from .._actor import ActorHandle, current_actor, run_inline
 from .._actor import _current as _actor_thread
 from .._aio import AsyncWaker, in_thread
@@ -106,6 +107,7 @@ from ._actor import (
     _RETURNED,
     _STATUS,
     _WORKER_STATS,
+    CheckoutSpan,
     PoolActor,
     _Cancel,
     _Config,
@@ -115,7 +117,7 @@ from ._actor import (
     _Request,
     _Update,
 )
-from ._contract import From, PoolStatus, PoolWorker, WorkerStats
+from ._contract import From, PoolStatus, PoolWorker, WorkerStats, is_error_state
 
 if TYPE_CHECKING:
     from .._child_spec import ChildSpec
@@ -569,12 +571,14 @@ class Pool(ActorHandle):
                     await asyncio.wait_for(waker.future, timeout)
             except TimeoutError:
                 got = req.kind is not _PENDING  # answered just as we gave up: take it
-            except BaseException:
+            except BaseException as exc:
                 # Cancelled while queued: out of the queue (a worker granted meanwhile is
                 # removed, as for a caller that gives up).
                 core.inflight.pop(req, None)
                 with contextlib.suppress(pykka.ActorDeadError):
                     self._ref.tell(_Cancel(req, "cancelled"))
+                if req.span is not None:
+                    req.span.exception(exc)
                 raise
         return self._collect(core, req, got, timeout)
 
@@ -610,6 +614,8 @@ class Pool(ActorHandle):
             raise RuntimeError(f"checkout from a callback of pool {core.label} would deadlock")
         if waker is not None:
             req.lock = waker  # type: ignore[assignment]  # released as a lock is
+        if _telemetry.active:
+            req.span = CheckoutSpan(core.label).start()
         inflight = core.inflight
         # Registered before it is sent: if the pool exits before answering, its exit path
         # finds the request here and wakes us (see PoolActor._dspex_on_exit).
@@ -622,20 +628,31 @@ class Pool(ActorHandle):
                 self._ref.tell(req)
             except pykka.ActorDeadError:
                 inflight.pop(req, None)
-                raise NoProc(core.label, "checkout") from None
+                error = NoProc(core.label, "checkout")
+                if req.span is not None:
+                    req.span.exception(error)
+                raise error from None
         return core, req, timeout
 
     def _collect(self, core: _Core, req: _Request, got: bool, timeout: float | None) -> _Request:
         """The end of a checkout: the granted request, or its timeout or error raised."""
         core.inflight.pop(req, None)
+        span = req.span
         if not got:
             with contextlib.suppress(pykka.ActorDeadError):
                 self._ref.tell(_Cancel(req, "timeout"))
             start_error = core.start_error
-            raise PoolTimeout(core.label, timeout, start_error) from start_error
+            timed_out = PoolTimeout(core.label, timeout, start_error)
+            if span is not None:
+                span.exception(timed_out)
+            raise timed_out from start_error
         if req.kind is _GRANTED:
+            if span is not None:
+                _granted(span, req)
             return req
         error: BaseException = req.value
+        if span is not None:
+            span.exception(error)
         raise error
 
     def _checkin(self, req: _Request, checkin_state: Any) -> None:
@@ -647,6 +664,8 @@ class Pool(ActorHandle):
         """
         req.value = checkin_state
         req.kind = _RETURNED
+        if req.span is not None:
+            _checked_in(req.span, req, "error" if is_error_state(checkin_state) else "ok")
         core = self.__core
         actor = core.actor if core is not None else None
         if actor is not None and run_inline(core.proc, actor._checkin_inline, req):  # type: ignore[union-attr]
@@ -656,6 +675,8 @@ class Pool(ActorHandle):
             self._ref.tell(req)
 
     def _cancel(self, req: _Request, kind: str) -> None:
+        if req.span is not None:
+            _checked_in(req.span, req, "removed")
         with contextlib.suppress(pykka.ActorDeadError):
             self._ref.tell(_Cancel(req, kind))
 
@@ -761,6 +782,29 @@ def _leases_of_this_thread() -> dict[_Request, Pool]:
 def _thread_ended(leases: dict[_Request, Pool]) -> None:
     for req, pool in list(leases.items()):
         pool._cancel(req, "DOWN")
+
+
+def _granted(span: CheckoutSpan, req: _Request) -> None:
+    """A checkout's stop event: its worker, and how long it waited in the queue."""
+    if not span.context:
+        return  # started with nothing attached: silent to its end, checkin included
+    now = span.granted_at = _telemetry.monotonic_time()
+    queue_wait = now - span.queued_at if span.queued_at else 0.0
+    span.stop({"queue_wait": queue_wait}, {"worker_id": req.worker_id})
+
+
+def _checked_in(span: CheckoutSpan, req: _Request, result: str) -> None:
+    """A lease's `POOL_CHECKIN` event (only for a checkout whose grant was observed: never a
+    checkin without its checkout)."""
+    if not span.granted_at:
+        return  # not granted (given up while queued), or granted unobserved
+    hold_time = _telemetry.monotonic_time() - span.granted_at
+    span.granted_at = 0.0  # one checkin per lease
+    _telemetry.emit(
+        _telemetry.POOL_CHECKIN,
+        {"hold_time": hold_time},
+        {"pool": span.metadata["pool"], "worker_id": req.worker_id, "result": result},
+    )
 
 
 def _kind_of(exc: BaseException) -> str:

@@ -61,11 +61,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
 from typing import Any, Self
 
 import attrs
 import pykka
 
+from .. import _telemetry
 from .._actor import current_actor, monitor
 from .._checks import check_name_option, check_options, is_int, is_number, remaining
 from .._child_spec import inline_start
@@ -935,11 +937,14 @@ class ProcessPool(Pool):
         deadline = None if timeout is None else time.monotonic() + timeout
         prepared = self._prepare(request)  # a bad request is refused before any worker
         attempts = _Attempts(self._spec.retries)
-        while True:
-            try:
-                return self._call_once(prepared, deadline, timeout)
-            except WorkerCrashed as exc:
-                attempts.again(exc)
+        if _telemetry.active:
+            attempts.observe(self.name)
+        with attempts:
+            while True:
+                try:
+                    return self._call_once(prepared, deadline, timeout, attempts)
+                except WorkerCrashed as exc:
+                    attempts.again(exc)
 
     async def acall(self, request: Any, timeout: float | None = 5.0) -> Any:
         """Awaitable `call`: waiting for a worker and for its reply does not block the event
@@ -955,11 +960,14 @@ class ProcessPool(Pool):
         deadline = None if timeout is None else time.monotonic() + timeout
         prepared = self._prepare(request)
         attempts = _Attempts(self._spec.retries)
-        while True:
-            try:
-                return await self._acall_once(prepared, deadline, timeout)
-            except WorkerCrashed as exc:
-                attempts.again(exc)
+        if _telemetry.active:
+            attempts.observe(self.name)
+        with attempts:
+            while True:
+                try:
+                    return await self._acall_once(prepared, deadline, timeout, attempts)
+                except WorkerCrashed as exc:
+                    attempts.again(exc)
 
     def _prepare(self, request: Any) -> Prepared:
         """The request, encoded now: what cannot be encoded (or is too large) is the caller's
@@ -976,8 +984,16 @@ class ProcessPool(Pool):
             own_id = request.get("id")
         return Prepared.of(request, spec.codec, spec.max_frame, spec.argv is None, own_id)
 
-    def _call_once(self, prepared: Prepared, deadline: float | None, timeout: float | None) -> Any:
+    def _call_once(
+        self,
+        prepared: Prepared,
+        deadline: float | None,
+        timeout: float | None,
+        attempts: _Attempts,
+    ) -> Any:
         def use(from_: From, port: Port) -> tuple[Any, Any]:
+            if attempts.span is not None:
+                attempts.reached(from_, port)
             sent = _send(port, prepared, deadline)
             if isinstance(sent, _Refused):
                 return sent, "ok"  # nothing was written: the worker is fine
@@ -990,9 +1006,15 @@ class ProcessPool(Pool):
         return _outcome(self.checkout(None, use, remaining(deadline)))  # an override's too
 
     async def _acall_once(
-        self, prepared: Prepared, deadline: float | None, timeout: float | None
+        self,
+        prepared: Prepared,
+        deadline: float | None,
+        timeout: float | None,
+        attempts: _Attempts,
     ) -> Any:
         async def use(from_: From, port: Port) -> tuple[Any, Any]:
+            if attempts.span is not None:
+                attempts.reached(from_, port)
             sent = _send(port, prepared, deadline)
             if isinstance(sent, _Refused):
                 return sent, "ok"
@@ -1044,12 +1066,45 @@ def _outcome(result: Any) -> Any:
 
 class _Attempts:
     """`call`'s retry rule: a request that never reached its worker is sent again (up to
-    `_UNDELIVERED_RETRIES` times), one whose worker crashed with it up to `retries` times."""
+    `_UNDELIVERED_RETRIES` times), one whose worker crashed with it up to `retries` times.
+
+    Also the call's `PROCESS_POOL_REQUEST` span, while a handler is attached (`observe`):
+    the worker it reached last, how many workers it was handed to (`tries`), and, as a
+    context manager around the call, its stop or exception event."""
 
     def __init__(self, retries: int) -> None:
         self.retries = retries
         self.crashes = 0
         self.undelivered = 0
+        self.span: _telemetry.Span | None = None
+        self.tries = 0
+
+    def observe(self, pool: str) -> None:
+        """Start the call's span (its start event)."""
+        self.span = _telemetry.start_span(_telemetry.PROCESS_POOL_REQUEST, {"pool": pool})
+
+    def reached(self, from_: From, port: Port) -> None:
+        """A worker was lent for the request: the end event names the last one."""
+        assert self.span is not None
+        self.tries += 1
+        self.span.metadata.update(worker=str(port), worker_id=from_.worker_id)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        span = self.span
+        if span is None:
+            return
+        if exc is None:
+            span.stop({"attempts": self.tries})
+        else:
+            span.exception(exc, {"attempts": self.tries})
 
     def again(self, exc: WorkerCrashed) -> None:
         """Count `exc`; raise it if no attempt is left."""

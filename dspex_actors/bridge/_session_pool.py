@@ -31,11 +31,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 import pykka
 
+from .. import _telemetry
 from .._checks import check_clock, check_options, is_number
 from .._clock import Clock
 from .._errors import CallTimeout, InvalidOption, PortClosed, WorkerCrashed
@@ -486,14 +488,15 @@ class SessionPool(ProcessPool):
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
 
-        for attempt in range(_UNDELIVERED_RETRIES + 1):
-            try:
-                return run.outcome(self.checkout(None, use, **run.checkout_options()))
-            except WorkerCrashed as exc:
-                # Dead before the request was written (its death not yet known to the pool):
-                # nothing ran, so another worker takes it; the dead one has been removed.
-                if exc.delivered or attempt == _UNDELIVERED_RETRIES:
-                    raise
+        with run:
+            for attempt in range(_UNDELIVERED_RETRIES + 1):
+                try:
+                    return run.outcome(self.checkout(None, use, **run.checkout_options()))
+                except WorkerCrashed as exc:
+                    # Dead before the request was written (its death not yet known to the
+                    # pool): nothing ran, so another worker takes it; the dead one is removed.
+                    if exc.delivered or attempt == _UNDELIVERED_RETRIES:
+                        raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _aexecute(
@@ -515,19 +518,22 @@ class SessionPool(ProcessPool):
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
 
-        for attempt in range(_UNDELIVERED_RETRIES + 1):
-            try:
-                return run.outcome(await self.acheckout(None, use, **run.checkout_options()))
-            except WorkerCrashed as exc:
-                if exc.delivered or attempt == _UNDELIVERED_RETRIES:
-                    raise
+        with run:
+            for attempt in range(_UNDELIVERED_RETRIES + 1):
+                try:
+                    return run.outcome(await self.acheckout(None, use, **run.checkout_options()))
+                except WorkerCrashed as exc:
+                    if exc.delivered or attempt == _UNDELIVERED_RETRIES:
+                        raise
         raise AssertionError("unreachable")  # pragma: no cover
 
 
 class _Command:
     """One command on its way: checked and encoded once (a bad request never reaches a
     worker), then talked through with whichever worker the pool lends (`talk`, the same for
-    the blocking and the awaited call)."""
+    the blocking and the awaited call). While a telemetry handler is attached it carries the
+    command's `BRIDGE_COMMAND` span (`span`), started once the command is checked; as a
+    context manager around the command, it emits the span's stop or exception event."""
 
     def __init__(
         self,
@@ -549,6 +555,7 @@ class _Command:
         elif not is_number(timeout) or not timeout >= 0:
             raise InvalidOption("timeout", timeout, "a non-negative number of seconds")
         self.spec = spec
+        self.pool = pool
         self.session_id = session_id
         self.command = command
         self.body = {**args, "session_id": session_id}
@@ -556,6 +563,10 @@ class _Command:
         self.public_session = None if session_id == ANONYMOUS else session_id
         self.op_timeout = float(timeout)
         self.deadline = 0.0  # set when a worker is lent: the timeout covers the work only
+        self.span: _telemetry.Span | None = None
+        if _telemetry.active:
+            metadata = {"pool": pool.name, "command": command, "session_id": session_id}
+            self.span = _telemetry.start_span(_telemetry.BRIDGE_COMMAND, metadata)
 
     def checkout_options(self) -> dict[str, Any]:
         return {
@@ -571,6 +582,8 @@ class _Command:
         store = self.spec.store
         self.deadline = time.monotonic() + self.op_timeout
         worker = str(port)
+        if self.span is not None:
+            self.span.metadata["worker"] = worker
         for step, step_args in store.plan(self.session_id, port.id):
             reply = yield request(step, step_args), step
             try:
@@ -587,7 +600,14 @@ class _Command:
         except CommandError as exc:
             ok = False
             result = _Refused(exc)
-        store.record(self.session_id, self.command, self.body, port.id, from_.worker_id, ok=ok)
+        worker_id = from_.worker_id
+        hit = store.record(self.session_id, self.command, self.body, port.id, worker_id, ok=ok)
+        if hit is not None and _telemetry.active:
+            _telemetry.emit(
+                _telemetry.BRIDGE_AFFINITY_HIT if hit else _telemetry.BRIDGE_AFFINITY_MISS,
+                {"count": 1},
+                {"pool": self.pool.name, "session_id": self.session_id, "worker_id": worker_id},
+            )
         if not ok:
             return result, ("error", result.error)  # the worker is fine: an error checkin
         return result, "ok"
@@ -597,6 +617,18 @@ class _Command:
         if isinstance(result, _Refused):
             raise result.error
         return result  # type: ignore[no-any-return]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.span is not None:
+            self.span.__exit__(exc_type, exc, tb)
 
 
 def _check_session(session_id: Any) -> None:

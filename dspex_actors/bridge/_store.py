@@ -168,16 +168,22 @@ class SessionStore:
         worker: int,
         worker_id: int | None,
         ok: bool,
-    ) -> None:
+    ) -> bool | None:
         """A command ran in `session_id` on `worker` (pool worker `worker_id`): count it, move
-        the session's affinity to that worker, and, if it succeeded, keep what it changed."""
+        the session's affinity to that worker, and, if it succeeded, keep what it changed.
+
+        Returns how the affinity went, as counted in `hits` / `misses`: True (the session's
+        last worker served it), False (another one did) or None (counted as neither: the
+        session's first command, or the anonymous session)."""
         with self._lock:
             now = self._clock.monotonic()
             session = self._sessions.get(session_id)
+            hit = None
             if session is None:
                 session = self._sessions[session_id] = _Session(now, now)
             elif session_id != ANONYMOUS and session.worker_id is not None:
-                if session.worker_id == worker_id:
+                hit = session.worker_id == worker_id
+                if hit:
                     self.hits += 1
                 else:
                     self.misses += 1
@@ -186,7 +192,7 @@ class SessionStore:
             if session_id != ANONYMOUS:
                 session.worker_id = worker_id
             if not ok or command not in _CHANGES:
-                return
+                return hit
             self._synced.clear()
             if command == "create_program" and "id" in args:
                 session.programs[str(args["id"])] = dict(args)
@@ -201,6 +207,7 @@ class SessionStore:
                 if gone is not None:
                     gone.programs.clear()
             self._worker_did(worker, command, args, session)
+            return hit
 
     def _worker_did(
         self,

@@ -20,6 +20,7 @@ import attrs
 from .. import _telemetry as t
 from .._errors import DspexActorsError, InvalidOption, NoProc, PoolTimeout
 from .._pool._contract import PoolStatus
+from .._pool._handle import Pool
 from .._pool._results import Recycle
 from .._reasons import KILLED, NOPROC, NORMAL, SHUTDOWN, Shutdown
 
@@ -399,9 +400,11 @@ class PoolWatch:
             InvalidOption: `pool` is no pool handle.
             NoProc: `pool` is not running.
         """
-        if not callable(getattr(pool, "status", None)):
+        if not isinstance(pool, Pool):
             raise InvalidOption("pool", pool, "a Pool, ProcessPool or SessionPool handle")
-        name = pool.name  # NoProc if it is not running
+        name = pool.name
+        if not pool.is_alive():
+            raise NoProc(name, "watch")
         with self._lock:
             self._pools[name] = pool
 
