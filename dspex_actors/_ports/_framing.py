@@ -47,6 +47,7 @@ __all__ = [
     "JsonCodec",
     "PickleCodec",
     "RawCodec",
+    "check_size",
     "encode_frame",
 ]
 
@@ -263,6 +264,12 @@ PICKLE_CODEC = PickleCodec()
 # --- frames ------------------------------------------------------------------------------------
 
 
+def check_size(size: int, max_frame: int) -> None:
+    """Raise `ProtocolError` if a payload of `size` bytes exceeds `max_frame`."""
+    if size > max_frame:
+        raise ProtocolError(f"frame of {size} bytes exceeds max_frame ({max_frame} bytes)")
+
+
 def encode_frame(payload: bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     """`payload` with its 4-byte big-endian length prefix.
 
@@ -272,8 +279,7 @@ def encode_frame(payload: bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes
             stream stays in sync and the port stays usable).
     """
     size = len(payload)
-    if size > max_frame:
-        raise ProtocolError(f"frame of {size} bytes exceeds max_frame ({max_frame} bytes)")
+    check_size(size, max_frame)
     if size > MAX_PAYLOAD:
         raise ProtocolError(
             f"frame of {size} bytes does not fit the 4-byte length prefix "

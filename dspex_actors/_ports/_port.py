@@ -613,9 +613,12 @@ class Port:
             request_id = prepared.own_id
             if request_id is None:
                 request_id = next(self._request_ids)
-        payload = prepared.payload(request_id)
-        self._write(encode_frame(payload, max_frame=self._max_frame), timeout)
+        self._write_request(prepared.payload(request_id), timeout)
         return request_id, deadline
+
+    def _write_request(self, payload: bytes, timeout: float | None) -> None:
+        """Write a request's frame (`RayPort` sends it to its actor with its reply's read)."""
+        self._write(encode_frame(payload, max_frame=self._max_frame), timeout)
 
     def _prepare(self, obj: Any) -> Prepared:
         """Encode a request's body now, without a worker: what cannot be encoded, or is too
@@ -1068,9 +1071,7 @@ class Port:
         self._exited.set()
         # After the event is set, so a recv woken by this byte finds the exit known; before
         # on_exit, so close() (which waits for this thread) never closes the read end first.
-        with contextlib.suppress(OSError):
-            os.write(self._exit_w, b"x")
-        close_fd(self._exit_w)
+        self._wake_readers()
         # Asked to exit (closed, killed) or exiting cleanly is chatter; a process that exited
         # on its own with a failure status is news.
         expected = status == 0 or self._closing
@@ -1097,6 +1098,12 @@ class Port:
                     port=str(self),
                     exc=exc,
                 )
+
+    def _wake_readers(self) -> None:
+        """Wake a recv waiting on stdout: the exit is known (a byte on the exit pipe)."""
+        with contextlib.suppress(OSError):
+            os.write(self._exit_w, b"x")
+        close_fd(self._exit_w)
 
     def _telemetry_metadata(self) -> dict[str, Any]:
         return {"port": self, "port_id": self.id, "os_pid": self._child.pid, "program": self._name}

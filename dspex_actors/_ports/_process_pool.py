@@ -107,6 +107,7 @@ from ._port import (
     check_max_frame,
     close_ports,
 )
+from ._ray import check_ray_spec, ensure_ray, open_ray_port
 
 __all__ = ["PortCheckout", "PortSpec", "PortWorker", "PortWorkerState", "ProcessPool"]
 
@@ -125,6 +126,14 @@ _UNDELIVERED_RETRIES = 8  # a request that never reached a process is retried th
 
 def _argv_tuple(argv: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if argv is None else tuple(argv)
+
+
+BACKENDS = ("local", "ray")
+"""Where a pool's workers run: processes of this machine, or Ray actors."""
+
+
+def _options_copy(options: Any) -> Any:
+    return dict(options) if isinstance(options, Mapping) else options  # others: refused
 
 
 def _str_tuple(names: Any) -> Any:
@@ -175,6 +184,10 @@ class PortSpec:
             recycle at once.
         preload: modules the fork server imports once (``"forkserver"`` target workers only),
             so that every worker starts with them loaded.
+        backend: ``"local"`` (processes of this machine) or ``"ray"`` (each worker a Ray
+            actor, placed by Ray anywhere in the cluster; see `dspex_actors._ports._ray`).
+        ray_options: for ``backend="ray"``, the options of each worker's actor
+            (``.options(...)``: ``num_cpus``, ``resources``, ``runtime_env``...).
     """
 
     argv: tuple[str, ...] | None = attrs.field(default=None, converter=_argv_tuple)
@@ -194,8 +207,16 @@ class PortSpec:
     max_age: float | None = None
     recycle_jitter: float = 0.1
     preload: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    backend: str = "local"
+    ray_options: Mapping[str, Any] | None = attrs.field(default=None, converter=_options_copy)
 
     def __attrs_post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InvalidOption("backend", self.backend, f"one of {BACKENDS}")
+        if self.backend == "ray":
+            check_ray_spec(self)
+        elif self.ray_options is not None:
+            raise InvalidOption("ray_options", self.ray_options, "None unless backend='ray'")
         if (self.argv is None) == (self.target is None):
             raise InvalidOption("argv", self.argv, "given alone, or target given alone")
         if self.target is not None and not callable(self.target):
@@ -238,7 +259,10 @@ class PortSpec:
     def method(self) -> str:
         """The start method workers use: `start_method`, else ``"forkserver"`` for `target`
         workers and ``"spawn"`` for `argv` programs (started by this process: killing one
-        process never takes the others with it)."""
+        process never takes the others with it); ``"ray"`` for the Ray backend (Ray starts
+        them)."""
+        if self.backend == "ray":
+            return "ray"
         if self.start_method is not None:
             return self.start_method
         return POOL_START_METHOD if self.target is not None else "spawn"
@@ -259,6 +283,8 @@ class PortSpec:
         worker is started the other way instead (``"spawn"``), and the server is tried again
         for the next one.
         """
+        if self.backend == "ray":
+            return open_ray_port(self, owner, on_start, setup, argv)
         method = self.method
         if method == "forkserver":
             try:
@@ -307,6 +333,12 @@ class PortSpec:
             timeout=self.init_timeout,
             on_start=on_start,
         )
+
+    def start_backend(self) -> None:
+        """Make the backend ready, in the thread starting the pool: for ``"ray"``, connect
+        to Ray if nobody has (`ensure_ray`)."""
+        if self.backend == "ray":
+            ensure_ray()
 
     @property
     def name(self) -> str:
@@ -746,6 +778,7 @@ class ProcessPool(Pool):
             StartError: the fork server could not import a `preload` module.
         """
         spec, pool_options = cls.options(argv, target, **options)
+        spec.start_backend()
         pool = Pool.start(PortWorker, spec, **pool_options)
         return cls(pool.actor_ref)
 
@@ -775,6 +808,8 @@ class ProcessPool(Pool):
         max_age: float | None = None,
         recycle_jitter: float = 0.1,
         preload: Sequence[str] = (),
+        backend: str = "local",
+        ray_options: Mapping[str, Any] | None = None,
         start_backoff: float = 0.05,
         max_start_backoff: float = 5.0,
     ) -> tuple[PortSpec, dict[str, Any]]:
@@ -810,6 +845,8 @@ class ProcessPool(Pool):
             max_age: see `PortSpec` (recycling).
             recycle_jitter: see `PortSpec` (recycling).
             preload: see `PortSpec`.
+            backend: ``"local"`` or ``"ray"`` (workers as Ray actors); see `PortSpec`.
+            ray_options: see `PortSpec`.
             start_backoff: see `Pool.start`.
             max_start_backoff: see `Pool.start`.
 
@@ -834,6 +871,8 @@ class ProcessPool(Pool):
             max_age=max_age,
             recycle_jitter=recycle_jitter,
             preload=preload,
+            backend=backend,
+            ray_options=ray_options,
         )
         pool_options: dict[str, Any] = {
             "pool_size": pool_size,

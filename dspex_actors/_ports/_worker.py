@@ -23,12 +23,15 @@ from typing import Any
 from .._errors import ProtocolError
 from .._logging import short_repr
 from ._fds import arm_lifeline
-from ._framing import JSON_CODEC, PICKLE_CODEC, Codec, FrameDecoder, encode_frame
+from ._framing import JSON_CODEC, PICKLE_CODEC, Codec, FrameDecoder, check_size, encode_frame
 
 __all__ = [
+    "answer",
+    "codec_named",
     "fork_child_main",
     "forked_child_setup",
     "line_buffered_std_streams",
+    "reply_payload",
     "serve",
     "spawn_entry",
 ]
@@ -147,15 +150,11 @@ def serve(
     are answered, whichever comes first: a pool waits for a new worker's answer to a ping, so
     that answer comes sooner, and no handler ever runs unwatched.
     """
-    codec: Codec = PICKLE_CODEC if codec_name == "pickle" else JSON_CODEC
+    codec = codec_named(codec_name)
     decoder.max_frame = max_frame
 
     def write(value: Any) -> None:
-        try:
-            data = encode_frame(codec.encode(value), max_frame=max_frame)
-        except ProtocolError as exc:
-            error = [value[0], False, ["ProtocolError", str(exc)]]
-            data = encode_frame(codec.encode(error), max_frame=max_frame)
+        data = encode_frame(reply_payload(codec, value, max_frame), max_frame=max_frame)
         written = os.write(out_fd, data)  # all of it, unless the pipe is full
         if written < len(data):
             view = memoryview(data)[written:]
@@ -165,21 +164,10 @@ def serve(
     while True:
         for frame in pending:
             message = codec.decode(frame)
-            if isinstance(message, list) and len(message) == 1:  # a ping: [id]
-                write([message[0], True, "pong"])
-                continue
-            if not (isinstance(message, list) and len(message) == 2):
-                raise ProtocolError(f"expected a [id, request] envelope, got {short_repr(message)}")
-            request_id, request = message
-            if start_watching is not None:
+            if start_watching is not None and not _is_ping(message):
                 start_watching()
                 start_watching = None
-            try:
-                result = handler(request, *args)
-            except Exception as exc:
-                write([request_id, False, [type(exc).__name__, str(exc)]])
-            else:
-                write([request_id, True, result])
+            write(answer(message, handler, args))
         if pending and start_watching is not None:
             start_watching()
             start_watching = None
@@ -188,3 +176,43 @@ def serve(
             decoder.eof()
             return
         pending = decoder.feed(chunk)
+
+
+def codec_named(name: str) -> Codec:
+    """The codec a worker speaks, by the name its setup carries."""
+    return PICKLE_CODEC if name == "pickle" else JSON_CODEC
+
+
+def _is_ping(message: Any) -> bool:
+    return isinstance(message, list) and len(message) == 1
+
+
+def answer(message: Any, handler: Callable[..., Any], args: tuple[Any, ...]) -> list[Any]:
+    """The reply to one decoded frame: ``[id, True, "pong"]`` to a ping ``[id]``; for a
+    request ``[id, request]``, ``[id, True, result]`` or, if the handler raised,
+    ``[id, False, [kind, message]]``.
+
+    Raises:
+        ProtocolError: the frame is neither (the stream cannot be trusted any more).
+    """
+    if _is_ping(message):
+        return [message[0], True, "pong"]
+    if not (isinstance(message, list) and len(message) == 2):
+        raise ProtocolError(f"expected a [id, request] envelope, got {short_repr(message)}")
+    request_id, request = message
+    try:
+        result = handler(request, *args)
+    except Exception as exc:
+        return [request_id, False, [type(exc).__name__, str(exc)]]
+    return [request_id, True, result]
+
+
+def reply_payload(codec: Codec, reply: list[Any], max_frame: int) -> bytes:
+    """`reply` encoded; one that cannot be encoded or exceeds `max_frame` becomes a
+    ``ProtocolError`` reply to the same request."""
+    try:
+        payload = codec.encode(reply)
+        check_size(len(payload), max_frame)
+    except ProtocolError as exc:
+        return codec.encode([reply[0], False, ["ProtocolError", str(exc)]])
+    return payload

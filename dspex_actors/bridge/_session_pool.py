@@ -198,6 +198,8 @@ class SessionPool(ProcessPool):
         preload: Sequence[str] | None = None,
         start_backoff: float = 0.05,
         max_start_backoff: float = 5.0,
+        backend: str = "local",
+        ray_options: Mapping[str, Any] | None = None,
     ) -> SessionPool:
         """Start a session pool; return once every worker is starting (they join as they
         answer their init ping).
@@ -233,6 +235,9 @@ class SessionPool(ProcessPool):
                 the worker's command module).
             start_backoff: see `Pool.start`.
             max_start_backoff: see `Pool.start`.
+            backend: ``"local"`` or ``"ray"``: each worker a Ray actor (as
+                `ProcessPool.start`); the pool and its session store stay in this process.
+            ray_options: each worker actor's Ray options (``backend="ray"`` only).
 
         Raises:
             InvalidOption: a bad option; nothing was started.
@@ -264,7 +269,10 @@ class SessionPool(ProcessPool):
             preload=preload,
             start_backoff=start_backoff,
             max_start_backoff=max_start_backoff,
+            backend=backend,
+            ray_options=ray_options,
         )
+        spec.start_backend()
         pool = Pool.start(BridgeWorker, spec, **pool_options)
         return cls(pool.actor_ref)
 
@@ -295,6 +303,8 @@ class SessionPool(ProcessPool):
         preload: Sequence[str] | None = None,
         start_backoff: float = 0.05,
         max_start_backoff: float = 5.0,
+        backend: str = "local",
+        ray_options: Mapping[str, Any] | None = None,
     ) -> tuple[SessionSpec, dict[str, Any]]:
         """Check `start`'s options; return the workers' `SessionSpec` and `Pool.start`'s
         options."""
@@ -307,7 +317,8 @@ class SessionPool(ProcessPool):
             raise InvalidOption("store", store, "a SessionStore")
         target = handle_request if worker_argv is None else None
         if preload is None:
-            preload = PRELOAD if target is not None and start_method in (None, "forkserver") else ()
+            forkserver = backend == "local" and start_method in (None, "forkserver")
+            preload = PRELOAD if target is not None and forkserver else ()
         base, pool_options = ProcessPool.options(
             worker_argv,
             target,
@@ -328,6 +339,8 @@ class SessionPool(ProcessPool):
             preload=preload,
             start_backoff=start_backoff,
             max_start_backoff=max_start_backoff,
+            backend=backend,
+            ray_options=ray_options,
         )
         spec = SessionSpec(
             **attrs.asdict(base, recurse=False),
