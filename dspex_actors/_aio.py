@@ -26,15 +26,23 @@ T = TypeVar("T")
 
 class AsyncWaker:
     """Lock-like: `release` (from any thread) completes `future` on its loop. A pool request
-    holds one in place of the held lock a waiting thread would block on."""
+    holds one in place of the held lock a waiting thread would block on.
 
-    __slots__ = ("future", "loop")
+    Released from the loop's own thread (a pool that answers a checkout inline, in its
+    caller's place), the future is completed at once: no wake-up through the loop's self-pipe.
+    """
+
+    __slots__ = ("future", "loop", "thread")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
+        self.thread = threading.get_ident()  # made by a coroutine: the loop's thread
 
     def release(self) -> None:
+        if threading.get_ident() == self.thread:
+            _settle(self.future)
+            return
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
             self.loop.call_soon_threadsafe(_settle, self.future)
 
@@ -73,20 +81,20 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 async def wait_readable(fds: Iterable[int], timeout: float | None) -> bool:
     """Wait until one of `fds` is readable; False if `timeout` seconds passed first."""
     loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
+    ready: asyncio.Future[bool] = loop.create_future()
     registered = []
+    timer = None
     try:
         for fd in fds:
-            loop.add_reader(fd, _settle, ready)
+            loop.add_reader(fd, _settle, ready, True)
             registered.append(fd)
-        if timeout is None:
-            await ready
-            return True
-        try:
-            await asyncio.wait_for(ready, timeout)
-        except TimeoutError:
-            return False
-        return True
+        if timeout is not None:
+            # A timer on the loop, not `asyncio.wait_for`: this wait is on every awaited
+            # request's path, and a timer costs a fraction of a wrapped wait.
+            timer = loop.call_later(timeout, _settle, ready, False)
+        return await ready
     finally:
+        if timer is not None:
+            timer.cancel()
         for fd in registered:
             loop.remove_reader(fd)
