@@ -39,6 +39,17 @@ class AsyncWaker:
         self.future: asyncio.Future[None] = loop.create_future()
         self.thread = threading.get_ident()  # made by a coroutine: the loop's thread
 
+    async def wait(self, timeout: float | None) -> None:
+        """Until released, or until `timeout` seconds have passed (the caller looks at what
+        it waited for to tell which). A timer on the loop, not `asyncio.wait_for`: that one
+        can swallow a cancellation arriving as the future completes."""
+        timer = None if timeout is None else self.loop.call_later(timeout, _settle, self.future)
+        try:
+            await self.future
+        finally:
+            if timer is not None:
+                timer.cancel()
+
     def release(self) -> None:
         if threading.get_ident() == self.thread:
             _settle(self.future)

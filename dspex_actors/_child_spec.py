@@ -19,9 +19,11 @@ Deliberately not ported: OTP's `modules` field (it exists for hot code upgrade).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, TypeVar, cast, final
 
 import attrs
@@ -331,6 +333,31 @@ def inline_start(start: F) -> F:
 def is_inline_start(start: Any) -> bool:
     """Whether `start` was marked with `inline_start` (bound methods included)."""
     return bool(getattr(getattr(start, "__func__", start), "_dspex_inline_start", False))
+
+
+_starting = threading.local()
+
+
+@contextlib.contextmanager
+def starting_child_named(name: Any) -> Iterator[None]:
+    """While a supervisor calls a child's start function in this thread: the name it will
+    register the child under (its spec's `name`), for `child_name`."""
+    previous = getattr(_starting, "name", None)
+    _starting.name = name
+    try:
+        yield
+    finally:
+        _starting.name = previous
+
+
+def child_name() -> Any:
+    """The name a supervisor starting a child in this thread registers it under, else None.
+
+    An actor made by a child's start function reads it as its label (in logs, errors and
+    telemetry) when it was given no name of its own: every incarnation of a supervised,
+    named pool or supervisor carries the same label.
+    """
+    return getattr(_starting, "name", None)
 
 
 def split_spec_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

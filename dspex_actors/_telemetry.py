@@ -160,8 +160,9 @@ class HandlerInfo:
 # counts events. The start event of a span carries `system_time` and `monotonic_time`, its stop
 # and exception events `duration` and `monotonic_time` (the moment it ended). Metadata names:
 # `pool` is the pool's label (`Pool.name`), `supervisor` the supervisor's (its registered name,
-# else its actor ref), `reason` the raw reason object, `worker_id` a pool's worker id (as in
-# `From.worker_id` and `WorkerStats.worker_id`).
+# or the one its own supervisor registers it under, else its actor ref), `reason` the raw
+# reason object, `worker_id` a pool's worker id (as in `From.worker_id` and
+# `WorkerStats.worker_id`).
 
 POOL_CHECKOUT: Final[Event] = ("dspex", "pool", "checkout")
 """Span prefix of a checkout (`checkout`, `lease`, `acheckout`, `alease`, and so every
@@ -203,7 +204,8 @@ Measurements: ``hold_time`` (seconds from the grant to the checkin). Metadata: `
 checkin state: ``("error", reason)`` or an exception; both as `WorkerStats.successful_checkins`
 and `error_checkins` count them) or ``"removed"`` (the lease was cancelled: the checkout
 function or the ``with`` block raised, the function returned no pair, the caller's thread
-ended; the worker is removed). A lease held by an actor that exits has no checkin: its
+ended, or the caller gave up by timeout or cancellation just as the pool granted it the
+worker; the worker is removed). A lease held by an actor that exits has no checkin: its
 worker's `POOL_WORKER_REMOVED` (reason ``"DOWN"``) tells.
 """
 
@@ -340,8 +342,9 @@ Metadata: ``pool``, ``worker`` and ``worker_id`` (the last worker lent, if any),
 
 BRIDGE_COMMAND: Final[Event] = ("dspex", "bridge", "command")
 """Span prefix of one bridge command (`SessionPool.execute_in_session` / `execute_anonymous`
-and their awaitable twins), the steps that rebuild its session on the worker included.
-Emitted in the caller's thread."""
+and their awaitable twins, and the same on a single `Bridge`, whose ``pool`` is its actor
+ref), the steps that rebuild its session on the worker included. Emitted in the caller's
+thread."""
 
 BRIDGE_COMMAND_START: Final[Event] = (*BRIDGE_COMMAND, "start")
 """A bridge command begins (its arguments are valid: bad ones raise `InvalidOption` or
@@ -602,7 +605,8 @@ class Span:
     The three events carry ``telemetry_span_context`` (`SPAN_CONTEXT`) in their metadata.
 
     A span whose start found no handler attached (`active` False) stays silent to its end, even
-    if a handler is attached meanwhile: a handler never sees a stop without its start.
+    if a handler is attached meanwhile. A handler attached while others are, during a span,
+    sees that span's end without its start.
 
     Attributes:
         prefix: the event prefix.

@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -551,6 +552,20 @@ def test_a_killed_port_reports_its_opening_then_its_exit_with_status_minus_9(
     assert measured["lifetime"] >= 0.0
 
 
+def test_a_ports_exit_event_comes_before_its_exit_is_visible(
+    recorder: Recorder, ports: Ports
+) -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    def look(event: Any, m: Any, md: Mapping[str, Any], config: Any) -> None:
+        seen.append((md["port"].exit_status, md["port"].info() is None))
+
+    recorder.attach("look", [telemetry.PORT_EXITED], look)
+    port = ports.open(EXITS)
+    assert port.wait_exit(WAIT) == 3
+    assert seen == [(None, False)]  # while its handler ran, nobody could see the exit yet
+
+
 @pytest.mark.leak_check
 def test_a_port_that_exits_by_itself_reports_its_exit_status(
     recorder: Recorder, ports: Ports
@@ -842,6 +857,37 @@ def test_an_awaited_checkout_cancelled_in_the_queue_emits_exception(
     assert failed["kind"] == "CancelledError"
 
 
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_task_cancelled_after_its_grant_reports_the_grant_and_a_removed_checkin(
+    recorder: Recorder, pools: Pools, timeout: float | None
+) -> None:
+    """The pool grants the queued task a worker, then the task is cancelled before it runs:
+    the pool counted that checkout, so the events show it (stop, then a "removed" checkin),
+    the worker is removed, and the task really is cancelled (with a timeout too)."""
+    pool = pools.start(Resource, pool_size=1)
+    recorder.attach("pool", [POOL], prefix=True)
+
+    async def main() -> None:
+        lease = hold(pool)
+        task = asyncio.create_task(pool.acheckout(None, keep, timeout))
+        while pool.status().queued == 0:
+            await asyncio.sleep(0)  # bounded by the test's timeout: the task queues at once
+        release(lease)  # granted to the queued task, whose coroutine has not run yet
+        assert wait_for(lambda: pool.status().queued == 0, WAIT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert wait_for(lambda: pool.status().workers_removed == 1, WAIT)
+    assert pool.status().checkouts == 2
+    assert len(recorder.of(telemetry.POOL_CHECKOUT_STOP)) == 2
+    assert [md["result"] for md in recorder.of(telemetry.POOL_CHECKIN)] == ["ok", "removed"]
+    assert recorder.of(telemetry.POOL_CHECKOUT_EXCEPTION) == []
+    [removed] = recorder.of(telemetry.POOL_WORKER_REMOVED)
+    assert removed["reason"] == "cancelled"
+
+
 def test_a_handler_that_raises_in_a_callers_checkout_is_detached_and_the_pool_serves_on(
     recorder: Recorder, pools: Pools, records: Records
 ) -> None:
@@ -1088,6 +1134,33 @@ def test_a_failing_bridge_command_emits_exception_and_the_awaited_one_the_same(
     assert first["command"] == "no_such_command"
     assert first["worker"] == second["worker"]
     assert recorder.of(telemetry.BRIDGE_COMMAND_STOP) == []
+
+
+@pytest.mark.leak_check
+def test_a_single_bridges_commands_are_the_same_spans(recorder: Recorder) -> None:
+    from dspex_actors.bridge import Bridge
+
+    mock_worker = [sys.executable, "-m", "dspex_actors.bridge.worker", "--backend", "mock"]
+    bridge = Bridge.start(worker_argv=mock_worker, name=None)
+    try:
+        recorder.attach("bridge", [BRIDGE], prefix=True)
+        assert bridge.execute_in_session("s1", "ping")["status"] == "ok"
+        with pytest.raises(CommandError):
+            bridge.execute_anonymous("no_such_command")
+    finally:
+        bridge.stop()
+    assert recorder.events() == [
+        telemetry.BRIDGE_COMMAND_START,
+        telemetry.BRIDGE_COMMAND_STOP,
+        telemetry.BRIDGE_COMMAND_START,
+        telemetry.BRIDGE_COMMAND_EXCEPTION,
+    ]
+    [stopped] = recorder.of(telemetry.BRIDGE_COMMAND_STOP)
+    assert (stopped["command"], stopped["session_id"]) == ("ping", "s1")
+    assert stopped["pool"] == str(bridge.actor_ref)
+    [failed] = recorder.of(telemetry.BRIDGE_COMMAND_EXCEPTION)
+    assert (failed["kind"], failed["session_id"]) == ("CommandError", "anonymous")
+    assert failed["worker"] == stopped["worker"]
 
 
 # --- the catalogue -----------------------------------------------------------------------------

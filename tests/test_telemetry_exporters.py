@@ -9,6 +9,7 @@ are held on a lease, so their values are pinned, and compared with `status()`.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -17,13 +18,13 @@ import pytest
 
 import dspex_actors as da
 from dspex_actors import telemetry
-from dspex_actors.testing import wait_for
+from dspex_actors.testing import kill_and_wait, sync, wait_for
 
 from support.logs import EventLog
 from support.pools import WAIT, Pools, ProcessPools, Waiter, hold, release, settled, wait_queued
 from support.ports import STALL, Ports
 from support.sessions import SessionPools, create_program, unique
-from support.supervision import Crash, Probe, Supervisors, crash_and_settle, ref_of
+from support.supervision import Crash, Probe, Supervisors, crash_and_settle, probe_spec, ref_of
 
 prometheus_client = pytest.importorskip(
     "prometheus_client", reason="the prometheus extra (prometheus_client) is not installed"
@@ -384,3 +385,130 @@ def test_otel_detach_stops_recording(otel: Otel, pools: Pools) -> None:
     otel.exporter.detach()
     pool.checkout(None, keep)
     assert otel.points("dspex.pool.checkouts") == {(("pool", pool.name),): 1}
+
+
+# --- labels that stay few, and exporters that end ------------------------------------------
+
+
+def test_a_supervised_pool_keeps_its_registered_name_as_label_and_its_gauges_across_restarts(
+    prometheus: telemetry.PrometheusExporter, sups: Supervisors
+) -> None:
+    name = unique("db")
+    sup = sups.start([da.Pool.child_spec(Resource, pool_size=2, id="db", name=name)])
+    first = da.Pool.from_ref(ref_of(sup, "db"))
+    assert first.name == name  # the name its supervisor registers it under
+    prometheus.watch(first)
+    assert Scrape(prometheus.registry).value("dspex_pool_idle_workers", pool=name) == 2
+    kill_and_wait(first.actor_ref)
+    sync(sup.actor_ref)
+    second = da.Pool.from_ref(ref_of(sup, "db"))
+    assert second.actor_ref != first.actor_ref
+    assert second.name == name
+    # The next incarnation is read under the same name, with the same series.
+    assert Scrape(prometheus.registry).value("dspex_pool_idle_workers", pool=name) == 2
+    started = [
+        (labels, value)
+        for (metric, labels), value in Scrape(prometheus.registry).samples.items()
+        if metric == "dspex_pool_workers_started_total"
+    ]
+    assert started == [((("pool", name),), 4.0)]
+
+
+def test_a_nested_supervisor_is_labelled_by_the_name_its_parent_registers(
+    sups: Supervisors, log: EventLog
+) -> None:
+    seen: list[Any] = []
+    telemetry.attach(
+        "nested",
+        [telemetry.SUPERVISOR_CHILD_STARTED],
+        lambda event, m, md, config: seen.append(md["supervisor"]),
+    )
+    try:
+        name = unique("inner")
+        inner = da.Supervisor.child_spec("inner", [probe_spec("worker", log)], name=name)
+        sup = sups.start([inner])
+        inner_ref = ref_of(sup, "inner")
+        kill_and_wait(inner_ref)
+        sync(sup.actor_ref)
+        assert ref_of(sup, "inner") != inner_ref
+    finally:
+        telemetry.detach("nested")
+    # Each incarnation of the inner supervisor reports its child under the same label.
+    assert seen.count(name) == 2
+
+
+def checked_in_with(state: Any, from_: da.From, w: Any) -> tuple[Any, Any]:
+    return w, state
+
+
+class Retiring(Resource):
+    """Removed at every checkin, with a reason that is free text."""
+
+    def handle_checkin(self, cs: Any, from_: da.From, ws: Any, ps: Any) -> da.Remove:
+        return da.Remove(f"retired after request #{cs}", ps)
+
+
+def test_free_text_reasons_share_one_other_label(
+    prometheus: telemetry.PrometheusExporter, pools: Pools
+) -> None:
+    pool = pools.start(Retiring, pool_size=1)
+    for n in range(4):
+        pool.checkout(None, functools.partial(checked_in_with, n))
+    assert wait_for(lambda: pool.status().workers_removed == 4, WAIT)
+    removed = {
+        labels: value
+        for (metric, labels), value in Scrape(prometheus.registry).samples.items()
+        if metric == "dspex_pool_workers_removed_total"
+    }
+    assert removed == {(("pool", pool.name), ("reason", "other")): 4}
+    assert telemetry.reason_label("closed") == "closed"
+    assert telemetry.reason_label(("port_exited", -9)) == "port_exited"
+
+
+def test_a_closed_prometheus_exporter_leaves_its_registry_and_reads_no_pool(
+    pools: Pools,
+) -> None:
+    registry = CollectorRegistry()
+    exporter = telemetry.PrometheusExporter(registry)
+    exporter.attach()
+    pool = pools.start(Resource, pool_size=1)
+    exporter.watch(pool)
+    calls = count_status_calls(pool)
+    assert "dspex_pool_idle_workers" in Scrape(registry).text
+    assert calls == [1]
+    exporter.close()
+    exporter.close()  # idempotent
+    assert telemetry.list_handlers() == []
+    assert "dspex_" not in Scrape(registry).text
+    assert calls == [1]  # the scrape after close read no pool
+    again = telemetry.PrometheusExporter(registry)  # the names are free again
+    again.close()
+
+
+def test_otel_reads_each_pool_once_per_collection_and_nothing_once_closed(
+    otel: Otel, pools: Pools
+) -> None:
+    pool = pools.start(Resource, pool_size=1)
+    otel.exporter.watch(pool)
+    calls = count_status_calls(pool)
+    key = (("pool", pool.name),)
+    assert otel.points("dspex.pool.idle_workers") == {key: 1}
+    assert calls == [1]  # one status() for the four gauges of that collection
+    assert otel.points("dspex.pool.busy_workers") == {key: 0}
+    assert calls == [2]
+    otel.exporter.close()
+    assert otel.points("dspex.pool.idle_workers") == {}
+    assert calls == [2]
+
+
+def count_status_calls(pool: da.Pool) -> list[int]:
+    """Count `pool.status` calls made through this handle (what an exporter watches)."""
+    calls = [0]
+    status = pool.status
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return status(*args, **kwargs)
+
+    pool.status = counted  # type: ignore[method-assign]
+    return calls

@@ -33,6 +33,7 @@ import pykka
 
 from .. import _telemetry
 from .._actor import Actor, InternalMessage
+from .._child_spec import child_name
 from .._clock import SYSTEM_CLOCK, Clock, TimerHandle
 from .._errors import (
     CallbackReturnError,
@@ -259,6 +260,9 @@ class PoolActor(Actor):
         self._cfg = config
         self._init_arg = init_arg
         self._register_as = name
+        # Its label when it registers no name: the name its supervisor registers it under,
+        # the same for every incarnation (read here, in the thread that starts it).
+        self._supervised_as = child_name()
         self._parent = parent
         self._clock = config.clock
         # The real clock's reading, without the method call (the hot path reads it twice).
@@ -306,7 +310,8 @@ class PoolActor(Actor):
     # -- start and exit --
 
     def on_start(self) -> None:
-        label = str(self._register_as) if self._register_as is not None else None
+        named = self._register_as if self._register_as is not None else self._supervised_as
+        label = str(named) if named is not None else None
         self._core.label = label or f"{self._cls_name}#{self.actor_ref.actor_urn[-6:]}"
         if self._register_as is not None:
             register(self._register_as, self.actor_ref)

@@ -509,7 +509,8 @@ class Pool(ActorHandle):
 
     @property
     def name(self) -> str:
-        """The pool's label in errors and logs: its registered name, else class and id."""
+        """The pool's label in errors, logs and telemetry: its registered name (its own, or
+        the one its supervisor registers every incarnation under), else class and id."""
         return self._core.label
 
     # -- internals used by checkout and Lease --
@@ -562,15 +563,9 @@ class Pool(ActorHandle):
         wakes this task."""
         waker = AsyncWaker(asyncio.get_running_loop())
         core, req, timeout = self._submit(command, timeout, worker, affinity, waker)
-        got = True
         if req.kind is _PENDING:
             try:
-                if timeout is None:
-                    await waker.future
-                else:
-                    await asyncio.wait_for(waker.future, timeout)
-            except TimeoutError:
-                got = req.kind is not _PENDING  # answered just as we gave up: take it
+                await waker.wait(timeout)
             except BaseException as exc:
                 # Cancelled while queued: out of the queue (a worker granted meanwhile is
                 # removed, as for a caller that gives up).
@@ -578,9 +573,10 @@ class Pool(ActorHandle):
                 with contextlib.suppress(pykka.ActorDeadError):
                     self._ref.tell(_Cancel(req, "cancelled"))
                 if req.span is not None:
-                    req.span.exception(exc)
+                    _gave_up(req.span, req, exc)
                 raise
-        return self._collect(core, req, got, timeout)
+        # Answered, or timed out (answered just as the time ran out: taken).
+        return self._collect(core, req, req.kind is not _PENDING, timeout)
 
     def _submit(
         self,
@@ -644,7 +640,7 @@ class Pool(ActorHandle):
             start_error = core.start_error
             timed_out = PoolTimeout(core.label, timeout, start_error)
             if span is not None:
-                span.exception(timed_out)
+                _gave_up(span, req, timed_out)
             raise timed_out from start_error
         if req.kind is _GRANTED:
             if span is not None:
@@ -791,6 +787,18 @@ def _granted(span: CheckoutSpan, req: _Request) -> None:
     now = span.granted_at = _telemetry.monotonic_time()
     queue_wait = now - span.queued_at if span.queued_at else 0.0
     span.stop({"queue_wait": queue_wait}, {"worker_id": req.worker_id})
+
+
+def _gave_up(span: CheckoutSpan, req: _Request, error: BaseException) -> None:
+    """The end of a checkout whose caller gave up (its time ran out, its task was
+    cancelled): its exception; or, if the pool granted it meanwhile (the pool counted that
+    checkout, and removes the worker), its grant and a ``"removed"`` checkin, as for a lease
+    that ended at once."""
+    if req.kind is _GRANTED:
+        _granted(span, req)
+        _checked_in(span, req, "removed")
+    else:
+        span.exception(error)
 
 
 def _checked_in(span: CheckoutSpan, req: _Request, result: str) -> None:

@@ -1059,6 +1059,9 @@ class Port:
         return bytearray(rest)
 
     def _finish(self, status: int | None) -> None:
+        # Before the exit is visible (exit_status, info, send, wait_exit, recv): who sees it
+        # can count on its event.
+        self._emit_exited(status)
         event = PortExited(self, status)
         with self._lock:
             self._exit = event
@@ -1066,8 +1069,6 @@ class Port:
         self._close_stdin()
         if self._on_reaped is not None:
             self._on_reaped()
-        # Before the exit is visible (wait_exit, recv): who sees it can count on its event.
-        self._emit_exited(status)
         self._exited.set()
         # After the event is set, so a recv woken by this byte finds the exit known; before
         # on_exit, so close() (which waits for this thread) never closes the read end first.

@@ -31,7 +31,15 @@ from .._actor import (
     start_limit,
 )
 from .._checks import is_int, is_number, os_timeout
-from .._child_spec import BRUTAL_KILL, ChildSpec, ChildType, Restart, is_inline_start
+from .._child_spec import (
+    BRUTAL_KILL,
+    ChildSpec,
+    ChildType,
+    Restart,
+    child_name,
+    is_inline_start,
+    starting_child_named,
+)
 from .._clock import Clock
 from .._errors import (
     AlreadyNamed,
@@ -126,7 +134,8 @@ def start_spec(spec: ChildSpec, extra_args: tuple[Any, ...] = ()) -> pykka.Actor
         _StartFailure: the start function raised, or returned something invalid.
     """
     try:
-        result = spec.start(*extra_args, *spec.args, **spec.kwargs)
+        with starting_child_named(spec.name):
+            result = spec.start(*extra_args, *spec.args, **spec.kwargs)
     except StartError as exc:
         raise _StartFailure(exc.reason) from exc
     except Exception as exc:
@@ -210,7 +219,8 @@ class _SupervisorBase(Actor):
         self._max_seconds = max_seconds
         self._clock = clock
         self._parent = parent
-        self._label = label
+        # Its name, else the name its own supervisor registers it under (same every restart).
+        self._label = label if label is not None else child_name()
         self._restarts: tuple[float, ...] = ()
         # Every child by its key (its id, or a number under a DynamicSupervisor), and the key
         # of each running child's ref: a child's exit signal names only its ref.

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pykka
 
+from .. import _telemetry
 from .._actor import Actor, ActorHandle, InternalMessage
 from .._aio import in_thread
 from .._checks import check_clock, check_name_option, check_options, is_number
@@ -440,11 +441,34 @@ class Bridge(ActorHandle):
         elif not is_number(timeout) or not timeout >= 0:
             raise InvalidOption("timeout", timeout, "a non-negative number of seconds")
         deadline = time.monotonic() + timeout
-        store = spec.store
-        worker = core.port.id
         body = {**args, "session_id": session_id}
         message = request(command, body)
         Prepared.of(message, spec.codec, spec.max_frame, False, None)  # refused before sending
+        if not _telemetry.active:
+            return self._run(core, session_id, command, body, message, deadline, timeout)
+        metadata = {
+            "pool": str(self._ref),
+            "command": command,
+            "session_id": session_id,
+            "worker": str(core.port),
+        }
+        with _telemetry.span(_telemetry.BRIDGE_COMMAND, metadata):
+            return self._run(core, session_id, command, body, message, deadline, timeout)
+
+    @staticmethod
+    def _run(
+        core: _BridgeCore,
+        session_id: str,
+        command: str,
+        body: dict[str, Any],
+        message: dict[str, Any],
+        deadline: float,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """A checked command (`message`): its session brought up to date on the worker, then
+        the command sent."""
+        store = core.spec.store
+        worker = core.port.id
         public_session = None if session_id == ANONYMOUS else session_id
         if store.plan(session_id, worker):
             with core.sync_lock:  # one rebuild at a time: no step sent twice

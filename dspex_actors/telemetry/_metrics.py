@@ -11,14 +11,16 @@ themselves at collection time (`PoolWatch`), so they are exactly what `status()`
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Final, Literal
 
 import attrs
 
 from .. import _telemetry as t
 from .._errors import DspexActorsError, InvalidOption, NoProc, PoolTimeout
+from .._naming._names import whereis
 from .._pool._contract import PoolStatus
 from .._pool._handle import Pool
 from .._pool._results import Recycle
@@ -187,15 +189,19 @@ Update = tuple[Metric, tuple[str, ...], float]
 
 
 def reason_label(reason: Any) -> str:
-    """A short label for a reason: a string as it is (cut to 60 characters), an exception's
-    class name, the first element of a ``("checkout_failed", code)`` pair, ``"normal"`` /
+    """A short label for a reason, from a bounded set of values: a string that reads as an
+    atom (a letter, then letters, digits or ``_``, at most 40: ``"closed"``, ``"max_tasks"``)
+    as it is and any other string as ``"other"``, an exception's class name, the first
+    element of a ``("checkout_failed", code)`` pair (by the same rule), ``"normal"`` /
     ``"shutdown"`` / ``"killed"`` / ``"noproc"`` for the exit reasons, else the type's name.
 
     >>> reason_label(TimeoutError("late")), reason_label(("connect_failed", "target_dead"))
     ('TimeoutError', 'connect_failed')
+    >>> reason_label("closed"), reason_label("retired after request #7")
+    ('closed', 'other')
     """
     if isinstance(reason, str):
-        return reason[:60]
+        return reason if _ATOM.fullmatch(reason) else "other"
     if isinstance(reason, BaseException):
         return type(reason).__name__
     if reason is NORMAL or reason is SHUTDOWN or reason is KILLED or reason is NOPROC:
@@ -205,10 +211,15 @@ def reason_label(reason: Any) -> str:
     if isinstance(reason, Recycle):
         return reason_label(reason.why)
     if isinstance(reason, tuple | list) and reason and isinstance(reason[0], str):
-        return reason[0][:60]
+        return reason_label(reason[0])
     if reason is None:
         return "none"
     return type(reason).__name__
+
+
+_ATOM = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
+"""A string reason kept as a label: one that reads as an atom (free text would make a new
+series per message)."""
 
 
 def _text(value: Any) -> str:
@@ -384,14 +395,20 @@ class PoolWatch:
     Gauges are read, not derived from events: a handler attached to a running pool has not
     seen its past, and a count kept from events drifts the first time one is missed, while
     `status()` is the pool's own state. So the exporter's gauges are `status()`, by
-    construction. A pool that has stopped is dropped at the next collection; one that does
-    not answer within `timeout` is left out of that collection only.
+    construction. A pool that does not answer within `timeout` is left out of that
+    collection only. A pool that has stopped is dropped at the next collection, unless it was
+    registered under its name (`whereis`): then its supervisor's next incarnation of it is
+    read under the same name, and a collection that finds none leaves it out.
     """
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._pools: dict[str, Any] = {}
+        self._registered: set[str] = set()  # names the pools are registered under
         self._lock = threading.Lock()
+        self._round_lock = threading.Lock()
+        self._round: list[PoolSample] | None = None
+        self._consumed: set[Hashable] = set()
 
     def add(self, pool: Any) -> None:
         """Read `pool` from now on (a pool of the same name replaces the one read before).
@@ -405,8 +422,13 @@ class PoolWatch:
         name = pool.name
         if not pool.is_alive():
             raise NoProc(name, "watch")
+        registered = whereis(name) == pool.actor_ref
         with self._lock:
             self._pools[name] = pool
+            if registered:
+                self._registered.add(name)
+            else:
+                self._registered.discard(name)
 
     def remove(self, pool: Any) -> None:
         """Stop reading `pool` (idempotent)."""
@@ -414,8 +436,16 @@ class PoolWatch:
             for name, known in list(self._pools.items()):
                 if known is pool:
                     del self._pools[name]
+                    self._registered.discard(name)
+
+    def clear(self) -> None:
+        """Stop reading every pool."""
+        with self._lock:
+            self._pools.clear()
+            self._registered.clear()
 
     def sample(self) -> list[PoolSample]:
+        """Each watched pool's `status()`, now."""
         with self._lock:
             pools = list(self._pools.items())
         samples = []
@@ -423,10 +453,13 @@ class PoolWatch:
             try:
                 status = pool.status(self.timeout)
             except NoProc:
-                with self._lock:  # stopped: its series end here
-                    if self._pools.get(name) is pool:
-                        del self._pools[name]
-                continue
+                current = self._next_incarnation(name, pool)
+                if current is None:
+                    continue
+                try:
+                    status = current.status(self.timeout)
+                except DspexActorsError:
+                    continue
             except DspexActorsError:
                 continue  # busy past the timeout: skipped this time
             inner = getattr(status, "pool", status)  # a SessionPoolStatus wraps a PoolStatus
@@ -435,3 +468,33 @@ class PoolWatch:
             sessions = getattr(status, "active_sessions", None)
             samples.append(PoolSample(name, inner, sessions if isinstance(sessions, int) else None))
         return samples
+
+    def shared_sample(self, reader: Hashable) -> list[PoolSample]:
+        """`sample`, taken once for several readers of one collection (an exporter's gauges):
+        each `reader` gets the current sample the first time it asks, and a fresh one is
+        taken when a reader asks again. So the gauges of one collection come from one
+        `status()` per pool, and agree with each other."""
+        with self._round_lock:
+            if self._round is None or reader in self._consumed:
+                self._round = self.sample()
+                self._consumed = set()
+            self._consumed.add(reader)
+            return self._round
+
+    def _next_incarnation(self, name: str, stopped: Pool) -> Pool | None:
+        """The pool now registered under `name` if `stopped` was registered there (None
+        meanwhile); else None, and `stopped` is no longer read (its series end here)."""
+        with self._lock:
+            if self._pools.get(name) is not stopped:
+                return None  # replaced or removed meanwhile
+            if name not in self._registered:
+                del self._pools[name]
+                return None
+        ref = whereis(name)
+        if ref is None or ref == stopped.actor_ref:
+            return None  # between incarnations: left out of this collection
+        current: Pool = type(stopped).from_ref(ref)
+        with self._lock:
+            if self._pools.get(name) is stopped:
+                self._pools[name] = current
+        return current

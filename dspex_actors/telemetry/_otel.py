@@ -137,6 +137,12 @@ class OpenTelemetryExporter:
             return
         _telemetry.attach(self._handler_id, list(dict.fromkeys(self._events)), self._handle)
 
+    def close(self) -> None:
+        """Stop recording and stop reading the watched pools: the gauges report nothing from
+        now on (OpenTelemetry has no way to remove an instrument). Idempotent."""
+        self.detach()
+        self._pools.clear()
+
     def detach(self) -> None:
         """Stop recording. Spans still open are ended now. Idempotent."""
         _telemetry.detach(self._handler_id)
@@ -222,7 +228,8 @@ class OpenTelemetryExporter:
 
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             found = []
-            for sample in self._pools.sample():
+            # One status() per pool for all four gauges of a collection.
+            for sample in self._pools.shared_sample(read):
                 value = read(sample)
                 if value is not None:
                     found.append(Observation(value, {"pool": sample.pool}))

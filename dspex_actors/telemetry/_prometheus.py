@@ -6,6 +6,7 @@ Needs the ``prometheus`` extra (``pip install 'dspex-actors[prometheus]'``, whic
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,8 @@ class PrometheusExporter:
     disagree. A stopped pool's gauges disappear at the next scrape.
 
     The metrics are registered in `registry` when the exporter is made (one exporter per
-    registry and namespace); `detach` stops the counting and keeps the values.
+    registry and namespace); `detach` stops the counting and keeps the values; `close` also
+    stops reading the pools and takes the metrics out of the registry.
 
     Example:
         >>> from prometheus_client import CollectorRegistry, generate_latest
@@ -98,7 +100,8 @@ class PrometheusExporter:
                     registry=self.registry,
                 )
         self._pools = PoolWatch(status_timeout)
-        self.registry.register(_PoolCollector(self._pools, namespace))
+        self._collector = _PoolCollector(self._pools, namespace)
+        self.registry.register(self._collector)
 
     def attach(self) -> None:
         """Start counting: attach this exporter's telemetry handler (idempotent)."""
@@ -109,6 +112,17 @@ class PrometheusExporter:
     def detach(self) -> None:
         """Stop counting (the values so far stay in the registry). Idempotent."""
         _telemetry.detach(self._handler_id)
+
+    def close(self) -> None:
+        """Stop counting, stop reading the watched pools, and take this exporter's metrics
+        out of its registry (another exporter may then register there). Idempotent."""
+        self.detach()
+        self._pools.clear()
+        collectors = [self._collector, *self._instruments.values()]
+        self._instruments = {}
+        for collector in collectors:
+            with contextlib.suppress(KeyError):  # unregistered already
+                self.registry.unregister(collector)
 
     def watch(self, pool: Any) -> None:
         """Report `pool`'s idle, busy and queued gauges (a `Pool`, `ProcessPool` or
