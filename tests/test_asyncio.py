@@ -153,6 +153,25 @@ def test_cancelling_a_call_a_worker_is_running_kills_that_worker_and_it_is_repla
 
 
 @pytest.mark.leak_check
+def test_a_call_in_flight_when_its_pool_stops_ends_even_if_the_loop_was_busy_meanwhile(
+    pools: ProcessPools, tmp_path: Path
+) -> None:
+    """The pool stops (its worker killed, its pipes closed) while the loop is blocked: the
+    awaited call still learns of it at once, with no timeout of its own to save it."""
+    pool = pools.start(target=gated, pool_size=1)
+    gate = tmp_path / "never"
+
+    async def scenario() -> None:
+        call = asyncio.ensure_future(pool.acall(["gate", str(gate), 5], timeout=None))
+        await until(_busy(pool, 1))
+        pool.stop(timeout=WAIT)  # blocks the loop: the exit and the closed pipes come unseen
+        with pytest.raises(da.WorkerCrashed):
+            await asyncio.wait_for(call, WAIT)
+
+    run(scenario())
+
+
+@pytest.mark.leak_check
 def test_asyncio_timeout_on_a_call_stops_the_worker_as_a_cancellation_does(
     pools: ProcessPools, tmp_path: Path
 ) -> None:

@@ -279,6 +279,8 @@ def test_stop_kills_every_actor_the_pool_created(pools: RayPools) -> None:
         ({"backend": "ray", "ray_options": {"lifetime": "detached"}}, "ray_options"),
         ({"backend": "ray", "ray_options": {"no_such_option": 1}}, "ray_options"),
         ({"backend": "ray", "ray_options": {"num_cpus": "one"}}, "ray_options"),
+        ({"backend": "ray", "ray_options": {"max_pending_calls": 1}}, "ray_options"),
+        ({"backend": "ray", "ray_options": {"scheduling_strategy": "bogus"}}, "ray_options"),
         ({"backend": "ray", "start_method": "spawn"}, "start_method"),
         ({"backend": "ray", "max_memory": 10**9}, "max_memory"),
     ],

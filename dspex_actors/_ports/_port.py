@@ -660,22 +660,32 @@ class Port:
     async def _aawait_reply(self, request_id: Any, deadline: float | None) -> Any:
         """`_await_reply`, awaited: what the process wrote already is read at once, and
         otherwise the event loop watches stdout and the exit pipe (no thread waits)."""
-        fds = [self._stdout_fd, self._exit_r] if self._stdout_fd is not None else []
         while True:
             if self._stream_done and not self._exited.is_set():
                 # Its stdout ended: its exit (reaped by the port's own thread) follows closely.
                 await in_thread(self._exited.wait, 5.0)
-            try:
-                with self._recv_lock:
+            watched: list[int] = []
+            with self._recv_lock:
+                try:
                     frame = self._next_frame(time.monotonic(), 0.0)  # never waits
-            except CallTimeout:
+                except CallTimeout:
+                    # Copies of the two fds, made while the port cannot close them: the loop
+                    # watches its own, so a close meanwhile (stop, a supervisor's restart)
+                    # neither hides the exit from it nor hands it a number reused by another
+                    # file. EOF on the exit pipe's copy still wakes it.
+                    fds = (self._stdout_fd, self._exit_r) if self._stdout_fd is not None else ()
+                    watched = [os.dup(fd) for fd in fds]
+                else:
+                    return self._check_reply(self._codec.decode(frame), request_id)
+            try:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     self._reply_pending = True
-                    raise CallTimeout(str(self), "recv", None) from None
-                await wait_readable(fds, left)
-                continue
-            return self._check_reply(self._codec.decode(frame), request_id)
+                    raise CallTimeout(str(self), "recv", None)
+                await wait_readable(watched, left)
+            finally:
+                for fd in watched:
+                    close_fd(fd)
 
     def _check_reply(self, reply: Any, request_id: Any) -> Any:
         """`reply`, checked to answer `request_id`; a handler's error raised as

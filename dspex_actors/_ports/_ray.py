@@ -65,6 +65,7 @@ RESERVED_OPTIONS = frozenset(
         "max_restarts",
         "max_task_retries",
         "max_concurrency",
+        "max_pending_calls",
         "concurrency_groups",
         "allow_out_of_order_execution",
         "lifetime",
@@ -75,7 +76,8 @@ RESERVED_OPTIONS = frozenset(
 )
 """Actor options the pool sets itself, refused in ``ray_options``: the pool replaces dead
 workers (Ray must not restart or retry them), runs each worker's calls in order beside its
-death watch, and owns its actors (a named or detached actor would outlive the pool)."""
+death watch (which a pending-calls limit would starve), and owns its actors (a named or
+detached actor would outlive the pool)."""
 
 _ACTOR_OPTIONS = {"max_restarts": 0, "max_task_retries": 0}
 _EXIT_GRACE = 5.0  # seconds a failed call waits for the actor's end to be reported
@@ -102,6 +104,21 @@ def _actor_class() -> Any:
     return ray.remote(concurrency_groups={"watch": 1}, **_ACTOR_OPTIONS)(RayWorker)
 
 
+@functools.cache
+def _strategy_types() -> tuple[type, ...]:
+    """Ray's scheduling strategy classes (those this Ray version has)."""
+    from ray.util import scheduling_strategies
+
+    names = (
+        "PlacementGroupSchedulingStrategy",
+        "NodeAffinitySchedulingStrategy",
+        "NodeLabelSchedulingStrategy",
+    )
+    return tuple(
+        getattr(scheduling_strategies, n) for n in names if hasattr(scheduling_strategies, n)
+    )
+
+
 def check_ray_spec(spec: Any) -> None:
     """Refuse the options of a Ray-backed pool's `PortSpec` that it cannot honour, before
     anything starts.
@@ -125,6 +142,17 @@ def check_ray_spec(spec: Any) -> None:
     reserved = sorted(RESERVED_OPTIONS.intersection(options or ()))
     if reserved:
         raise InvalidOption("ray_options", options, f"free of {reserved} (the pool sets them)")
+    strategy = (options or {}).get("scheduling_strategy")
+    if strategy is not None and not (
+        strategy in ("DEFAULT", "SPREAD") or isinstance(strategy, _strategy_types())
+    ):
+        # Ray checks it only when an actor is made: each start would fail, again and again.
+        raise InvalidOption(
+            "ray_options",
+            options,
+            "a scheduling_strategy of 'DEFAULT', 'SPREAD' or a ray.util.scheduling_strategies "
+            "instance",
+        )
     try:
         _actor_class().options(**(options or {}))
     except (TypeError, ValueError) as exc:
@@ -294,7 +322,17 @@ class RayPort(Port):
         with self._lock:
             if self._exit is not None or self._closing:
                 raise PortClosed(self, "process exited" if self._exit else "closed")
-        ref = method.remote(payload)
+        if not ray_module().is_initialized():
+            # Ray was shut down: its actors went with it (and a call now would start a new
+            # local Ray instance behind the user's back).
+            self._end(None)
+            raise PortClosed(self, "Ray is shut down")
+        try:
+            ref = method.remote(payload)
+        except Exception as exc:  # the actor cannot be reached: treat it as gone
+            self.kill()
+            self._end(None)
+            raise PortClosed(self, f"its actor is unreachable: {_first_line(exc)}") from None
         if reply:
             self._inflight.append(ref)
 
@@ -322,6 +360,8 @@ class RayPort(Port):
             raise CallTimeout(str(self), "recv", timeout) from None
         except ray.exceptions.RayError as exc:
             raise self._lost(exc) from None
+        if outcome[0] == "closed":
+            self._exited.wait(_EXIT_GRACE)  # its status comes with the actor's watch
         return self._codec.decode(self._outcome(outcome))
 
     async def _aawait_reply(self, request_id: Any, deadline: float | None) -> Any:
@@ -338,7 +378,9 @@ class RayPort(Port):
             self._reply_pending = True
             raise CallTimeout(str(self), "recv", None) from None
         except ray.exceptions.RayError as exc:
-            raise self._lost(exc) from None
+            raise await in_thread(self._lost, exc) from None  # it may wait for the watch
+        if outcome[0] == "closed":
+            await in_thread(self._exited.wait, _EXIT_GRACE)
         return self._check_reply(self._codec.decode(self._outcome(outcome)), request_id)
 
     def _outcome(self, outcome: tuple[str, Any]) -> bytes:
@@ -351,9 +393,7 @@ class RayPort(Port):
             return data  # type: ignore[no-any-return]
         if kind == "protocol":
             raise ProtocolError(data)
-        # "closed": the program exited; its status comes with the actor's watch.
-        self._exited.wait(_EXIT_GRACE)
-        raise PortClosed(self, data)
+        raise PortClosed(self, data)  # "closed": the program exited
 
     def _lost(self, exc: Exception) -> PortClosed:
         """An actor call failed: the actor died (or cannot be reached: its state is
@@ -407,10 +447,13 @@ class RayPort(Port):
             if self._killed:
                 return
             self._killed = True
+        ray = ray_module()
         try:
-            ray_module().kill(self._actor, no_restart=True)
-        except Exception as exc:  # Ray is shut down: the actor went with it
-            log_event(
+            if not ray.is_initialized():
+                raise RuntimeError("Ray is shut down")
+            ray.kill(self._actor, no_restart=True)
+        except Exception as exc:  # Ray is shut down: the actor went with it, and no watch
+            log_event(  # will report its end: it ends here
                 _log,
                 "DEBUG",
                 "ray_kill_failed",
@@ -418,6 +461,7 @@ class RayPort(Port):
                 port=str(self),
                 exc=exc,
             )
+            self._end(None)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         self.kill()  # an actor has no gentler signal
