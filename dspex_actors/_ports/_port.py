@@ -291,6 +291,10 @@ class Port:
             self._exit_r, self._exit_w = os.pipe()
             PARENT_FDS.update((self._exit_r, self._exit_w))
         self._poller.register(self._exit_r, select.POLLIN)
+        # Copies of stdout and the exit pipe an event loop watches (see `_aio_watch`).
+        self._aio_lock = threading.Lock()
+        self._aio_fds: list[int] | None = None
+        self._aio_users = 0
         self._closing = False
         self._exit: PortExited | None = None
         self._exited = threading.Event()
@@ -664,17 +668,11 @@ class Port:
             if self._stream_done and not self._exited.is_set():
                 # Its stdout ended: its exit (reaped by the port's own thread) follows closely.
                 await in_thread(self._exited.wait, 5.0)
-            watched: list[int] = []
             with self._recv_lock:
                 try:
                     frame = self._next_frame(time.monotonic(), 0.0)  # never waits
                 except CallTimeout:
-                    # Copies of the two fds, made while the port cannot close them: the loop
-                    # watches its own, so a close meanwhile (stop, a supervisor's restart)
-                    # neither hides the exit from it nor hands it a number reused by another
-                    # file. EOF on the exit pipe's copy still wakes it.
-                    fds = (self._stdout_fd, self._exit_r) if self._stdout_fd is not None else ()
-                    watched = [os.dup(fd) for fd in fds]
+                    watched = self._aio_watch()
                 else:
                     return self._check_reply(self._codec.decode(frame), request_id)
             try:
@@ -684,8 +682,32 @@ class Port:
                     raise CallTimeout(str(self), "recv", None)
                 await wait_readable(watched, left)
             finally:
-                for fd in watched:
-                    close_fd(fd)
+                self._aio_unwatch()
+
+    def _aio_watch(self) -> list[int]:
+        """What an awaiting caller's event loop watches (called holding `_recv_lock`, the
+        port open): copies of stdout and of the exit pipe's read end, made once per port.
+        The loop watches its own copies, so the port closing its fds meanwhile (stop, a
+        supervisor's restart) neither hides the exit from it nor hands it a number reused
+        by another file; EOF on the exit pipe's copy still wakes it. Copies of read ends
+        change nothing for anyone else. One awaiting caller at a time: the port's lessee."""
+        with self._aio_lock:
+            if self._aio_fds is None:
+                fds = (self._stdout_fd, self._exit_r) if self._stdout_fd is not None else ()
+                self._aio_fds = [os.dup(fd) for fd in fds]
+            self._aio_users += 1
+            return self._aio_fds
+
+    def _aio_unwatch(self) -> None:
+        """An awaiting caller stopped watching: the copies are closed once the port's own fds
+        are and nobody watches them any more."""
+        with self._aio_lock:
+            self._aio_users -= 1
+            if self._aio_users or self._stdout_fd is not None:
+                return
+            fds, self._aio_fds = self._aio_fds, None
+        for fd in fds or ():
+            close_fd(fd)
 
     def _check_reply(self, reply: Any, request_id: Any) -> Any:
         """`reply`, checked to answer `request_id`; a handler's error raised as
@@ -813,6 +835,12 @@ class Port:
                     close_fd(self._exit_r)
             finally:
                 self._recv_lock.release()
+        with self._aio_lock:  # the loop's copies: now, or by the last caller watching them
+            fds = None
+            if not self._aio_users:
+                fds, self._aio_fds = self._aio_fds, None
+        for fd in fds or ():
+            close_fd(fd)
 
     def kill(self) -> None:
         """SIGKILL the process group now (no graceful step). The exit arrives as an event."""
