@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 import queue
 import signal
@@ -755,6 +756,11 @@ def test_a_program_starts_with_default_signal_dispositions_as_popen_gives(
 
 
 def test_a_missing_program_or_cwd_is_the_error_popen_raises_and_leaves_nothing() -> None:
+    # The fds counted here must be this test's alone: earlier tests' garbage is collected
+    # first (an abandoned coroutine closes the fd copies it watched when it is collected),
+    # and an earlier test's fork server has finished stopping (its socket and pidfd close).
+    gc.collect()
+    wait_for(lambda: running_server() is None, timeout=30)
     fds_before = set(_fds.PARENT_FDS)
     open_fds = set(os.listdir("/proc/self/fd"))
     for argv, cwd, missing in (
