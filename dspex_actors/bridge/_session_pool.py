@@ -28,9 +28,8 @@ is how DSPex starts its ``dspy_bridge.py``: DSPex's own script runs unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -492,19 +491,26 @@ class SessionPool(ProcessPool):
         run = _Command(self, session_id, command, args, timeout)
 
         def use(from_: From, port: Port) -> tuple[Any, Any]:
-            talk = run.talk(from_, port)
-            try:
-                message, name = next(talk)
-                while True:
-                    reply = _round_trip(port, message, run.deadline, name, run.op_timeout)
-                    message, name = talk.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+            worker = run.lent(port)
+            for step, step_args in run.steps(port):  # usually none: the session is in sync
+                reply = _round_trip(
+                    port, request(step, step_args), run.deadline, step, run.op_timeout
+                )
+                refused = run.rebuilt(port, worker, step, step_args, reply)
+                if refused is not None:
+                    return refused
+            reply = _round_trip(port, run.prepared, run.deadline, run.command, run.op_timeout)
+            return run.answered(from_, port, worker, reply)
 
+        spec = run.spec
         with run:
             for attempt in range(_UNDELIVERED_RETRIES + 1):
                 try:
-                    return run.outcome(self.checkout(None, use, **run.checkout_options()))
+                    preferred = spec.store.preferred(session_id)
+                    lent = self.checkout(
+                        None, use, spec.checkout_timeout, worker=preferred, affinity=spec.affinity
+                    )
+                    return run.outcome(lent)
                 except WorkerCrashed as exc:
                     # Dead before the request was written (its death not yet known to the
                     # pool): nothing ran, so another worker takes it; the dead one is removed.
@@ -522,19 +528,27 @@ class SessionPool(ProcessPool):
         run = _Command(self, session_id, command, args, timeout)
 
         async def use(from_: From, port: Port) -> tuple[Any, Any]:
-            talk = run.talk(from_, port)
-            try:
-                message, name = next(talk)
-                while True:
-                    reply = await _around_trip(port, message, run.deadline, name, run.op_timeout)
-                    message, name = talk.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+            worker = run.lent(port)
+            for step, step_args in run.steps(port):
+                message = request(step, step_args)
+                reply = await _around_trip(port, message, run.deadline, step, run.op_timeout)
+                refused = run.rebuilt(port, worker, step, step_args, reply)
+                if refused is not None:
+                    return refused
+            reply = await _around_trip(
+                port, run.prepared, run.deadline, run.command, run.op_timeout
+            )
+            return run.answered(from_, port, worker, reply)
 
+        spec = run.spec
         with run:
             for attempt in range(_UNDELIVERED_RETRIES + 1):
                 try:
-                    return run.outcome(await self.acheckout(None, use, **run.checkout_options()))
+                    preferred = spec.store.preferred(session_id)
+                    lent = await self.acheckout(
+                        None, use, spec.checkout_timeout, worker=preferred, affinity=spec.affinity
+                    )
+                    return run.outcome(lent)
                 except WorkerCrashed as exc:
                     if exc.delivered or attempt == _UNDELIVERED_RETRIES:
                         raise
@@ -543,8 +557,8 @@ class SessionPool(ProcessPool):
 
 class _Command:
     """One command on its way: checked and encoded once (a bad request never reaches a
-    worker), then talked through with whichever worker the pool lends (`talk`, the same for
-    the blocking and the awaited call). While a telemetry handler is attached it carries the
+    worker), then talked through with whichever worker the pool lends (the same steps for the
+    blocking and the awaited call). While a telemetry handler is attached it carries the
     command's `BRIDGE_COMMAND` span (`span`), started once the command is checked; as a
     context manager around the command, it emits the span's stop or exception event."""
 
@@ -581,32 +595,38 @@ class _Command:
             metadata = {"pool": pool.name, "command": command, "session_id": session_id}
             self.span = _telemetry.start_span(_telemetry.BRIDGE_COMMAND, metadata)
 
-    def checkout_options(self) -> dict[str, Any]:
-        return {
-            "timeout": self.spec.checkout_timeout,
-            "worker": self.spec.store.preferred(self.session_id),
-            "affinity": self.spec.affinity,
-        }
+    # What `use` does with the lent worker, the same for the blocking and the awaited call:
+    # `lent`, then each of `steps` (the session brought up to date on that worker) sent and
+    # given to `rebuilt`, then the command sent and its reply given to `answered`.
 
-    def talk(self, from_: From, port: Port) -> Generator[tuple[Any, str], Any, tuple[Any, Any]]:
-        """The conversation with the lent worker: yields each request (and its command's
-        name) and is sent each reply; returns the checkout's (result, checkin state). First
-        the steps that bring the worker up to date for the session, then the command."""
-        store = self.spec.store
+    def lent(self, port: Port) -> str:
+        """A worker was lent: the command's time starts now. Returns the worker's name."""
         self.deadline = time.monotonic() + self.op_timeout
         worker = str(port)
         if self.span is not None:
             self.span.metadata["worker"] = worker
-        for step, step_args in store.plan(self.session_id, port.id):
-            reply = yield request(step, step_args), step
-            try:
-                result_of(reply, step, worker, self.public_session)
-            except CommandError as exc:
-                # The worker refused to rebuild the session: the command fails, and the
-                # worker (which answered) stays, an error checkin.
-                return _Refused(exc), ("error", exc)
-            store.applied(port.id, step, step_args)
-        reply = yield self.prepared, self.command
+        return worker
+
+    def steps(self, port: Port) -> list[tuple[str, dict[str, Any]]]:
+        """What `port`'s worker lacks of the session: the commands that rebuild it."""
+        return self.spec.store.plan(self.session_id, port.id)
+
+    def rebuilt(
+        self, port: Port, worker: str, step: str, step_args: dict[str, Any], reply: Any
+    ) -> tuple[Any, Any] | None:
+        """A rebuilding step's reply: None if it worked, else the checkout's result."""
+        try:
+            result_of(reply, step, worker, self.public_session)
+        except CommandError as exc:
+            # The worker refused to rebuild the session: the command fails, and the
+            # worker (which answered) stays, an error checkin.
+            return _Refused(exc), ("error", exc)
+        self.spec.store.applied(port.id, step, step_args)
+        return None
+
+    def answered(self, from_: From, port: Port, worker: str, reply: Any) -> tuple[Any, Any]:
+        """The command's reply: the checkout's (result, checkin state), recorded in the
+        session store (and its affinity hit or miss emitted)."""
         ok = True
         try:
             result: Any = result_of(reply, self.command, worker, self.public_session)
@@ -614,6 +634,7 @@ class _Command:
             ok = False
             result = _Refused(exc)
         worker_id = from_.worker_id
+        store = self.spec.store
         hit = store.record(self.session_id, self.command, self.body, port.id, worker_id, ok=ok)
         if hit is not None and _telemetry.active:
             _telemetry.emit(
@@ -654,28 +675,48 @@ async def _around_trip(
     port: Port, message: Any, deadline: float, command: str, op_timeout: float
 ) -> Any:
     """`_round_trip`, awaited (the event loop watches the worker's pipe)."""
-    with _dspex_errors(port, command, op_timeout, sending=True):
+    errors = _DspexErrors(port, command, op_timeout)
+    with errors:
         request_id, _ = port._send_request(message, max(0.0, deadline - time.monotonic()))
-    with _dspex_errors(port, command, op_timeout, sending=False):
+        errors.sending = False
         return await port._aawait_reply(request_id, deadline)
 
 
 def _round_trip(port: Port, message: Any, deadline: float, command: str, op_timeout: float) -> Any:
     """Send one request and wait for its reply; what goes wrong is raised as DSPex's error
     kinds (raised inside the lease: the worker is removed)."""
-    with _dspex_errors(port, command, op_timeout, sending=True):
+    errors = _DspexErrors(port, command, op_timeout)
+    with errors:
         request_id, _ = port._send_request(message, max(0.0, deadline - time.monotonic()))
-    with _dspex_errors(port, command, op_timeout, sending=False):
+        errors.sending = False
         return port._await_reply(request_id, deadline)
 
 
-@contextlib.contextmanager
-def _dspex_errors(port: Port, command: str, op_timeout: float, *, sending: bool) -> Iterator[None]:
-    """The port's errors as DSPex's: its process gone (`WorkerCrashed`, not delivered if it
-    was gone before the request was written), no reply in time (`CommandTimeout`)."""
-    try:
-        yield
-    except PortClosed as exc:
-        raise WorkerCrashed(str(port), port.exit_status, delivered=not sending) from exc
-    except CallTimeout:
-        raise CommandTimeout(str(port), command, op_timeout) from None
+class _DspexErrors:
+    """Around one round trip: the port's errors as DSPex's. Its process gone is
+    `WorkerCrashed` (not delivered while `sending`: it was gone before the request was
+    written), no reply in time is `CommandTimeout`. A class, not a generator: it is on every
+    command's path."""
+
+    __slots__ = ("command", "op_timeout", "port", "sending")
+
+    def __init__(self, port: Port, command: str, op_timeout: float) -> None:
+        self.port = port
+        self.command = command
+        self.op_timeout = op_timeout
+        self.sending = True
+
+    def __enter__(self) -> _DspexErrors:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, PortClosed):
+            port = self.port
+            raise WorkerCrashed(str(port), port.exit_status, delivered=not self.sending) from exc
+        if isinstance(exc, CallTimeout):
+            raise CommandTimeout(str(self.port), self.command, self.op_timeout) from None
