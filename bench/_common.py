@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ops_per_second", "quiet_logs"]
+import dspex_actors as da
+
+__all__ = ["fork_floor_once", "ops_per_second", "pipe_echo", "quiet_logs", "replacement_once"]
 
 
 def quiet_logs() -> None:
@@ -44,3 +49,55 @@ def ops_per_second(clients: int, per_client: int, op: Callable[[], Any]) -> floa
     for t in threads:
         t.join()
     return clients * per_client / (time.perf_counter() - start)
+
+
+def pipe_echo(conn: Any) -> None:
+    """A process's whole work in the floors: answer ``{"n": n}`` with its square until told
+    to stop."""
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:  # a forked child holds the parent's end too: EOF never comes
+            return
+        conn.send({"result": message["n"] * message["n"]})
+
+
+def fork_floor_once() -> float:
+    """Fork a process and get one answer through a pipe: the cheapest possible replacement."""
+    ctx = multiprocessing.get_context("fork")
+    start = time.perf_counter()
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=pipe_echo, args=(child,))
+    proc.start()
+    child.close()
+    parent.send({"n": 3})
+    parent.recv()
+    elapsed = time.perf_counter() - start
+    parent.send(None)
+    parent.close()
+    proc.join()
+    return elapsed
+
+
+def replacement_once(pool: da.ProcessPool, answer: Callable[[], Any], spares: int = 0) -> float:
+    """SIGKILL the only (idle) worker of `pool` (a `ProcessPool` or `SessionPool` of size 1);
+    time until `answer()` is answered again, by its replacement (the spare, with `spares`)."""
+    answer()
+    while True:  # idle, the spares ready, and nothing starting
+        status = pool.status()
+        status = getattr(status, "pool", status)  # a SessionPool's holds the pool's
+        if status.idle == 1 and status.spares == spares and status.initializing == 0:
+            break
+        time.sleep(0.0005)
+    victim: int = pool.checkout(None, lambda from_, port: (port.os_pid, "ok"))
+    start = time.perf_counter()
+    os.kill(victim, signal.SIGKILL)
+    while True:
+        try:
+            answer()
+            break
+        except da.WorkerCrashed:
+            continue  # it reached the dead worker before the pool saw the death
+    return time.perf_counter() - start

@@ -32,9 +32,7 @@ Figures are medians of several rounds, measured interleaved in the same process.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import signal
 import statistics
 import sys
 import threading
@@ -42,7 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from _common import quiet_logs
+from _common import fork_floor_once, quiet_logs, replacement_once
 
 import dspex_actors as da
 from dspex_actors.bridge import SessionPool
@@ -213,57 +211,6 @@ def bench_start(rounds: int, cold_rounds: int) -> None:
 
 
 # --- 3. SIGKILL -----------------------------------------------------------------------------------
-
-
-def _pipe_echo(conn: Any) -> None:
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            return
-        if message is None:  # a forked child holds the parent's end too: EOF never comes
-            return
-        conn.send({"result": message["n"] * message["n"]})
-
-
-def fork_floor_once() -> float:
-    """Fork a process and get one answer through a pipe: the cheapest possible replacement
-    (bench/process_pool.py's floor)."""
-    ctx = multiprocessing.get_context("fork")
-    start = time.perf_counter()
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_pipe_echo, args=(child,))
-    proc.start()
-    child.close()
-    parent.send({"n": 3})
-    parent.recv()
-    elapsed = time.perf_counter() - start
-    parent.send(None)
-    parent.close()
-    proc.join()
-    return elapsed
-
-
-def replacement_once(pool: da.ProcessPool, ping: Callable[[], Any], spares: int = 0) -> float:
-    """SIGKILL the only (idle) worker of `pool`; time until `ping()` is answered again (by
-    the spare, with `spares`)."""
-    ping()
-    while True:  # idle, the spares ready, and nothing starting
-        status = pool.status()
-        status = getattr(status, "pool", status)  # a SessionPool's holds the pool's
-        if status.idle == 1 and status.spares == spares and status.initializing == 0:
-            break
-        time.sleep(0.0005)
-    victim: int = pool.checkout(None, lambda from_, port: (port.os_pid, "ok"))
-    start = time.perf_counter()
-    os.kill(victim, signal.SIGKILL)
-    while True:
-        try:
-            ping()
-            break
-        except da.WorkerCrashed:
-            continue  # it reached the dead worker before the pool saw the death
-    return time.perf_counter() - start
 
 
 def cold_start_once() -> float:

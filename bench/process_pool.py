@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import functools
 import multiprocessing
 import os
 import signal
@@ -52,7 +53,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
-from _common import ops_per_second, quiet_logs
+from _common import fork_floor_once, ops_per_second, pipe_echo, quiet_logs, replacement_once
 
 import dspex_actors as da
 from dspex_actors._ports._forkserver import FORK_SERVER
@@ -79,17 +80,6 @@ def square_or_die(n: int) -> int:
     return n * n
 
 
-def _pipe_echo(conn: Any) -> None:
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            return
-        if message is None:  # a forked child holds the parent's end too: EOF never comes
-            return
-        conn.send({"result": message["n"] * message["n"]})
-
-
 def per_op(n: int, op: Callable[[], Any]) -> float:
     start = time.perf_counter()
     for _ in range(n):
@@ -106,7 +96,7 @@ class Contenders:
 
         ctx = multiprocessing.get_context("fork")
         self.pipe_parent, child = ctx.Pipe()
-        self.pipe_proc = ctx.Process(target=_pipe_echo, args=(child,), daemon=True)
+        self.pipe_proc = ctx.Process(target=pipe_echo, args=(child,), daemon=True)
         self.pipe_proc.start()
         child.close()
         self.pool = da.ProcessPool.start(target=square, pool_size=workers)
@@ -161,7 +151,7 @@ def bench_round_trip(rounds: int, n: int, label: str) -> None:
     c = Contenders(workers=1)
     spawn_ctx = multiprocessing.get_context("spawn")
     spawn_pipe, child = spawn_ctx.Pipe()
-    spawn_echo = spawn_ctx.Process(target=_pipe_echo, args=(child,), daemon=True)
+    spawn_echo = spawn_ctx.Process(target=pipe_echo, args=(child,), daemon=True)
     spawn_echo.start()
     child.close()
 
@@ -233,23 +223,6 @@ def bench_throughput(rounds: int, per_client: int) -> None:
 _SHUTDOWN_LIMIT = 10.0  # seconds a peer pool gets to shut down
 
 
-def fork_floor_once() -> float:
-    """Fork a process and get one answer through a pipe: the cheapest possible replacement."""
-    ctx = multiprocessing.get_context("fork")
-    start = time.perf_counter()
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_pipe_echo, args=(child,))
-    proc.start()
-    child.close()
-    parent.send({"n": 3})
-    parent.recv()
-    elapsed = time.perf_counter() - start
-    parent.send(None)
-    parent.close()
-    proc.join()
-    return elapsed
-
-
 def _children_pids() -> set[int]:
     """Live (non-zombie) child processes of this process."""
     pids = set()
@@ -260,33 +233,6 @@ def _children_pids() -> set[int]:
         except psutil.Error:
             continue
     return pids
-
-
-def _serving_worker(pool: da.ProcessPool, spares: int = 0) -> int:
-    """The pid of the single worker of a pool of size 1, once it is idle, its `spares` are
-    ready and nothing starts."""
-    while True:
-        status = pool.status()
-        if status.idle == 1 and status.spares == spares and status.initializing == 0:
-            pid: int = pool.checkout(None, lambda from_, port: (port.os_pid, "ok"))
-            return pid
-        time.sleep(0.001)
-
-
-def recovery_once(pool: da.ProcessPool, request: Any, spares: int = 0) -> float:
-    """SIGKILL the only (idle) worker; time until a call is answered by its replacement (the
-    spare, with `spares`)."""
-    pool.call(request, timeout=30)
-    victim = _serving_worker(pool, spares)
-    start = time.perf_counter()
-    os.kill(victim, signal.SIGKILL)
-    while True:
-        try:
-            pool.call(request, timeout=30)
-            break
-        except da.WorkerCrashed:
-            continue  # it reached the dead worker before the pool noticed the death
-    return time.perf_counter() - start
 
 
 def peer_after_kill(name: str, make: Callable[[], Any], submit: Callable[[Any], Any]) -> str:
@@ -422,7 +368,9 @@ def bench_sigkill(rounds: int) -> None:
         try:
             for _ in range(rounds):
                 mine.append(fork_floor_once())
-                samples.append(recovery_once(pool, request))
+                samples.append(
+                    replacement_once(pool, functools.partial(pool.call, request, timeout=30))
+                )
         finally:
             pool.stop(timeout=30)
         floors += mine
@@ -598,7 +546,11 @@ def bench_self_managing(rounds: int, per_client: int) -> None:
         try:
             for _ in range(rounds):
                 floors.append(fork_floor_once())
-                samples.append(recovery_once(pool, request, spares=1))
+                samples.append(
+                    replacement_once(
+                        pool, functools.partial(pool.call, request, timeout=30), spares=1
+                    )
+                )
         finally:
             pool.stop(timeout=30)
         t, floor = statistics.median(samples), statistics.median(floors)
@@ -612,7 +564,10 @@ def bench_self_managing(rounds: int, per_client: int) -> None:
     for label, preload in (("imported by each worker", ()), ("preloaded", ("hypothesis",))):
         pool = da.ProcessPool.start(target=uses_heavy, pool_size=1, preload=preload)
         try:
-            samples = [recovery_once(pool, 3) for _ in range(rounds)]
+            samples = [
+                replacement_once(pool, functools.partial(pool.call, 3, timeout=30))
+                for _ in range(rounds)
+            ]
         finally:
             pool.stop(timeout=30)
         medians[label] = statistics.median(samples)

@@ -20,8 +20,9 @@ import pytest
 
 from dspex_actors.testing import FakeClock
 
+from support.lifecycle import ProcessPools
 from support.logs import EventLog, Records
-from support.pools import Pools, ProcessPools
+from support.pools import Pools
 from support.ports import Grandchildren, Ports
 from support.supervision import Supervisors
 

@@ -7,7 +7,6 @@ import asyncio
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +38,6 @@ def gated(request: Any) -> Any:
     return request * request
 
 
-@pytest.fixture
-def pools() -> Iterator[ProcessPools]:
-    p = ProcessPools()
-    try:
-        yield p
-    finally:
-        p.close()
-
-
 def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, WAIT * 2))
 
@@ -71,9 +61,9 @@ async def until(predicate: Any, timeout: float = WAIT) -> None:
 
 @pytest.mark.leak_check
 def test_a_hundred_pending_calls_on_two_held_workers_leave_the_loop_free(
-    pools: ProcessPools, tmp_path: Path
+    process_pools: ProcessPools, tmp_path: Path
 ) -> None:
-    pool = pools.start(target=gated, pool_size=2)
+    pool = process_pools.start(target=gated, pool_size=2)
     gate = tmp_path / "open"
 
     async def scenario() -> list[Any]:
@@ -106,9 +96,9 @@ def test_a_hundred_pending_calls_on_two_held_workers_leave_the_loop_free(
 
 @pytest.mark.leak_check
 def test_cancelling_a_call_that_waits_for_a_worker_takes_it_out_of_the_queue(
-    pools: ProcessPools, tmp_path: Path
+    process_pools: ProcessPools, tmp_path: Path
 ) -> None:
-    pool = pools.start(target=gated, pool_size=1)
+    pool = process_pools.start(target=gated, pool_size=1)
     gate = tmp_path / "open"
 
     async def scenario() -> None:
@@ -130,9 +120,9 @@ def test_cancelling_a_call_that_waits_for_a_worker_takes_it_out_of_the_queue(
 
 @pytest.mark.leak_check
 def test_cancelling_a_call_a_worker_is_running_kills_that_worker_and_it_is_replaced(
-    pools: ProcessPools, tmp_path: Path
+    process_pools: ProcessPools, tmp_path: Path
 ) -> None:
-    pool = pools.start(target=gated, pool_size=1)
+    pool = process_pools.start(target=gated, pool_size=1)
     gate = tmp_path / "never"
 
     async def scenario() -> None:
@@ -154,11 +144,11 @@ def test_cancelling_a_call_a_worker_is_running_kills_that_worker_and_it_is_repla
 
 @pytest.mark.leak_check
 def test_a_call_in_flight_when_its_pool_stops_ends_even_if_the_loop_was_busy_meanwhile(
-    pools: ProcessPools, tmp_path: Path
+    process_pools: ProcessPools, tmp_path: Path
 ) -> None:
     """The pool stops (its worker killed, its pipes closed) while the loop is blocked: the
     awaited call still learns of it at once, with no timeout of its own to save it."""
-    pool = pools.start(target=gated, pool_size=1)
+    pool = process_pools.start(target=gated, pool_size=1)
     gate = tmp_path / "never"
 
     async def scenario() -> None:
@@ -173,9 +163,9 @@ def test_a_call_in_flight_when_its_pool_stops_ends_even_if_the_loop_was_busy_mea
 
 @pytest.mark.leak_check
 def test_asyncio_timeout_on_a_call_stops_the_worker_as_a_cancellation_does(
-    pools: ProcessPools, tmp_path: Path
+    process_pools: ProcessPools, tmp_path: Path
 ) -> None:
-    pool = pools.start(target=gated, pool_size=1)
+    pool = process_pools.start(target=gated, pool_size=1)
     gate = tmp_path / "never"
 
     async def scenario() -> None:
@@ -191,9 +181,9 @@ def test_asyncio_timeout_on_a_call_stops_the_worker_as_a_cancellation_does(
 
 @pytest.mark.leak_check
 def test_a_call_past_its_own_timeout_raises_call_timeout_and_removes_the_worker(
-    pools: ProcessPools, tmp_path: Path
+    process_pools: ProcessPools, tmp_path: Path
 ) -> None:
-    pool = pools.start(target=gated, pool_size=1)
+    pool = process_pools.start(target=gated, pool_size=1)
 
     async def scenario() -> None:
         with pytest.raises(da.CallTimeout):
@@ -209,9 +199,9 @@ def test_a_call_past_its_own_timeout_raises_call_timeout_and_removes_the_worker(
 
 @pytest.mark.leak_check
 def test_an_async_lease_hands_out_the_port_and_an_exception_inside_removes_the_worker(
-    pools: ProcessPools,
+    process_pools: ProcessPools,
 ) -> None:
-    pool = pools.start(target=gated, pool_size=1)
+    pool = process_pools.start(target=gated, pool_size=1)
 
     async def scenario() -> None:
         async with pool.alease(None, timeout=WAIT) as lease:
@@ -227,8 +217,8 @@ def test_an_async_lease_hands_out_the_port_and_an_exception_inside_removes_the_w
 
 
 @pytest.mark.leak_check
-def test_acheckout_takes_a_coroutine_function_or_a_plain_one(pools: ProcessPools) -> None:
-    pool = pools.start(target=gated, pool_size=1)
+def test_acheckout_takes_a_coroutine_function_or_a_plain_one(process_pools: ProcessPools) -> None:
+    pool = process_pools.start(target=gated, pool_size=1)
 
     async def ask(from_: da.From, port: da.Port) -> tuple[Any, str]:
         request_id, _ = port._send_request(port._prepare(3), WAIT)

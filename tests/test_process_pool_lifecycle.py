@@ -91,15 +91,6 @@ def probe(request: Any) -> Any:
 
 
 @pytest.fixture
-def pools() -> Iterator[ProcessPools]:
-    p = ProcessPools()
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
 def sups() -> Iterator[Supervisors]:
     s = Supervisors()
     try:
@@ -182,9 +173,9 @@ def test_a_process_pool_runs_under_a_dynamic_supervisor_which_restarts_it(
 
 
 def test_a_killed_process_pool_with_no_supervisor_kills_its_idle_and_lent_workers(
-    pools: ProcessPools,
+    process_pools: ProcessPools,
 ) -> None:
-    pool = pools.start(target=probe, pool_size=2)
+    pool = process_pools.start(target=probe, pool_size=2)
     workers = lease_pids(pool, 2)
     lease = pool.lease(None, timeout=WAIT)
     with lease:
@@ -250,9 +241,9 @@ def test_process_pool_from_ref_refuses_a_ref_that_is_not_a_process_pool() -> Non
 
 
 def test_max_tasks_recycles_the_worker_at_its_third_task_and_every_call_is_served(
-    pools: ProcessPools, records: Records
+    process_pools: ProcessPools, records: Records
 ) -> None:
-    pool = pools.start(target=probe, pool_size=1, max_tasks=3, recycle_jitter=0)
+    pool = process_pools.start(target=probe, pool_size=1, max_tasks=3, recycle_jitter=0)
     first = pool.call("pid", timeout=WAIT)
     assert pool.call("pid", timeout=WAIT) == first
     sync(pool.actor_ref)
@@ -271,9 +262,9 @@ def test_max_tasks_recycles_the_worker_at_its_third_task_and_every_call_is_serve
 
 
 def test_no_call_fails_while_workers_recycle_under_concurrent_callers(
-    pools: ProcessPools,
+    process_pools: ProcessPools,
 ) -> None:
-    pool = pools.start(target=probe, pool_size=2, max_tasks=4, recycle_jitter=0)
+    pool = process_pools.start(target=probe, pool_size=2, max_tasks=4, recycle_jitter=0)
 
     def client(offset: int) -> list[Any]:
         return [pool.call(offset + i, timeout=WAIT) for i in range(20)]
@@ -289,10 +280,10 @@ def test_no_call_fails_while_workers_recycle_under_concurrent_callers(
 
 
 def test_max_memory_recycles_a_worker_that_grew_past_it_with_its_rss_as_the_reason(
-    pools: ProcessPools, records: Records
+    process_pools: ProcessPools, records: Records
 ) -> None:
     limit = 128 * MIB
-    pool = pools.start(target=probe, pool_size=1, max_memory=limit, recycle_jitter=0)
+    pool = process_pools.start(target=probe, pool_size=1, max_memory=limit, recycle_jitter=0)
     baseline = pool.call("rss", timeout=WAIT)
     assert baseline < limit - 32 * MIB, f"a fresh worker already holds {baseline} bytes"
     sync(pool.actor_ref)
@@ -307,9 +298,11 @@ def test_max_memory_recycles_a_worker_that_grew_past_it_with_its_rss_as_the_reas
     assert wait_gone(grown, 10)
 
 
-def test_max_age_recycles_a_worker_at_its_checkin(pools: ProcessPools, records: Records) -> None:
+def test_max_age_recycles_a_worker_at_its_checkin(
+    process_pools: ProcessPools, records: Records
+) -> None:
     max_age = 0.05
-    pool = pools.start(target=probe, pool_size=1, max_age=max_age, recycle_jitter=0)
+    pool = process_pools.start(target=probe, pool_size=1, max_age=max_age, recycle_jitter=0)
     # The worker was born before it settled: once this much has passed, it is too old.
     settled_at = time.monotonic()
     wait_for(lambda: time.monotonic() - settled_at >= max_age, timeout=5)
@@ -322,9 +315,9 @@ def test_max_age_recycles_a_worker_at_its_checkin(pools: ProcessPools, records: 
 
 
 def test_max_age_recycles_an_idle_worker_when_it_is_pinged(
-    pools: ProcessPools, records: Records
+    process_pools: ProcessPools, records: Records
 ) -> None:
-    pool = pools.start(
+    pool = process_pools.start(
         target=probe, pool_size=1, max_age=0.5, worker_idle_timeout=0.1, recycle_jitter=0
     )
     server = FORK_SERVER.pid
@@ -414,9 +407,9 @@ def call_pid(pool: ProcessPool, program: dict[str, Any]) -> int:
     "program", [{"target": probe}, {"argv": FRAME_WORKER}], ids=["target", "argv"]
 )
 def test_a_sigkilled_worker_is_replaced_at_once_by_the_spare_and_a_new_spare_starts(
-    pools: ProcessPools, program: dict[str, Any]
+    process_pools: ProcessPools, program: dict[str, Any]
 ) -> None:
-    pool = pools.start(pool_size=1, spares=1, **program)
+    pool = process_pools.start(pool_size=1, spares=1, **program)
     assert pool.status().spares == 1
     regular = call_pid(pool, program)
     before = {p.pid for p in descendants()}
@@ -433,9 +426,9 @@ def test_a_sigkilled_worker_is_replaced_at_once_by_the_spare_and_a_new_spare_sta
 
 
 def test_a_recycled_worker_with_a_spare_ready_is_replaced_before_the_next_call(
-    pools: ProcessPools, records: Records
+    process_pools: ProcessPools, records: Records
 ) -> None:
-    pool = pools.start(target=probe, pool_size=1, spares=1, max_tasks=2, recycle_jitter=0)
+    pool = process_pools.start(target=probe, pool_size=1, spares=1, max_tasks=2, recycle_jitter=0)
     first = pool.call("pid", timeout=WAIT)
     before = {p.pid for p in descendants()}
     assert pool.call("pid", timeout=WAIT) == first  # its second task: recycled at its checkin
@@ -454,19 +447,19 @@ def test_a_recycled_worker_with_a_spare_ready_is_replaced_before_the_next_call(
 
 
 def test_without_preload_a_worker_does_not_have_the_module(
-    pools: ProcessPools, modules: Modules
+    process_pools: ProcessPools, modules: Modules
 ) -> None:
     name, marker = modules.marker_module("dspex_test_not_preloaded")
-    pool = pools.start(target=probe, pool_size=1)
+    pool = process_pools.start(target=probe, pool_size=1)
     assert pool.call(["loaded", name], timeout=WAIT) is False
     assert importers(marker) == []
 
 
 def test_preload_imports_the_module_once_in_the_fork_server_and_every_worker_has_it(
-    pools: ProcessPools, modules: Modules
+    process_pools: ProcessPools, modules: Modules
 ) -> None:
     name, marker = modules.marker_module("dspex_test_preloaded")
-    pool = pools.start(target=probe, pool_size=2, preload=[name])
+    pool = process_pools.start(target=probe, pool_size=2, preload=[name])
     server = FORK_SERVER.pid
     assert server is not None
     workers = lease_pids(pool, 2)
@@ -477,12 +470,14 @@ def test_preload_imports_the_module_once_in_the_fork_server_and_every_worker_has
     assert all(psutil.Process(pid).ppid() == server for pid in workers)
 
 
-def test_a_dotted_preload_name_gives_every_worker_that_submodule(pools: ProcessPools) -> None:
+def test_a_dotted_preload_name_gives_every_worker_that_submodule(
+    process_pools: ProcessPools,
+) -> None:
     name = "xml.dom.minidom"
-    plain = pools.start(target=probe, pool_size=1)
+    plain = process_pools.start(target=probe, pool_size=1)
     assert plain.call(["loaded", name], timeout=WAIT) is False  # not there by accident
     plain.stop(timeout=WAIT)
-    pool = pools.start(target=probe, pool_size=1, preload=[name])
+    pool = process_pools.start(target=probe, pool_size=1, preload=[name])
     assert pool.call(["loaded", name], timeout=WAIT) is True
 
 
@@ -510,10 +505,11 @@ threading.Thread(target=threading.Event().wait, args=(30,), daemon=True).start()
 
 
 def test_a_preload_module_that_starts_a_thread_fails_start_and_its_fork_server_exits(
-    pools: ProcessPools, modules: Modules
+    process_pools: ProcessPools, modules: Modules
 ) -> None:
     name = modules.add("dspex_test_thread_at_import", THREAD_AT_IMPORT)
-    holder = pools.start(target=probe, pool_size=1)  # holds the server: only the import ends it
+    # It holds the server: only the import ends it.
+    holder = process_pools.start(target=probe, pool_size=1)
     server = FORK_SERVER.pid
     assert server is not None
     with pytest.raises(da.StartError) as err:
@@ -524,17 +520,17 @@ def test_a_preload_module_that_starts_a_thread_fails_start_and_its_fork_server_e
     # Seen dead here (the holder may even have started a new server since).
     wait_for(lambda: FORK_SERVER.pid != server, timeout=10)
     # A new server serves the next pool; the holder serves on.
-    other = pools.start(target=probe, pool_size=1)
+    other = process_pools.start(target=probe, pool_size=1)
     (worker,) = lease_pids(other, 1)
     assert psutil.Process(worker).ppid() == FORK_SERVER.pid != server
     assert holder.call(21, timeout=WAIT) == 42
 
 
 def test_a_preload_that_starts_a_thread_kills_no_worker_of_another_pool(
-    pools: ProcessPools, modules: Modules
+    process_pools: ProcessPools, modules: Modules
 ) -> None:
     name = modules.add("dspex_test_thread_at_import", THREAD_AT_IMPORT)
-    holder = pools.start(target=probe, pool_size=1)
+    holder = process_pools.start(target=probe, pool_size=1)
     before = holder.call("pid", timeout=WAIT)
     worker = seen_pids({before})
     server = FORK_SERVER.pid
@@ -573,12 +569,12 @@ def test_preload_is_refused_unless_target_workers_use_the_fork_server(
 
 
 def test_a_replacement_fork_server_imports_what_running_pools_preload_and_no_more(
-    pools: ProcessPools, modules: Modules
+    process_pools: ProcessPools, modules: Modules
 ) -> None:
     a, marker_a = modules.marker_module("dspex_test_preload_a")
     b, marker_b = modules.marker_module("dspex_test_preload_b")
-    pool_a = pools.start(target=probe, pool_size=1, preload=[a])
-    pool_b = pools.start(target=probe, pool_size=1, preload=[b])
+    pool_a = process_pools.start(target=probe, pool_size=1, preload=[a])
+    pool_b = process_pools.start(target=probe, pool_size=1, preload=[b])
     first_server = FORK_SERVER.pid
     assert importers(marker_a) == importers(marker_b) == [first_server]
     pool_a.stop(timeout=WAIT)  # nobody preloads `a` any more
@@ -608,9 +604,9 @@ def test_a_replacement_fork_server_imports_what_running_pools_preload_and_no_mor
 
 
 def test_a_program_reply_with_success_false_is_remote_error_and_the_worker_stays(
-    pools: ProcessPools,
+    process_pools: ProcessPools,
 ) -> None:
-    pool = pools.start(argv=ENVELOPE_WORKER, pool_size=1)
+    pool = process_pools.start(argv=ENVELOPE_WORKER, pool_size=1)
     pid = pool.call({"mode": "plain"}, timeout=WAIT)["pid"]
     with pytest.raises(da.RemoteError) as err:
         pool.call({"mode": "fail", "error": "boom"}, timeout=WAIT)
@@ -629,17 +625,19 @@ def test_a_program_reply_with_success_false_is_remote_error_and_the_worker_stays
     ids=["success_true", "no_success_key"],
 )
 def test_a_program_reply_with_success_true_or_without_the_key_is_returned_unchanged(
-    pools: ProcessPools, mode: str, extra: dict[str, Any]
+    process_pools: ProcessPools, mode: str, extra: dict[str, Any]
 ) -> None:
-    pool = pools.start(argv=ENVELOPE_WORKER, pool_size=1)
+    pool = process_pools.start(argv=ENVELOPE_WORKER, pool_size=1)
     reply = pool.call({"id": "r1", "mode": mode}, timeout=WAIT)
     assert reply == {"id": "r1", "pid": reply["pid"], "result": "done", **extra}
     sync(pool.actor_ref)
     assert pool.worker_stats()[0].error_checkins == 0
 
 
-def test_a_target_returning_success_false_is_returned_unchanged(pools: ProcessPools) -> None:
-    pool = pools.start(target=probe, pool_size=1)
+def test_a_target_returning_success_false_is_returned_unchanged(
+    process_pools: ProcessPools,
+) -> None:
+    pool = process_pools.start(target=probe, pool_size=1)
     reply = {"success": False, "error": "not an envelope"}
     assert pool.call(reply, timeout=WAIT) == reply
     sync(pool.actor_ref)

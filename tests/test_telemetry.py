@@ -27,8 +27,9 @@ from dspex_actors import _telemetry, telemetry
 from dspex_actors.bridge import CommandError
 from dspex_actors.testing import FakeClock, sync, wait_for
 
+from support.lifecycle import ProcessPools
 from support.logs import EventLog, Records
-from support.pools import Pools, ProcessPools, Waiter, hold, release, settled, wait_queued
+from support.pools import Pools, Waiter, hold, release, settled, wait_queued
 from support.ports import EXITS, STALL, Ports, echo
 from support.sessions import SessionPools, create_program, unique
 from support.supervision import Crash, ExitWith, Probe, Supervisors, crash_and_settle, ref_of

@@ -20,8 +20,9 @@ import dspex_actors as da
 from dspex_actors import telemetry
 from dspex_actors.testing import kill_and_wait, sync, wait_for
 
+from support.lifecycle import ProcessPools
 from support.logs import EventLog
-from support.pools import WAIT, Pools, ProcessPools, Waiter, hold, release, settled, wait_queued
+from support.pools import WAIT, Pools, Waiter, hold, release, settled, wait_queued
 from support.ports import STALL, Ports
 from support.sessions import SessionPools, create_program, unique
 from support.supervision import Crash, Probe, Supervisors, crash_and_settle, probe_spec, ref_of

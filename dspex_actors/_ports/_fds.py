@@ -59,7 +59,8 @@ class ForkGuard:
     listed in `PARENT_FDS` (which such a child lets go of) or closed again while `creating()` is
     held, and a ``"fork"`` start forks holding `forking()`, which excludes every creator and
     other forks. Creators do not exclude each other: a creator stuck in `subprocess.Popen`
-    (whose error pipe another library's fork may have copied: CPython issue 103911) then holds
+    (whose error pipe another library's fork may have copied, so that its exec report never
+    ends: a known stall of `Popen` in a threaded parent) then holds
     up ``"fork"`` ports (and, through the one spawner thread, other `Port.open` and
     ``"spawn"`` starts), not forkserver workers, even while a fork waits: creators never wait
     for a waiting fork (a fork may wait while creators overlap; each of them is brief). The

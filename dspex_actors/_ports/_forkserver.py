@@ -35,10 +35,10 @@ forking a small one is fast.
   ignored signals (not SIGPIPE and SIGXFSZ, which Python ignores: Popen's restore_signals), and
   execs the program. An exec (or ``chdir``) failure comes back on a close-on-exec pipe, as
   `subprocess.Popen` does in the parent; here no other thread can fork meanwhile and keep that
-  pipe open, which can stall a `Popen` in a threaded parent (CPython issue 103911). The server
-  does not wait on that pipe: it watches it with its other fds, answers when it closes, and kills
-  a child that has neither exec'd nor failed within half the start timeout (`CallTimeout`), so one
-  stuck start stalls no other.
+  pipe open, which can stall a `Popen` in a threaded parent (its exec report never ends). The
+  server does not wait on that pipe: it watches it with its other fds, answers when it closes,
+  and kills a child that has neither exec'd nor failed within half the start timeout
+  (`CallTimeout`), so one stuck start stalls no other.
 - **Exits.** The worker is the server's child: the server reaps it (SIGCHLD wakes its single
   thread through `signal.set_wakeup_fd`) and reports ``exited <pid> <status>`` (negative: killed
   by that signal, as `Port.exit_status`). A reader thread in the parent (``dspex-forkserver``)

@@ -2,7 +2,8 @@
 
 An adapter is what application code calls: `create_program`, `execute_program`,
 `list_programs`, `delete_program`, `get_program_info`, `health_check`, `get_stats`,
-`configure_lm`. Three implementations, one per test layer (DSPex's seed Fix 4):
+`configure_lm`. Three implementations, one per test layer (unit tests with no process, tests
+against a scripted worker process, and full integration with DSPy):
 
 - layer 1, ``mock_adapter``: `MockAdapter`, in this process, no worker and no DSPy
   (`MockBridge`'s deterministic outputs; `inject_error` scripts a failure);
@@ -11,8 +12,8 @@ An adapter is what application code calls: `create_program`, `execute_program`,
   real processes, scripted delays, errors and crashes;
 - layer 3, ``full_integration``: `BridgeAdapter` over a `SessionPool` of real DSPy workers.
 
-`adapter_for_layer` starts the right one. `detect_bridge` is DSPex's service detection (seed
-Fix 5) for the bridge: a running `SessionPool` (registered as ``"session_pool"``) first, else a
+`adapter_for_layer` starts the right one. `detect_bridge` is DSPex's service detection for
+the bridge: a running `SessionPool` (registered as ``"session_pool"``) first, else a
 single `Bridge` (``"bridge"``), by local name then in a `Registry`.
 """
 

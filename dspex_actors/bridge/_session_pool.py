@@ -150,7 +150,105 @@ class BridgeWorker(PortWorker):
         return super().terminate_worker(reason, worker_state, pool_state)
 
 
-class SessionPool(ProcessPool):
+class SessionCommands:
+    """The commands a session pool and a single bridge both serve: a command in a session or
+    outside any, blocking or awaited, and the end of a session. A subclass runs them
+    (`_execute`, `_aexecute`) and keeps the sessions (`_session_store`)."""
+
+    def execute_in_session(
+        self,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run `command` in session `session_id` (its id injected into `args`) and return
+        the worker's result.
+
+        Args:
+            session_id: any non-empty string but ``"anonymous"``.
+            command: a bridge command (``"create_program"``, ``"execute_program"``...).
+            args: the command's arguments (a mapping of JSON values).
+            timeout: seconds to wait for the reply (default: the pool's `op_timeout`).
+
+        Raises:
+            CommandError: the worker answered with an error (the worker is kept).
+            CommandTimeout: no reply in time (a pool's worker is removed; a single bridge's
+                stays, its late reply dropped by id).
+            ResponseMismatch: the reply was another request's (the worker is removed).
+            ProtocolError: the request cannot be encoded (no worker was used), or the reply
+                was undecodable or not DSPex's envelope (the worker is removed).
+            WorkerCrashed: the worker died during the command, or could not be written to.
+            PoolTimeout: no worker within `checkout_timeout` (a pool's).
+            WorkerBusy: the session's worker is busy and the affinity is strict_fail_fast (a
+                pool's).
+            NoProc: the pool or bridge is not running.
+            InvalidOption: a bad `session_id`, `command`, `args` or `timeout`.
+        """
+        _check_session(session_id)
+        return self._execute(session_id, command, args, timeout)
+
+    def execute_anonymous(
+        self, command: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Run `command` outside any session (DSPex's global programs live in the
+        ``"anonymous"`` session, kept as any other); any worker serves it.
+
+        Raises: as `execute_in_session`.
+        """
+        return self._execute(ANONYMOUS, command, args, timeout)
+
+    async def aexecute_in_session(
+        self,
+        session_id: str,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Awaitable `execute_in_session`: the event loop is never blocked. On a
+        `SessionPool`, cancelling the task while a worker runs the command kills that worker
+        (the pool replaces it; the session is rebuilt on the next one); on a single `Bridge`
+        it stops the waiting, and the reply, when it comes, is dropped.
+
+        Raises: as `execute_in_session`.
+        """
+        _check_session(session_id)
+        return await self._aexecute(session_id, command, args, timeout)
+
+    async def aexecute_anonymous(
+        self, command: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Awaitable `execute_anonymous`."""
+        return await self._aexecute(ANONYMOUS, command, args, timeout)
+
+    def end_session(self, session_id: str) -> bool:
+        """Forget a session: its state leaves the store, and each worker holding it cleans
+        it up at its next command. False if the session was unknown (or expired).
+
+        Raises:
+            InvalidOption: `session_id` is not a session's id (``"anonymous"`` is not one:
+                its programs are the global ones, which never end).
+        """
+        _check_session(session_id)
+        return self._session_store().end(session_id)
+
+    def _execute(
+        self, session_id: str, command: str, args: Mapping[str, Any] | None, timeout: float | None
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _aexecute(
+        self, session_id: str, command: str, args: Mapping[str, Any] | None, timeout: float | None
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _session_store(self) -> SessionStore:
+        raise NotImplementedError
+
+
+class SessionPool(SessionCommands, ProcessPool):
     """DSPex's session pool: bridge workers, sessions kept by the pool, worker affinity.
 
     Start with `SessionPool.start`, or put one in a supervision tree with
@@ -389,61 +487,6 @@ class SessionPool(ProcessPool):
             raise TypeError(f"expected the ActorRef of a running SessionPool, got: {actor_ref!r}")
         return handle
 
-    # -- commands --
-
-    def execute_in_session(
-        self,
-        session_id: str,
-        command: str,
-        args: Mapping[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Run `command` in session `session_id` (its id injected into `args`) and return
-        the worker's result.
-
-        Args:
-            session_id: any non-empty string but ``"anonymous"``.
-            command: a bridge command (``"create_program"``, ``"execute_program"``...).
-            args: the command's arguments (a mapping of JSON values).
-            timeout: seconds to wait for the reply (default: the pool's `op_timeout`).
-
-        Raises:
-            CommandError: the worker answered with an error (the worker is kept).
-            CommandTimeout: no reply in time (the worker is removed).
-            ResponseMismatch: the reply was another request's (the worker is removed).
-            ProtocolError: the request cannot be encoded (no worker was used), or the reply
-                was undecodable or not DSPex's envelope (the worker is removed).
-            WorkerCrashed: the worker died during the command, or could not be written to.
-            PoolTimeout: no worker within `checkout_timeout`.
-            WorkerBusy: the session's worker is busy and the affinity is strict_fail_fast.
-            NoProc: the pool is not running.
-            InvalidOption: a bad `session_id`, `command`, `args` or `timeout`.
-        """
-        _check_session(session_id)
-        return self._execute(session_id, command, args, timeout)
-
-    def execute_anonymous(
-        self, command: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Run `command` outside any session (DSPex's global programs live in the
-        ``"anonymous"`` session, kept by the pool as any other); any worker serves it.
-
-        Raises: as `execute_in_session`.
-        """
-        return self._execute(ANONYMOUS, command, args, timeout)
-
-    def end_session(self, session_id: str) -> bool:
-        """Forget a session: its state leaves the store, and each worker holding it cleans
-        it up at its next command. False if the session was unknown (or expired).
-
-        Raises:
-            InvalidOption: `session_id` is not a session's id (``"anonymous"`` is not one:
-                its programs are the global ones, which never end).
-        """
-        _check_session(session_id)
-        return self._session_spec.store.end(session_id)
-
     def status(self, timeout: float | None = 5.0) -> SessionPoolStatus:  # type: ignore[override]
         """Workers, sessions and affinity, in one `SessionPoolStatus`."""
         spec = self._session_spec
@@ -458,28 +501,8 @@ class SessionPool(ProcessPool):
             uptime=store.uptime(),
         )
 
-    async def aexecute_in_session(
-        self,
-        session_id: str,
-        command: str,
-        args: Mapping[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Awaitable `execute_in_session`: neither the wait for a worker nor the wait for its
-        reply blocks the event loop. Cancelling the task while a worker runs the command
-        kills that worker (the pool replaces it; the session is rebuilt on the next one).
-
-        Raises: as `execute_in_session`.
-        """
-        _check_session(session_id)
-        return await self._aexecute(session_id, command, args, timeout)
-
-    async def aexecute_anonymous(
-        self, command: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Awaitable `execute_anonymous`."""
-        return await self._aexecute(ANONYMOUS, command, args, timeout)
+    def _session_store(self) -> SessionStore:
+        return self._session_spec.store
 
     def _execute(
         self,

@@ -35,7 +35,7 @@ from .._ports import _forkserver
 from .._ports._framing import encode_frame
 from .._ports._port import Port, PortExited, Prepared
 from ._protocol import INIT_PING_ID, CommandError, CommandTimeout, request, result_of
-from ._session_pool import DEFAULT_SESSION_TTL, SessionPool, SessionSpec, _check_session
+from ._session_pool import DEFAULT_SESSION_TTL, SessionCommands, SessionPool, SessionSpec
 from ._store import ANONYMOUS, SessionStats, SessionStore
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ class _BridgeActor(Actor):
             _forkserver.FORK_SERVER.release(self._spec.preload)
 
 
-class Bridge(ActorHandle):
+class Bridge(SessionCommands, ActorHandle):
     """DSPex's single-bridge mode: one worker, many commands in flight, matched by id.
 
     The same commands as a `SessionPool` (`execute_in_session`, `execute_anonymous`,
@@ -366,47 +366,14 @@ class Bridge(ActorHandle):
             raise NoProc(str(self._ref), "execute")
         return core
 
-    def execute_in_session(
-        self,
-        session_id: str,
-        command: str,
-        args: Mapping[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
+    async def _aexecute(
+        self, session_id: str, command: str, args: Mapping[str, Any] | None, timeout: float | None
     ) -> dict[str, Any]:
-        """As `SessionPool.execute_in_session` (no `PoolTimeout` nor `WorkerBusy`: the one
-        worker is shared)."""
-        _check_session(session_id)
-        return self._execute(session_id, command, args, timeout)
+        # In a thread of its own: the one worker's replies are matched by id in threads.
+        return await in_thread(self._execute, session_id, command, args, timeout)
 
-    def execute_anonymous(
-        self, command: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """As `SessionPool.execute_anonymous`."""
-        return self._execute(ANONYMOUS, command, args, timeout)
-
-    async def aexecute_in_session(
-        self,
-        session_id: str,
-        command: str,
-        args: Mapping[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Awaitable `execute_in_session` (in a thread of its own: cancelling the await stops
-        the waiting; the reply, when it comes, is dropped)."""
-        return await in_thread(self.execute_in_session, session_id, command, args, timeout=timeout)
-
-    async def aexecute_anonymous(
-        self, command: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Awaitable `execute_anonymous`."""
-        return await in_thread(self.execute_anonymous, command, args, timeout=timeout)
-
-    def end_session(self, session_id: str) -> bool:
-        """As `SessionPool.end_session`."""
-        _check_session(session_id)
-        return self._core.spec.store.end(session_id)
+    def _session_store(self) -> SessionStore:
+        return self._core.spec.store
 
     def status(self) -> BridgeStatus:
         """A `BridgeStatus` snapshot."""

@@ -6,8 +6,6 @@
   queued behind a held worker.
 - `hold(pool, command)`: check a worker out from the test thread and keep it (a `Lease`).
 - `ok_steps(...)`: script steps for the common "worker handed out and checked in" case.
-- `ProcessPools`: starts `ProcessPool`s whose workers are all idle, and stops them at teardown
-  (the `process_pools` fixture).
 """
 
 from __future__ import annotations
@@ -40,23 +38,6 @@ class Pools:
                 with contextlib.suppress(da.NoProc):
                     pool.stop(timeout=10)
             pool.wait(10)
-
-
-class ProcessPools(list[da.ProcessPool]):
-    """Starts process pools for a test; `close()` stops every one still running."""
-
-    def start(self, **options: Any) -> da.ProcessPool:
-        """`ProcessPool.start(**options)`, once every worker has started and is idle."""
-        pool = da.ProcessPool.start(**options)
-        self.append(pool)
-        wait_for(lambda: settled(pool, options["pool_size"]), timeout=30)
-        return pool
-
-    def close(self) -> None:
-        for pool in self:
-            if pool.is_alive():
-                with contextlib.suppress(da.NoProc):
-                    pool.stop(timeout=30)
 
 
 def settled(pool: da.Pool, idle: int) -> bool:
