@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dspex_actors as da
+from dspex_actors._ports._forkserver import FORK_SERVER
 
 __all__ = ["fork_floor_once", "ops_per_second", "pipe_echo", "quiet_logs", "replacement_once"]
 
@@ -81,14 +82,26 @@ def fork_floor_once() -> float:
     return elapsed
 
 
-def replacement_once(pool: da.ProcessPool, answer: Callable[[], Any], spares: int = 0) -> float:
+def replacement_once(
+    pool: da.ProcessPool, answer: Callable[[], Any], spares: int = 0, zygote: bool = False
+) -> float:
     """SIGKILL the only (idle) worker of `pool` (a `ProcessPool` or `SessionPool` of size 1);
-    time until `answer()` is answered again, by its replacement (the spare, with `spares`)."""
+    time until `answer()` is answered again, by its replacement (the spare, with `spares`).
+
+    The kill comes in the steady state: the worker idle, the spares ready, nothing starting,
+    and (`zygote`: for pools whose workers the fork server forks) the fork server's zygote
+    ready, as it is unless another worker started within the last few milliseconds.
+    """
     answer()
-    while True:  # idle, the spares ready, and nothing starting
+    while True:
         status = pool.status()
         status = getattr(status, "pool", status)  # a SessionPool's holds the pool's
-        if status.idle == 1 and status.spares == spares and status.initializing == 0:
+        if (
+            status.idle == 1
+            and status.spares == spares
+            and status.initializing == 0
+            and (not zygote or FORK_SERVER.zygote_pid is not None)
+        ):
             break
         time.sleep(0.0005)
     victim: int = pool.checkout(None, lambda from_, port: (port.os_pid, "ok"))

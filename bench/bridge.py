@@ -32,6 +32,7 @@ Figures are medians of several rounds, measured interleaved in the same process.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -253,14 +254,14 @@ def bench_sigkill(rounds: int, cold_rounds: int) -> None:
     try:
         wait_idle(pool, 1)
         wait_idle(plain, 1)
-        replacement_once(pool, session_ping)  # warm
-        replacement_once(plain, plain_ping)
-        replacement_once(spared, spared_ping, spares=1)
+        replacement_once(pool, session_ping, zygote=True)  # warm
+        replacement_once(plain, plain_ping, zygote=True)
+        replacement_once(spared, spared_ping, spares=1, zygote=True)
         for _ in range(rounds):
             floors.append(fork_floor_once())  # right before each kill: a noisy spell hits both
-            samples.append(replacement_once(pool, session_ping))
-            plain_samples.append(replacement_once(plain, plain_ping))
-            spare_samples.append(replacement_once(spared, spared_ping, spares=1))
+            samples.append(replacement_once(pool, session_ping, zygote=True))
+            plain_samples.append(replacement_once(plain, plain_ping, zygote=True))
+            spare_samples.append(replacement_once(spared, spared_ping, spares=1, zygote=True))
     finally:
         pool.stop(timeout=30)
         spared.stop(timeout=30)
@@ -270,10 +271,11 @@ def bench_sigkill(rounds: int, cold_rounds: int) -> None:
     trivial = da.ProcessPool.start(target=square, pool_size=1)
     try:
         wait_idle(trivial, 1)
-        replacement_once(trivial, lambda: trivial.call(3, timeout=30))
+        trivial_ping = functools.partial(trivial.call, 3, timeout=30)
+        replacement_once(trivial, trivial_ping, zygote=True)
         for _ in range(rounds):
             floors.append(fork_floor_once())
-            trivial_samples.append(replacement_once(trivial, lambda: trivial.call(3, timeout=30)))
+            trivial_samples.append(replacement_once(trivial, trivial_ping, zygote=True))
     finally:
         trivial.stop(timeout=30)
     cold = [cold_start_once() for _ in range(cold_rounds)]

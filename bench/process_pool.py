@@ -369,7 +369,11 @@ def bench_sigkill(rounds: int) -> None:
             for _ in range(rounds):
                 mine.append(fork_floor_once())
                 samples.append(
-                    replacement_once(pool, functools.partial(pool.call, request, timeout=30))
+                    replacement_once(
+                        pool,
+                        functools.partial(pool.call, request, timeout=30),
+                        zygote="forkserver*" in label,
+                    )
                 )
         finally:
             pool.stop(timeout=30)
@@ -548,7 +552,10 @@ def bench_self_managing(rounds: int, per_client: int) -> None:
                 floors.append(fork_floor_once())
                 samples.append(
                     replacement_once(
-                        pool, functools.partial(pool.call, request, timeout=30), spares=1
+                        pool,
+                        functools.partial(pool.call, request, timeout=30),
+                        spares=1,
+                        zygote="target" in label,
                     )
                 )
         finally:
@@ -565,7 +572,7 @@ def bench_self_managing(rounds: int, per_client: int) -> None:
         pool = da.ProcessPool.start(target=uses_heavy, pool_size=1, preload=preload)
         try:
             samples = [
-                replacement_once(pool, functools.partial(pool.call, 3, timeout=30))
+                replacement_once(pool, functools.partial(pool.call, 3, timeout=30), zygote=True)
                 for _ in range(rounds)
             ]
         finally:

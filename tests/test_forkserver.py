@@ -37,6 +37,7 @@ from dspex_actors._ports import _fds, _forkserver, _launch
 from dspex_actors.testing import wait_for
 
 from support.ports import echo, gone
+from support.processes import forkserver_workers, wait_forkserver_workers
 
 FORK_SERVER = _forkserver.FORK_SERVER
 FS = "forkserver"
@@ -169,7 +170,7 @@ def test_two_ports_share_one_server_which_stops_with_the_last_user() -> None:
         try:
             server = server_pid()
             assert FORK_SERVER.users == 2
-            workers = {c.pid for c in psutil.Process(server).children()}
+            workers = wait_forkserver_workers(server)
             assert workers == {first.os_pid, second.os_pid}
         finally:
             second.close(timeout=10)
@@ -310,6 +311,7 @@ ORPHAN_PARENT = textwrap.dedent(
     import sys
     import psutil
     from dspex_actors import ProcessPool
+    from dspex_actors._ports._forkserver import FORK_SERVER
     from dspex_actors.testing import wait_for
     if __name__ == "__main__":
         pool = ProcessPool.start(
@@ -317,6 +319,7 @@ ORPHAN_PARENT = textwrap.dedent(
         )
         assert pool.call("up", timeout=60) == "up"
         wait_for(lambda: pool.status().idle == 2, timeout=60)
+        wait_for(lambda: FORK_SERVER.zygote_pid is not None, timeout=60)
         print(*[c.pid for c in psutil.Process().children(recursive=True)], flush=True)
         sys.stdin.read()  # until SIGKILLed
     """
@@ -347,7 +350,7 @@ def parent_process(script: str, *args: str) -> Iterator[tuple[subprocess.Popen[s
 
 def test_a_sigkilled_parents_server_and_workers_are_gone_within_bounded_time() -> None:
     with parent_process(ORPHAN_PARENT) as (parent, pids):
-        assert len(pids) == 3  # the server and its two workers
+        assert len(pids) == 4  # the server, its two workers and its zygote
         servers = [p for p in pids if psutil.Process(p).ppid() == parent.pid]
         assert len(servers) == 1
         workers = [p for p in pids if p not in servers]
@@ -368,12 +371,12 @@ def test_a_forkserver_process_pool_calls_and_replaces_a_sigkilled_idle_worker(
     pool = start_pool(pools, 2)
     assert [pool.call(n, timeout=30) for n in range(6)] == [n * 2 for n in range(6)]
     server = server_pid()
-    workers = {c.pid for c in psutil.Process(server).children()}
+    workers = wait_forkserver_workers(server)
     assert len(workers) == 2
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
     assert wait_for(lambda: pool.status().workers_removed == 1 and settled(pool, 2), timeout=10)
-    now = {c.pid for c in psutil.Process(server).children()}
+    now = wait_forkserver_workers(server)
     assert victim not in now
     assert len(now) == 2
     assert [pool.call(n, timeout=30) for n in range(6)] == [n * 2 for n in range(6)]
@@ -395,7 +398,7 @@ def test_a_pool_of_one_keeps_its_server_when_its_only_worker_dies(
     pool = start_pool(pools, 1)
     server = server_pid()
     assert FORK_SERVER.users == 2  # the pool and its worker's port
-    (victim,) = {c.pid for c in psutil.Process(server).children()}
+    (victim,) = wait_forkserver_workers(server)
     os.kill(victim, signal.SIGKILL)
     assert wait_for(lambda: pool.status().workers_removed == 1 and settled(pool, 1), timeout=10)
     assert server_pid() == server  # the replacement was forked by the same server
@@ -419,6 +422,95 @@ def test_the_servers_socket_is_in_the_fork_registry_while_the_server_runs() -> N
     assert fd not in _fds.PARENT_FDS
 
 
+# --- the zygote: the next worker, forked ahead ---------------------------------------------
+
+
+def test_a_start_takes_the_zygote_and_the_server_forks_the_next_one(ports: list[Port]) -> None:
+    """Once a worker was asked for, the server keeps one forked ahead: the next start
+    becomes that process, and a new zygote follows. It dies with the server."""
+    first = Port.spawn(echo, start_method=FS)
+    ports.append(first)
+    zygote = ready_zygote()
+    assert zygote != first.os_pid
+    assert psutil.Process(zygote).ppid() == server_pid()
+    second = Port.spawn(double, start_method=FS)
+    ports.append(second)
+    assert second.os_pid == zygote
+    assert second.request(21, timeout=30) == 42
+    with pytest.raises(da.RemoteError, match="no booms"):
+        second.request("boom", timeout=30)
+    assert second.request(2, timeout=30) == 4  # its stream intact
+    last = next_zygote(zygote)
+    for port in ports:
+        port.close(timeout=10)
+    ports.clear()
+    assert running_server() is None
+    assert gone(last)  # reaped before the last release returned
+
+
+def test_a_killed_zygote_is_replaced_and_a_start_racing_its_death_still_gets_a_worker(
+    ports: list[Port],
+) -> None:
+    """A zygote SIGKILLed unused is replaced; a start handed to it as it dies is forked
+    instead; the dead zygote's exit is reported to nobody (no port waits for it)."""
+    first = Port.spawn(echo, start_method=FS)
+    ports.append(first)
+    for _ in range(5):  # killed right before the start: seen dead or found dead
+        without_zygote()
+        port = Port.spawn(double, start_method=FS)
+        ports.append(port)
+        assert port.request(4, timeout=30) == 8
+    victim = ready_zygote()
+    os.kill(victim, signal.SIGKILL)
+    next_zygote(victim)
+    port = Port.spawn(double, start_method=FS)
+    ports.append(port)
+    assert port.request(5, timeout=30) == 10
+    assert all(p.info() is not None for p in ports)  # no other worker was touched
+
+
+def test_a_stopped_zygote_is_killed_and_the_start_is_forked_instead(ports: list[Port]) -> None:
+    """A zygote that does not take its start (stopped: SIGSTOP) holds it up for at most the
+    handover limit (1 s): then it is killed and the worker forked."""
+    first = Port.spawn(echo, start_method=FS)
+    ports.append(first)
+    zygote = ready_zygote()
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        port = Port.spawn(double, start_method=FS)
+        ports.append(port)
+        assert port.os_pid != zygote
+        assert port.request(3, timeout=30) == 6
+        assert wait_for(lambda: gone(zygote), timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(zygote, signal.SIGKILL)
+
+
+def imported(module: str) -> bool:
+    return module in sys.modules
+
+
+def test_a_preload_replaces_the_zygote_with_one_that_has_the_module(ports: list[Port]) -> None:
+    """The zygote was forked before the preload: it is discarded, and the next one (and so
+    every worker started from it) has the module already."""
+    module = "colorsys"  # small, and imported by nothing the server loads
+    first = Port.spawn(imported, start_method=FS)
+    ports.append(first)
+    assert first.request(module, timeout=30) is False
+    stale = ready_zygote()
+    FORK_SERVER.acquire([module])
+    try:
+        assert wait_for(lambda: gone(stale), timeout=10)
+        fresh = next_zygote(stale)
+        port = Port.spawn(imported, start_method=FS)
+        ports.append(port)
+        assert port.os_pid == fresh
+        assert port.request(module, timeout=30) is True
+    finally:
+        FORK_SERVER.release([module])
+
+
 # --- environment, exit codes, failures half way, a stalled server ----------------------------
 
 
@@ -426,18 +518,45 @@ def where(probe: str) -> list[Any]:
     return [os.environ.get("DSPEX_FS_PROBE"), os.path.realpath(os.getcwd()), probe in sys.path]
 
 
+def ready_zygote() -> int:
+    """The fork server's zygote (the worker it forks ahead), once it has one."""
+    pid: int = wait_for(lambda: FORK_SERVER.zygote_pid, timeout=30)
+    return pid
+
+
+def next_zygote(after: int) -> int:
+    """The fork server's zygote once it is another process than `after`."""
+    pid: int = wait_for(
+        lambda: FORK_SERVER.zygote_pid not in (None, after) and FORK_SERVER.zygote_pid, timeout=30
+    )
+    return pid
+
+
+def without_zygote() -> None:
+    """SIGKILL the fork server's zygote: the next start is forked (the server either saw
+    the death, or finds it as it hands the start over)."""
+    zygote = ready_zygote()
+    os.kill(zygote, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("via_zygote", [True, False], ids=["zygote", "forked"])
 def test_a_worker_takes_the_parents_current_environment_cwd_and_sys_path(
-    ports: list[Port], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    ports: list[Port], tmp_path: Any, monkeypatch: pytest.MonkeyPatch, via_zygote: bool
 ) -> None:
-    """The server started before these changed; its workers must not see its stale copy."""
+    """The server (and its zygote) started before these changed; its workers must not see
+    their stale copy, whether the worker was forked ahead or at its start."""
     first = Port.spawn(echo, start_method=FS)
     ports.append(first)
     assert first.request(1, timeout=30) == 1  # the server runs from here on
+    zygote = ready_zygote()
+    if not via_zygote:
+        without_zygote()
     monkeypatch.setenv("DSPEX_FS_PROBE", "set-later")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     port = Port.spawn(where, start_method=FS)
     ports.append(port)
+    assert (port.os_pid == zygote) is via_zygote
     assert port.request(str(tmp_path), timeout=30) == [
         "set-later",
         os.path.realpath(tmp_path),
@@ -492,7 +611,8 @@ def test_a_killed_pool_kills_its_workers_and_drops_its_server_reference() -> Non
     pool = ProcessPool.start(target=echo, pool_size=1)
     wait_for(functools.partial(settled, pool, 1), timeout=30)
     assert FORK_SERVER.users == 2  # the pool and its worker's port
-    (worker,) = psutil.Process(server_pid()).children()
+    (worker_pid,) = wait_forkserver_workers(server_pid())
+    worker = psutil.Process(worker_pid)
     ref = pool.actor_ref
     da.kill(ref)
     da.wait_exit(ref, timeout=10)
@@ -553,7 +673,7 @@ def test_an_interrupt_while_waiting_for_the_server_kills_the_worker_it_forked(
     with pytest.raises(KeyboardInterrupt):
         Port.spawn(echo, start_method=FS)
     monkeypatch.undo()
-    wait_for(lambda: [c.pid for c in psutil.Process(server).children()] == [warm.os_pid])
+    wait_for(lambda: forkserver_workers(server) == frozenset({warm.os_pid}))
     assert FORK_SERVER.users == 1
     assert set(_fds.PARENT_FDS) == fds_before
 

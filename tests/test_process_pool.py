@@ -47,6 +47,7 @@ from dspex_actors._ports._forkserver import FORK_SERVER
 from dspex_actors.testing import wait_for
 
 from support.ports import DETACH_IO, GRANDCHILD, STALL, Grandchildren, echo
+from support.processes import wait_forkserver_workers
 
 # One program, told how to misbehave by each request.
 MODES = textwrap.dedent(
@@ -113,12 +114,15 @@ def pools() -> Iterator[Pools]:
 
 
 def worker_pids() -> list[int]:
-    """The live worker processes: forkserver workers are the fork server's children."""
+    """The live worker processes: forkserver workers are the fork server's children (its
+    zygote, the worker it forks ahead, left out)."""
     server = FORK_SERVER.pid
+    if server is not None:
+        return sorted(wait_forkserver_workers(server))
     pids = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.pid != server and child.status() != psutil.STATUS_ZOMBIE:
+            if child.status() != psutil.STATUS_ZOMBIE:
                 pids.append(child.pid)
         except psutil.NoSuchProcess:
             continue  # it exited between the listing and the look

@@ -29,6 +29,8 @@ from dspex_actors import ProcessPool
 from dspex_actors._ports._forkserver import FORK_SERVER
 from dspex_actors.testing import wait_for
 
+from support.processes import forkserver_workers
+
 DOUBLER = textwrap.dedent(
     """
     import json, struct, sys
@@ -131,11 +133,15 @@ def run_chaos(retries: int, calls: int, check: Callable[[int, Any], None], **opt
             # Every idle worker's process alive too: a worker killed by the killer's last
             # shot counts as idle until the pool hears of its death.
             status = pool.status()
-            workers = [w for w in live_workers(server) if server is None or w.pid != server.pid]
+            if server is None:
+                workers: frozenset[int] | None = frozenset(w.pid for w in live_workers())
+            else:  # its zygote (the worker it forks ahead) left out
+                workers = forkserver_workers(server.pid)
             return (
                 status.idle == POOL_SIZE
                 and status.busy == 0
                 and status.initializing == 0
+                and workers is not None
                 and len(workers) == POOL_SIZE
             )
 
@@ -201,6 +207,7 @@ ORPHAN_PARENT = """
 import sys, time
 import psutil
 from dspex_actors import ProcessPool
+from dspex_actors._ports._forkserver import FORK_SERVER
 from dspex_actors.testing import wait_for
 if __name__ == "__main__":
     stall = [sys.executable, "-c", "import time; time.sleep(60)"]  # sleep-ok: stall
@@ -211,6 +218,7 @@ if __name__ == "__main__":
     for pool, size in ((a, 2), (b, 2), (c, 1), (d, 1)):
         wait_for(lambda: pool.status().idle == size, timeout=60)
     assert b.call("up", timeout=60) == "up" and c.call("up", timeout=60) == "up"
+    wait_for(lambda: FORK_SERVER.zygote_pid is not None, timeout=60)
     # The fork server and its workers (grandchildren) too.
     print(*[c.pid for c in psutil.Process().children(recursive=True)], flush=True)
     time.sleep(60)  # sleep-ok: a stalled child program
@@ -224,8 +232,9 @@ def test_a_pools_workers_are_gone_within_a_second_of_the_parent_being_sigkilled(
     try:
         assert parent.stdout is not None
         pids = [int(p) for p in parent.stdout.readline().split()]
-        # 2 argv, the fork server with its 2 target workers and 1 argv worker, 1 spawned
-        assert len(pids) == 7
+        # 2 argv, the fork server with its 2 target workers, 1 argv worker and its zygote,
+        # 1 spawned
+        assert len(pids) == 8
         parent.kill()
         parent.wait(10)
         killed_at = time.monotonic()

@@ -48,7 +48,7 @@ from support.lifecycle import (
     wait_all_gone,
 )
 from support.logs import Records
-from support.processes import PROGRAMS, descendants, wait_gone
+from support.processes import PROGRAMS, descendants, wait_forkserver_workers, wait_gone
 from support.supervision import Supervisors, ref_of
 from support.threads import in_thread
 
@@ -322,7 +322,7 @@ def test_max_age_recycles_an_idle_worker_when_it_is_pinged(
     )
     server = FORK_SERVER.pid
     assert server is not None
-    (first,) = (p.pid for p in psutil.Process(server).children())
+    (first,) = wait_forkserver_workers(server)
     # No checkout at all: only an idle ping can have seen that it grew too old.
     wait_for(lambda: (s := pool.status()).workers_recycled >= 1 and s.workers_removed >= 1, WAIT)
     assert pool.status().checkouts == 0

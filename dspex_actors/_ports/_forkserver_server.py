@@ -11,6 +11,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import gc
 import importlib
 import os
 import pickle
@@ -48,6 +49,7 @@ __all__ = [
     "STARTED",
     "WATCHED",
     "WORKER_FDS",
+    "ZYGOTE",
     "ProcessState",
     "kill_group",
     "process_state",
@@ -70,6 +72,7 @@ STALLED = 7  # (request id, 0): a program neither exec'd nor failed in time (it 
 WATCHED = 8  # (request id, pid): STARTED, with a pidfd of the child riding along (SCM_RIGHTS)
 PRELOADED = 9  # (request id, 0): the modules of a preload request are imported
 NO_PRELOAD = 10  # (request id, 2 * index + why): module `index` failed: 0 import, 1 threads
+ZYGOTE = 11  # (pid, 1): a zygote is ready; (pid, 0): it is gone unused (taken: STARTED/WATCHED)
 # The first byte of a request's setup: serve a Python handler, or exec a program.
 SERVE = b"S"
 EXEC = b"X"
@@ -82,6 +85,14 @@ _STOP_LIMIT = 10.0
 """Seconds `ForkServer.release` waits for the server to exit before it SIGKILLs it."""
 _REAP_LIMIT = 5.0
 """Seconds the server waits, once its parent is gone, for its SIGKILLed workers to be reaped."""
+ZYGOTE_REFILL = 0.005
+"""Seconds after its zygote became a worker (or died) before the server forks the next one:
+the new worker's start, which that fork would compete with for the CPU, is usually over."""
+_ZYGOTE_REFILL_MAX = 1.0
+"""At most this many seconds between zygotes that keep dying before they are used."""
+_HANDOVER_LIMIT = 1.0
+"""Seconds the server waits for its zygote to take a request before it forks one instead."""
+_ZYGOTE_HEADER = struct.Struct(">Q")  # server -> zygote: the setup's length; fds ride with it
 
 
 def kill_group(pid: int) -> None:
@@ -157,6 +168,7 @@ def server_main(fd: int, parent: int, preload: Sequence[str] = ()) -> None:
     # Loaded and used once here, so every worker has it ready (its lazy set-up done).
     with contextlib.suppress(Exception):  # only an optimisation
         dill.loads(dill.dumps((_on_sigchld, (), "json", 1), recurse=True))
+    _freeze_heap()
 
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()
@@ -189,6 +201,9 @@ def server_main(fd: int, parent: int, preload: Sequence[str] = ()) -> None:
                 if isinstance(key.data, _Starting):
                     state.read_report(key.data)
                     continue
+                if isinstance(key.data, _Zygote):
+                    state.zygote_gone()  # it never writes unasked: it died
+                    continue
                 data, new_fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 64)
                 fds.extend(new_fds)
                 if not data:
@@ -212,6 +227,7 @@ def server_main(fd: int, parent: int, preload: Sequence[str] = ()) -> None:
                     mine = [raised(fds.popleft()) for _ in range(WORKER_FDS)]
                     state.fork(request_id, mine, setup)
             state.expire()
+            state.refill()
     except OSError:
         pass  # the parent is gone mid-send
     finally:
@@ -230,8 +246,27 @@ class _Starting:
         self.status: int | None = None  # reaped before its report pipe's EOF was read
 
 
+class _Zygote:
+    """A worker forked ahead of its request (see `_zygote_main`), as the server tracks it: its
+    pid, and the server's end of the socket it waits on."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+
 class _State:
-    """The server's children: the workers it reports on, and programs not yet exec'd."""
+    """The server's children: the workers it reports on, programs not yet exec'd, and the
+    zygote.
+
+    The zygote is the next worker, forked ahead: once a worker has been asked for, the
+    server keeps one child forked and set up as far as no request is needed (out of the
+    server's state, its own session), waiting for the next worker start, which then costs
+    no fork on its critical path. The server forks the next zygote shortly after (see
+    `ZYGOTE_REFILL`), and again whenever one dies unused. A start finding no zygote (taken,
+    dead, or being handed a request when it died) is forked as before; preloading discards
+    the zygote (it lacks the new modules) and forks a new one after the imports.
+    """
 
     def __init__(self, sock: socket.socket, sel: selectors.BaseSelector, owner: int) -> None:
         self.sock = sock
@@ -239,6 +274,10 @@ class _State:
         self.owner = owner  # the process that started us, which owns every child
         self.workers: set[int] = set()
         self.starting: dict[int, _Starting] = {}
+        self.zygote: _Zygote | None = None
+        self.zygotes_wanted = False  # a worker has been asked for: keep one ready from now on
+        self.refill_at: float | None = None  # when to fork the next zygote (time.monotonic)
+        self.zygote_failures = 0  # zygotes in a row that died, or failed a handover, unused
 
     def send(self, kind: int, key: int, value: int) -> None:
         self.sock.sendall(REPLY.pack(kind, key, value))
@@ -264,18 +303,107 @@ class _State:
             os.close(pidfd)
 
     def next_deadline(self) -> float | None:
-        if not self.starting:
+        deadlines = [start.deadline for start in self.starting.values()]
+        if self.refill_at is not None:
+            deadlines.append(self.refill_at)
+        if not deadlines:
             return None
-        first = min(start.deadline for start in self.starting.values())
-        return max(0.0, first - time.monotonic())
+        return max(0.0, min(deadlines) - time.monotonic())
 
     def reap(self) -> None:
-        _reap(self.workers, self.send, self.starting)
+        _reap(self.workers, self.send, self.starting, self._reaped)
+
+    def _reaped(self, pid: int) -> None:
+        # Neither a worker nor a program: a program's child that failed or stalled (reported
+        # already), or a zygote that died before the server read its socket's EOF.
+        if self.zygote is not None and self.zygote.pid == pid:
+            self.zygote_gone()
+
+    def refill(self) -> None:
+        """Fork the next zygote if it is due."""
+        if self.refill_at is None or time.monotonic() < self.refill_at:
+            return
+        self.refill_at = None
+        if self.zygote is not None:
+            return
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError:
+            self._zygote_failed()
+            return
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            self._zygote_failed()
+            return
+        if pid == 0:
+            _zygote_main(theirs, self.sock, self.sel, self.owner)
+        theirs.close()
+        self.zygote = _Zygote(pid, ours)
+        self.sel.register(ours, selectors.EVENT_READ, self.zygote)
+        self.send(ZYGOTE, pid, 1)
+
+    def zygote_gone(self) -> None:
+        """The zygote died unused (killed: it exits only when the server is gone)."""
+        zygote = self._discard_zygote()
+        if zygote is not None:
+            zygote.sock.close()
+            self.send(ZYGOTE, zygote.pid, 0)
+        self._zygote_failed()
+
+    def _zygote_failed(self) -> None:
+        self.zygote_failures += 1
+        self._schedule_refill()
+
+    def _schedule_refill(self) -> None:
+        if self.zygotes_wanted and self.refill_at is None:
+            delay = ZYGOTE_REFILL * 2 ** min(self.zygote_failures, 10)
+            self.refill_at = time.monotonic() + min(delay, _ZYGOTE_REFILL_MAX)
+
+    def _discard_zygote(self) -> _Zygote | None:
+        """Forget the zygote (returned); killed, unless it is to be handed a request."""
+        zygote, self.zygote = self.zygote, None
+        if zygote is not None:
+            self.sel.unregister(zygote.sock)
+        return zygote
+
+    def _hand_over(self, fds: list[int], setup: bytes) -> int | None:
+        """Hand a worker's request to the zygote; its pid once it has taken it, or None (no
+        zygote, or it died or stalled meanwhile: it is killed, the request's fds are still
+        ours)."""
+        zygote = self._discard_zygote()
+        if zygote is None:
+            return None
+        try:
+            with zygote.sock:
+                zygote.sock.settimeout(_HANDOVER_LIMIT)
+                header = _ZYGOTE_HEADER.pack(len(setup))
+                socket.send_fds(zygote.sock, [header], fds, socket.MSG_NOSIGNAL)
+                zygote.sock.sendall(setup, socket.MSG_NOSIGNAL)
+                taken = zygote.sock.recv(1) == b"."
+        except OSError:
+            taken = False
+        if not taken:
+            kill_group(zygote.pid)  # not reaped yet: its pid is still its own
+            self.send(ZYGOTE, zygote.pid, 0)
+            self._zygote_failed()
+            return None
+        self.zygote_failures = 0
+        self._schedule_refill()
+        return zygote.pid
 
     def preload(self, request_id: int, modules: list[str]) -> bool:
         """Import `modules`, so that every child forked from now on has them; answer. False
         if one of them started a thread: a fork copies a lock another thread holds, so this
         server must not fork any more (it answers, then exits)."""
+        zygote = self._discard_zygote()  # it lacks them: the next one is forked after
+        if zygote is not None:
+            kill_group(zygote.pid)
+            zygote.sock.close()
+            self.send(ZYGOTE, zygote.pid, 0)
+            self._schedule_refill()
         for index, name in enumerate(modules):
             try:
                 importlib.import_module(name)
@@ -286,12 +414,23 @@ class _State:
             if threading.active_count() > 1:
                 self.send(NO_PRELOAD, request_id, 2 * index + 1)
                 return False
+        _freeze_heap()
         self.send(PRELOADED, request_id, 0)
         return True
 
     def fork(self, request_id: int, fds: list[int], setup: bytes) -> None:
         """Fork a worker (or a program's child) for the request; answer once it runs."""
         program = setup[:1] == EXEC
+        if not program:
+            self.zygotes_wanted = True
+            pid = self._hand_over(fds, setup[1:])
+            if pid is not None:
+                for fd in fds:
+                    os.close(fd)
+                self.workers.add(pid)
+                self.started(request_id, pid)
+                return
+            self._schedule_refill()
         made: list[int] = []
         try:
             if program:
@@ -361,6 +500,10 @@ class _State:
         """The parent is gone: kill and reap every child, those not exec'd yet too (not
         those reaped already: their pid may be someone else's by now)."""
         self.workers.update(p for p, s in self.starting.items() if s.status is None)
+        zygote = self._discard_zygote()
+        if zygote is not None:
+            # Reaped with the workers (its exit reported too: the parent knows no such pid).
+            self.workers.add(zygote.pid)
         _stop_workers(self.workers, wake_r, self.send)
 
     def _forget(self, start: _Starting) -> None:
@@ -389,7 +532,12 @@ def _drain(fd: int) -> None:
             pass
 
 
-def _reap(workers: set[int], send: _Send, starting: Mapping[int, _Starting] | None = None) -> None:
+def _reap(
+    workers: set[int],
+    send: _Send,
+    starting: Mapping[int, _Starting] | None = None,
+    other: Callable[[int], None] | None = None,
+) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -402,6 +550,8 @@ def _reap(workers: set[int], send: _Send, starting: Mapping[int, _Starting] | No
             send(EXITED, pid, os.waitstatus_to_exitcode(status))
         elif starting and pid in starting:
             starting[pid].status = os.waitstatus_to_exitcode(status)
+        elif other is not None:
+            other(pid)
 
 
 def _program_main(
@@ -458,7 +608,75 @@ def _program_main(
 def _worker_main(
     fds: list[int], setup: bytes, sock: socket.socket, sel: selectors.BaseSelector, owner: int
 ) -> NoReturn:
-    """A worker, just forked from the server: become a ``"fork"`` port's child and serve.
+    """A worker, just forked from the server: become a ``"fork"`` port's child and serve."""
+    try:
+        _leave_server(sock, sel)
+    except BaseException:
+        os._exit(1)
+    _become_worker(fds, setup, owner)
+
+
+def _zygote_main(
+    mine: socket.socket, sock: socket.socket, sel: selectors.BaseSelector, owner: int
+) -> NoReturn:
+    """A zygote, just forked from the server: get ready, then wait on `mine` for a worker's
+    request (its fds and setup), answer ``.`` once it has it all, and become that worker.
+
+    Ready means everything a worker's start does that needs no request: out of the server's
+    state (its signal handling, selector and socket, every fd but `mine` closed), leading a
+    session of its own. It exits when the server closes `mine` (the server is gone, or does
+    not want it any more); it has no lifeline until it becomes a worker, and needs none: its
+    server, which its owner's death stops, kills it.
+    """
+    try:
+        _leave_server(sock, sel)
+        _close_fds_except({0, 1, 2, mine.fileno()})
+        with contextlib.suppress(OSError):
+            os.setsid()
+        header = _recv_exactly(mine, _ZYGOTE_HEADER.size)
+        if header is None:
+            os._exit(0)
+        data, fds = header
+        (size,) = _ZYGOTE_HEADER.unpack(data)
+        received = _recv_exactly(mine, size)
+        if len(fds) != WORKER_FDS or received is None:
+            os._exit(0)  # cannot happen: the server sends them all, or dies
+        setup = received[0]
+        mine.sendall(b".")
+        mine.close()
+        fds = [raised(fd) for fd in fds]  # above 2, as the server has them (see server_main)
+    except BaseException:
+        os._exit(1)
+    _become_worker(fds, setup, owner)
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> tuple[bytes, list[int]] | None:
+    """`size` bytes from `sock`, and the fds that came with them; None at EOF before then."""
+    chunks: list[bytes] = []
+    fds: list[int] = []
+    while size:
+        chunk, new_fds, _flags, _addr = socket.recv_fds(sock, min(size, 1 << 20), WORKER_FDS)
+        fds.extend(new_fds)
+        if not chunk:
+            for fd in fds:
+                os.close(fd)
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks), fds
+
+
+def _leave_server(sock: socket.socket, sel: selectors.BaseSelector) -> None:
+    """In a child just forked from the server: drop the server's signal handling, selector
+    and socket."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    sel.close()
+    sock.close()
+
+
+def _become_worker(fds: list[int], setup: bytes, owner: int) -> NoReturn:
+    """Become a ``"fork"`` port's child serving `setup`, with the request's `fds`, and exit.
 
     Its lifeline is armed at once (the kernel kills it when its `owner` dies, whoever forked
     it): it does not die with the server.
@@ -466,10 +684,6 @@ def _worker_main(
     in_fd, out_fd, err_fd, life_fd, cwd_fd = fds
     code = 1
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        sel.close()
-        sock.close()
         # Nothing of the server's (nor the fds of requests queued behind this one) stays open.
         _close_fds_except({0, 1, 2, in_fd, out_fd, err_fd, life_fd, cwd_fd})
         with contextlib.suppress(OSError):
@@ -512,6 +726,14 @@ def _worker_main(
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _freeze_heap() -> None:
+    """Move every object the server has into the collector's permanent generation, so that
+    a forked child's garbage collections never walk them (writing to them, which would copy
+    the pages they share with the server)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _close_fds_except(keep: set[int]) -> None:

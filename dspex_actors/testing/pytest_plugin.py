@@ -88,16 +88,21 @@ def _framework_threads(before: set[int]) -> list[threading.Thread]:
 
 
 def _children(before: set[int]) -> list[Any]:
+    """The live descendants of this process not in `before`, the fork server's zygote left
+    out: it belongs to the server (which a pool kept across tests may hold), not to a test."""
     import psutil  # the test extra; only the leak check needs it
+
+    from .._ports._forkserver import FORK_SERVER
 
     try:
         kids = psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
+    zygote = FORK_SERVER.zygote_pid
     alive = []
     for p in kids:
         try:
-            if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE:
+            if p.pid not in before and p.pid != zygote and p.status() != psutil.STATUS_ZOMBIE:
                 alive.append(p)
         except psutil.Error:
             continue

@@ -7,6 +7,8 @@
 - `Script`: a Python script run as a subprocess, with a bounded `read_line`, and `kill_tree`
   for cleanup (the script, every descendant, and every pid it reported).
 - `wait_gone(pid, timeout)`: wait (bounded) for a process to exit, without reaping it.
+- `forkserver_workers(server)`: the fork server's worker children, its zygote left out
+  (`wait_forkserver_workers` waits until each child is known).
 - `stall_interpreter_starts(...)`: make new Python interpreters stall in their start-up.
 """
 
@@ -24,6 +26,8 @@ from collections.abc import Callable
 
 import attrs
 import psutil
+
+from dspex_actors.testing import wait_for
 
 PROGRAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "programs")
 
@@ -79,6 +83,41 @@ def descendants(root: psutil.Process | None = None) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return alive
+
+
+def forkserver_workers(server: int) -> frozenset[int] | None:
+    """The live children of the fork server `server` that are workers: its zygote (the
+    worker it forks ahead of a request) left out. None while a child is neither a worker
+    this process knows nor the zygote the server reported (its report is on its way): poll
+    it with `wait_for`."""
+    from dspex_actors._ports._forkserver import FORK_SERVER
+
+    running = FORK_SERVER._server
+    known = set(running._workers) if running is not None else set()
+    zygote = FORK_SERVER.zygote_pid
+    kids = set()
+    with contextlib.suppress(psutil.Error):
+        for kid in psutil.Process(server).children():
+            with contextlib.suppress(psutil.Error):
+                if kid.status() != psutil.STATUS_ZOMBIE:
+                    kids.add(kid.pid)
+    if not kids <= known | {zygote}:
+        return None
+    return frozenset(kids - {zygote})
+
+
+def wait_forkserver_workers(server: int, timeout: float = 10.0) -> frozenset[int]:
+    """`forkserver_workers(server)`, once every child of the server is known (bounded)."""
+    found: list[frozenset[int]] = []
+
+    def known() -> bool:
+        workers = forkserver_workers(server)
+        if workers is not None:
+            found.append(workers)
+        return workers is not None
+
+    wait_for(known, timeout=timeout)
+    return found[-1]
 
 
 def leftovers(seen: set[Seen]) -> list[Seen]:
