@@ -17,9 +17,11 @@ Needs the bridge extra (DSPy); no network: the workers run programs on the offli
    (another pool holds it), so this is the pool's own cost. Target <= 1.5x. The same with a
    cold fork server (started, and DSPy imported, by the pool) is shown for scale.
 3. SIGKILL of the only (idle) worker of a ``pool_size=1`` SessionPool: time until a session's
-   ping is answered by its replacement (forked from the fork server, DSPy preloaded), against
+   ping is answered by its replacement (the fork server's zygote, DSPy preloaded), against
    the fork floor (fork this process and get one answer through a pipe, as
-   ``bench/process_pool.py`` measures it, sampled right before each kill). Target <= 2x. And
+   ``bench/process_pool.py`` measures it, sampled right before each kill). Each kill comes
+   in the steady state: the worker idle and the fork server's zygote ready, as it is unless
+   another worker started within the last few milliseconds. Target <= 2x. And
    against a cold start of the worker program (``python -m dspex_actors.bridge.worker --mode
    pool-worker`` answering its init ping): what the fork server saves.
 4. Affinity: 8 sessions on 4 workers, one thread per session issuing commands for a fixed

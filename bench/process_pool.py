@@ -20,7 +20,8 @@ Run: ``python bench/process_pool.py`` (under a minute) or ``python bench/process
 3. SIGKILL of an idle worker: time until a replacement answers, against the fork floor (fork a
    process and get one answer through a pipe, sampled right before each kill: the ratio is
    against the floor sampled alongside that contender), and what each peer does after the
-   same kill.
+   same kill. Kills come in the steady state: for target workers on the fork server, once
+   its zygote (the worker it forks ahead) is ready.
 4. SIGKILL of the fork server while 8 clients call a pool of 4 (retries=0): the slowest call
    across the kill, how soon a worker killed right after is replaced (through a new server),
    and the requests lost (target 0).

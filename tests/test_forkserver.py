@@ -34,6 +34,7 @@ import pytest
 import dspex_actors as da
 from dspex_actors import InvalidOption, Port, PortExited, PortSpec, ProcessPool
 from dspex_actors._ports import _fds, _forkserver, _launch
+from dspex_actors._ports._forkserver_server import ZYGOTE
 from dspex_actors.testing import wait_for
 
 from support.ports import echo, gone
@@ -425,14 +426,80 @@ def test_the_servers_socket_is_in_the_fork_registry_while_the_server_runs() -> N
 # --- the zygote: the next worker, forked ahead ---------------------------------------------
 
 
+def ready_zygote() -> int:
+    """The fork server's zygote (the worker it forks ahead), once it has one."""
+    pid: int = wait_for(lambda: FORK_SERVER.zygote_pid, timeout=30)
+    return pid
+
+
+def next_zygote(after: int) -> int:
+    """The fork server's zygote once it is another process than `after`."""
+    pid: int = wait_for(
+        lambda: FORK_SERVER.zygote_pid not in (None, after) and FORK_SERVER.zygote_pid, timeout=30
+    )
+    return pid
+
+
+@pytest.fixture
+def zygotes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every zygote the fork server reports from now on."""
+    seen: list[int] = []
+    real = _forkserver._Server._dispatch
+
+    def dispatch(
+        server: _forkserver._Server, kind: int, key: int, value: int, pidfd: int | None = None
+    ) -> None:
+        if kind == ZYGOTE and value:
+            seen.append(key)
+        real(server, kind, key, value, pidfd)
+
+    monkeypatch.setattr(_forkserver._Server, "_dispatch", dispatch)
+    return seen
+
+
+@contextlib.contextmanager
+def stopped_zygote() -> Iterator[int]:
+    """The zygote, SIGSTOPped: a start handed to it is forked once the hand-over limit (1 s)
+    has passed. SIGKILLed afterwards, whatever the server did with it."""
+    zygote = ready_zygote()
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        yield zygote
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(zygote, signal.SIGKILL)
+
+
+def open_fds(pid: int) -> dict[int, str]:
+    """The fds `pid` has open, and what each is (one closed as we look is left out)."""
+    fds = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            fds[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return fds
+
+
+def frozen_objects(request: Any) -> int:
+    import gc
+
+    return gc.get_freeze_count()
+
+
 def test_a_start_takes_the_zygote_and_the_server_forks_the_next_one(ports: list[Port]) -> None:
-    """Once a worker was asked for, the server keeps one forked ahead: the next start
-    becomes that process, and a new zygote follows. It dies with the server."""
+    """Once a worker was asked for, the server keeps one forked ahead, holding nothing of
+    the server's but its stdio and its own socket: the next start becomes that process (with
+    the server's heap frozen for the collector), and a new zygote follows. It dies with the
+    server."""
     first = Port.spawn(echo, start_method=FS)
     ports.append(first)
     zygote = ready_zygote()
     assert zygote != first.os_pid
     assert psutil.Process(zygote).ppid() == server_pid()
+    # Once it has closed what it inherited from the server:
+    held: dict[int, str] = wait_for(lambda: len(fds := open_fds(zygote)) == 4 and fds, timeout=10)
+    (mine,) = set(held) - {0, 1, 2}
+    assert held[mine].startswith("socket:")
+    assert held[mine] not in open_fds(server_pid()).values()  # its own: the server has the peer
     second = Port.spawn(double, start_method=FS)
     ports.append(second)
     assert second.os_pid == zygote
@@ -440,6 +507,9 @@ def test_a_start_takes_the_zygote_and_the_server_forks_the_next_one(ports: list[
     with pytest.raises(da.RemoteError, match="no booms"):
         second.request("boom", timeout=30)
     assert second.request(2, timeout=30) == 4  # its stream intact
+    frozen = Port.spawn(frozen_objects, start_method=FS)
+    ports.append(frozen)
+    assert frozen.request(None, timeout=30) > 1000
     last = next_zygote(zygote)
     for port in ports:
         port.close(timeout=10)
@@ -448,15 +518,30 @@ def test_a_start_takes_the_zygote_and_the_server_forks_the_next_one(ports: list[
     assert gone(last)  # reaped before the last release returned
 
 
+def test_starts_through_the_zygote_leave_no_fd_in_the_server(ports: list[Port]) -> None:
+    first = Port.spawn(echo, start_method=FS)
+    ports.append(first)
+    zygote = ready_zygote()
+    before = open_fds(server_pid())
+    for _ in range(5):
+        port = Port.spawn(double, start_method=FS)
+        assert port.os_pid == zygote
+        assert port.request(1, timeout=30) == 2
+        port.close(timeout=10)
+        zygote = next_zygote(zygote)
+    assert len(open_fds(server_pid())) == len(before)
+
+
 def test_a_killed_zygote_is_replaced_and_a_start_racing_its_death_still_gets_a_worker(
     ports: list[Port],
 ) -> None:
-    """A zygote SIGKILLed unused is replaced; a start handed to it as it dies is forked
-    instead; the dead zygote's exit is reported to nobody (no port waits for it)."""
+    """A zygote SIGKILLed unused is replaced; a start that comes as it dies (seen dead, or
+    found dead while handing the start over) is forked instead; the dead zygote's exit
+    touches no port."""
     first = Port.spawn(echo, start_method=FS)
     ports.append(first)
-    for _ in range(5):  # killed right before the start: seen dead or found dead
-        without_zygote()
+    for _ in range(5):
+        os.kill(ready_zygote(), signal.SIGKILL)
         port = Port.spawn(double, start_method=FS)
         ports.append(port)
         assert port.request(4, timeout=30) == 8
@@ -466,25 +551,38 @@ def test_a_killed_zygote_is_replaced_and_a_start_racing_its_death_still_gets_a_w
     port = Port.spawn(double, start_method=FS)
     ports.append(port)
     assert port.request(5, timeout=30) == 10
-    assert all(p.info() is not None for p in ports)  # no other worker was touched
+    assert [p.request(1, timeout=30) for p in ports[1:]] == [2] * 6  # every worker serves
 
 
-def test_a_stopped_zygote_is_killed_and_the_start_is_forked_instead(ports: list[Port]) -> None:
-    """A zygote that does not take its start (stopped: SIGSTOP) holds it up for at most the
-    handover limit (1 s): then it is killed and the worker forked."""
+def test_a_stopped_zygote_is_killed_and_the_start_is_forked_instead(
+    ports: list[Port], zygotes: list[int]
+) -> None:
+    """A zygote that does not take its start (stopped: SIGSTOP) is killed at the hand-over
+    limit, and the worker forked. The server serves other starts meanwhile."""
     first = Port.spawn(echo, start_method=FS)
     ports.append(first)
-    zygote = ready_zygote()
-    os.kill(zygote, signal.SIGSTOP)
-    try:
-        port = Port.spawn(double, start_method=FS)
+    with stopped_zygote() as zygote:
+        started: queue.Queue[Port] = queue.Queue()
+        main = threading.current_thread()
+
+        def start() -> None:
+            port = Port.spawn(double, start_method=FS)
+            port.connect(main)
+            started.put(port)
+
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        # Another start while the first waits for the stopped zygote: not held up by it (a
+        # program: no zygote involved).
+        program = Port.open([sys.executable, "-c", "pass"], start_method=FS, timeout=30)
+        ports.append(program)
+        thread.join(30)
+        port = started.get(timeout=1)
         ports.append(port)
         assert port.os_pid != zygote
+        assert port.os_pid not in zygotes  # forked, not a new zygote's
         assert port.request(3, timeout=30) == 6
         assert wait_for(lambda: gone(zygote), timeout=10)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(zygote, signal.SIGKILL)
 
 
 def imported(module: str) -> bool:
@@ -518,30 +616,13 @@ def where(probe: str) -> list[Any]:
     return [os.environ.get("DSPEX_FS_PROBE"), os.path.realpath(os.getcwd()), probe in sys.path]
 
 
-def ready_zygote() -> int:
-    """The fork server's zygote (the worker it forks ahead), once it has one."""
-    pid: int = wait_for(lambda: FORK_SERVER.zygote_pid, timeout=30)
-    return pid
-
-
-def next_zygote(after: int) -> int:
-    """The fork server's zygote once it is another process than `after`."""
-    pid: int = wait_for(
-        lambda: FORK_SERVER.zygote_pid not in (None, after) and FORK_SERVER.zygote_pid, timeout=30
-    )
-    return pid
-
-
-def without_zygote() -> None:
-    """SIGKILL the fork server's zygote: the next start is forked (the server either saw
-    the death, or finds it as it hands the start over)."""
-    zygote = ready_zygote()
-    os.kill(zygote, signal.SIGKILL)
-
-
 @pytest.mark.parametrize("via_zygote", [True, False], ids=["zygote", "forked"])
 def test_a_worker_takes_the_parents_current_environment_cwd_and_sys_path(
-    ports: list[Port], tmp_path: Any, monkeypatch: pytest.MonkeyPatch, via_zygote: bool
+    ports: list[Port],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    zygotes: list[int],
+    via_zygote: bool,
 ) -> None:
     """The server (and its zygote) started before these changed; its workers must not see
     their stale copy, whether the worker was forked ahead or at its start."""
@@ -549,14 +630,14 @@ def test_a_worker_takes_the_parents_current_environment_cwd_and_sys_path(
     ports.append(first)
     assert first.request(1, timeout=30) == 1  # the server runs from here on
     zygote = ready_zygote()
-    if not via_zygote:
-        without_zygote()
     monkeypatch.setenv("DSPEX_FS_PROBE", "set-later")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    port = Port.spawn(where, start_method=FS)
+    with stopped_zygote() if not via_zygote else contextlib.nullcontext(zygote):
+        port = Port.spawn(where, start_method=FS)
     ports.append(port)
     assert (port.os_pid == zygote) is via_zygote
+    assert (port.os_pid in [*zygotes, zygote]) is via_zygote
     assert port.request(str(tmp_path), timeout=30) == [
         "set-later",
         os.path.realpath(tmp_path),

@@ -62,7 +62,8 @@ class Killer(threading.Thread):
     """SIGKILLs a random worker every `period` seconds until stopped; counts its kills.
 
     The workers are the live children of `parent` (default: this process; for forkserver
-    workers, the fork server, which itself is spared).
+    workers, the fork server, which itself is spared; its zygote, the worker it forks ahead,
+    is among the targets on purpose).
     """
 
     def __init__(self, period: float, parent: psutil.Process | None = None) -> None:

@@ -18,30 +18,31 @@ forking a small one is fast.
 - **Start a worker.** The parent makes the worker's pipes (stdin, stdout, stderr, lifeline) as a
   ``"fork"`` port does, sends the child ends over a Unix socket (``SCM_RIGHTS``) with an fd of its
   working directory and the handler and its arguments, dill-pickled by value (closures work), and
-  closes its copies. The server forks; the worker closes every other fd, takes the parent's
-  current environment variables, working directory (through the fd: even a deleted one),
-  `sys.path`, umask, resource limits and ignored signals (sent with each request, not those of
-  when the server started), leads its own session, asks for ``PR_SET_PDEATHSIG`` (towards the
-  server) and serves as a ``"fork"`` worker does, watching its lifeline from its first request on
-  (before the first handler call, or once the first pings are answered). The handler is unpickled
+  closes its copies. The server forks (or hands the start to its zygote, below); the worker
+  closes every other fd, takes the parent's current environment variables, working directory
+  (through the fd: even a deleted one), `sys.path`, umask, resource limits and ignored signals
+  (sent with each request, not those of when the server started), leads its own session, arms
+  its lifeline (the kernel kills it when its owner dies, whoever forked it) and serves as a
+  ``"fork"`` worker does, also watching the owner from its first request on (before the first
+  handler call, or once the first pings are answered). The handler is unpickled
   in the worker, never in the server, so user code (imports that start threads, say) cannot make
   the server unsafe to fork; a handler defined in an importable module is imported by each worker.
   A start after the parent changed its user or groups is refused (`PermissionError`): the server
   has the old ones.
 - **The zygote.** Once a worker has been asked for, the server keeps the next one forked
   ahead: a child that has left the server's state (signal handling, selector, socket, every
-  other fd) and leads its own session, waiting on a socket of its own. A worker start hands
-  it the request's fds and setup and it becomes that worker, so no fork sits on the start's
-  path (it saves the fork of a large server: one with DSPy imported forks in milliseconds).
-  The server forks the next zygote a few milliseconds later, after the new worker's own start.
-  A zygote that dies unused (SIGKILL) is replaced, with backoff if they keep dying; a start
-  handed to one that died or does not take it within a second is forked as before; a preload
-  discards the zygote (it lacks the new modules). `ForkServer.zygote_pid` names it; it dies
-  with the server.
+  other fd), leads its own session and has warmed up, waiting on a socket of its own. A worker
+  start hands it the request's fds and setup and it becomes that worker: no fork sits on the
+  start's path (with DSPy imported, that fork alone takes milliseconds). The server serves on
+  while the zygote takes the start, and forks the next zygote a few milliseconds later
+  (`ZYGOTE_REFILL`); a start meanwhile is forked as before. A zygote that dies unused is
+  replaced (later and later if young ones keep dying); a start whose zygote dies, or has not
+  taken it within a second, is forked then; a preload discards the zygote (it lacks the new
+  modules). `ForkServer.zygote_pid` names it; it dies with the server.
 - **Programs.** `Port.open(argv, start_method="forkserver")` sends the program's argv and
   environment (checked in the parent, as `subprocess.Popen` checks them) and `cwd` instead of a
-  handler: the server forks a child that leads its own session, asks for ``PR_SET_PDEATHSIG``
-  (towards the server), enters the parent's directory and then `cwd`, takes the umask, limits and
+  handler: the server forks a child that leads its own session, arms its lifeline (kept open
+  across the exec), enters the parent's directory and then `cwd`, takes the umask, limits and
   ignored signals (not SIGPIPE and SIGXFSZ, which Python ignores: Popen's restore_signals), and
   execs the program. An exec (or ``chdir``) failure comes back on a close-on-exec pipe, as
   `subprocess.Popen` does in the parent; here no other thread can fork meanwhile and keep that
@@ -53,15 +54,16 @@ forking a small one is fast.
   thread through `signal.set_wakeup_fd`) and reports ``exited <pid> <status>`` (negative: killed
   by that signal, as `Port.exit_status`). A reader thread in the parent (``dspex-forkserver``)
   hands the status to the worker's record, which is the port's `_Child`.
-- **Shared.** Every forkserver pool and port of the process shares the server: if it is
-  killed, all their workers die with it (below). ``"spawn"`` workers share nothing.
+- **Shared.** Every forkserver pool and port of the process shares the server; its workers
+  do not depend on it once started (below). ``"spawn"`` workers share nothing.
 - **Deaths.** The parent dies: the server sees EOF on its socket, or its pidfd of the parent
   becomes readable (a process the parent forked may hold the socket), SIGKILLs the process group
   of every worker it started, reaps them and exits (each worker that has served also watches
-  its own lifeline to the parent). The server dies: its workers get ``PR_SET_PDEATHSIG``, and
-  the parent's reader sees EOF, SIGKILLs every worker it started (their process groups) and
-  reports each exited with status ``-9`` (the real status is lost: init reaps them now); the
-  next `acquire` or worker start runs a new server.
+  its own lifeline to the parent). The server dies: its workers live on (init reaps them
+  now), and the parent's reader sees EOF. A worker whose exit the kernel reports to the parent
+  (a pidfd, Linux 5.3 and later) keeps serving, its status unknown once it exits; one without
+  is SIGKILLed and reported exited with status ``-9``, since nothing could tell of its exit.
+  Its zygote exits. The next `acquire` or worker start runs a new server.
 
 When not to use it: a handler that must see state the parent built after the server started
 (module globals changed at run time) gets only what crosses by value; use ``"fork"`` (if no

@@ -90,8 +90,11 @@ ZYGOTE_REFILL = 0.005
 the new worker's start, which that fork would compete with for the CPU, is usually over."""
 _ZYGOTE_REFILL_MAX = 1.0
 """At most this many seconds between zygotes that keep dying before they are used."""
+_ZYGOTE_YOUNG = 1.0
+"""A zygote that dies unused within this many seconds of its fork counts as a failure (the
+next one is forked later, with backoff); one that lived longer was killed, not broken."""
 _HANDOVER_LIMIT = 1.0
-"""Seconds the server waits for its zygote to take a request before it forks one instead."""
+"""Seconds the server gives its zygote to take a start before it forks the worker instead."""
 _ZYGOTE_HEADER = struct.Struct(">Q")  # server -> zygote: the setup's length; fds ride with it
 
 
@@ -202,7 +205,10 @@ def server_main(fd: int, parent: int, preload: Sequence[str] = ()) -> None:
                     state.read_report(key.data)
                     continue
                 if isinstance(key.data, _Zygote):
-                    state.zygote_gone()  # it never writes unasked: it died
+                    state.zygote_gone(key.data)  # it never writes unasked: it died
+                    continue
+                if isinstance(key.data, _Handover):
+                    state.answered(key.data)
                     continue
                 data, new_fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 64)
                 fds.extend(new_fds)
@@ -248,11 +254,25 @@ class _Starting:
 
 class _Zygote:
     """A worker forked ahead of its request (see `_zygote_main`), as the server tracks it: its
-    pid, and the server's end of the socket it waits on."""
+    pid, the server's end of the socket it waits on, and when it was forked."""
 
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self.sock = sock
+        self.born = time.monotonic()
+
+
+class _Handover:
+    """A worker's start handed to the zygote, until the zygote says it has taken it. The
+    request's fds stay the server's meanwhile: if the zygote dies or stalls instead, the
+    worker is forked with them."""
+
+    def __init__(self, request_id: int, fds: list[int], setup: bytes, zygote: _Zygote) -> None:
+        self.request_id = request_id
+        self.fds = fds
+        self.setup = setup
+        self.zygote = zygote
+        self.deadline = time.monotonic() + _HANDOVER_LIMIT
 
 
 class _State:
@@ -261,11 +281,13 @@ class _State:
 
     The zygote is the next worker, forked ahead: once a worker has been asked for, the
     server keeps one child forked and set up as far as no request is needed (out of the
-    server's state, its own session), waiting for the next worker start, which then costs
-    no fork on its critical path. The server forks the next zygote shortly after (see
-    `ZYGOTE_REFILL`), and again whenever one dies unused. A start finding no zygote (taken,
-    dead, or being handed a request when it died) is forked as before; preloading discards
-    the zygote (it lacks the new modules) and forks a new one after the imports.
+    server's state, its own session, warmed up), waiting for the next worker start, which
+    then costs no fork on its critical path. The hand-over does not hold the server up: it
+    sends the start and serves on until the zygote answers. The server forks the next zygote
+    `ZYGOTE_REFILL` seconds after (a start meanwhile is forked as before), and again
+    whenever one dies unused. A start whose zygote dies, or does not take it within
+    `_HANDOVER_LIMIT`, is forked then; preloading discards the zygote (it lacks the new
+    modules) and forks a new one after the imports.
     """
 
     def __init__(self, sock: socket.socket, sel: selectors.BaseSelector, owner: int) -> None:
@@ -275,9 +297,10 @@ class _State:
         self.workers: set[int] = set()
         self.starting: dict[int, _Starting] = {}
         self.zygote: _Zygote | None = None
+        self.handovers: dict[int, _Handover] = {}  # by the zygote's pid
         self.zygotes_wanted = False  # a worker has been asked for: keep one ready from now on
         self.refill_at: float | None = None  # when to fork the next zygote (time.monotonic)
-        self.zygote_failures = 0  # zygotes in a row that died, or failed a handover, unused
+        self.zygote_failures = 0  # young zygotes in a row that died unused
 
     def send(self, kind: int, key: int, value: int) -> None:
         self.sock.sendall(REPLY.pack(kind, key, value))
@@ -304,6 +327,7 @@ class _State:
 
     def next_deadline(self) -> float | None:
         deadlines = [start.deadline for start in self.starting.values()]
+        deadlines += [handover.deadline for handover in self.handovers.values()]
         if self.refill_at is not None:
             deadlines.append(self.refill_at)
         if not deadlines:
@@ -315,9 +339,12 @@ class _State:
 
     def _reaped(self, pid: int) -> None:
         # Neither a worker nor a program: a program's child that failed or stalled (reported
-        # already), or a zygote that died before the server read its socket's EOF.
+        # already), or a zygote that died before the server read its socket's EOF (reaped:
+        # its pid is no longer its own, nothing may signal it).
         if self.zygote is not None and self.zygote.pid == pid:
-            self.zygote_gone()
+            self.zygote_gone(self.zygote)
+        elif pid in self.handovers:
+            self._hand_over_failed(self.handovers[pid], reaped=True)
 
     def refill(self) -> None:
         """Fork the next zygote if it is due."""
@@ -329,32 +356,43 @@ class _State:
         try:
             ours, theirs = socket.socketpair()
         except OSError:
-            self._zygote_failed()
+            self.zygote_failures += 1
+            self._schedule_refill()
             return
         try:
             pid = os.fork()
         except OSError:
             ours.close()
             theirs.close()
-            self._zygote_failed()
+            self.zygote_failures += 1
+            self._schedule_refill()
             return
         if pid == 0:
-            _zygote_main(theirs, self.sock, self.sel, self.owner)
+            try:
+                _zygote_main(theirs, self.sock, self.sel, self.owner)
+            finally:
+                os._exit(1)  # never back into the server's loop
         theirs.close()
         self.zygote = _Zygote(pid, ours)
         self.sel.register(ours, selectors.EVENT_READ, self.zygote)
         self.send(ZYGOTE, pid, 1)
 
-    def zygote_gone(self) -> None:
-        """The zygote died unused (killed: it exits only when the server is gone)."""
-        zygote = self._discard_zygote()
-        if zygote is not None:
-            zygote.sock.close()
-            self.send(ZYGOTE, zygote.pid, 0)
-        self._zygote_failed()
+    def zygote_gone(self, zygote: _Zygote) -> None:
+        """`zygote` died unused (killed: it exits only when the server is gone)."""
+        if zygote is not self.zygote:
+            return  # handed a start, or found dead, earlier in the same round
+        self._discard_zygote()
+        self._lost(zygote)
 
-    def _zygote_failed(self) -> None:
-        self.zygote_failures += 1
+    def _lost(self, zygote: _Zygote, *, reaped: bool = True) -> None:
+        """`zygote` is gone (killed here unless `reaped`: its pid is then another's to
+        take); schedule the next one, later if it died young."""
+        if not reaped:
+            kill_group(zygote.pid)
+        zygote.sock.close()
+        self.send(ZYGOTE, zygote.pid, 0)
+        young = time.monotonic() - zygote.born < _ZYGOTE_YOUNG
+        self.zygote_failures = self.zygote_failures + 1 if young else 0
         self._schedule_refill()
 
     def _schedule_refill(self) -> None:
@@ -363,36 +401,62 @@ class _State:
             self.refill_at = time.monotonic() + min(delay, _ZYGOTE_REFILL_MAX)
 
     def _discard_zygote(self) -> _Zygote | None:
-        """Forget the zygote (returned); killed, unless it is to be handed a request."""
+        """Forget the zygote (returned), and stop watching its socket."""
         zygote, self.zygote = self.zygote, None
         if zygote is not None:
             self.sel.unregister(zygote.sock)
         return zygote
 
-    def _hand_over(self, fds: list[int], setup: bytes) -> int | None:
-        """Hand a worker's request to the zygote; its pid once it has taken it, or None (no
-        zygote, or it died or stalled meanwhile: it is killed, the request's fds are still
-        ours)."""
+    def _hand_over(self, request_id: int, fds: list[int], setup: bytes) -> bool:
+        """Send a worker's start to the zygote, if there is one (True); its answer comes as
+        an event (`answered`). The setup fits the socket's buffer unless it is very large:
+        only then can the send wait, for at most `_HANDOVER_LIMIT`."""
         zygote = self._discard_zygote()
         if zygote is None:
-            return None
+            return False
         try:
-            with zygote.sock:
-                zygote.sock.settimeout(_HANDOVER_LIMIT)
-                header = _ZYGOTE_HEADER.pack(len(setup))
-                socket.send_fds(zygote.sock, [header], fds, socket.MSG_NOSIGNAL)
-                zygote.sock.sendall(setup, socket.MSG_NOSIGNAL)
-                taken = zygote.sock.recv(1) == b"."
+            zygote.sock.settimeout(_HANDOVER_LIMIT)
+            header = _ZYGOTE_HEADER.pack(len(setup))
+            socket.send_fds(zygote.sock, [header], fds, socket.MSG_NOSIGNAL)
+            zygote.sock.sendall(setup, socket.MSG_NOSIGNAL)
+        except OSError:  # it died (or stalled) before it took it all
+            self._lost(zygote, reaped=False)  # not reaped yet: its pid is still its own
+            return False
+        handover = _Handover(request_id, fds, setup, zygote)
+        self.handovers[zygote.pid] = handover
+        self.sel.register(zygote.sock, selectors.EVENT_READ, handover)
+        return True
+
+    def answered(self, handover: _Handover) -> None:
+        """The zygote of `handover` answered: it has taken the start, or it died."""
+        if self.handovers.get(handover.zygote.pid) is not handover:
+            return  # found dead (reaped) earlier in the same round: forked instead already
+        try:
+            taken = handover.zygote.sock.recv(1) == b"."
         except OSError:
             taken = False
         if not taken:
-            kill_group(zygote.pid)  # not reaped yet: its pid is still its own
-            self.send(ZYGOTE, zygote.pid, 0)
-            self._zygote_failed()
-            return None
+            self._hand_over_failed(handover, reaped=False)
+            return
+        self._end_hand_over(handover)
+        handover.zygote.sock.close()
+        for fd in handover.fds:
+            os.close(fd)
+        pid = handover.zygote.pid
+        self.workers.add(pid)
+        self.started(handover.request_id, pid)
         self.zygote_failures = 0
         self._schedule_refill()
-        return zygote.pid
+
+    def _hand_over_failed(self, handover: _Handover, *, reaped: bool) -> None:
+        """The zygote died or stalled with `handover`'s start: fork the worker instead."""
+        self._end_hand_over(handover)
+        self._lost(handover.zygote, reaped=reaped)
+        self._fork(handover.request_id, handover.fds, SERVE + handover.setup)
+
+    def _end_hand_over(self, handover: _Handover) -> None:
+        del self.handovers[handover.zygote.pid]
+        self.sel.unregister(handover.zygote.sock)
 
     def preload(self, request_id: int, modules: list[str]) -> bool:
         """Import `modules`, so that every child forked from now on has them; answer. False
@@ -400,10 +464,7 @@ class _State:
         server must not fork any more (it answers, then exits)."""
         zygote = self._discard_zygote()  # it lacks them: the next one is forked after
         if zygote is not None:
-            kill_group(zygote.pid)
-            zygote.sock.close()
-            self.send(ZYGOTE, zygote.pid, 0)
-            self._schedule_refill()
+            self._lost(zygote, reaped=False)
         for index, name in enumerate(modules):
             try:
                 importlib.import_module(name)
@@ -419,18 +480,18 @@ class _State:
         return True
 
     def fork(self, request_id: int, fds: list[int], setup: bytes) -> None:
-        """Fork a worker (or a program's child) for the request; answer once it runs."""
-        program = setup[:1] == EXEC
-        if not program:
+        """Start a worker (the zygote, if one is ready) or a program's child for the
+        request; answer once it runs."""
+        if setup[:1] != EXEC:
             self.zygotes_wanted = True
-            pid = self._hand_over(fds, setup[1:])
-            if pid is not None:
-                for fd in fds:
-                    os.close(fd)
-                self.workers.add(pid)
-                self.started(request_id, pid)
+            if self._hand_over(request_id, fds, setup[1:]):
                 return
             self._schedule_refill()
+        self._fork(request_id, fds, setup)
+
+    def _fork(self, request_id: int, fds: list[int], setup: bytes) -> None:
+        """Fork a worker or a program's child for the request; answer once it runs."""
+        program = setup[:1] == EXEC
         made: list[int] = []
         try:
             if program:
@@ -442,9 +503,12 @@ class _State:
             self.send(FAILED, request_id, exc.errno or 0)
             return
         if pid == 0:
-            if program:
-                _program_main(fds, setup[1:], self.sock, self.sel, made[1])
-            _worker_main(fds, setup[1:], self.sock, self.sel, self.owner)
+            try:
+                if program:
+                    _program_main(fds, setup[1:], self.sock, self.sel, made[1])
+                _worker_main(fds, setup[1:], self.sock, self.sel, self.owner)
+            finally:
+                os._exit(1)  # never back into the server's loop
         for fd in fds + made[1:]:
             os.close(fd)
         if not program:
@@ -487,6 +551,8 @@ class _State:
             self._forget(start)
             kill_group(start.pid)  # reaped with the others, unreported
             self.send(STALLED, start.request_id, 0)
+        for handover in [h for h in self.handovers.values() if h.deadline <= now]:
+            self._hand_over_failed(handover, reaped=False)  # stalled: killed, forked instead
 
     def leave(self) -> NoReturn:
         """Exit now, as if killed: the workers live on (each dies with its owner, who sees
@@ -494,16 +560,20 @@ class _State:
         for pid, start in self.starting.items():
             if start.status is None:
                 kill_group(pid)
+        for pid in self.handovers:  # starts nobody will answer
+            kill_group(pid)
         os._exit(0)  # the thread a preloaded module started must not hold the exit up
 
     def stop(self, wake_r: int) -> None:
         """The parent is gone: kill and reap every child, those not exec'd yet too (not
         those reaped already: their pid may be someone else's by now)."""
         self.workers.update(p for p, s in self.starting.items() if s.status is None)
+        # The zygotes are reaped with the workers (their exits reported too: the parent
+        # knows no such pid).
         zygote = self._discard_zygote()
         if zygote is not None:
-            # Reaped with the workers (its exit reported too: the parent knows no such pid).
             self.workers.add(zygote.pid)
+        self.workers.update(self.handovers)
         _stop_workers(self.workers, wake_r, self.send)
 
     def _forget(self, start: _Starting) -> None:
@@ -624,9 +694,10 @@ def _zygote_main(
 
     Ready means everything a worker's start does that needs no request: out of the server's
     state (its signal handling, selector and socket, every fd but `mine` closed), leading a
-    session of its own, and warmed up (see `_warm_up`). It exits when the server closes
-    `mine` (the server is gone, or does not want it any more); it has no lifeline until it
-    becomes a worker, and needs none: its server, which its owner's death stops, kills it.
+    session of its own, and warmed up (see `_warm_up`). It exits at EOF on `mine` (the server
+    closed its end: it is gone, or does not want this zygote any more); it has no lifeline
+    until it becomes a worker, and needs none: its server, which its owner's death stops,
+    kills it.
     """
     try:
         _leave_server(sock, sel)
