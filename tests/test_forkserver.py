@@ -589,6 +589,55 @@ def imported(module: str) -> bool:
     return module in sys.modules
 
 
+UNREADY_ZYGOTE = textwrap.dedent(
+    """
+    import os, selectors, socket
+    import dspex_actors._ports._forkserver_server as fs
+
+    # A stand-in zygote, driven by hand: it says it is ready only once it has the start (a
+    # start handed over before its warm-up ended), and that it has taken it only when told.
+    mine, theirs = socket.socketpair()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        mine.close()
+        header = fs._recv_exactly(theirs, fs._ZYGOTE_HEADER.size)
+        (size,) = fs._ZYGOTE_HEADER.unpack(header[0])
+        fs._recv_exactly(theirs, size)
+        theirs.sendall(fs._READY)
+        os.read(go_r, 1)
+        theirs.sendall(fs._TAKEN)
+        os._exit(0)
+    theirs.close()
+    parent, server_end = socket.socketpair()
+    sel = selectors.DefaultSelector()
+    st = fs._State(server_end, sel, os.getpid())
+    st.zygotes_wanted = True
+    st.zygote = fs._Zygote(pid, mine)
+    sel.register(mine, selectors.EVENT_READ, st.zygote)
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(fs.WORKER_FDS)]
+    st.fork(7, fds, fs.SERVE + b"setup")
+    for key, _ in sel.select(10):
+        st.answered(key.data)  # "ready": not its answer yet
+    pending = pid in st.handovers
+    os.write(go_w, b"!")
+    for key, _ in sel.select(10):
+        st.answered(key.data)  # "taken"
+    kind, request_id, started = fs.REPLY.unpack(parent.recv(fs.REPLY.size))
+    print(pending, kind in (fs.STARTED, fs.WATCHED), request_id == 7, started == pid)
+    print(pid in st.workers, pid not in st.handovers)
+    os.waitpid(pid, 0)
+    """
+)
+
+
+def test_a_start_handed_to_a_zygote_before_it_is_ready_waits_for_its_answer() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", UNREADY_ZYGOTE], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (0, "True True True True\nTrue True\n"), done.stderr
+
+
 def test_a_preload_replaces_the_zygote_with_one_that_has_the_module(ports: list[Port]) -> None:
     """The zygote was forked before the preload: it is discarded, and the next one (and so
     every worker started from it) has the module already."""

@@ -96,6 +96,8 @@ next one is forked later, with backoff); one that lived longer was killed, not b
 _HANDOVER_LIMIT = 1.0
 """Seconds the server gives its zygote to take a start before it forks the worker instead."""
 _ZYGOTE_HEADER = struct.Struct(">Q")  # server -> zygote: the setup's length; fds ride with it
+_READY = b"r"  # zygote -> server: warmed up, waiting for a start
+_TAKEN = b"."  # zygote -> server: it has the start's fds and setup, and becomes the worker
 
 
 def kill_group(pid: int) -> None:
@@ -205,7 +207,7 @@ def server_main(fd: int, parent: int, preload: Sequence[str] = ()) -> None:
                     state.read_report(key.data)
                     continue
                 if isinstance(key.data, _Zygote):
-                    state.zygote_gone(key.data)  # it never writes unasked: it died
+                    state.zygote_said(key.data)
                     continue
                 if isinstance(key.data, _Handover):
                     state.answered(key.data)
@@ -375,7 +377,19 @@ class _State:
         theirs.close()
         self.zygote = _Zygote(pid, ours)
         self.sel.register(ours, selectors.EVENT_READ, self.zygote)
-        self.send(ZYGOTE, pid, 1)
+
+    def zygote_said(self, zygote: _Zygote) -> None:
+        """`zygote` wrote (it is ready: reported to the parent) or died."""
+        if zygote is not self.zygote:
+            return  # handed a start, or found dead, earlier in the same round
+        try:
+            ready = zygote.sock.recv(1) == _READY
+        except OSError:
+            ready = False
+        if ready:
+            self.send(ZYGOTE, zygote.pid, 1)
+        else:
+            self.zygote_gone(zygote)
 
     def zygote_gone(self, zygote: _Zygote) -> None:
         """`zygote` died unused (killed: it exits only when the server is gone)."""
@@ -432,9 +446,12 @@ class _State:
         if self.handovers.get(handover.zygote.pid) is not handover:
             return  # found dead (reaped) earlier in the same round: forked instead already
         try:
-            taken = handover.zygote.sock.recv(1) == b"."
+            said = handover.zygote.sock.recv(2)
         except OSError:
-            taken = False
+            said = b""
+        if said == _READY:
+            return  # handed the start before it was ready: its answer comes next
+        taken = said.removeprefix(_READY) == _TAKEN
         if not taken:
             self._hand_over_failed(handover, reaped=False)
             return
@@ -705,6 +722,7 @@ def _zygote_main(
         with contextlib.suppress(OSError):
             os.setsid()
         _warm_up()
+        mine.sendall(_READY)
         header = _recv_exactly(mine, _ZYGOTE_HEADER.size)
         if header is None:
             os._exit(0)
@@ -714,7 +732,7 @@ def _zygote_main(
         if len(fds) != WORKER_FDS or received is None:
             os._exit(0)  # cannot happen: the server sends them all, or dies
         setup = received[0]
-        mine.sendall(b".")
+        mine.sendall(_TAKEN)
         mine.close()
         fds = [raised(fd) for fd in fds]  # above 2, as the server has them (see server_main)
     except BaseException:
