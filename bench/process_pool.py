@@ -32,7 +32,8 @@ Run: ``python bench/process_pool.py`` (under a minute) or ``python bench/process
    - a replacement whose handler needs a heavy module (`hypothesis`, ~0.2 s to import):
      preloaded in the fork server vs imported by each new worker (a cold start);
    - throughput (8 clients, 2 workers) with ``max_tasks=100`` vs without (target >= 0.9x):
-     the price of recycling a worker every 100 tasks.
+     the price of recycling a worker every 100 tasks; and, for scale, the same with a task of
+     about a millisecond of CPU instead of a trivial one.
 
 Figures are medians of several rounds, measured interleaved in the same process.
 """
@@ -72,6 +73,17 @@ while len(h := r.read(4)) == 4:
 
 def square(n: int) -> int:
     return n * n
+
+
+BUSY = 25_000
+
+
+def busy(n: int) -> int:
+    """About a millisecond of CPU (a loop of `n` additions)."""
+    total = 0
+    for i in range(n):
+        total += i
+    return total
 
 
 def square_or_die(n: int) -> int:
@@ -611,6 +623,28 @@ def bench_self_managing(rounds: int, per_client: int) -> None:
         f"    max_tasks=100 / no recycling = {ratio:.2f} ({recycled} workers recycled)"
         " (target >= 0.9)"
     )
+
+    print("  the same with a task of about a millisecond of CPU (for scale):")
+    pools = {
+        "no recycling": da.ProcessPool.start(target=busy, pool_size=2),
+        "max_tasks=100": da.ProcessPool.start(target=busy, pool_size=2, max_tasks=100),
+    }
+    try:
+        results = {name: [] for name in pools}
+        ops = {name: (lambda p=p: p.call(BUSY, timeout=30)) for name, p in pools.items()}
+        for op in ops.values():
+            ops_per_second(8, 5, op)  # warm
+        names = list(ops)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                results[name].append(ops_per_second(8, max(1, per_client // 8), ops[name]))
+    finally:
+        for pool in pools.values():
+            pool.stop(timeout=30)
+    med = {name: statistics.median(r) for name, r in results.items()}
+    for name, rate in med.items():
+        print(f"    {name:26} {rate:10.0f}/s")
+    print(f"    max_tasks=100 / no recycling = {med['max_tasks=100'] / med['no recycling']:.2f}")
 
 
 def main() -> int:

@@ -462,12 +462,14 @@ def stopped_zygote() -> Iterator[int]:
     """The zygote, SIGSTOPped: a start handed to it is forked once the hand-over limit (1 s)
     has passed. SIGKILLed afterwards, whatever the server did with it."""
     zygote = ready_zygote()
-    os.kill(zygote, signal.SIGSTOP)
+    pidfd = os.pidfd_open(zygote)  # names it even once reaped and its pid taken by another
     try:
+        signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
         yield zygote
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(zygote, signal.SIGKILL)
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
 
 
 def open_fds(pid: int) -> dict[int, str]:
@@ -554,28 +556,31 @@ def test_a_killed_zygote_is_replaced_and_a_start_racing_its_death_still_gets_a_w
     assert [p.request(1, timeout=30) for p in ports[1:]] == [2] * 6  # every worker serves
 
 
-def test_a_stopped_zygote_is_killed_and_the_start_is_forked_instead(
+def start_in_thread() -> tuple[threading.Thread, queue.Queue[Port]]:
+    """Start a `double` forkserver port in a thread of its own; it hands the port to this
+    thread and puts it in the queue."""
+    started: queue.Queue[Port] = queue.Queue()
+    main = threading.current_thread()
+
+    def start() -> None:
+        port = Port.spawn(double, start_method=FS)
+        port.connect(main)
+        started.put(port)
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    return thread, started
+
+
+def test_a_stopped_zygote_is_killed_at_the_hand_over_limit_and_the_start_forked(
     ports: list[Port], zygotes: list[int]
 ) -> None:
-    """A zygote that does not take its start (stopped: SIGSTOP) is killed at the hand-over
-    limit, and the worker forked. The server serves other starts meanwhile."""
+    """A zygote that does not take its start (stopped: SIGSTOP) is killed once the hand-over
+    limit (1 s) has passed, and the worker is forked."""
     first = Port.spawn(echo, start_method=FS)
     ports.append(first)
     with stopped_zygote() as zygote:
-        started: queue.Queue[Port] = queue.Queue()
-        main = threading.current_thread()
-
-        def start() -> None:
-            port = Port.spawn(double, start_method=FS)
-            port.connect(main)
-            started.put(port)
-
-        thread = threading.Thread(target=start, daemon=True)
-        thread.start()
-        # Another start while the first waits for the stopped zygote: not held up by it (a
-        # program: no zygote involved).
-        program = Port.open([sys.executable, "-c", "pass"], start_method=FS, timeout=30)
-        ports.append(program)
+        thread, started = start_in_thread()
         thread.join(30)
         port = started.get(timeout=1)
         ports.append(port)
@@ -583,6 +588,63 @@ def test_a_stopped_zygote_is_killed_and_the_start_is_forked_instead(
         assert port.os_pid not in zygotes  # forked, not a new zygote's
         assert port.request(3, timeout=30) == 6
         assert wait_for(lambda: gone(zygote), timeout=10)
+
+
+def test_a_start_with_a_large_setup_is_forked_and_leaves_the_zygote_ready(
+    ports: list[Port], zygotes: list[int]
+) -> None:
+    """A handler and arguments that pickle to more than 64 KiB would not fit the zygote's
+    socket at once: the start is forked, and the zygote waits for the next one."""
+    first = Port.spawn(echo, start_method=FS)
+    ports.append(first)
+    zygote = ready_zygote()
+    blob = os.urandom(100_000)
+    port = Port.spawn(double, start_method=FS)
+    ports.append(port)
+    assert port.os_pid == zygote  # a small setup: the zygote
+    zygote = next_zygote(zygote)
+    large = Port.spawn(lambda request: len(blob) + request, start_method=FS)
+    ports.append(large)
+    assert large.os_pid not in [zygote, *zygotes]
+    assert large.request(1, timeout=30) == 100_001
+    assert FORK_SERVER.zygote_pid == zygote  # still there, still ready
+    last = Port.spawn(double, start_method=FS)
+    ports.append(last)
+    assert last.os_pid == zygote
+
+
+PATIENT_SERVER = (
+    "import dspex_actors._ports._forkserver_server as fs\n"
+    "fs._HANDOVER_LIMIT = 600.0\n"
+    "fs.server_main({fd}, {parent}, {preload!r})\n"
+)
+
+
+def test_a_pending_hand_over_holds_no_other_start_up_and_its_zygotes_death_forks_it(
+    ports: list[Port], zygotes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a start waits for its zygote (stopped, and the server patient: no deadline for
+    minutes), the server serves other starts; when the zygote dies, the start is forked."""
+    monkeypatch.setattr(_forkserver._Server, "BOOT", PATIENT_SERVER)
+    first = Port.spawn(echo, start_method=FS)
+    ports.append(first)
+    with stopped_zygote() as zygote:
+        thread, started = start_in_thread()
+        server = FORK_SERVER._server
+        assert server is not None
+        wait_for(lambda: server._pending, timeout=30)  # sent: the server has it
+        program = Port.open([sys.executable, "-c", "pass"], start_method=FS, timeout=30)
+        ports.append(program)
+        second = Port.spawn(double, start_method=FS)  # forked: the zygote is taken
+        ports.append(second)
+        assert second.request(1, timeout=30) == 2
+        assert thread.is_alive()  # the first start still waits for its zygote
+        os.kill(zygote, signal.SIGKILL)
+        thread.join(30)
+        port = started.get(timeout=1)
+        ports.append(port)
+        assert port.os_pid not in [zygote, *zygotes]
+        assert port.request(3, timeout=30) == 6
 
 
 def imported(module: str) -> bool:
@@ -629,6 +691,74 @@ UNREADY_ZYGOTE = textwrap.dedent(
     os.waitpid(pid, 0)
     """
 )
+
+
+TAKEN_THEN_GONE = textwrap.dedent(
+    """
+    import os, selectors, socket, sys
+    import dspex_actors._ports._forkserver_server as fs
+
+    # A stand-in zygote that takes the start at once; then (by argv) it exits before the
+    # server reads its answer (reaped first), or lives on while the server is too busy to
+    # read the answer before the hand-over's deadline.
+    exits = sys.argv[1] == "exits"
+    mine, theirs = socket.socketpair()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        mine.close()
+        header = fs._recv_exactly(theirs, fs._ZYGOTE_HEADER.size)
+        (size,) = fs._ZYGOTE_HEADER.unpack(header[0])
+        fs._recv_exactly(theirs, size)
+        theirs.sendall(fs._READY + fs._TAKEN)
+        if not exits:
+            os.read(go_r, 1)
+        os._exit(3)
+    theirs.close()
+    parent, server_end = socket.socketpair()
+    sel = selectors.DefaultSelector()
+    st = fs._State(server_end, sel, os.getpid())
+    st.zygotes_wanted = True
+    st.zygote = fs._Zygote(pid, mine)
+    sel.register(mine, selectors.EVENT_READ, st.zygote)
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(fs.WORKER_FDS)]
+    st.fork(7, fds, fs.SERVE + b"setup")
+    with selectors.DefaultSelector() as answer:
+        answer.register(mine, selectors.EVENT_READ)
+        answer.select(30)  # the answer is there, unread
+    if exits:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        st.reap()  # before the batch's hand-over event
+    else:
+        st.handovers[pid].deadline = 0.0
+        st.expire()
+    parent.setblocking(False)
+    replies = parent.recv(4096)
+    got = [fs.REPLY.unpack_from(replies, i) for i in range(0, len(replies), fs.REPLY.size)]
+    if exits:
+        print(got == [(fs.STARTED, 7, pid), (fs.EXITED, pid, 3)], st.workers == set())
+    else:
+        print(got in ([(fs.WATCHED, 7, pid)], [(fs.STARTED, 7, pid)]), st.workers == {pid})
+        os.kill(pid, 0)  # not killed: it is the worker
+        os.write(go_w, b"!")
+        print(os.waitpid(pid, 0)[1] == 3 << 8)
+    print(st.handovers == {})
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["exits", "late"])
+def test_a_zygote_that_took_its_start_is_that_worker_even_if_its_answer_is_read_late(
+    how: str,
+) -> None:
+    """The zygote took the start, but the server reaps it (it exited as that worker) or
+    reaches the hand-over's deadline before reading its answer: the start is still that
+    process (started, then exited with its status; or a live worker), never forked twice."""
+    done = subprocess.run(
+        [sys.executable, "-c", TAKEN_THEN_GONE, how], capture_output=True, text=True, timeout=60
+    )
+    expected = "True True\nTrue\n" if how == "exits" else "True True\nTrue\nTrue\n"
+    assert (done.returncode, done.stdout) == (0, expected), done.stderr
 
 
 def test_a_start_handed_to_a_zygote_before_it_is_ready_waits_for_its_answer() -> None:
@@ -1641,6 +1771,6 @@ def test_a_booting_worker_dies_when_its_server_and_parent_die_together(
 ) -> None:
     """Before its first request (stuck importing its handler's module), a worker watches no
     lifeline and reads no stdin; the server would kill it on the parent's death, the parent
-    on the server's: if both die at once, PR_SET_PDEATHSIG (towards the server) does."""
+    on the server's: if both die at once, its armed lifeline (the kernel's watch) does."""
     (tmp_path / "blocking_module.py").write_text(BLOCKING_MODULE)
     assert_worker_dies_with_parent(BOOTING_WORKER_PARENT, signal.SIGKILL, str(tmp_path))

@@ -34,11 +34,13 @@ forking a small one is fast.
   other fd), leads its own session and has warmed up, waiting on a socket of its own. A worker
   start hands it the request's fds and setup and it becomes that worker: no fork sits on the
   start's path (with DSPy imported, that fork alone takes milliseconds). The server serves on
-  while the zygote takes the start, and forks the next zygote a few milliseconds later
-  (`ZYGOTE_REFILL`); a start meanwhile is forked as before. A zygote that dies unused is
-  replaced (later and later if young ones keep dying); a start whose zygote dies, or has not
-  taken it within a second, is forked then; a preload discards the zygote (it lacks the new
-  modules). `ForkServer.zygote_pid` names it; it dies with the server.
+  while the zygote takes the start (the start goes into its socket whole: one whose handler
+  and arguments pickle to more than 64 KiB is forked instead), and forks the next zygote a
+  few milliseconds later (`ZYGOTE_REFILL`); a start meanwhile is forked as before. A zygote
+  that dies unused is replaced (later and later if young ones keep dying); a start whose
+  zygote dies before taking it, or has not answered within a second, is forked then; a
+  preload discards the zygote (it lacks the new modules). `ForkServer.zygote_pid` names it
+  once it is ready; it dies with the server.
 - **Programs.** `Port.open(argv, start_method="forkserver")` sends the program's argv and
   environment (checked in the parent, as `subprocess.Popen` checks them) and `cwd` instead of a
   handler: the server forks a child that leads its own session, arms its lifeline (kept open
@@ -177,8 +179,8 @@ class ForkServer:
 
     @property
     def zygote_pid(self) -> int | None:
-        """The pid of the worker the running server has forked ahead (the next worker start
-        takes it), or None."""
+        """The pid of the worker the running server has forked ahead, once it is ready
+        (warmed up: the next worker start takes it), or None."""
         with self._lock:
             server = self._server
         return None if server is None or server.dead else server.zygote
@@ -278,7 +280,7 @@ class ForkServer:
         timeout: float,
     ) -> tuple[ServedChild, tuple[int, int, int, int]]:
         """Have the server start the program `argv`: it forks, the child leads its own
-        session, gets ``PR_SET_PDEATHSIG`` (SIGKILL once the server is gone) on Linux, enters
+        session, arms its lifeline (the kernel kills it once this process is gone), enters
         `cwd` and execs `argv` with `env` (default: this process's current environment and
         working directory). Nothing is forked or exec'd in this process.
 

@@ -95,6 +95,9 @@ _ZYGOTE_YOUNG = 1.0
 next one is forked later, with backoff); one that lived longer was killed, not broken."""
 _HANDOVER_LIMIT = 1.0
 """Seconds the server gives its zygote to take a start before it forks the worker instead."""
+_HANDOVER_MAX = 1 << 16
+"""A start whose setup is larger is forked: the zygote's socket takes it whole, without the
+server waiting, only up to about this size."""
 _ZYGOTE_HEADER = struct.Struct(">Q")  # server -> zygote: the setup's length; fds ride with it
 _READY = b"r"  # zygote -> server: warmed up, waiting for a start
 _TAKEN = b"."  # zygote -> server: it has the start's fds and setup, and becomes the worker
@@ -284,12 +287,14 @@ class _State:
     The zygote is the next worker, forked ahead: once a worker has been asked for, the
     server keeps one child forked and set up as far as no request is needed (out of the
     server's state, its own session, warmed up), waiting for the next worker start, which
-    then costs no fork on its critical path. The hand-over does not hold the server up: it
-    sends the start and serves on until the zygote answers. The server forks the next zygote
-    `ZYGOTE_REFILL` seconds after (a start meanwhile is forked as before), and again
-    whenever one dies unused. A start whose zygote dies, or does not take it within
-    `_HANDOVER_LIMIT`, is forked then; preloading discards the zygote (it lacks the new
-    modules) and forks a new one after the imports.
+    then costs no fork on its critical path. The hand-over never holds the server up: the
+    start goes into the zygote's socket whole (a larger setup than `_HANDOVER_MAX` is forked
+    instead), and the server serves on until the zygote answers. The server forks the next
+    zygote `ZYGOTE_REFILL` seconds after (a start meanwhile is forked as before), and again
+    whenever one dies unused (later and later while young ones keep dying). A start whose
+    zygote dies before it took it, or has not answered within `_HANDOVER_LIMIT`, is forked
+    then; preloading discards the zygote (it lacks the new modules) and forks a new one after
+    the imports.
     """
 
     def __init__(self, sock: socket.socket, sel: selectors.BaseSelector, owner: int) -> None:
@@ -302,7 +307,7 @@ class _State:
         self.handovers: dict[int, _Handover] = {}  # by the zygote's pid
         self.zygotes_wanted = False  # a worker has been asked for: keep one ready from now on
         self.refill_at: float | None = None  # when to fork the next zygote (time.monotonic)
-        self.zygote_failures = 0  # young zygotes in a row that died unused
+        self.zygote_failures = 0  # young zygotes in a row that died unused, not by our hand
 
     def send(self, kind: int, key: int, value: int) -> None:
         self.sock.sendall(REPLY.pack(kind, key, value))
@@ -339,14 +344,16 @@ class _State:
     def reap(self) -> None:
         _reap(self.workers, self.send, self.starting, self._reaped)
 
-    def _reaped(self, pid: int) -> None:
+    def _reaped(self, pid: int, status: int) -> None:
         # Neither a worker nor a program: a program's child that failed or stalled (reported
-        # already), or a zygote that died before the server read its socket's EOF (reaped:
-        # its pid is no longer its own, nothing may signal it).
+        # already), or a zygote that died before the server read its socket (reaped: its pid
+        # is no longer its own, nothing may signal it). One handed a start may have taken it
+        # first (and died as its worker): its answer is in the socket.
         if self.zygote is not None and self.zygote.pid == pid:
             self.zygote_gone(self.zygote)
         elif pid in self.handovers:
-            self._hand_over_failed(self.handovers[pid], reaped=True)
+            handover = self.handovers[pid]
+            self._settle(handover, self._answer_of(handover), status)
 
     def refill(self) -> None:
         """Fork the next zygote if it is due."""
@@ -375,8 +382,14 @@ class _State:
             finally:
                 os._exit(1)  # never back into the server's loop
         theirs.close()
-        self.zygote = _Zygote(pid, ours)
-        self.sel.register(ours, selectors.EVENT_READ, self.zygote)
+        zygote = _Zygote(pid, ours)
+        try:
+            self.sel.register(ours, selectors.EVENT_READ, zygote)
+        except (OSError, ValueError):  # out of kernel memory: no zygote for now
+            self.zygote_failures += 1
+            self._lost(zygote, reaped=False, failure=False)
+            return
+        self.zygote = zygote
 
     def zygote_said(self, zygote: _Zygote) -> None:
         """`zygote` wrote (it is ready: reported to the parent) or died."""
@@ -389,24 +402,26 @@ class _State:
         if ready:
             self.send(ZYGOTE, zygote.pid, 1)
         else:
-            self.zygote_gone(zygote)
+            self.zygote_gone(zygote)  # EOF: it never writes anything else unasked
 
     def zygote_gone(self, zygote: _Zygote) -> None:
         """`zygote` died unused (killed: it exits only when the server is gone)."""
         if zygote is not self.zygote:
             return  # handed a start, or found dead, earlier in the same round
         self._discard_zygote()
-        self._lost(zygote)
+        self._lost(zygote, reaped=True, failure=True)
 
-    def _lost(self, zygote: _Zygote, *, reaped: bool = True) -> None:
+    def _lost(self, zygote: _Zygote, *, reaped: bool, failure: bool) -> None:
         """`zygote` is gone (killed here unless `reaped`: its pid is then another's to
-        take); schedule the next one, later if it died young."""
+        take); schedule the next one. A `failure` (it died, not by our hand) that came young
+        puts the next one off further."""
         if not reaped:
             kill_group(zygote.pid)
         zygote.sock.close()
         self.send(ZYGOTE, zygote.pid, 0)
-        young = time.monotonic() - zygote.born < _ZYGOTE_YOUNG
-        self.zygote_failures = self.zygote_failures + 1 if young else 0
+        if failure:
+            young = time.monotonic() - zygote.born < _ZYGOTE_YOUNG
+            self.zygote_failures = self.zygote_failures + 1 if young else 0
         self._schedule_refill()
 
     def _schedule_refill(self) -> None:
@@ -422,19 +437,23 @@ class _State:
         return zygote
 
     def _hand_over(self, request_id: int, fds: list[int], setup: bytes) -> bool:
-        """Send a worker's start to the zygote, if there is one (True); its answer comes as
-        an event (`answered`). The setup fits the socket's buffer unless it is very large:
-        only then can the send wait, for at most `_HANDOVER_LIMIT`."""
-        zygote = self._discard_zygote()
-        if zygote is None:
+        """Send a worker's start to the zygote, if there is one and the setup is not too
+        large (True); its answer comes as an event (`answered`). Nothing here waits: the
+        start goes into the socket's buffer whole, or the zygote is not used."""
+        if self.zygote is None or len(setup) > _HANDOVER_MAX:
             return False
+        zygote = self._discard_zygote()
+        assert zygote is not None
+        message = _ZYGOTE_HEADER.pack(len(setup)) + setup
         try:
-            zygote.sock.settimeout(_HANDOVER_LIMIT)
-            header = _ZYGOTE_HEADER.pack(len(setup))
-            socket.send_fds(zygote.sock, [header], fds, socket.MSG_NOSIGNAL)
-            zygote.sock.sendall(setup, socket.MSG_NOSIGNAL)
-        except OSError:  # it died (or stalled) before it took it all
-            self._lost(zygote, reaped=False)  # not reaped yet: its pid is still its own
+            zygote.sock.setblocking(False)
+            sent = socket.send_fds(zygote.sock, [message], fds, socket.MSG_NOSIGNAL)
+        except OSError:  # it died before it could take it
+            sent = -1
+        if sent < len(message):  # dead, or a buffer too small: part of it may be there
+            # Not reaped yet: its pid is still its own. Its death is a failure only if it
+            # died by itself (the send found no reader).
+            self._lost(zygote, reaped=False, failure=sent < 0)
             return False
         handover = _Handover(request_id, fds, setup, zygote)
         self.handovers[zygote.pid] = handover
@@ -442,34 +461,47 @@ class _State:
         return True
 
     def answered(self, handover: _Handover) -> None:
-        """The zygote of `handover` answered: it has taken the start, or it died."""
+        """The zygote of `handover` said something: it has taken the start, or it died."""
         if self.handovers.get(handover.zygote.pid) is not handover:
-            return  # found dead (reaped) earlier in the same round: forked instead already
-        try:
-            said = handover.zygote.sock.recv(2)
-        except OSError:
-            said = b""
-        if said == _READY:
+            return  # settled earlier in the same round (reaped, or late)
+        said = self._answer_of(handover)
+        if said is None or said == _READY:
             return  # handed the start before it was ready: its answer comes next
-        taken = said.removeprefix(_READY) == _TAKEN
-        if not taken:
-            self._hand_over_failed(handover, reaped=False)
-            return
+        self._settle(handover, said)
+
+    def _answer_of(self, handover: _Handover) -> bytes | None:
+        """What `handover`'s zygote has written (b"" once it has closed its end), without
+        waiting; None while it has written nothing."""
+        try:
+            return handover.zygote.sock.recv(2)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    def _settle(self, handover: _Handover, said: bytes | None, status: int | None = None) -> None:
+        """End `handover` on what its zygote `said` (None: nothing yet): it took the start (it
+        is that worker, or with a `status`, was: reaped already), or the worker is forked
+        instead: the zygote died (EOF, or reaped), or stalled past its deadline (it is
+        killed here)."""
         self._end_hand_over(handover)
-        handover.zygote.sock.close()
+        zygote = handover.zygote
+        if said is None or said.removeprefix(_READY) != _TAKEN:
+            died = status is not None or said == b""
+            self._lost(zygote, reaped=status is not None, failure=died)
+            self._fork(handover.request_id, handover.fds, SERVE + handover.setup)
+            return
+        zygote.sock.close()
         for fd in handover.fds:
             os.close(fd)
-        pid = handover.zygote.pid
-        self.workers.add(pid)
-        self.started(handover.request_id, pid)
+        if status is None:
+            self.workers.add(zygote.pid)
+            self.started(handover.request_id, zygote.pid)
+        else:  # it took the start and exited since, before we read its answer
+            self.send(STARTED, handover.request_id, zygote.pid)  # no pidfd: its pid is free
+            self.send(EXITED, zygote.pid, status)
         self.zygote_failures = 0
         self._schedule_refill()
-
-    def _hand_over_failed(self, handover: _Handover, *, reaped: bool) -> None:
-        """The zygote died or stalled with `handover`'s start: fork the worker instead."""
-        self._end_hand_over(handover)
-        self._lost(handover.zygote, reaped=reaped)
-        self._fork(handover.request_id, handover.fds, SERVE + handover.setup)
 
     def _end_hand_over(self, handover: _Handover) -> None:
         del self.handovers[handover.zygote.pid]
@@ -481,7 +513,7 @@ class _State:
         server must not fork any more (it answers, then exits)."""
         zygote = self._discard_zygote()  # it lacks them: the next one is forked after
         if zygote is not None:
-            self._lost(zygote, reaped=False)
+            self._lost(zygote, reaped=False, failure=False)
         for index, name in enumerate(modules):
             try:
                 importlib.import_module(name)
@@ -569,11 +601,13 @@ class _State:
             kill_group(start.pid)  # reaped with the others, unreported
             self.send(STALLED, start.request_id, 0)
         for handover in [h for h in self.handovers.values() if h.deadline <= now]:
-            self._hand_over_failed(handover, reaped=False)  # stalled: killed, forked instead
+            # Its answer may be there, unread (the server was busy): else it stalled.
+            self._settle(handover, self._answer_of(handover))
 
     def leave(self) -> NoReturn:
         """Exit now, as if killed: the workers live on (each dies with its owner, who sees
-        the server gone and starts a new one); only programs not yet exec'd are killed."""
+        the server gone and starts a new one); only programs not yet exec'd, and zygotes
+        handed a start nobody will answer, are killed."""
         for pid, start in self.starting.items():
             if start.status is None:
                 kill_group(pid)
@@ -623,7 +657,7 @@ def _reap(
     workers: set[int],
     send: _Send,
     starting: Mapping[int, _Starting] | None = None,
-    other: Callable[[int], None] | None = None,
+    other: Callable[[int, int], None] | None = None,
 ) -> None:
     while True:
         try:
@@ -638,7 +672,7 @@ def _reap(
         elif starting and pid in starting:
             starting[pid].status = os.waitstatus_to_exitcode(status)
         elif other is not None:
-            other(pid)
+            other(pid, os.waitstatus_to_exitcode(status))
 
 
 def _program_main(
