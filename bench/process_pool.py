@@ -596,55 +596,49 @@ def bench_self_managing(rounds: int, per_client: int) -> None:
     print(f"    preloaded / cold = {warm / cold:.3f} ({cold / warm:.0f}x faster)")
 
     print("  throughput, 8 clients on 2 workers, recycling every 100 (and 1000) tasks:")
-    pools = {
-        "no recycling": da.ProcessPool.start(target=square, pool_size=2),
-        "max_tasks=100": da.ProcessPool.start(target=square, pool_size=2, max_tasks=100),
-        "max_tasks=1000": da.ProcessPool.start(target=square, pool_size=2, max_tasks=1000),
-    }
-    try:
-        results: dict[str, list[float]] = {name: [] for name in pools}
-        ops = {name: (lambda p=p: p.call(3, timeout=30)) for name, p in pools.items()}
-        for op in ops.values():
-            ops_per_second(8, 20, op)  # warm
-        names = list(ops)
-        for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                results[name].append(ops_per_second(8, per_client, ops[name]))
-        recycled = pools["max_tasks=100"].status().workers_recycled
-    finally:
-        for pool in pools.values():
-            pool.stop(timeout=30)
-    med = {name: statistics.median(r) for name, r in results.items()}
-    for name, rate in med.items():
-        print(f"    {name:26} {rate:10.0f}/s")
-    print(f"    max_tasks=1000 / no recycling = {med['max_tasks=1000'] / med['no recycling']:.2f}")
-    ratio = med["max_tasks=100"] / med["no recycling"]
+    med, recycled = recycling_throughput(square, 3, (None, 100, 1000), rounds, per_client)
+    print(f"    max_tasks=1000 / no recycling = {med[1000] / med[None]:.2f}")
     print(
-        f"    max_tasks=100 / no recycling = {ratio:.2f} ({recycled} workers recycled)"
-        " (target >= 0.9)"
+        f"    max_tasks=100 / no recycling = {med[100] / med[None]:.2f}"
+        f" ({recycled} workers recycled) (target >= 0.9)"
     )
-
     print("  the same with a task of about a millisecond of CPU (for scale):")
+    med, _ = recycling_throughput(busy, BUSY, (None, 100), rounds, max(1, per_client // 8))
+    print(f"    max_tasks=100 / no recycling = {med[100] / med[None]:.2f}")
+
+
+def recycling_throughput(
+    target: Callable[[int], int],
+    request: int,
+    limits: tuple[int | None, ...],
+    rounds: int,
+    per_client: int,
+) -> tuple[dict[int | None, float], int]:
+    """Calls per second (medians; 8 clients on 2 workers) of a pool of `target` for each
+    `max_tasks` in `limits` (None: no recycling), the pools measured in turn each round; and
+    how many workers the pool with the smallest limit recycled."""
     pools = {
-        "no recycling": da.ProcessPool.start(target=busy, pool_size=2),
-        "max_tasks=100": da.ProcessPool.start(target=busy, pool_size=2, max_tasks=100),
+        limit: da.ProcessPool.start(target=target, pool_size=2, max_tasks=limit) for limit in limits
     }
     try:
-        results = {name: [] for name in pools}
-        ops = {name: (lambda p=p: p.call(BUSY, timeout=30)) for name, p in pools.items()}
+        results: dict[int | None, list[float]] = {limit: [] for limit in pools}
+        ops = {limit: functools.partial(p.call, request, timeout=30) for limit, p in pools.items()}
         for op in ops.values():
-            ops_per_second(8, 5, op)  # warm
-        names = list(ops)
+            ops_per_second(8, max(1, per_client // 20), op)  # warm
+        order = list(ops)
         for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                results[name].append(ops_per_second(8, max(1, per_client // 8), ops[name]))
+            for limit in order[r % len(order) :] + order[: r % len(order)]:
+                results[limit].append(ops_per_second(8, per_client, ops[limit]))
+        smallest = min(limit for limit in limits if limit is not None)
+        recycled = pools[smallest].status().workers_recycled
     finally:
         for pool in pools.values():
             pool.stop(timeout=30)
-    med = {name: statistics.median(r) for name, r in results.items()}
-    for name, rate in med.items():
-        print(f"    {name:26} {rate:10.0f}/s")
-    print(f"    max_tasks=100 / no recycling = {med['max_tasks=100'] / med['no recycling']:.2f}")
+    med = {limit: statistics.median(r) for limit, r in results.items()}
+    for limit, rate in med.items():
+        label = "no recycling" if limit is None else f"max_tasks={limit}"
+        print(f"    {label:26} {rate:10.0f}/s")
+    return med, recycled
 
 
 def main() -> int:

@@ -651,41 +651,59 @@ def imported(module: str) -> bool:
     return module in sys.modules
 
 
-UNREADY_ZYGOTE = textwrap.dedent(
+STAND_IN_ZYGOTE = textwrap.dedent(
     """
-    import os, selectors, socket
+    import os, selectors, socket, sys
     import dspex_actors._ports._forkserver_server as fs
 
-    # A stand-in zygote, driven by hand: it says it is ready only once it has the start (a
-    # start handed over before its warm-up ended), and that it has taken it only when told.
-    mine, theirs = socket.socketpair()
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        mine.close()
-        header = fs._recv_exactly(theirs, fs._ZYGOTE_HEADER.size)
-        (size,) = fs._ZYGOTE_HEADER.unpack(header[0])
-        fs._recv_exactly(theirs, size)
-        theirs.sendall(fs._READY)
+    def hand_a_start_to(behave):
+        # A stand-in zygote, driven by hand: it receives a start from a server state made
+        # here, then does `behave(its socket, a pipe to wait on)` and exits 3.
+        mine, theirs = socket.socketpair()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            mine.close()
+            header = fs._recv_exactly(theirs, fs._ZYGOTE_HEADER.size)
+            (size,) = fs._ZYGOTE_HEADER.unpack(header[0])
+            fs._recv_exactly(theirs, size)
+            behave(theirs, go_r)
+            os._exit(3)
+        theirs.close()
+        parent, server_end = socket.socketpair()
+        sel = selectors.DefaultSelector()
+        st = fs._State(server_end, sel, os.getpid())
+        st.zygotes_wanted = True
+        st.zygote = fs._Zygote(pid, mine)
+        sel.register(mine, selectors.EVENT_READ, st.zygote)
+        fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(fs.WORKER_FDS)]
+        st.fork(7, fds, fs.SERVE + b"setup")
+        return st, sel, parent, pid, mine, go_w
+
+    def replies(parent):
+        parent.setblocking(False)
+        data = parent.recv(4096)
+        return [fs.REPLY.unpack_from(data, i) for i in range(0, len(data), fs.REPLY.size)]
+    """
+)
+
+UNREADY_ZYGOTE = STAND_IN_ZYGOTE + textwrap.dedent(
+    """
+    # It says it is ready only once it has the start (a start handed over before its
+    # warm-up ended), and that it has taken it only when told.
+    def ready_then_taken(sock, go_r):
+        sock.sendall(fs._READY)
         os.read(go_r, 1)
-        theirs.sendall(fs._TAKEN)
-        os._exit(0)
-    theirs.close()
-    parent, server_end = socket.socketpair()
-    sel = selectors.DefaultSelector()
-    st = fs._State(server_end, sel, os.getpid())
-    st.zygotes_wanted = True
-    st.zygote = fs._Zygote(pid, mine)
-    sel.register(mine, selectors.EVENT_READ, st.zygote)
-    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(fs.WORKER_FDS)]
-    st.fork(7, fds, fs.SERVE + b"setup")
+        sock.sendall(fs._TAKEN)
+
+    st, sel, parent, pid, mine, go_w = hand_a_start_to(ready_then_taken)
     for key, _ in sel.select(10):
         st.answered(key.data)  # "ready": not its answer yet
     pending = pid in st.handovers
     os.write(go_w, b"!")
     for key, _ in sel.select(10):
         st.answered(key.data)  # "taken"
-    kind, request_id, started = fs.REPLY.unpack(parent.recv(fs.REPLY.size))
+    (kind, request_id, started), = replies(parent)
     print(pending, kind in (fs.STARTED, fs.WATCHED), request_id == 7, started == pid)
     print(pid in st.workers, pid not in st.handovers)
     os.waitpid(pid, 0)
@@ -693,36 +711,19 @@ UNREADY_ZYGOTE = textwrap.dedent(
 )
 
 
-TAKEN_THEN_GONE = textwrap.dedent(
+TAKEN_THEN_GONE = STAND_IN_ZYGOTE + textwrap.dedent(
     """
-    import os, selectors, socket, sys
-    import dspex_actors._ports._forkserver_server as fs
-
-    # A stand-in zygote that takes the start at once; then (by argv) it exits before the
-    # server reads its answer (reaped first), or lives on while the server is too busy to
-    # read the answer before the hand-over's deadline.
+    # It takes the start at once; then (by argv) it exits before the server reads its
+    # answer (reaped first), or lives on while the server is too busy to read the answer
+    # before the hand-over's deadline.
     exits = sys.argv[1] == "exits"
-    mine, theirs = socket.socketpair()
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        mine.close()
-        header = fs._recv_exactly(theirs, fs._ZYGOTE_HEADER.size)
-        (size,) = fs._ZYGOTE_HEADER.unpack(header[0])
-        fs._recv_exactly(theirs, size)
-        theirs.sendall(fs._READY + fs._TAKEN)
+
+    def taken(sock, go_r):
+        sock.sendall(fs._READY + fs._TAKEN)
         if not exits:
             os.read(go_r, 1)
-        os._exit(3)
-    theirs.close()
-    parent, server_end = socket.socketpair()
-    sel = selectors.DefaultSelector()
-    st = fs._State(server_end, sel, os.getpid())
-    st.zygotes_wanted = True
-    st.zygote = fs._Zygote(pid, mine)
-    sel.register(mine, selectors.EVENT_READ, st.zygote)
-    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(fs.WORKER_FDS)]
-    st.fork(7, fds, fs.SERVE + b"setup")
+
+    st, sel, parent, pid, mine, go_w = hand_a_start_to(taken)
     with selectors.DefaultSelector() as answer:
         answer.register(mine, selectors.EVENT_READ)
         answer.select(30)  # the answer is there, unread
@@ -732,9 +733,7 @@ TAKEN_THEN_GONE = textwrap.dedent(
     else:
         st.handovers[pid].deadline = 0.0
         st.expire()
-    parent.setblocking(False)
-    replies = parent.recv(4096)
-    got = [fs.REPLY.unpack_from(replies, i) for i in range(0, len(replies), fs.REPLY.size)]
+    got = replies(parent)
     if exits:
         print(got == [(fs.STARTED, 7, pid), (fs.EXITED, pid, 3)], st.workers == set())
     else:
