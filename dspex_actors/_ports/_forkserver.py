@@ -36,9 +36,10 @@ forking a small one is fast.
   start's path (with DSPy imported, that fork alone takes milliseconds). The server serves on
   while the zygote takes the start (the start goes into its socket whole: one whose handler
   and arguments pickle to more than 64 KiB is forked instead), and forks the next zygote a
-  few milliseconds later (`ZYGOTE_REFILL`); a start meanwhile is forked as before. A zygote
-  that dies unused is replaced (later and later if young ones keep dying); a start whose
-  zygote dies before taking it, or has not answered within a second, is forked then; a
+  few milliseconds later (`ZYGOTE_REFILL`); a start before that one is ready is forked as
+  before. A zygote that dies unused is replaced (later and later if young ones keep dying or
+  stalling); a start whose zygote dies before taking it, or has not answered within a second
+  (it is killed), is forked then; a
   preload discards the zygote (it lacks the new modules). `ForkServer.zygote_pid` names it
   once it is ready; it dies with the server.
 - **Programs.** `Port.open(argv, start_method="forkserver")` sends the program's argv and
@@ -180,7 +181,9 @@ class ForkServer:
     @property
     def zygote_pid(self) -> int | None:
         """The pid of the worker the running server has forked ahead, once it is ready
-        (warmed up: the next worker start takes it), or None."""
+        (warmed up: the next worker start whose handler and arguments pickle to at most
+        64 KiB takes it), or None. It may still name the zygote for a moment after a start
+        took it, until the start's answer arrives."""
         with self._lock:
             server = self._server
         return None if server is None or server.dead else server.zygote
@@ -503,7 +506,7 @@ class _Server:
         self.dead = False
         self.answered = 0  # starts it answered: it booted
         self.preloaded: set[str] = set()  # the modules it has imported
-        self.zygote: int | None = None  # the pid of the worker it has forked ahead, if any
+        self.zygote: int | None = None  # the pid of its zygote, once ready (ZYGOTE replies)
         self._sock = sock
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -860,8 +863,9 @@ def abandon_worker(child: ServedChild, parent_ends: tuple[int, ...]) -> None:
     for fd in parent_ends:
         with contextlib.suppress(OSError):
             close_fd(fd)
+    alive = child.pid and not child.reaped()  # once reaped, its pid may be another's
     child._discard()
-    if child.pid:
+    if alive:
         kill_group(child.pid)
 
 

@@ -259,12 +259,14 @@ class _Starting:
 
 class _Zygote:
     """A worker forked ahead of its request (see `_zygote_main`), as the server tracks it: its
-    pid, the server's end of the socket it waits on, and when it was forked."""
+    pid, the server's end of the socket it waits on, when it was forked, and whether it has
+    said it is ready (only then is it handed a start)."""
 
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self.sock = sock
         self.born = time.monotonic()
+        self.ready = False
 
 
 class _Handover:
@@ -284,17 +286,17 @@ class _State:
     """The server's children: the workers it reports on, programs not yet exec'd, and the
     zygote.
 
-    The zygote is the next worker, forked ahead: once a worker has been asked for, the
-    server keeps one child forked and set up as far as no request is needed (out of the
-    server's state, its own session, warmed up), waiting for the next worker start, which
-    then costs no fork on its critical path. The hand-over never holds the server up: the
-    start goes into the zygote's socket whole (a larger setup than `_HANDOVER_MAX` is forked
-    instead), and the server serves on until the zygote answers. The server forks the next
-    zygote `ZYGOTE_REFILL` seconds after (a start meanwhile is forked as before), and again
-    whenever one dies unused (later and later while young ones keep dying). A start whose
-    zygote dies before it took it, or has not answered within `_HANDOVER_LIMIT`, is forked
-    then; preloading discards the zygote (it lacks the new modules) and forks a new one after
-    the imports.
+    The zygote is the next worker, forked ahead: once a worker has been asked for, the server
+    keeps one child forked and set up as far as no request is needed (out of the server's state,
+    its own session, warmed up), waiting for the next worker start, which then costs no fork on
+    its critical path. Only a zygote that has said it is ready is handed a start, and the hand-
+    over never holds the server up: the start goes into the zygote's socket whole (a larger
+    setup than `_HANDOVER_MAX` is forked instead), and the server serves on until the zygote
+    answers. The server forks the next zygote `ZYGOTE_REFILL` seconds after (a start meanwhile
+    is forked as before), and again whenever one is lost unused (later and later while young
+    ones keep dying or stalling). A start whose zygote dies before it took it, or has not
+    answered within `_HANDOVER_LIMIT` (it is killed), is forked then; preloading discards the
+    zygote (it lacks the new modules) and forks a new one after the imports.
     """
 
     def __init__(self, sock: socket.socket, sel: selectors.BaseSelector, owner: int) -> None:
@@ -307,7 +309,9 @@ class _State:
         self.handovers: dict[int, _Handover] = {}  # by the zygote's pid
         self.zygotes_wanted = False  # a worker has been asked for: keep one ready from now on
         self.refill_at: float | None = None  # when to fork the next zygote (time.monotonic)
-        self.zygote_failures = 0  # young zygotes in a row that died unused, not by our hand
+        # Zygotes in a row that could not be forked, or were lost young without our doing
+        # (they died, or stalled with a start): each puts the next one off further.
+        self.zygote_failures = 0
 
     def send(self, kind: int, key: int, value: int) -> None:
         self.sock.sendall(REPLY.pack(kind, key, value))
@@ -383,6 +387,8 @@ class _State:
                 os._exit(1)  # never back into the server's loop
         theirs.close()
         zygote = _Zygote(pid, ours)
+        with contextlib.suppress(OSError):  # room for a whole start (see `_HANDOVER_MAX`)
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * _HANDOVER_MAX)
         try:
             self.sel.register(ours, selectors.EVENT_READ, zygote)
         except (OSError, ValueError):  # out of kernel memory: no zygote for now
@@ -400,12 +406,14 @@ class _State:
         except OSError:
             ready = False
         if ready:
+            zygote.ready = True
             self.send(ZYGOTE, zygote.pid, 1)
         else:
             self.zygote_gone(zygote)  # EOF: it never writes anything else unasked
 
     def zygote_gone(self, zygote: _Zygote) -> None:
-        """`zygote` died unused (killed: it exits only when the server is gone)."""
+        """`zygote` died unused: killed, or failed on its way to being ready (it exits by
+        itself only at EOF on its socket, which the server never gives it)."""
         if zygote is not self.zygote:
             return  # handed a start, or found dead, earlier in the same round
         self._discard_zygote()
@@ -437,37 +445,37 @@ class _State:
         return zygote
 
     def _hand_over(self, request_id: int, fds: list[int], setup: bytes) -> bool:
-        """Send a worker's start to the zygote, if there is one and the setup is not too
+        """Send a worker's start to the zygote, if one is ready and the setup is not too
         large (True); its answer comes as an event (`answered`). Nothing here waits: the
-        start goes into the socket's buffer whole, or the zygote is not used."""
-        if self.zygote is None or len(setup) > _HANDOVER_MAX:
+        start goes into the socket's buffer whole, or the zygote is not used (the request's
+        fds are still ours either way)."""
+        if self.zygote is None or not self.zygote.ready or len(setup) > _HANDOVER_MAX:
             return False
         zygote = self._discard_zygote()
         assert zygote is not None
         message = _ZYGOTE_HEADER.pack(len(setup)) + setup
+        handover = _Handover(request_id, fds, setup, zygote)
         try:
             zygote.sock.setblocking(False)
             sent = socket.send_fds(zygote.sock, [message], fds, socket.MSG_NOSIGNAL)
-        except OSError:  # it died before it could take it
+            if sent == len(message):
+                self.sel.register(zygote.sock, selectors.EVENT_READ, handover)
+        except OSError:  # it died before it could take it, or no room to watch it
             sent = -1
-        if sent < len(message):  # dead, or a buffer too small: part of it may be there
-            # Not reaped yet: its pid is still its own. Its death is a failure only if it
-            # died by itself (the send found no reader).
-            self._lost(zygote, reaped=False, failure=sent < 0)
+        if sent < len(message):  # part of the start may be there: it cannot be used
+            # Not reaped yet: its pid is still its own.
+            self._lost(zygote, reaped=False, failure=False)
             return False
-        handover = _Handover(request_id, fds, setup, zygote)
         self.handovers[zygote.pid] = handover
-        self.sel.register(zygote.sock, selectors.EVENT_READ, handover)
         return True
 
     def answered(self, handover: _Handover) -> None:
         """The zygote of `handover` said something: it has taken the start, or it died."""
         if self.handovers.get(handover.zygote.pid) is not handover:
-            return  # settled earlier in the same round (reaped, or late)
+            return  # settled earlier in the same round (reaped)
         said = self._answer_of(handover)
-        if said is None or said == _READY:
-            return  # handed the start before it was ready: its answer comes next
-        self._settle(handover, said)
+        if said is not None:  # else a spurious wake-up: its answer comes next
+            self._settle(handover, said)
 
     def _answer_of(self, handover: _Handover) -> bytes | None:
         """What `handover`'s zygote has written (b"" once it has closed its end), without
@@ -486,9 +494,10 @@ class _State:
         killed here)."""
         self._end_hand_over(handover)
         zygote = handover.zygote
-        if said is None or said.removeprefix(_READY) != _TAKEN:
-            died = status is not None or said == b""
-            self._lost(zygote, reaped=status is not None, failure=died)
+        if said != _TAKEN:
+            # Dead or stalled: either way it failed us (a zygote stalls only if stopped, or
+            # starved of the CPU for a second), and the next one waits the longer.
+            self._lost(zygote, reaped=status is not None, failure=True)
             self._fork(handover.request_id, handover.fds, SERVE + handover.setup)
             return
         zygote.sock.close()
@@ -745,10 +754,10 @@ def _zygote_main(
 
     Ready means everything a worker's start does that needs no request: out of the server's
     state (its signal handling, selector and socket, every fd but `mine` closed), leading a
-    session of its own, and warmed up (see `_warm_up`). It exits at EOF on `mine` (the server
-    closed its end: it is gone, or does not want this zygote any more); it has no lifeline
-    until it becomes a worker, and needs none: its server, which its owner's death stops,
-    kills it.
+    session of its own, and warmed up (see `_warm_up`); then it says so (`_READY`). It exits at
+    EOF on `mine` (the server is gone: killed, or left); it has no lifeline until it becomes
+    a worker, and needs none: a server that no longer wants it, or stops because its owner
+    died, kills it.
     """
     try:
         _leave_server(sock, sel)
