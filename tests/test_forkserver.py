@@ -656,9 +656,10 @@ STAND_IN_ZYGOTE = textwrap.dedent(
     import os, selectors, socket, sys
     import dspex_actors._ports._forkserver_server as fs
 
-    def hand_a_start_to(behave):
+    def hand_a_start_to(behave, ready=True):
         # A stand-in zygote, driven by hand: it receives a start from a server state made
-        # here, then does `behave(its socket, a pipe to wait on)` and exits 3.
+        # here (if `ready`: it said so), then does `behave(its socket, a pipe to wait on)`
+        # and exits 3.
         mine, theirs = socket.socketpair()
         go_r, go_w = os.pipe()
         pid = os.fork()
@@ -675,7 +676,7 @@ STAND_IN_ZYGOTE = textwrap.dedent(
         st = fs._State(server_end, sel, os.getpid())
         st.zygotes_wanted = True
         st.zygote = fs._Zygote(pid, mine)
-        st.zygote.ready = True  # as if it had said so
+        st.zygote.ready = ready
         sel.register(mine, selectors.EVENT_READ, st.zygote)
         fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(fs.WORKER_FDS)]
         st.fork(7, fds, fs.SERVE + b"setup")
@@ -723,33 +724,17 @@ TAKEN_THEN_GONE = STAND_IN_ZYGOTE + textwrap.dedent(
 )
 
 
-UNREADY_ZYGOTE = textwrap.dedent(
+UNREADY_ZYGOTE = STAND_IN_ZYGOTE + textwrap.dedent(
     """
-    import os, selectors, socket
-    import dspex_actors._ports._forkserver_server as fs
-
-    # A zygote that has not said it is ready (still warming up): a start is forked instead,
-    # and the zygote stays for the next one.
-    mine, theirs = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:
-        mine.close()
-        theirs.recv(1)  # until the end of the script
-        os._exit(0)
-    theirs.close()
-    parent, server_end = socket.socketpair()
-    sel = selectors.DefaultSelector()
-    st = fs._State(server_end, sel, os.getpid())
-    st.zygotes_wanted = True
-    zygote = st.zygote = fs._Zygote(pid, mine)
-    sel.register(mine, selectors.EVENT_READ, zygote)
-    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(fs.WORKER_FDS)]
-    st.fork(7, fds, fs.SERVE + b"not a setup")  # the forked worker fails and exits
-    kind, request_id, forked = fs.REPLY.unpack(parent.recv(fs.REPLY.size))
+    # A zygote that has not said it is ready (still warming up): the start is forked
+    # instead (the forked worker fails on its made-up setup and exits), and the zygote stays
+    # for the next one.
+    st, sel, parent, pid, mine, go_w = hand_a_start_to(None, ready=False)
+    (kind, request_id, forked), = replies(parent)
     print(kind in (fs.STARTED, fs.WATCHED), request_id == 7, forked != pid)
-    print(st.zygote is zygote, st.handovers == {})
+    print(st.zygote.pid == pid, st.handovers == {})
     os.waitpid(forked, 0)
-    mine.close()
+    os.kill(pid, 9)
     os.waitpid(pid, 0)
     """
 )
