@@ -61,15 +61,6 @@ def pool(two_workers: SessionPool) -> SessionPool:
     return two_workers
 
 
-@pytest.fixture
-def spools() -> Iterator[SessionPools]:
-    p = SessionPools()
-    try:
-        yield p
-    finally:
-        p.close()
-
-
 def behind(barrier: threading.Barrier, fn: Callable[[], T]) -> Future[T]:
     """Run `fn()` in a thread once every party of `barrier` is there."""
 

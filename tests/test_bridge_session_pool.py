@@ -63,15 +63,6 @@ QUESTION = {"question": "What is 2+2?"}
 
 
 @pytest.fixture
-def spools() -> Iterator[SessionPools]:
-    p = SessionPools()
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
 def log(tmp_path: Path) -> CompatLog:
     return CompatLog(tmp_path / "compat.log")
 

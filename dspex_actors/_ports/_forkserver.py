@@ -36,12 +36,11 @@ forking a small one is fast.
   start's path (with DSPy imported, that fork alone takes milliseconds). The server serves on
   while the zygote takes the start (the start goes into its socket whole: one whose handler
   and arguments pickle to more than 64 KiB is forked instead), and forks the next zygote a
-  few milliseconds later (`ZYGOTE_REFILL`); a start before that one is ready is forked as
-  before. A zygote that dies unused is replaced (later and later if young ones keep dying or
-  stalling); a start whose zygote dies before taking it, or has not answered within a second
-  (it is killed), is forked then; a
-  preload discards the zygote (it lacks the new modules). `ForkServer.zygote_pid` names it
-  once it is ready; it dies with the server.
+  few milliseconds later (`ZYGOTE_REFILL`); a start before that one is ready is forked
+  directly. A zygote that dies unused is replaced (later and later if young ones keep dying
+  or stalling); a start whose zygote dies before taking it, or has not answered within a
+  second (it is killed), is forked directly then; a preload discards the zygote (it lacks the
+  new modules). `ForkServer.zygote_pid` names it once it is ready; it dies with the server.
 - **Programs.** `Port.open(argv, start_method="forkserver")` sends the program's argv and
   environment (checked in the parent, as `subprocess.Popen` checks them) and `cwd` instead of a
   handler: the server forks a child that leads its own session, arms its lifeline (kept open

@@ -293,7 +293,7 @@ class _State:
     over never holds the server up: the start goes into the zygote's socket whole (a larger
     setup than `_HANDOVER_MAX` is forked instead), and the server serves on until the zygote
     answers. The server forks the next zygote `ZYGOTE_REFILL` seconds after (a start meanwhile
-    is forked as before), and again whenever one is lost unused (later and later while young
+    is forked directly), and again whenever one is lost unused (later and later while young
     ones keep dying or stalling). A start whose zygote dies before it took it, or has not
     answered within `_HANDOVER_LIMIT` (it is killed), is forked then; preloading discards the
     zygote (it lacks the new modules) and forks a new one after the imports.
