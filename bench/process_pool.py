@@ -48,6 +48,7 @@ import multiprocessing
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -596,14 +597,22 @@ def bench_self_managing(rounds: int, per_client: int) -> None:
     print(f"    preloaded / cold = {warm / cold:.3f} ({cold / warm:.0f}x faster)")
 
     print("  throughput, 8 clients on 2 workers, recycling every 100 (and 1000) tasks:")
-    med, recycled = recycling_throughput(square, 3, (None, 100, 1000), rounds, per_client)
+    med, recycled, rate = recycling_throughput(square, 3, (None, 100, 1000), rounds, per_client)
     print(f"    max_tasks=1000 / no recycling = {med[1000] / med[None]:.2f}")
     print(
         f"    max_tasks=100 / no recycling = {med[100] / med[None]:.2f}"
-        f" ({recycled} workers recycled) (target >= 0.9)"
+        f" ({recycled} workers recycled, {rate:.0f}/s) (target >= 0.9)"
     )
+    print(f"  what process churn alone costs here, at the same {rate:.0f} processes a second:")
+    floor = churn_floor(rate, rounds, per_client)
+    print(
+        f"    no recycling, while another process forks and reaps one as big as the fork"
+        f" server:\n      with churn / without = {floor:.2f} (the best any recycling can do)"
+    )
+    peer = mp_recycling(rounds, per_client)
+    print(f"    multiprocessing.Pool(2, maxtasksperchild=100) / without = {peer:.2f}")
     print("  the same with a task of about a millisecond of CPU (for scale):")
-    med, _ = recycling_throughput(busy, BUSY, (None, 100), rounds, max(1, per_client // 8))
+    med, _, _ = recycling_throughput(busy, BUSY, (None, 100), rounds, max(1, per_client // 8))
     print(f"    max_tasks=100 / no recycling = {med[100] / med[None]:.2f}")
 
 
@@ -613,23 +622,29 @@ def recycling_throughput(
     limits: tuple[int | None, ...],
     rounds: int,
     per_client: int,
-) -> tuple[dict[int | None, float], int]:
+) -> tuple[dict[int | None, float], int, float]:
     """Calls per second (medians; 8 clients on 2 workers) of a pool of `target` for each
-    `max_tasks` in `limits` (None: no recycling), the pools measured in turn each round; and
-    how many workers the pool with the smallest limit recycled."""
+    `max_tasks` in `limits` (None: no recycling), the pools measured in turn each round; how
+    many workers the pool with the smallest limit recycled, and how many a second while it
+    was measured."""
     pools = {
         limit: da.ProcessPool.start(target=target, pool_size=2, max_tasks=limit) for limit in limits
     }
+    smallest = min(limit for limit in limits if limit is not None)
     try:
         results: dict[int | None, list[float]] = {limit: [] for limit in pools}
         ops = {limit: functools.partial(p.call, request, timeout=30) for limit, p in pools.items()}
         for op in ops.values():
             ops_per_second(8, max(1, per_client // 20), op)  # warm
         order = list(ops)
+        measured = 0.0  # seconds the smallest limit's pool was measured
+        before = pools[smallest].status().workers_recycled
         for r in range(rounds):
             for limit in order[r % len(order) :] + order[: r % len(order)]:
+                start = time.perf_counter()
                 results[limit].append(ops_per_second(8, per_client, ops[limit]))
-        smallest = min(limit for limit in limits if limit is not None)
+                if limit == smallest:
+                    measured += time.perf_counter() - start
         recycled = pools[smallest].status().workers_recycled
     finally:
         for pool in pools.values():
@@ -638,7 +653,79 @@ def recycling_throughput(
     for limit, rate in med.items():
         label = "no recycling" if limit is None else f"max_tasks={limit}"
         print(f"    {label:26} {rate:10.0f}/s")
-    return med, recycled
+    return med, recycled, (recycled - before) / measured
+
+
+CHURN = """
+import gc, os, select, sys, time
+# What the fork server imports: each fork here is as big as one of the server's.
+import dill
+from dspex_actors._ports._forkserver_server import server_main
+gc.collect()
+gc.freeze()
+rate = float(sys.argv[1])
+print("ready", flush=True)
+start, n = time.monotonic(), 0
+while True:
+    wait = start + n / rate - time.monotonic()
+    if wait > 0 and select.select([sys.stdin], [], [], wait)[0]:
+        break  # stdin closed: stop
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    n += 1
+"""
+
+
+def churn_floor(rate: float, rounds: int, per_client: int) -> float:
+    """Throughput (8 clients, 2 workers, no recycling) while another process forks a child
+    as big as a fork server's and reaps it, `rate` times a second, over the same without:
+    what the process churn of recycling costs on this machine by itself, before any of
+    the work of starting a worker."""
+    pool = da.ProcessPool.start(target=square, pool_size=2)
+    op = functools.partial(pool.call, 3, timeout=30)
+    with_churn: list[float] = []
+    without: list[float] = []
+    try:
+        ops_per_second(8, max(1, per_client // 20), op)  # warm
+        for _ in range(rounds):
+            without.append(ops_per_second(8, per_client, op))
+            churn = subprocess.Popen(
+                [sys.executable, "-c", CHURN, str(rate)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            try:
+                assert churn.stdout is not None
+                if churn.stdout.readline() != b"ready\n":
+                    raise RuntimeError("the churning process did not start")
+                with_churn.append(ops_per_second(8, per_client, op))
+            finally:
+                churn.communicate(timeout=30)  # closes its stdin: it stops
+    finally:
+        pool.stop(timeout=30)
+    return statistics.median(with_churn) / statistics.median(without)
+
+
+def mp_recycling(rounds: int, per_client: int) -> float:
+    """The peer: `multiprocessing.Pool` (fork) throughput with ``maxtasksperchild=100`` over
+    the same without (8 clients, 2 workers)."""
+    ctx = multiprocessing.get_context("fork")
+    pools = {limit: ctx.Pool(2, maxtasksperchild=limit) for limit in (None, 100)}
+    try:
+        results: dict[int | None, list[float]] = {limit: [] for limit in pools}
+        for pool in pools.values():
+            ops_per_second(8, max(1, per_client // 20), functools.partial(pool.apply, square, (3,)))
+        for _ in range(rounds):
+            for limit, pool in pools.items():
+                op = functools.partial(pool.apply, square, (3,))
+                results[limit].append(ops_per_second(8, per_client, op))
+    finally:
+        for pool in pools.values():
+            pool.terminate()
+            pool.join()
+    return statistics.median(results[100]) / statistics.median(results[None])
 
 
 def main() -> int:
