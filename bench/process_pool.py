@@ -32,8 +32,11 @@ Run: ``python bench/process_pool.py`` (under a minute) or ``python bench/process
    - a replacement whose handler needs a heavy module (`hypothesis`, ~0.2 s to import):
      preloaded in the fork server vs imported by each new worker (a cold start);
    - throughput (8 clients, 2 workers) with ``max_tasks=100`` vs without (target >= 0.9x):
-     the price of recycling a worker every 100 tasks; and, for scale, the same with a task of
-     about a millisecond of CPU instead of a trivial one.
+     the price of recycling a worker every 100 tasks; beside it, what the process churn alone
+     costs on this machine (the pool without recycling while another process forks and reaps
+     a process as big as the fork server, as many a second as the pool recycled: no recycling
+     can do better), and `multiprocessing.Pool`'s ``maxtasksperchild=100`` vs without; and,
+     for scale, the same with a task of about a millisecond of CPU instead of a trivial one.
 
 Figures are medians of several rounds, measured interleaved in the same process.
 """
