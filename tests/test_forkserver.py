@@ -673,7 +673,7 @@ STAND_IN_ZYGOTE = textwrap.dedent(
         theirs.close()
         parent, server_end = socket.socketpair()
         sel = selectors.DefaultSelector()
-        st = fs._State(server_end, sel, os.getpid())
+        st = fs._State(server_end, sel, os.getpid(), fs._dummy_setup())
         st.zygotes_wanted = True
         st.zygote = fs._Zygote(pid, mine)
         st.zygote.ready = ready
@@ -738,6 +738,32 @@ UNREADY_ZYGOTE = STAND_IN_ZYGOTE + textwrap.dedent(
     os.waitpid(pid, 0)
     """
 )
+
+
+WARM_UP_ON_THE_DUMMY = textwrap.dedent(
+    """
+    import os, sys
+    import dspex_actors._ports._forkserver_server as fs
+
+    os.environ["DSPEX_ONLY_HERE"] = "1"  # the dummy is made after: it has it
+    setup = fs._dummy_setup()
+    before = (dict(os.environ), list(sys.path), fs.process_state())
+    handler, args, codec_name, max_frame = fs._take_setup(setup)
+    print((dict(os.environ), list(sys.path), fs.process_state()) == before)
+    print(handler(0, None) is None, args, codec_name, max_frame)
+    fs._warm_up(setup)
+    print((dict(os.environ), list(sys.path), fs.process_state()) == before)
+    """
+)
+
+
+def test_a_zygote_warms_up_on_a_setup_that_changes_nothing() -> None:
+    """The server's dummy setup carries its own environment, path and process state: a
+    zygote taking it (its warm-up) changes none of them, and gets a handler it can call."""
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_UP_ON_THE_DUMMY], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (0, "True\nTrue () json 1048576\nTrue\n"), done.stderr
 
 
 def test_a_zygote_not_yet_ready_is_not_handed_a_start() -> None:
@@ -1586,7 +1612,7 @@ SERVER_STATE = textwrap.dedent(
 
     def state():
         mine, theirs = socket.socketpair()
-        return fs._State(mine, selectors.DefaultSelector(), os.getpid()), theirs
+        return fs._State(mine, selectors.DefaultSelector(), os.getpid(), fs._dummy_setup()), theirs
 
     def start(st, request_id, argv, limit):
         pipes = [os.pipe() for _ in range(4)]

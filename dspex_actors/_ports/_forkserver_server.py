@@ -167,15 +167,15 @@ def server_main(fd: int, parent: int, preload: Sequence[str] = ()) -> None:
     """The fork server (runs in its own process, single-threaded): fork workers on request,
     report their exits, and kill them all once the parent is gone. `preload`: modules to
     import first (those its predecessor had been asked to import)."""
-    import dill
-
     for name in preload:
         with contextlib.suppress(Exception):  # checked when it was first asked for
             importlib.import_module(name)
 
-    # Loaded and used once here, so every worker has it ready (its lazy set-up done).
-    with contextlib.suppress(Exception):  # only an optimisation
-        dill.loads(dill.dumps((_on_sigchld, (), "json", 1), recurse=True))
+    # Used once here, so every worker has what a start uses ready (its lazy set-up done).
+    warm_up = b""  # (an optimisation only: without it, zygotes warm up on nothing)
+    with contextlib.suppress(Exception):
+        warm_up = _dummy_setup()
+    _warm_up(warm_up)
     _freeze_heap()
 
     sock = socket.socket(fileno=fd)
@@ -188,7 +188,7 @@ def server_main(fd: int, parent: int, preload: Sequence[str] = ()) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, "parent")
     sel.register(wake_r, selectors.EVENT_READ, "child")
-    state = _State(sock, sel, parent)
+    state = _State(sock, sel, parent, warm_up)
     buffer = bytearray()
     fds: collections.deque[int] = collections.deque()
     try:
@@ -299,10 +299,13 @@ class _State:
     zygote (it lacks the new modules) and forks a new one after the imports.
     """
 
-    def __init__(self, sock: socket.socket, sel: selectors.BaseSelector, owner: int) -> None:
+    def __init__(
+        self, sock: socket.socket, sel: selectors.BaseSelector, owner: int, warm_up: bytes
+    ) -> None:
         self.sock = sock
         self.sel = sel
         self.owner = owner  # the process that started us, which owns every child
+        self.warm_up = warm_up  # the setup a zygote warms up on (see `_warm_up`)
         self.workers: set[int] = set()
         self.starting: dict[int, _Starting] = {}
         self.zygote: _Zygote | None = None
@@ -382,7 +385,7 @@ class _State:
             return
         if pid == 0:
             try:
-                _zygote_main(theirs, self.sock, self.sel, self.owner)
+                _zygote_main(theirs, self.sock, self.sel, self.owner, self.warm_up)
             finally:
                 os._exit(1)  # never back into the server's loop
         theirs.close()
@@ -747,14 +750,19 @@ def _worker_main(
 
 
 def _zygote_main(
-    mine: socket.socket, sock: socket.socket, sel: selectors.BaseSelector, owner: int
+    mine: socket.socket,
+    sock: socket.socket,
+    sel: selectors.BaseSelector,
+    owner: int,
+    warm_up: bytes,
 ) -> NoReturn:
     """A zygote, just forked from the server: get ready, then wait on `mine` for a worker's
     request (its fds and setup), answer ``.`` once it has it all, and become that worker.
 
     Ready means everything a worker's start does that needs no request: out of the server's
     state (its signal handling, selector and socket, every fd but `mine` closed), leading a
-    session of its own, and warmed up (see `_warm_up`); then it says so (`_READY`). It exits at
+    session of its own, and warmed up on `warm_up` (see `_warm_up`); then it says so
+    (`_READY`). It exits at
     EOF on `mine` (the server is gone: killed, or left); it has no lifeline until it becomes
     a worker, and needs none: a server that no longer wants it, or stops because its owner
     died, kills it.
@@ -764,7 +772,7 @@ def _zygote_main(
         _close_fds_except({0, 1, 2, mine.fileno()})
         with contextlib.suppress(OSError):
             os.setsid()
-        _warm_up()
+        _warm_up(warm_up)
         mine.sendall(_READY)
         header = _recv_exactly(mine, _ZYGOTE_HEADER.size)
         if header is None:
@@ -783,23 +791,48 @@ def _zygote_main(
     _become_worker(fds, setup, owner)
 
 
-def _warm_up() -> None:
-    """Run once, on dummies, what a worker's start runs: unpickle a setup and a handler,
-    decode a ping, encode its answer. The pages that writes are copied from the server's now,
-    in the zygote, rather than on a start's path (a start from the zygote answers its first
-    ping about a third sooner)."""
+def _dummy_setup() -> bytes:
+    """A worker's setup as `ForkServer.start_worker` sends it, for a dummy handler of ours and
+    with this process's own environment, `sys.path` and process state: taking it changes
+    nothing. Made once, by the server, for `_warm_up`."""
     import dill
 
+    state = (dict(os.environ), list(sys.path), process_state())
+    return pickle.dumps((state, dill.dumps((_on_sigchld, (), "json", 1 << 20), recurse=True)))
+
+
+def _warm_up(setup: bytes) -> None:
+    """Run what a worker's start runs (`_take_setup`, then a ping's decoding and answer) on
+    the server's `_dummy_setup`, which changes nothing. The pages that writes are copied from
+    the server's now, in the zygote, rather than on a start's path (a start from the zygote
+    answers its first ping about a third sooner); the dummy being pickled once, by the
+    server, each zygote pays only for what a start itself does."""
     with contextlib.suppress(Exception):  # only an optimisation
-        state = (dict(os.environ), list(sys.path), process_state())
-        pickle.loads(pickle.dumps((state, b"")))
-        handler, args, codec_name, max_frame = dill.loads(
-            dill.dumps((_on_sigchld, (), "json", 1 << 20), recurse=True)
-        )
+        handler, args, codec_name, max_frame = _take_setup(setup)
         codec = codec_named(codec_name)
         for frame in FrameDecoder(max_frame).feed(encode_frame(codec.encode([0]))):
             reply = answer(codec.decode(frame), handler, args)
             encode_frame(reply_payload(codec, reply, max_frame), max_frame=max_frame)
+
+
+def _take_setup(setup: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], str, int]:
+    """In a worker forked from the server: take the requester's environment, `sys.path` and
+    process state from `setup` (`ForkServer.start_worker`'s), and return the handler, its
+    arguments, the codec's name and `max_frame`."""
+    (environ, path, state), handler_setup = pickle.loads(setup)
+    # Only what differs (a fork has the server's): setting each variable costs a start
+    # about half a millisecond.
+    for name in [name for name in os.environ if name not in environ]:
+        del os.environ[name]
+    for name, value in environ.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+    sys.path[:] = path
+    take_process_state(state, python=True)
+    import dill
+
+    handler, args, codec_name, max_frame = dill.loads(handler_setup)
+    return handler, args, codec_name, max_frame
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> tuple[bytes, list[int]] | None:
@@ -845,19 +878,7 @@ def _become_worker(fds: list[int], setup: bytes, owner: int) -> NoReturn:
         # a thread from the first request on (see serve), so the first ping is answered
         # sooner.
         watch_owner = forked_child_setup(err_fd, life_fd, owner)
-        (environ, path, state), setup = pickle.loads(setup)
-        # Only what differs (a fork has the server's): setting each variable costs a
-        # start about half a millisecond.
-        for name in [name for name in os.environ if name not in environ]:
-            del os.environ[name]
-        for name, value in environ.items():
-            if os.environ.get(name) != value:
-                os.environ[name] = value
-        sys.path[:] = path
-        take_process_state(state, python=True)
-        import dill
-
-        handler, args, codec_name, max_frame = dill.loads(setup)
+        handler, args, codec_name, max_frame = _take_setup(setup)
         decoder = FrameDecoder(max_frame)
         serve(in_fd, out_fd, handler, args, codec_name, max_frame, [], decoder, watch_owner)
         code = 0
