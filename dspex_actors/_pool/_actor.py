@@ -22,6 +22,7 @@ Read `Pool` (in `_handle`) first. Here is what happens behind it:
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections import deque
@@ -175,6 +176,56 @@ _STATUS: Final = _Singleton("_Status")
 _WORKER_STATS: Final = _Singleton("_WorkerStats")
 
 
+_STARTER = "dspex-pool-async-init"  # the name of the threads that start workers
+
+
+class _Starters:
+    """The threads that run a pool's `Async` callbacks (its workers' starts), each start in a
+    thread of its own, as many at once as the pool asks for.
+
+    A thread that finished a start waits for the next instead of ending, so a pool that
+    replaces or recycles workers one at a time creates no thread per start: handing a start
+    over never waits for a new thread to be scheduled. The waiting threads end when the pool
+    exits (`close`); a start handed over after that gets a thread of its own, which ends
+    with it.
+    """
+
+    __slots__ = ("_closed", "_idle", "_lock", "_queue")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._idle = 0  # threads waiting on the queue, less the starts queued for them
+        self._closed = False
+
+    def run(self, fn: Callable[[], None]) -> None:
+        """Run `fn` in a waiting thread, or in a new one if none waits."""
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._queue.put(fn)
+                return
+        threading.Thread(target=self._serve, args=(fn,), name=_STARTER, daemon=True).start()
+
+    def close(self) -> None:
+        """End every waiting thread; a thread still running a start ends after it."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._queue.put(None)
+
+    def _serve(self, fn: Callable[[], None] | None) -> None:
+        while fn is not None:
+            fn()
+            fn = None  # what it holds (the pool) is not kept alive while this thread waits
+            with self._lock:
+                if self._closed:
+                    return
+                self._idle += 1
+            fn = self._queue.get()
+
+
 class _Core:
     """What every handle of one pool shares: its label, the requests in flight, and the pool
     actor itself while it runs (so a caller's thread can handle its own checkout and checkin
@@ -305,6 +356,7 @@ class PoolActor(Actor):
         self._idle_timer: TimerHandle | None = None
         self._start_failures = 0  # worker starts failed in a row (for the backoff)
         self._retry_timers: list[TimerHandle] = []
+        self._starters = _Starters()
         self._core = _Core("")
 
     # -- start and exit --
@@ -360,6 +412,7 @@ class PoolActor(Actor):
         # Runs on every exit, kill included: wake every caller still waiting for a worker
         # (queued here, or whose request never reached us) so none waits for its timeout.
         self._core.actor = None
+        self._starters.close()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         for timer in self._retry_timers:
@@ -911,7 +964,11 @@ class PoolActor(Actor):
         """A healthy worker, neither idle nor lent (just checked in, or taken off the idle
         queue), is due for recycling. A spare takes its place at once if there is one (and
         a new spare starts); else it serves on while its replacement starts, and leaves when
-        that one joins. No caller waits or fails for it, and it is no failed start."""
+        that one joins. No caller waits or fails for it, and it is no failed start.
+
+        Without a spare, workers are recycled one at a time: while any worker is starting,
+        one due for recycling serves on, and is recycled at a later checkin (or idle ping).
+        Recycling never adds to a burst of starts, however many workers come due together."""
         if worker.leaving:
             self._retire(worker)  # its replacement is already serving
             self._serve_waiters()
@@ -919,9 +976,13 @@ class PoolActor(Actor):
         if worker.retiring is not None or self._recycle_postponed():
             self._checked_in(worker)  # already being replaced, or starts are failing
             return
+        removes_only = self._overflow > 0 or self._cfg.lazy  # such a pool starts no one
+        if self._initializing and not (removes_only or self._spares):
+            self._checked_in(worker)  # its turn comes once the start in progress is done
+            return
         self._count_recycle(worker, reason)
-        if self._overflow > 0 or self._cfg.lazy:
-            self._remove_worker(worker, reason)  # an overflow or lazy pool starts no one
+        if removes_only:
+            self._remove_worker(worker, reason)
             self._serve_waiters()
             return
         worker.retiring = reason
@@ -986,7 +1047,7 @@ class PoolActor(Actor):
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.tell(message)
 
-        threading.Thread(target=run, name="dspex-pool-async-init", daemon=True).start()
+        self._starters.run(run)
 
     def _remove_worker(self, worker: _Worker, reason: Any) -> None:
         """Terminate a worker already taken off the idle queue / busy map, and replace it."""
