@@ -305,45 +305,6 @@ def test_many_recycles_in_a_row_count_no_failed_start_and_replace_every_worker(
     assert sorted(w for w, _ in control.terminated) == list(range(1, 11))
 
 
-def test_workers_due_together_are_recycled_one_at_a_time(pools: Pools, records: Records) -> None:
-    """While one worker's replacement starts, another worker due for recycling serves on,
-    as any worker: no second start. It is recycled at its first checkin after that start."""
-    control = Control(gate=opened(threading.Event()))
-    pool = pools.start(Controlled, control, pool_size=2)
-    wait_for(lambda: pool.status().idle == 2, WAIT)
-    assert control.gate is not None
-    control.gate.clear()  # replacements wait at their gate
-    try:
-        control.recycle.update({1: "max_tasks", 2: "max_tasks"})
-        assert use(pool) == 1  # due: its replacement (3) starts
-        assert use(pool) == 2  # due too, while 3 starts: it serves on, no start
-        assert use(pool) == 1
-        sync(pool.actor_ref)
-        assert control.inits == 3
-        status = pool.status()
-        assert (status.initializing, status.workers_recycled, status.workers_removed) == (1, 1, 0)
-        assert (stats_of(pool, 1).retiring, stats_of(pool, 2).retiring) == ("max_tasks", None)
-        assert [r["worker_id"] for r in records.of("pool_worker_recycled")] == [1]
-    finally:
-        control.gate.set()
-    wait_for(lambda: pool.status().initializing == 0, WAIT)
-    sync(pool.actor_ref)
-    assert control.terminated == [(1, MAX_TASKS)]  # 3 joined: 1 (idle) left
-    control.gate.clear()
-    try:
-        assert use(pool) == 2  # its first checkin since: now its turn
-        sync(pool.actor_ref)
-        assert control.inits == 4
-        assert stats_of(pool, 2).retiring == "max_tasks"
-        assert pool.status().workers_recycled == 2
-    finally:
-        control.gate.set()
-    wait_for(lambda: pool.status().initializing == 0, WAIT)
-    sync(pool.actor_ref)
-    assert [w for w, _ in control.terminated] == [1, 2]
-    assert sorted(s.worker_id for s in pool.worker_stats()) == [3, 4]
-
-
 def test_workers_started_one_after_another_reuse_one_start_thread(pools: Pools) -> None:
     """An `Async` start runs in a thread that then waits for the next one: replacing workers
     one at a time creates no thread per start. The waiting thread ends with the pool."""

@@ -964,11 +964,7 @@ class PoolActor(Actor):
         """A healthy worker, neither idle nor lent (just checked in, or taken off the idle
         queue), is due for recycling. A spare takes its place at once if there is one (and
         a new spare starts); else it serves on while its replacement starts, and leaves when
-        that one joins. No caller waits or fails for it, and it is no failed start.
-
-        Without a spare, workers are recycled one at a time: while any worker is starting,
-        one due for recycling serves on, and is recycled at a later checkin (or idle ping).
-        Recycling never adds to a burst of starts, however many workers come due together."""
+        that one joins. No caller waits or fails for it, and it is no failed start."""
         if worker.leaving:
             self._retire(worker)  # its replacement is already serving
             self._serve_waiters()
@@ -976,13 +972,9 @@ class PoolActor(Actor):
         if worker.retiring is not None or self._recycle_postponed():
             self._checked_in(worker)  # already being replaced, or starts are failing
             return
-        removes_only = self._overflow > 0 or self._cfg.lazy  # such a pool starts no one
-        if self._initializing and not (removes_only or self._spares):
-            self._checked_in(worker)  # its turn comes once the start in progress is done
-            return
         self._count_recycle(worker, reason)
-        if removes_only:
-            self._remove_worker(worker, reason)
+        if self._overflow > 0 or self._cfg.lazy:
+            self._remove_worker(worker, reason)  # an overflow or lazy pool starts no one
             self._serve_waiters()
             return
         worker.retiring = reason

@@ -181,9 +181,7 @@ class PortSpec:
             task, and when an idle worker is pinged: `worker_idle_timeout`); None: never.
         recycle_jitter: each worker's limits are drawn between ``(1 - recycle_jitter)`` and
             1 times the configured ones, so that workers started together do not all
-            recycle at once. (A worker past a limit serves on while its replacement starts,
-            and, without a spare, while another worker starts: workers are recycled one at
-            a time.)
+            recycle at once.
         preload: modules the fork server imports once (``"forkserver"`` target workers only),
             so that every worker starts with them loaded.
         backend: ``"local"`` (processes of this machine) or ``"ray"`` (each worker a Ray
