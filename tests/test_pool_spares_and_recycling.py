@@ -305,9 +305,11 @@ def test_many_recycles_in_a_row_count_no_failed_start_and_replace_every_worker(
     assert sorted(w for w, _ in control.terminated) == list(range(1, 11))
 
 
-def test_workers_started_one_after_another_reuse_one_start_thread(pools: Pools) -> None:
+@pytest.mark.parametrize("end", ["stop", "kill"])
+def test_workers_started_one_after_another_reuse_one_start_thread(pools: Pools, end: str) -> None:
     """An `Async` start runs in a thread that then waits for the next one: replacing workers
-    one at a time creates no thread per start. The waiting thread ends with the pool."""
+    one at a time creates no thread per start. The waiting thread ends with the pool, stopped
+    or killed."""
     control = Control(gate=opened(threading.Event()))
     pool = pools.start(Controlled, control, pool_size=1)
     wait_for(lambda: pool.status().idle == 1, WAIT)
@@ -324,7 +326,10 @@ def test_workers_started_one_after_another_reuse_one_start_thread(pools: Pools) 
         assert use(pool) == n
         wait_for(lambda: workers() == [n + 1], WAIT)  # noqa: B023 (called in this iteration)
         assert starters() == {first}
-    pool.stop()
+    if end == "stop":
+        pool.stop()
+    else:
+        da.kill(pool.actor_ref)
     first.join(WAIT)
     assert not first.is_alive()
 
