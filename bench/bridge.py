@@ -15,7 +15,9 @@ Needs the bridge extra (DSPy); no network: the workers run programs on the offli
 2. Start: from `SessionPool.start(pool_size=8)` until 8 workers are idle, against
    ``pool_size=1`` until 1 is; the fork server already running with DSPy imported for both
    (another pool holds it), so this is the pool's own cost. Target <= 1.5x. The same with a
-   cold fork server (started, and DSPy imported, by the pool) is shown for scale.
+   cold fork server (started, and DSPy imported, by the pool) is shown for scale, and so is
+   the floor: a process as big as the fork server forking 8 children that each answer once
+   through a pipe, against forking 1 (what the machine allows before any set-up).
 3. SIGKILL of the only (idle) worker of a ``pool_size=1`` SessionPool: time until a session's
    ping is answered by its replacement (the fork server's zygote, DSPy preloaded), against
    the fork floor (fork this process and get one answer through a pipe, as
@@ -37,6 +39,7 @@ import argparse
 import functools
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -202,6 +205,11 @@ def bench_start(rounds: int, cold_rounds: int) -> None:
         f"8 workers {w8 * 1e3:6.1f} ms"
     )
     print(f"  8 workers / 1 worker, fork server running = {w8 / w1:.2f} (target <= 1.5)")
+    f1, f8 = fork_floor_for_eight(rounds)
+    print(
+        f"  the floor: a process as big as the fork server forks 1 child {f1 * 1e3:.1f} ms, 8"
+        f" children {f8 * 1e3:.1f} ms = {f8 / f1:.2f}x (each answers once; nothing set up)"
+    )
     print(f"  8 workers / (8 x 1 worker, one after another) = {w8 / (8 * w1):.2f}")
     print(
         f"  the same for a ProcessPool of a trivial target: 1 worker {p1 * 1e3:6.1f} ms, "
@@ -211,6 +219,60 @@ def bench_start(rounds: int, cold_rounds: int) -> None:
         f"  cold fork server (started, DSPy imported, by the pool): 1 worker "
         f"{c1 * 1e3:6.1f} ms, 8 workers {c8 * 1e3:6.1f} ms = {c8 / c1:.2f}x (for scale)"
     )
+
+
+FORKS = """
+import gc, importlib, os, statistics, sys, time
+from dspex_actors._ports._forkserver_server import server_main  # what the fork server imports
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+gc.collect()
+gc.freeze()
+
+def ready(n):
+    # Fork n processes, each answering once through a pipe and exiting; until all answered.
+    start = time.perf_counter()
+    r, w = os.pipe()
+    pids = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, b".")
+            os._exit(0)
+        pids.append(pid)
+    got = 0
+    while got < n:
+        got += len(os.read(r, n))
+    elapsed = time.perf_counter() - start
+    os.close(r)
+    os.close(w)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return elapsed
+
+ready(8)  # warm
+times = {1: [], 8: []}
+for _ in range(int(sys.argv[1])):
+    for n in (1, 8):
+        times[n].append(ready(n))
+print(statistics.median(times[1]), statistics.median(times[8]))
+"""
+
+
+def fork_floor_for_eight(rounds: int) -> tuple[float, float]:
+    """What starting 8 processes at once costs this machine against one, at the least: a
+    process as big as the fork server (DSPy and the bridge's commands imported, its heap
+    frozen) forks 1, then 8 children that each answer once through a pipe, one fork after
+    another as the fork server forks them; seconds until every one has answered (medians)."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORKS, str(rounds), *PRELOAD],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    one, eight = map(float, done.stdout.split())
+    return one, eight
 
 
 # --- 3. SIGKILL -----------------------------------------------------------------------------------
