@@ -107,7 +107,8 @@ class Skip:
 
 @attrs.frozen
 class Async:
-    """Initialise the worker outside the pool: `fn()` runs in its own thread.
+    """Initialise the worker outside the pool: `fn()` runs in a thread of its own (one of
+    those the pool keeps for its starts, so a start after another creates no thread).
 
     The worker joins the idle queue (and may be checked out) only once `fn` has returned its
     worker state; if `fn` raises, `init_worker` is called again.
