@@ -310,12 +310,15 @@ def test_workers_started_one_after_another_reuse_one_start_thread(pools: Pools, 
     """An `Async` start runs in a thread that then waits for the next one: replacing workers
     one at a time creates no thread per start. The waiting thread ends with the pool, stopped
     or killed."""
+
+    def starters() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "dspex-pool-async-init"} - before
+
+    before: set[threading.Thread] = set()
+    before = starters()  # another pool's, if any
     control = Control(gate=opened(threading.Event()))
     pool = pools.start(Controlled, control, pool_size=1)
     wait_for(lambda: pool.status().idle == 1, WAIT)
-
-    def starters() -> set[threading.Thread]:
-        return {t for t in threading.enumerate() if t.name == "dspex-pool-async-init"}
 
     def workers() -> list[int]:
         return [s.worker_id for s in pool.worker_stats()]

@@ -33,6 +33,47 @@ LEAKY_MARKED = """
 """
 
 
+MODULE_POOL = """
+    import pytest
+    import dspex_actors as da
+
+    pytestmark = pytest.mark.leak_check
+
+    class Lazy(da.PoolWorker):
+        def init_worker(self, pool_state):
+            return da.Async(lambda: "worker", pool_state)  # started in a thread of the pool's
+
+        def handle_checkout(self, command, from_, worker_state, pool_state):
+            return da.Ok(worker_state, worker_state, pool_state)
+
+    @pytest.fixture(scope="module")
+    def pool():
+        pool = da.Pool.start(Lazy, None, pool_size=2, lazy=True)
+        yield pool
+        pool.stop()
+
+    def use(pool):
+        return pool.checkout(None, lambda from_, worker: (worker, "ok"), timeout=5)
+
+    def test_the_first_checkout_starts_a_worker(pool):
+        assert use(pool) == "worker"
+
+    def test_two_leases_start_the_second(pool):
+        with pool.lease(None, timeout=5), pool.lease(None, timeout=5) as second:
+            assert second.client_state == "worker"
+"""
+
+
+def test_a_pool_that_outlives_a_test_keeps_its_start_threads_without_a_leak(
+    pytester: pytest.Pytester,
+) -> None:
+    """The threads a pool keeps waiting for its next worker start are the pool's: a test that
+    had it start a worker leaks nothing (the pool is stopped by its module fixture)."""
+    pytester.makepyfile(MODULE_POOL)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers")
+    result.assert_outcomes(passed=2)
+
+
 def test_installing_the_package_changes_no_other_projects_test_run(
     pytester: pytest.Pytester,
 ) -> None:

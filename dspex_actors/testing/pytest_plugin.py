@@ -1,7 +1,8 @@
 """The dspex_actors pytest plugin (entry point ``pytest11``; active once the package is installed).
 
 - **Leak check** (opt-in): after a test, no pykka actor started during the test may still
-  run, no dspex_actors thread may be alive, and no child process started during the test may
+  run, no dspex_actors thread may be alive (but those a running pool keeps waiting for its
+  next worker start: they are the pool's), and no child process started during the test may
   remain. Leftovers are stopped (so the next test starts clean) and the test fails, naming them.
   Installing dspex_actors changes no one's test run: the check runs only where it is asked
   for, with the ini option ``dspex_leak_check = true`` (every test; dspex_actors' own suite
@@ -80,10 +81,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _framework_threads(before: set[int]) -> list[threading.Thread]:
+    """The live dspex threads not in `before`, those waiting for a running pool's next worker
+    start left out: they belong to the pool (which may outlive a test), not to a test."""
+    from .._pool._actor import parked_starters
+
+    parked = parked_starters()
     return [
         t
         for t in threading.enumerate()
-        if t.ident not in before and t.is_alive() and t.name.startswith("dspex")
+        if t.ident not in before
+        and t.ident not in parked
+        and t.is_alive()
+        and t.name.startswith("dspex")
     ]
 
 
