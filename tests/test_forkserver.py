@@ -673,7 +673,7 @@ STAND_IN_ZYGOTE = textwrap.dedent(
         theirs.close()
         parent, server_end = socket.socketpair()
         sel = selectors.DefaultSelector()
-        st = fs._State(server_end, sel, os.getpid(), fs._dummy_setup())
+        st = fs._State(server_end, sel, os.getpid(), fs._dummy_handler())
         st.zygotes_wanted = True
         st.zygote = fs._Zygote(pid, mine)
         st.zygote.ready = ready
@@ -740,30 +740,49 @@ UNREADY_ZYGOTE = STAND_IN_ZYGOTE + textwrap.dedent(
 )
 
 
-WARM_UP_ON_THE_DUMMY = textwrap.dedent(
+WARM_UP_CHANGES_NOTHING = textwrap.dedent(
     """
-    import os, sys
+    import os, selectors, signal, socket, sys
     import dspex_actors._ports._forkserver_server as fs
 
-    os.environ["DSPEX_ONLY_HERE"] = "1"  # the dummy is made after: it has it
-    setup = fs._dummy_setup()
-    before = (dict(os.environ), list(sys.path), fs.process_state())
-    handler, args, codec_name, max_frame = fs._take_setup(setup)
-    print((dict(os.environ), list(sys.path), fs.process_state()) == before)
-    print(handler(0, None) is None, args, codec_name, max_frame)
-    fs._warm_up(setup)
-    print((dict(os.environ), list(sys.path), fs.process_state()) == before)
+    def snapshot():
+        handlers = {sig: signal.getsignal(sig) for sig in fs._SIGNALS}
+        return dict(os.environ), list(sys.path), fs.process_state(), handlers
+
+    os.environ["DSPEX_ONLY_HERE"] = "1"
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # as if the server's parent ignored it
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    handler_setup = fs._dummy_handler()
+    before = snapshot()
+    fs._warm_up(handler_setup)  # in the server
+    print(snapshot() == before)
+    signal.signal(signal.SIGCHLD, lambda *args: None)  # the server's own handler
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a zygote: out of the server's signal handling, then warmed up
+        fs._leave_server(socket.socket(), selectors.DefaultSelector())
+        before = snapshot()
+        fs._warm_up(handler_setup)
+        os.write(w, b"1" if snapshot() == before else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print(os.read(r, 1) == b"1")
+    state = (dict(os.environ), list(sys.path), fs.process_state())
+    handler, *rest = fs._take_setup(fs.pickle.dumps((state, handler_setup)))
+    print(handler(0, None) is None, *rest)
     """
 )
 
 
-def test_a_zygote_warms_up_on_a_setup_that_changes_nothing() -> None:
-    """The server's dummy setup carries its own environment, path and process state: a
-    zygote taking it (its warm-up) changes none of them, and gets a handler it can call."""
+def test_a_zygote_warms_up_on_its_own_state_and_changes_nothing() -> None:
+    """The warm-up takes a setup of the process's own environment, path and process state
+    and the server's dummy handler: it changes none of them (nor any signal's handler), in
+    the server and in a zygote out of the server's signal handling; the dummy handler is
+    one a worker could serve."""
     done = subprocess.run(
-        [sys.executable, "-c", WARM_UP_ON_THE_DUMMY], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", WARM_UP_CHANGES_NOTHING], capture_output=True, text=True, timeout=60
     )
-    assert (done.returncode, done.stdout) == (0, "True\nTrue () json 1048576\nTrue\n"), done.stderr
+    assert (done.returncode, done.stdout) == (0, "True\nTrue\nTrue () json 1048576\n"), done.stderr
 
 
 def test_a_zygote_not_yet_ready_is_not_handed_a_start() -> None:
@@ -1612,7 +1631,8 @@ SERVER_STATE = textwrap.dedent(
 
     def state():
         mine, theirs = socket.socketpair()
-        return fs._State(mine, selectors.DefaultSelector(), os.getpid(), fs._dummy_setup()), theirs
+        st = fs._State(mine, selectors.DefaultSelector(), os.getpid(), fs._dummy_handler())
+        return st, theirs
 
     def start(st, request_id, argv, limit):
         pipes = [os.pipe() for _ in range(4)]

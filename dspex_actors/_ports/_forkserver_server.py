@@ -174,7 +174,7 @@ def server_main(fd: int, parent: int, preload: Sequence[str] = ()) -> None:
     # Used once here, so every worker has what a start uses ready (its lazy set-up done).
     warm_up = b""  # (an optimisation only: without it, zygotes warm up on nothing)
     with contextlib.suppress(Exception):
-        warm_up = _dummy_setup()
+        warm_up = _dummy_handler()
     _warm_up(warm_up)
     _freeze_heap()
 
@@ -305,7 +305,7 @@ class _State:
         self.sock = sock
         self.sel = sel
         self.owner = owner  # the process that started us, which owns every child
-        self.warm_up = warm_up  # the setup a zygote warms up on (see `_warm_up`)
+        self.warm_up = warm_up  # the handler a zygote warms up on (see `_warm_up`)
         self.workers: set[int] = set()
         self.starting: dict[int, _Starting] = {}
         self.zygote: _Zygote | None = None
@@ -761,11 +761,10 @@ def _zygote_main(
 
     Ready means everything a worker's start does that needs no request: out of the server's
     state (its signal handling, selector and socket, every fd but `mine` closed), leading a
-    session of its own, and warmed up on `warm_up` (see `_warm_up`); then it says so
-    (`_READY`). It exits at
-    EOF on `mine` (the server is gone: killed, or left); it has no lifeline until it becomes
-    a worker, and needs none: a server that no longer wants it, or stops because its owner
-    died, kills it.
+    session of its own, and warmed up on the server's dummy handler `warm_up` (see
+    `_warm_up`); then it says so (`_READY`). It exits at EOF on `mine` (the server is gone:
+    killed, or left); it has no lifeline until it becomes a worker, and needs none: a server
+    that no longer wants it, or stops because its owner died, kills it.
     """
     try:
         _leave_server(sock, sel)
@@ -791,24 +790,24 @@ def _zygote_main(
     _become_worker(fds, setup, owner)
 
 
-def _dummy_setup() -> bytes:
-    """A worker's setup as `ForkServer.start_worker` sends it, for a dummy handler of ours and
-    with this process's own environment, `sys.path` and process state: taking it changes
-    nothing. Made once, by the server, for `_warm_up`."""
+def _dummy_handler() -> bytes:
+    """A dummy handler of ours, with its arguments, codec and `max_frame`, pickled as in a
+    worker's setup (`_launch.pickle_setup`). Made once, by the server, for `_warm_up`."""
     import dill
 
-    state = (dict(os.environ), list(sys.path), process_state())
-    return pickle.dumps((state, dill.dumps((_on_sigchld, (), "json", 1 << 20), recurse=True)))
+    return dill.dumps((_on_sigchld, (), "json", 1 << 20), recurse=True)  # type: ignore[no-any-return]
 
 
-def _warm_up(setup: bytes) -> None:
-    """Run what a worker's start runs (`_take_setup`, then a ping's decoding and answer) on
-    the server's `_dummy_setup`, which changes nothing. The pages that writes are copied from
-    the server's now, in the zygote, rather than on a start's path (a start from the zygote
-    answers its first ping about a third sooner); the dummy being pickled once, by the
-    server, each zygote pays only for what a start itself does."""
+def _warm_up(handler_setup: bytes) -> None:
+    """Run what a worker's start runs (`_take_setup`, then a ping's decoding and answer) on a
+    setup of this process's own environment, `sys.path` and process state, read now (taking
+    them changes nothing), and the server's `_dummy_handler`. The pages that writes are
+    copied from the server's here, in the zygote, rather than on a start's path (a start from
+    the zygote answers its first ping about a third sooner); the handler being pickled once,
+    by the server, each zygote pays only for what a start itself does."""
     with contextlib.suppress(Exception):  # only an optimisation
-        handler, args, codec_name, max_frame = _take_setup(setup)
+        state = (dict(os.environ), list(sys.path), process_state())
+        handler, args, codec_name, max_frame = _take_setup(pickle.dumps((state, handler_setup)))
         codec = codec_named(codec_name)
         for frame in FrameDecoder(max_frame).feed(encode_frame(codec.encode([0]))):
             reply = answer(codec.decode(frame), handler, args)
@@ -817,8 +816,9 @@ def _warm_up(setup: bytes) -> None:
 
 def _take_setup(setup: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], str, int]:
     """In a worker forked from the server: take the requester's environment, `sys.path` and
-    process state from `setup` (`ForkServer.start_worker`'s), and return the handler, its
-    arguments, the codec's name and `max_frame`."""
+    process state from `setup` (what `ForkServer.start_worker` sends, after its tag), and
+    return the handler, its arguments, the codec's name and `max_frame`. (`_warm_up` runs it
+    too, on this process's own state.)"""
     (environ, path, state), handler_setup = pickle.loads(setup)
     # Only what differs (a fork has the server's): setting each variable costs a start
     # about half a millisecond.
