@@ -11,7 +11,6 @@ supervisor.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -129,12 +128,14 @@ def self_managing() -> int:
         wait_for(lambda: pool.status().initializing == 0, timeout=30)  # recycling is done
         removed = pool.status().workers_removed
         victim = pool.call("2", timeout=30)["pid"]
-        # Its third task may have made it due for recycling: then it has left already (and
-        # the spare took its place all the same), and the kill finds nothing.
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.kill(victim, signal.SIGKILL)
+            print(f"SIGKILLed worker {victim}: its place was taken by the spare at once")
+        except ProcessLookupError:
+            # Its task made it due for recycling: it has left already, and the spare took its
+            # place all the same.
+            print(f"worker {victim} was recycled before the kill: the spare took its place")
         wait_for(lambda: pool.status().workers_removed > removed, timeout=30)
-        print(f"SIGKILLed worker {victim}: its place was taken by the spare at once")
         print(f"call('2.5') -> {pool.call('2.5', timeout=30)['squared']}")
 
         old = pool.actor_ref
