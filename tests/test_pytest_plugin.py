@@ -6,6 +6,8 @@ way a project that merely installed dspex_actors would run its own suite.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -72,6 +74,45 @@ def test_a_pool_that_outlives_a_test_keeps_its_start_threads_without_a_leak(
     pytester.makepyfile(MODULE_POOL)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers")
     result.assert_outcomes(passed=2)
+
+
+IDLE_RAY_WORKER = """
+    import subprocess, sys
+    import pytest
+
+    pytestmark = pytest.mark.leak_check
+    # A child that takes `name` as its process name, says so, and runs until its stdin closes
+    # (when this session's process exits).
+    NAMED = (
+        "import sys; open('/proc/self/comm', 'w').write(sys.argv[1]); print(flush=True);"
+        " sys.stdin.read()"
+    )
+    kept = []
+
+    def start(name):
+        child = subprocess.Popen(
+            [sys.executable, "-c", NAMED, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert child.stdout.readline() == b"\\n"
+        kept.append(child)
+
+    def test_leaves_an_idle_ray_worker():
+        start("ray::IDLE")
+
+    def test_leaves_a_ray_actor():
+        start("ray::Worker")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="names a process through /proc/self/comm")
+def test_a_ray_instances_idle_workers_are_not_a_tests_leak(pytester: pytest.Pytester) -> None:
+    """Ray starts and ends its idle workers (``ray::IDLE``) as it sees fit: they are the Ray
+    instance's. Any other process the test left is a leak, a Ray actor's included."""
+    pytester.makepyfile(IDLE_RAY_WORKER)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*test_leaves_a_ray_actor*", "*child processes: * ray::Worker*"])
+    assert "ray::IDLE" not in result.stdout.str()
 
 
 def test_installing_the_package_changes_no_other_projects_test_run(

@@ -3,7 +3,8 @@
 - **Leak check** (opt-in): after a test, no pykka actor started during the test may still
   run, no dspex_actors thread may be alive (but those a running pool keeps waiting for its
   next worker start: they are the pool's), and no child process started during the test may
-  remain. Leftovers are stopped (so the next test starts clean) and the test fails, naming them.
+  remain (but the fork server's next worker and a Ray instance's idle workers). Leftovers
+  are stopped (so the next test starts clean) and the test fails, naming them.
   Installing dspex_actors changes no one's test run: the check runs only where it is asked
   for, with the ini option ``dspex_leak_check = true`` (every test; dspex_actors' own suite
   does this) or the marker ``@pytest.mark.leak_check`` (one test). The marker
@@ -96,9 +97,15 @@ def _framework_threads(before: set[int]) -> list[threading.Thread]:
     ]
 
 
+_RAY_IDLE = "ray::IDLE"
+"""The name of a Ray worker process that runs nothing: one of the Ray instance's own."""
+
+
 def _children(before: set[int]) -> list[Any]:
-    """The live descendants of this process not in `before`, the fork server's zygote left
-    out: it belongs to the server (which a pool kept across tests may hold), not to a test."""
+    """The live descendants of this process not in `before`, left out those that belong to
+    something that outlives a test rather than to the test: the fork server's zygote (the
+    server's, which a pool kept across tests may hold), and a Ray instance's idle workers
+    (Ray starts and ends them as it sees fit; an actor's process is named after its class)."""
     import psutil  # the test extra; only the leak check needs it
 
     from .._ports._forkserver import FORK_SERVER
@@ -111,7 +118,12 @@ def _children(before: set[int]) -> list[Any]:
     alive = []
     for p in kids:
         try:
-            if p.pid not in before and p.pid != zygote and p.status() != psutil.STATUS_ZOMBIE:
+            if (
+                p.pid not in before
+                and p.pid != zygote
+                and p.status() != psutil.STATUS_ZOMBIE
+                and p.name() != _RAY_IDLE
+            ):
                 alive.append(p)
         except psutil.Error:
             continue
