@@ -337,6 +337,27 @@ def test_workers_started_one_after_another_reuse_one_start_thread(pools: Pools, 
     assert not first.is_alive()
 
 
+def test_starts_run_at_once_each_in_its_thread_and_two_threads_stay_waiting(
+    pools: Pools,
+) -> None:
+    """Four workers starting together take four threads (no start waits for another); once
+    they have joined, the pool keeps two of those threads waiting and the others end."""
+
+    def starters() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "dspex-pool-async-init"} - before
+
+    before: set[threading.Thread] = set()
+    before = starters()  # another pool's, if any
+    gate = threading.Event()
+    pool = pools.start(Controlled, Control(gate=gate), pool_size=4)
+    try:
+        wait_for(lambda: len(starters()) == 4, WAIT)  # all four at their gate together
+    finally:
+        gate.set()
+    wait_for(lambda: pool.status().idle == 4, WAIT)
+    wait_for(lambda: len(starters()) == 2, WAIT)
+
+
 # --- Recycle: a replacement that cannot start -----------------------------------------------
 
 
