@@ -189,6 +189,7 @@ def test_a_worker_due_for_recycling_is_lent_as_usual_until_its_replacement_joins
         status = pool.status()
         assert (status.initializing, status.idle, status.queued) == (1, 1, 0)
         assert (status.workers_recycled, status.workers_removed) == (1, 0)
+        assert status.recycle_reasons == {"max_tasks": 1}
         assert stats_of(pool, 1).retiring == "max_tasks"
         # Nobody waits for a worker that is only being recycled: it is lent at once.
         assert [use(pool, "still-ok") for _ in range(3)] == [1, 1, 1]

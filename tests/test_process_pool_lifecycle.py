@@ -22,7 +22,9 @@ import ast
 import contextlib
 import functools
 import os
+import random
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -34,7 +36,9 @@ import pytest
 
 import dspex_actors as da
 from dspex_actors import InvalidOption, PortSpec, PortWorker, ProcessPool
+from dspex_actors._pool._contract import From
 from dspex_actors._ports._forkserver import FORK_SERVER
+from dspex_actors._ports._process_pool import _draw_limits
 from dspex_actors.testing import EchoWorker, sync, wait_for
 
 from support.lifecycle import (
@@ -258,6 +262,7 @@ def test_max_tasks_recycles_the_worker_at_its_third_task_and_every_call_is_serve
     sync(pool.actor_ref)
     status = pool.status()
     assert (status.workers_recycled, status.workers_removed) == (1, 1)
+    assert status.recycle_reasons == {"max_tasks": 1}
     assert pool.call("pid", timeout=WAIT) == second
 
 
@@ -291,6 +296,7 @@ def test_max_memory_recycles_a_worker_that_grew_past_it_with_its_rss_as_the_reas
     grown = pool.call(["grow", limit - baseline + 16 * MIB], timeout=WAIT)
     sync(pool.actor_ref)
     assert pool.status().workers_recycled == 1
+    assert pool.status().recycle_reasons == {"max_memory": 1}
     [(why, rss)] = recycled_reasons(records)
     assert why == "max_memory"
     assert rss >= limit
@@ -332,8 +338,9 @@ def test_max_age_recycles_an_idle_worker_when_it_is_pinged(
 
 
 @contextlib.contextmanager
-def hand_driven_workers(spec: PortSpec, n: int) -> Iterator[list[da.PortWorkerState]]:
-    """`n` workers started by `PortWorker` driven by hand (this thread plays the pool)."""
+def hand_driven_workers(spec: PortSpec, n: int) -> Iterator[tuple[list[da.PortWorkerState], Any]]:
+    """`n` workers started by `PortWorker` driven by hand (this thread plays the pool), and
+    the pool state."""
     w = PortWorker()
     result = w.init_pool(spec)
     assert isinstance(result, da.Ok)
@@ -344,7 +351,7 @@ def hand_driven_workers(spec: PortSpec, n: int) -> Iterator[list[da.PortWorkerSt
             started = w.init_worker(pool_state)
             assert isinstance(started, da.Async)
             states.append(started.fn())
-        yield states
+        yield states, pool_state
     finally:
         for state in states:
             w.terminate_worker(da.SHUTDOWN, state, pool_state)
@@ -352,18 +359,81 @@ def hand_driven_workers(spec: PortSpec, n: int) -> Iterator[list[da.PortWorkerSt
 
 
 def test_recycle_jitter_draws_each_workers_limits_between_1_minus_jitter_and_1_times_them() -> None:
-    spec = PortSpec(target=probe, max_tasks=100, max_age=10.0, recycle_jitter=0.5)
-    with hand_driven_workers(spec, 4) as states:
-        limits = [(s.max_tasks, s.max_age) for s in states]
-    for tasks, age in limits:
+    spec = PortSpec(
+        target=probe, max_tasks=100, max_memory=1000 * MIB, max_age=10.0, recycle_jitter=0.5
+    )
+    with hand_driven_workers(spec, 4) as (states, _):
+        limits = [(s.max_tasks, s.max_memory, s.max_age) for s in states]
+    for tasks, memory, age in limits:
         assert tasks is not None
+        assert memory is not None
         assert age is not None
         assert 50 <= tasks <= 100, limits
+        assert 500 * MIB <= memory <= 1000 * MIB, limits
         assert 5.0 <= age <= 10.0, limits
-    assert len({tasks for tasks, _ in limits}) > 1, f"no jitter at all: {limits}"
-    exact = PortSpec(target=probe, max_tasks=100, max_age=10.0, recycle_jitter=0)
-    with hand_driven_workers(exact, 1) as states:
-        assert (states[0].max_tasks, states[0].max_age) == (100, 10.0)
+    assert len({tasks for tasks, _, _ in limits}) > 1, f"no jitter at all: {limits}"
+    assert len({memory for _, memory, _ in limits}) > 1, f"no memory jitter: {limits}"
+    exact = PortSpec(
+        target=probe, max_tasks=100, max_memory=1000 * MIB, max_age=10.0, recycle_jitter=0
+    )
+    with hand_driven_workers(exact, 1) as (states, _):
+        assert (states[0].max_tasks, states[0].max_memory, states[0].max_age) == (
+            100,
+            1000 * MIB,
+            10.0,
+        )
+
+
+@pytest.fixture
+def seeded_random() -> Iterator[None]:
+    """The global `random` generator seeded for this test (and restored after it): the draws
+    of `_draw_limits` are then the same on every run."""
+    state = random.getstate()
+    random.seed(20261206)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def test_a_small_max_tasks_is_jittered_too_rounded_at_random_to_whole_tasks(
+    seeded_random: None,
+) -> None:
+    # 10 tasks less up to 10%: 9.0-10.0 tasks. Rounded to the nearest or up, every worker
+    # would get 10 (no jitter at all); rounded at random in proportion, some get 9, and the
+    # mean is that of the factor drawn (9.5).
+    spec = PortSpec(target=probe, max_tasks=10, recycle_jitter=0.1)
+    draws = [_draw_limits(spec)[0] for _ in range(4000)]
+    assert set(draws) == {9, 10}, draws[:20]
+    assert statistics.mean(d for d in draws if d is not None) == pytest.approx(9.5, abs=0.05)
+    # A limit of 1 stays 1 (never 0: a worker serves at least one task).
+    one = PortSpec(target=probe, max_tasks=1, recycle_jitter=0.9)
+    assert {_draw_limits(one)[0] for _ in range(200)} == {1}
+    exact = PortSpec(target=probe, max_tasks=10, recycle_jitter=0)
+    assert {_draw_limits(exact)[0] for _ in range(50)} == {10}
+
+
+FROM = From(pool=None, ref=object())  # type: ignore[arg-type]  # for callbacks called by hand
+
+
+def test_a_worker_is_recycled_at_its_own_drawn_limits_not_the_pools() -> None:
+    # The pool's limits are far away; this worker's own (as if drawn low) are reached at
+    # once: its checkins must go by its own.
+    spec = PortSpec(target=probe, max_tasks=1000, max_memory=1 << 40, recycle_jitter=0)
+    w = PortWorker()
+    with hand_driven_workers(spec, 1) as ([state], pool_state):
+        state.max_tasks = 2
+        first = w.handle_checkin("ok", FROM, state, pool_state)
+        assert isinstance(first, da.Ok)
+        second = w.handle_checkin("ok", FROM, state, pool_state)
+        assert second == da.Remove(da.Recycle("max_tasks"), pool_state)
+        state.max_tasks, state.max_memory = None, 1
+        third = w.handle_checkin("ok", FROM, state, pool_state)
+        assert isinstance(third, da.Remove)
+        assert isinstance(third.reason, da.Recycle)
+        why, rss = third.reason.why
+        assert why == "max_memory"
+        assert rss >= 1
 
 
 @pytest.mark.parametrize(
@@ -441,6 +511,8 @@ def test_a_recycled_worker_with_a_spare_ready_is_replaced_before_the_next_call(
     wait_for(lambda: settled(pool, 1, spares=1), timeout=WAIT)  # and a new spare is ready
     status = pool.status()
     assert (status.workers_recycled, status.workers_removed) == (1, 1)
+    # Retired at once (the spare took its place): its reason is still in the status.
+    assert status.recycle_reasons == {"max_tasks": 1}
 
 
 # --- 4. preload ----------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from .._errors import (
 )
 from .._logging import area_logger, log_event, short_repr
 from .._naming._names import register
-from .._reasons import Down, Exit, MonitorRef, Shutdown
+from .._reasons import Down, Exit, MonitorRef, Shutdown, reason_label
 from ._contract import (
     From,
     PoolStatus,
@@ -363,6 +363,7 @@ class PoolActor(Actor):
         # first: the next worker to start replaces the first of them).
         self._retiring: deque[_Worker] = deque()
         self._recycled = 0
+        self._recycle_reasons: dict[str, int] = {}  # by reason_label
         # Replacements of recycled workers that failed to start in a row: recycling waits
         # (the worker keeps working) until `_recycle_after`, backing off like starts do.
         self._recycle_failures = 0
@@ -1016,6 +1017,8 @@ class PoolActor(Actor):
 
     def _count_recycle(self, worker: _Worker, reason: Recycle) -> None:
         self._recycled += 1
+        label = reason_label(reason)
+        self._recycle_reasons[label] = self._recycle_reasons.get(label, 0) + 1
         if _telemetry.active:
             self._emit_worker_event(_telemetry.POOL_WORKER_RECYCLED, worker, reason=reason.why)
         log_event(
@@ -1251,6 +1254,7 @@ class PoolActor(Actor):
             state=state,
             spares=len(self._spares),
             workers_recycled=self._recycled,
+            recycle_reasons=dict(self._recycle_reasons),
         )
 
 

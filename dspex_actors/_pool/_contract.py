@@ -10,6 +10,7 @@ modules next to this one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 import attrs
@@ -83,6 +84,8 @@ class PoolStatus:
         spares: started spare workers kept ready beyond `pool_size` (see `Pool.start`).
         workers_recycled: workers retired since the pool started (`Recycle`), included in
             `workers_removed`.
+        recycle_reasons: those recycles counted by reason, each by its label
+            (`reason_label`: ``{"max_tasks": 12, "max_memory": 1}``).
     """
 
     pool_size: int
@@ -99,6 +102,7 @@ class PoolStatus:
     state: Literal["ready", "overflow", "full"]
     spares: int = 0
     workers_recycled: int = 0
+    recycle_reasons: Mapping[str, int] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen

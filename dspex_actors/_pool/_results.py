@@ -37,6 +37,8 @@ from typing import Any, Final, final
 
 import attrs
 
+from .._reasons import Recycle
+
 __all__ = ["NO_POOL_STATE", "Async", "Ok", "Recycle", "Remove", "Skip", "Stop"]
 
 
@@ -132,19 +134,3 @@ class Stop:
     """
 
     reason: Any
-
-
-@attrs.frozen
-class Recycle:
-    """The reason of a `Remove` that retires a healthy worker (it served too many tasks, grew
-    too large, got too old): ``Remove(Recycle("max_tasks"), pool_state)``.
-
-    Unlike any other removal, the worker's replacement is started first: the worker is no
-    longer lent, and leaves once its replacement has joined (at once if a spare is ready).
-    No caller waits for a worker that is only being recycled, and it is not a failure.
-
-    Attributes:
-        why: what limit it reached (``"max_tasks"``, ``("max_memory", rss)``...).
-    """
-
-    why: Any

@@ -380,8 +380,9 @@ class PortWorkerState:
     served: bool = False  # checked in at least once: it did start
     tasks: int = 0  # checkins
     born: float = attrs.field(factory=time.monotonic)
-    # This worker's own recycling limits (the pool's, less a random jitter).
-    max_tasks: float | None = None
+    # This worker's own recycling limits (the pool's, less a random jitter: `_draw_limits`).
+    max_tasks: int | None = None
+    max_memory: int | None = None
     max_age: float | None = None
 
 
@@ -503,12 +504,9 @@ class PortWorker(PoolWorker):
                 raise WorkerStartError(
                     spec.name, str(exc), port.exit_status, port.stderr_tail()
                 ) from exc
-            jitter = 1.0 - spec.recycle_jitter * random.random()
+            max_tasks, max_memory, max_age = _draw_limits(spec)
             return PortWorkerState(
-                port,
-                name,
-                max_tasks=None if spec.max_tasks is None else spec.max_tasks * jitter,
-                max_age=None if spec.max_age is None else spec.max_age * jitter,
+                port, name, max_tasks=max_tasks, max_memory=max_memory, max_age=max_age
             )
 
         return Async(start, pool_state)
@@ -602,7 +600,7 @@ class PortWorker(PoolWorker):
             return Remove(Recycle("max_tasks"), pool_state)
         if _too_old(worker_state):
             return Remove(Recycle("max_age"), pool_state)
-        max_memory = pool_state.spec.max_memory
+        max_memory = worker_state.max_memory
         if max_memory is not None:
             rss = _rss(port.os_pid)
             if rss is not None and rss >= max_memory:
@@ -719,6 +717,23 @@ def _kill_leftovers(state: _PoolState) -> None:
         port.kill()
     if state.release_server is not None:
         state.release_server()
+
+
+def _draw_limits(spec: PortSpec) -> tuple[int | None, int | None, float | None]:
+    """One worker's own `max_tasks`, `max_memory` and `max_age`: the spec's, each times one
+    factor drawn between ``1 - recycle_jitter`` and 1. The task count is rounded up or down
+    at random, in proportion (9.3 is 10 three times in ten), so that small limits are spread
+    too, and on average by the factor drawn; it is at least 1."""
+    factor = 1.0 - spec.recycle_jitter * random.random()
+    max_tasks = max_memory = None
+    if spec.max_tasks is not None:
+        exact = spec.max_tasks * factor
+        whole = int(exact)
+        max_tasks = max(1, whole + (random.random() < exact - whole))
+    if spec.max_memory is not None:
+        max_memory = max(1, int(spec.max_memory * factor))
+    max_age = None if spec.max_age is None else spec.max_age * factor
+    return max_tasks, max_memory, max_age
 
 
 def _too_old(worker_state: PortWorkerState) -> bool:

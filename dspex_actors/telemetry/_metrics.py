@@ -11,7 +11,6 @@ themselves at collection time (`PoolWatch`), so they are exactly what `status()`
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Final, Literal
@@ -23,8 +22,7 @@ from .._errors import DspexActorsError, InvalidOption, NoProc, PoolTimeout
 from .._naming._names import whereis
 from .._pool._contract import PoolStatus
 from .._pool._handle import Pool
-from .._pool._results import Recycle
-from .._reasons import KILLED, NOPROC, NORMAL, SHUTDOWN, Shutdown
+from .._reasons import reason_label
 
 __all__ = ["METRICS", "Metric", "PoolSample", "PoolWatch", "reason_label", "updates"]
 
@@ -186,40 +184,6 @@ METRICS: Final[tuple[Metric, ...]] = (
 Update = tuple[Metric, tuple[str, ...], float]
 """One change to make: add to a counter, or observe a value in a histogram, with its labels
 (in the metric's label order)."""
-
-
-def reason_label(reason: Any) -> str:
-    """A short label for a reason, from a bounded set of values: a string that reads as an
-    atom (a letter, then letters, digits or ``_``, at most 40: ``"closed"``, ``"max_tasks"``)
-    as it is and any other string as ``"other"``, an exception's class name, the first
-    element of a ``("checkout_failed", code)`` pair (by the same rule), ``"normal"`` /
-    ``"shutdown"`` / ``"killed"`` / ``"noproc"`` for the exit reasons, else the type's name.
-
-    >>> reason_label(TimeoutError("late")), reason_label(("connect_failed", "target_dead"))
-    ('TimeoutError', 'connect_failed')
-    >>> reason_label("closed"), reason_label("retired after request #7")
-    ('closed', 'other')
-    """
-    if isinstance(reason, str):
-        return reason if _ATOM.fullmatch(reason) else "other"
-    if isinstance(reason, BaseException):
-        return type(reason).__name__
-    if reason is NORMAL or reason is SHUTDOWN or reason is KILLED or reason is NOPROC:
-        return repr(reason).lower()
-    if isinstance(reason, Shutdown):
-        return "shutdown"
-    if isinstance(reason, Recycle):
-        return reason_label(reason.why)
-    if isinstance(reason, tuple | list) and reason and isinstance(reason[0], str):
-        return reason_label(reason[0])
-    if reason is None:
-        return "none"
-    return type(reason).__name__
-
-
-_ATOM = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
-"""A string reason kept as a label: one that reads as an atom (free text would make a new
-series per message)."""
 
 
 def _text(value: Any) -> str:
