@@ -1104,6 +1104,20 @@ class ActorHandle:
             reason = self._default_stop_reason
         self._call(_StopRequest(reason), timeout, "stop")
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Leaving a ``with`` block stops the actor as `stop` does (with the handle's default
+        reason, waiting until it has exited), unless it has exited already."""
+        with contextlib.suppress(NoProc):
+            self.stop()
+
     # -- awaitable twins (asyncio) --
 
     async def until_exit(self, timeout: float | None = 5.0) -> Any:
@@ -1122,6 +1136,20 @@ class ActorHandle:
             await in_thread(self.stop, timeout=timeout)
         else:
             await in_thread(self.stop, reason, timeout)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Leaving an ``async with`` block stops the actor as `astop` does, unless it has
+        exited already."""
+        with contextlib.suppress(NoProc):
+            await self.astop()
 
     async def aask(self, message: Any, timeout: float | None = 5.0) -> Any:
         """Send `message` to the actor's `on_receive` and await its reply (pykka's ``ask``).

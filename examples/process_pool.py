@@ -6,7 +6,8 @@ kills a worker in the middle of a request (`WorkerCrashed`; the next call is fin
 bare `Port` talking to an external program. Then a pool that looks after its workers, in a
 supervision tree: workers recycled every few tasks, a spare ready for when one is killed, a
 module preloaded in the fork server, and the pool itself killed and restarted by its
-supervisor.
+supervisor. Last, typed remote errors: a handler that raises, and a program answering in
+DSPex's envelope with ``"success": false``, each a `RemoteError` that keeps its worker.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import signal
 import sys
 from typing import Any
 
-from dspex_actors import Port, ProcessPool, Supervisor, WorkerCrashed, kill, whereis
+from dspex_actors import (
+    Port,
+    ProcessPool,
+    RemoteError,
+    Supervisor,
+    WorkerCrashed,
+    kill,
+    whereis,
+)
 from dspex_actors.testing import wait_for
 
 ECHO_PROGRAM = """
@@ -25,6 +34,24 @@ r, w = sys.stdin.buffer, sys.stdout.buffer
 while len(h := r.read(4)) == 4:
     data = r.read(struct.unpack(">I", h)[0])
     w.write(h + data)
+    w.flush()
+"""
+
+
+# A program answering in DSPex's envelope: {"success": true, "result": ...} or, for a command
+# it does not know, {"success": false, "error": ...}.
+ENVELOPE_PROGRAM = """
+import json, os, struct, sys
+r, w = sys.stdin.buffer, sys.stdout.buffer
+while len(h := r.read(4)) == 4:
+    msg = json.loads(r.read(struct.unpack(">I", h)[0]))
+    reply = {"id": msg["id"], "pid": os.getpid()}
+    if msg["command"] == "square":
+        reply.update(success=True, result=msg["n"] ** 2)
+    else:
+        reply.update(success=False, error=f"Unknown command: {msg['command']}")
+    data = json.dumps(reply).encode()
+    w.write(struct.pack(">I", len(data)) + data)
     w.flush()
 """
 
@@ -110,6 +137,8 @@ def self_managing() -> int:
         pool_size=2,
         spares=1,  # one more worker, started and pinged, for when one dies
         max_tasks=3,  # each worker is replaced after about 3 tasks (less a 10% jitter)
+        max_memory=512 * 2**20,  # ... or once it holds 512 MiB (checked after each task)
+        max_age=3600.0,  # ... or an hour after its start
         preload=["decimal"],  # imported once, in the fork server
         id="squares",
         name="squares",
@@ -121,8 +150,8 @@ def self_managing() -> int:
         pids = {pool.call("1.5", timeout=30)["pid"] for _ in range(12)}
         status = pool.status()
         print(
-            f"12 calls served by {len(pids)} workers; recycled {status.workers_recycled},"
-            f" none failed"
+            f"12 calls served by {len(pids)} workers; recycled {status.workers_recycled}"
+            f" ({status.recycle_reasons}), none failed"
         )
 
         wait_for(lambda: pool.status().initializing == 0, timeout=30)  # recycling is done
@@ -148,6 +177,30 @@ def self_managing() -> int:
         )
     finally:
         sup.stop()
+    return remote_errors()
+
+
+def remote_errors() -> int:
+    """A worker that reports an error is fine: the call raises `RemoteError`, it stays."""
+    with ProcessPool.start(target=exact_square, pool_size=1) as pool:
+        try:
+            pool.call("not a number", timeout=30)
+        except RemoteError as exc:
+            print(f"the handler raised: {exc.kind}; the worker serves on:", end=" ")
+            print(pool.call("4", timeout=30)["squared"])
+    envelope = [sys.executable, "-c", ENVELOPE_PROGRAM]
+    with ProcessPool.start(argv=envelope, pool_size=1) as pool:
+        first = pool.call({"command": "square", "n": 9}, timeout=30)
+        try:
+            pool.call({"command": "cube", "n": 9}, timeout=30)
+        except RemoteError as exc:
+            print(f"the program answered success=false: {exc.message!r}")
+        again = pool.call({"command": "square", "n": 3}, timeout=30)
+        [stats] = pool.worker_stats()
+        print(
+            f"same worker before and after ({first['pid'] == again['pid']}),"
+            f" error_checkins={stats.error_checkins}"
+        )
     return 0
 
 
