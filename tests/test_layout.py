@@ -21,6 +21,7 @@ GROUND = [
     "_logging",
     "_clock",
     "_checks",
+    "_threads",
     "_aio",
     "_telemetry",
     "_child_spec",

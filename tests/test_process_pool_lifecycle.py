@@ -26,6 +26,7 @@ import random
 import signal
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -335,6 +336,35 @@ def test_max_age_recycles_an_idle_worker_when_it_is_pinged(
     assert recycled_reasons(records)[0] == "max_age"
     assert wait_gone(first, 10)
     assert pool.call(21, timeout=WAIT) == 42
+
+
+@pytest.mark.parametrize("end", ["stop", "kill"])
+def test_workers_recycled_one_after_another_are_closed_by_one_kept_thread(
+    process_pools: ProcessPools, end: str
+) -> None:
+    """A removed worker is closed off the pool's thread, in a thread kept from one close to
+    the next: recycling one worker after another starts no thread per close (whose start
+    would hold every caller up). The kept thread ends with the pool, stopped or killed."""
+
+    def closers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "dspex-pool-close"} - before
+
+    before: set[threading.Thread] = set()
+    before = closers()  # another pool's, if any
+    pool = process_pools.start(target=probe, pool_size=1, max_tasks=1, recycle_jitter=0)
+    seen: set[threading.Thread] = set()
+    for _ in range(5):
+        pid = pool.call("pid", timeout=WAIT)  # its one task: it is recycled
+        assert wait_gone(pid, 10), "the recycled worker was not closed"
+        seen |= closers()
+    assert len(seen) == 1, seen
+    (closer,) = seen
+    if end == "stop":
+        pool.stop()
+    else:
+        da.kill(pool.actor_ref)
+    closer.join(WAIT)
+    assert not closer.is_alive()
 
 
 @contextlib.contextmanager

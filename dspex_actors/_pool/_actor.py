@@ -22,8 +22,6 @@ Read `Pool` (in `_handle`) first. Here is what happens behind it:
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import queue
 import threading
 import time
 from collections import deque
@@ -47,6 +45,7 @@ from .._errors import (
 from .._logging import area_logger, log_event, short_repr
 from .._naming._names import register
 from .._reasons import Down, Exit, MonitorRef, Shutdown, reason_label
+from .._threads import KeptThreads
 from ._contract import (
     From,
     PoolStatus,
@@ -178,78 +177,6 @@ _WORKER_STATS: Final = _Singleton("_WorkerStats")
 
 
 _STARTER = "dspex-pool-async-init"  # the name of the threads that start workers
-_KEEP = 2  # starter threads a pool keeps waiting, at most: enough for one start after another
-_PARKED: set[int] = set()  # the idents of starter threads waiting for a start, in every pool
-
-
-def parked_starters() -> frozenset[int]:
-    """The idents of the threads that wait, in a running pool, for its next worker start. They
-    belong to their pool (they end when it exits), not to whoever started the last worker."""
-    return frozenset(_PARKED)
-
-
-_Start = Callable[[], Callable[[], None]]
-"""A worker start, as `_Starters` runs it: it returns what delivers its result."""
-
-
-class _Starters:
-    """The threads that run a pool's `Async` callbacks (its workers' starts), each start in a
-    thread of its own, as many at once as the pool asks for.
-
-    A thread that finished a start waits for the next one instead of ending (up to `_KEEP`
-    threads per pool: the others end), so a pool that replaces or recycles workers one after
-    another creates no thread per start, and handing a start over never waits for a new
-    thread to be scheduled. Each start runs in a fresh `contextvars` context, as in a new
-    thread (thread-local data persists from start to start). A thread counts as waiting
-    before its start's result is delivered, so a start handed over on that delivery finds it.
-    The waiting threads end when the pool exits (`close`); a start handed over after that
-    gets a thread of its own, which ends with it.
-    """
-
-    __slots__ = ("_closed", "_idle", "_lock", "_queue")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Start | None] = queue.SimpleQueue()
-        self._idle = 0  # threads waiting on the queue, less the starts queued for them
-        self._closed = False
-
-    def run(self, start: _Start) -> None:
-        """Run `start` in a waiting thread, or in a new one if none waits. `start` returns
-        what delivers its result, which runs in the same thread."""
-        with self._lock:
-            if self._idle:
-                self._idle -= 1
-                self._queue.put(start)
-                return
-        # In a list the thread empties: a Thread keeps its arguments for as long as it runs.
-        box = [start]
-        threading.Thread(target=self._serve, args=(box,), name=_STARTER, daemon=True).start()
-
-    def close(self) -> None:
-        """End every waiting thread; a thread still running a start ends after it."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, 0
-        for _ in range(idle):
-            self._queue.put(None)
-
-    def _serve(self, box: list[_Start]) -> None:
-        me = threading.get_ident()
-        start: _Start | None = box.pop()
-        while start is not None:
-            deliver = contextvars.Context().run(start)
-            start = None  # what it held is not kept alive while this thread waits
-            with self._lock:
-                keep = not self._closed and self._idle < _KEEP
-                if keep:
-                    self._idle += 1
-                    _PARKED.add(me)
-            deliver()
-            if not keep:
-                return
-            start = self._queue.get()
-            _PARKED.discard(me)
 
 
 class _Core:
@@ -383,7 +310,8 @@ class PoolActor(Actor):
         self._idle_timer: TimerHandle | None = None
         self._start_failures = 0  # worker starts failed in a row (for the backoff)
         self._retry_timers: list[TimerHandle] = []
-        self._starters = _Starters()
+        # Worker starts (`Async`): two threads kept waiting, enough for one start after another.
+        self._starters = KeptThreads(_STARTER, keep=2)
         self._core = _Core("")
 
     # -- start and exit --

@@ -53,6 +53,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import random
@@ -91,6 +92,7 @@ from .._pool._contract import From, PoolWorker
 from .._pool._handle import Lease, Pool, validate_options
 from .._pool._results import Async, Ok, Recycle, Remove, Skip, Stop
 from .._reasons import is_normal_exit
+from .._threads import KeptThreads
 from . import _forkserver
 from ._forkserver import ForkServerUnavailable
 from ._framing import DEFAULT_MAX_FRAME, JSON_CODEC, Codec, JsonCodec, PickleCodec
@@ -118,6 +120,7 @@ POOL_START_METHOD = "forkserver"
 has threads (the server that forks them has none), and a SIGKILLed worker's replacement answers
 within milliseconds instead of waiting for a fresh interpreter (``"spawn"``)."""
 
+_CLOSER = "dspex-pool-close"  # the name of the threads that close removed workers
 _UNDELIVERED_RETRIES = 8  # a request that never reached a process is retried this often at most
 
 
@@ -394,8 +397,10 @@ class _PoolState:
     stopped: bool = False  # terminate_pool ran: a worker still starting must close itself
     # Idle workers handed to terminate_worker at stop: terminate_pool closes them all at once.
     closing: list[Port] = attrs.field(factory=list)
-    # Threads closing removed workers gracefully (off the pool's thread): joined at stop.
-    closers: set[threading.Thread] = attrs.field(factory=set)
+    # Removed workers are closed gracefully off the pool's thread, in threads kept from one
+    # close to the next; `closes` counts those in flight (terminate_pool waits for them).
+    closers: KeptThreads = attrs.field(factory=lambda: KeptThreads(_CLOSER, keep=1))
+    closes: int = 0
     # Worker starts in flight; terminate_pool waits for them to let go of what they made.
     starting: int = 0
     settled: threading.Condition = attrs.field(init=False)
@@ -660,15 +665,9 @@ class PortWorker(PoolWorker):
             return Ok(pool_state)
         if reason not in ("closed", "overflow") and not isinstance(reason, Recycle):
             port.kill()  # its state is unknown; the close below only reaps it
-        closer = threading.Thread(
-            target=self._close_gracefully,
-            args=(port, pool_state),
-            name=f"dspex-pool-close-{port.id}",
-            daemon=True,
-        )
         with pool_state.lock:
-            pool_state.closers.add(closer)
-        closer.start()
+            pool_state.closes += 1
+        pool_state.closers.run(functools.partial(self._close_gracefully, port, pool_state))
         return Ok(pool_state)
 
     @staticmethod
@@ -678,7 +677,8 @@ class PortWorker(PoolWorker):
         finally:
             with pool_state.lock:
                 pool_state.live.discard(port)
-                pool_state.closers.discard(threading.current_thread())
+                pool_state.closes -= 1
+                pool_state.settled.notify_all()
 
     def terminate_pool(self, reason: Any, pool_state: Any) -> None:
         """Close every worker at once: idle ones gracefully, checked-out and still-booting
@@ -687,19 +687,19 @@ class PortWorker(PoolWorker):
             pool_state.stopped = True
             idle = set(pool_state.closing)
             ports = list(pool_state.live)
-            closers = list(pool_state.closers)
         for port in ports:
             if port not in idle:
                 port.kill()
         close_ports(ports, pool_state.spec.close_timeout)
-        for closer in closers:
-            closer.join(pool_state.spec.close_timeout + _CLOSE_SLACK)
         # A start in flight finds the pool stopped (or its process killed above) and undoes
-        # what it made; wait for that, so that no process outlives stop().
+        # what it made, and a removed worker's close ends; wait for both, so that no process
+        # outlives stop().
         with pool_state.settled:
             pool_state.settled.wait_for(
-                lambda: pool_state.starting == 0, pool_state.spec.close_timeout + _CLOSE_SLACK
+                lambda: pool_state.starting == 0 and pool_state.closes == 0,
+                pool_state.spec.close_timeout + _CLOSE_SLACK,
             )
+        pool_state.closers.close()
         if pool_state.release_server is not None:
             pool_state.release_server()  # a finalizer: runs once
 
@@ -715,6 +715,7 @@ def _kill_leftovers(state: _PoolState) -> None:
         ports = list(state.live)
     for port in ports:
         port.kill()
+    state.closers.close()
     if state.release_server is not None:
         state.release_server()
 

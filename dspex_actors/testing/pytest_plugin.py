@@ -82,11 +82,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _framework_threads(before: set[int]) -> list[threading.Thread]:
-    """The live dspex threads not in `before`, those waiting for a running pool's next worker
-    start left out: they belong to the pool (which may outlive a test), not to a test."""
-    from .._pool._actor import parked_starters
+    """The live dspex threads not in `before`, those waiting for a running pool's next job (a
+    worker's start or close) left out: they belong to the pool (which may outlive a test), not
+    to a test."""
+    from .._threads import parked_threads
 
-    parked = parked_starters()
+    parked = parked_threads()
     return [
         t
         for t in threading.enumerate()

@@ -1,0 +1,89 @@
+"""`KeptThreads`: run short jobs each in a thread of its own, reusing threads that are done.
+
+A pool starts its workers, and closes the processes of the ones it removed, in threads of their
+own: a start or a close may block for seconds, and the pool must not. Starting a thread costs
+its caller more than it seems: `Thread.start` waits until the new thread has run, which, in a
+busy process, is until the scheduler and the GIL let it. When the caller is the pool's thread,
+every caller of the pool waits meanwhile. So a thread that finished its job waits for the next
+one instead of ending, and handing a job to a waiting thread never waits.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import threading
+from collections.abc import Callable
+
+__all__ = ["Job", "KeptThreads", "parked_threads"]
+
+Job = Callable[[], Callable[[], None] | None]
+"""A job, as `KeptThreads.run` runs it. It may return what delivers its result: that runs in the
+same thread, once the thread counts as waiting for the next job."""
+
+_PARKED: set[int] = set()  # the idents of kept threads waiting for a job, in every owner
+
+
+def parked_threads() -> frozenset[int]:
+    """The idents of the threads waiting, in a running pool, for its next job (a worker's start
+    or close). They belong to their pool (they end when it exits), not to whoever gave them
+    their last job."""
+    return frozenset(_PARKED)
+
+
+class KeptThreads:
+    """Threads that run jobs, each job in a thread of its own, as many at once as are handed
+    over; up to `keep` of them, once done, wait for the next job instead of ending.
+
+    Each job runs in a fresh `contextvars` context, as in a new thread (thread-local data
+    persists from job to job). A thread counts as waiting before its job's result is
+    delivered, so a job handed over on that delivery finds it. The waiting threads end at
+    `close`; a job handed over after that gets a thread of its own, which ends with it.
+    """
+
+    __slots__ = ("_closed", "_idle", "_keep", "_lock", "_name", "_queue")
+
+    def __init__(self, name: str, keep: int = 2) -> None:
+        self._name = name
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._idle = 0  # threads waiting on the queue, less the jobs queued for them
+        self._closed = False
+
+    def run(self, job: Job) -> None:
+        """Run `job` in a waiting thread, or in a new one if none waits."""
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._queue.put(job)
+                return
+        # In a list the thread empties: a Thread keeps its arguments for as long as it runs.
+        box = [job]
+        threading.Thread(target=self._serve, args=(box,), name=self._name, daemon=True).start()
+
+    def close(self) -> None:
+        """End every waiting thread; a thread still running a job ends after it."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._queue.put(None)
+
+    def _serve(self, box: list[Job]) -> None:
+        me = threading.get_ident()
+        job: Job | None = box.pop()
+        while job is not None:
+            deliver = contextvars.Context().run(job)
+            job = None  # what it held is not kept alive while this thread waits
+            with self._lock:
+                keep = not self._closed and self._idle < self._keep
+                if keep:
+                    self._idle += 1
+                    _PARKED.add(me)
+            if deliver is not None:
+                deliver()
+            if not keep:
+                return
+            job = self._queue.get()
+            _PARKED.discard(me)
