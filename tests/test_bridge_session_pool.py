@@ -4,16 +4,20 @@
   injected) and the init ping each worker answers before it serves.
 - Sessions survive workers: every worker answers the same for a session (DSPex's
   ``list_programs`` flapping 0/1/0/1), a SIGKILL of every worker loses nothing, deletes, ended
-  sessions, ``cleanup_session`` and worker-wide resets reach every worker that held them.
+  sessions, ``cleanup_session`` (programs and LM) and worker-wide resets reach every worker
+  that held them; a ``shutdown`` closes its worker, and the sessions live on a new one.
 - ``configure_lm`` replayed on a worker that lacks it.
 - Affinity: ``prefer`` (another worker, the session rebuilt there), ``strict`` (wait),
-  ``strict_fail_fast`` (`WorkerBusy`); a dead worker's sessions move on.
+  ``strict_fail_fast`` (`WorkerBusy`); a dead worker's sessions lose their affinity at once.
 - Session TTL on a `FakeClock`.
-- Errors, each with its effect on the worker (kept with an error checkin, or removed).
+- Errors, each with its effect on the worker (kept with an error checkin, or removed),
+  including a worker found dead only by the write of a request, and an init ping answered
+  with another id.
 - Supervision: `child_spec`, `from_ref`, a killed pool restarted with its sessions.
+- Recycling (`max_tasks`, `recycle_jitter`) and spares, sessions intact across both.
 - Interop: the DSPex script's stand-in (``tests/programs/dspex_bridge_compat.py``) runs as a
   worker unchanged.
-- The real DSPy worker through the pool.
+- The real DSPy worker through the pool, forked from a fork server with DSPy preloaded.
 
 Most tests use the compat program (no DSPy: it starts in milliseconds, logs what it receives
 and misbehaves on request); the real worker's tests share one module-scoped pool unless they
@@ -25,18 +29,28 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import re
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 
 import dspex_actors as da
-from dspex_actors.bridge import CommandError, CommandTimeout, SessionPool
+from dspex_actors import telemetry
+from dspex_actors._ports._forkserver import FORK_SERVER
+from dspex_actors.bridge import BridgeWorker, CommandError, CommandTimeout, SessionPool
+from dspex_actors.bridge.worker import PRELOAD, handle_request
 from dspex_actors.testing import FakeClock, start_test_pool, wait_for
 
 from support.lifecycle import seen_pids, wait_all_gone
+from support.logs import EventLog
 from support.sessions import (
     COMPAT,
     SIGNATURE,
@@ -57,6 +71,7 @@ from support.threads import in_thread
 pytestmark = pytest.mark.leak_check
 
 QUESTION = {"question": "What is 2+2?"}
+MOCK_WORKER = [sys.executable, "-m", "dspex_actors.bridge.worker", "--backend", "mock"]
 
 
 # --- fixtures ----------------------------------------------------------------------------------
@@ -152,6 +167,22 @@ def listed(pool: SessionPool, session_id: str | None) -> list[str]:
 def sent(messages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """Messages as (command, args) pairs."""
     return [(m["command"], m["args"]) for m in messages]
+
+
+@pytest.fixture
+def port_exits() -> Iterator[EventLog]:
+    """Every port exit while the test runs, as ``("exited", os_pid, status)`` events."""
+    exits = EventLog()
+
+    def record(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        exits.add("exited", metadata["os_pid"], metadata["status"])
+
+    handler_id = ("test-bridge-port-exits", id(exits))
+    telemetry.attach(handler_id, [telemetry.PORT_EXITED], record)
+    try:
+        yield exits
+    finally:
+        telemetry.detach(handler_id)
 
 
 # --- 1. protocol -------------------------------------------------------------------------------
@@ -339,6 +370,69 @@ def test_a_worker_wide_reset_is_repaired_at_the_next_use_of_that_worker(
     assert held_programs(pool) == {sid: ["p"], "anonymous": ["g"]}
 
 
+def test_cleanup_session_drops_the_sessions_lm_on_every_worker_and_never_sends_it_again(
+    spools: SessionPools, log: CompatLog
+) -> None:
+    pool = spools.compat(pool_size=2, log=log)
+    sid = unique()
+    pool.execute_in_session(sid, "configure_lm", {"model": "session-model"})
+    create_program(pool, sid, "p")
+    first = affinity_of(pool, sid)
+    second = other(pool, first)
+    pids = worker_pids(pool)
+    with holding(pool, first):
+        assert execute(pool, sid, "p")["lm"] == "session-model"  # replayed on the second
+    assert pool.execute_in_session(sid, "cleanup_session")["status"] == "cleaned"  # second
+
+    create_program(pool, sid, "q")
+    mark = log.mark()
+    assert execute(pool, sid, "q")["lm"] is None  # the second got no configure_lm back
+    with holding(pool, second):
+        assert execute(pool, sid, "q")["lm"] is None  # the first dropped it first
+    run_q = {"program_id": "q", "inputs": QUESTION, "session_id": sid}
+    assert [
+        (m["pid"], m["message"]["command"], m["message"]["args"]) for m in log.entries()[mark:]
+    ] == [
+        (pids[second], "execute_program", run_q),
+        (pids[first], "cleanup_session", {"session_id": sid}),
+        (pids[first], "create_program", {"id": "q", "signature": SIGNATURE, "session_id": sid}),
+        (pids[first], "execute_program", run_q),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["compat", "mock", "dspy"])
+def test_shutdown_through_the_pool_closes_that_worker_and_the_sessions_live_on_a_new_one(
+    spools: SessionPools, port_exits: EventLog, kind: str
+) -> None:
+    # compat: DSPex's script, which only acknowledges; mock: the worker program, which exits
+    # after its reply; dspy: the default target worker, which cannot end its own process.
+    if kind == "compat":
+        pool = spools.compat(pool_size=1)
+    else:
+        pool = spools.start(pool_size=1, worker_argv=MOCK_WORKER if kind == "mock" else None)
+    sid = unique()
+    create_program(pool, sid, "p")
+    [old] = worker_pids(pool).values()
+    removed = pool.status().pool.workers_removed
+
+    result = pool.execute_in_session(sid, "shutdown")
+    assert result["status"] == "shutting_down"
+    status = pool.status()
+    assert status.pool.workers_removed == removed + 1  # at its checkin: never idle again
+    assert status.sessions[sid].worker_id is None
+    assert status.sessions[sid].programs == ("p",)  # the pool's sessions outlive the worker
+    wait_for(lambda: ("exited", old, 0) in port_exits.events(), timeout=WAIT)
+
+    for _ in range(3):  # no call meets the dead worker
+        assert listed(pool, sid) == ["p"]
+    assert execute(pool, sid, "p")["program_id"] == "p"
+    [new] = worker_pids(pool).values()
+    assert new != old
+    assert pool.status().pool.workers_removed == removed + 1
+    [stats] = pool.worker_stats()
+    assert stats.error_checkins == 0
+
+
 # --- 3. configure_lm ---------------------------------------------------------------------------
 
 
@@ -465,14 +559,29 @@ def test_a_session_whose_worker_died_is_served_by_another_worker_even_with_stric
 ) -> None:
     # checkout_timeout bounds the failure: a strict wait for the dead worker would time out.
     pool = spools.compat(pool_size=2, affinity="strict", checkout_timeout=5.0)
-    sid = unique()
+    sid, kept = unique(), unique()
     create_program(pool, sid, "p")
     worker = affinity_of(pool, sid)
+    survivor = other(pool, worker)
+    with holding(pool, worker):
+        create_program(pool, kept, "k")  # on the other worker
+    assert affinity_of(pool, kept) == survivor
     pids = worker_pids(pool)
     kill_workers(pool, {worker: pids[worker]})
+
+    # The affinity went with the worker, before any command of the session.
+    status = pool.status()
+    assert status.sessions[sid].worker_id is None
+    assert status.sessions[kept].worker_id == survivor
+    counts = (status.affinity_hits, status.affinity_misses)
     assert execute(pool, sid, "p")["program_id"] == "p"
-    assert affinity_of(pool, sid) != worker
+    status = pool.status()
+    # Nothing alive to prefer: neither a hit nor a miss.
+    assert (status.affinity_hits, status.affinity_misses) == counts
+    new_worker = affinity_of(pool, sid)
+    assert new_worker != worker
     assert listed(pool, sid) == ["p"]
+    assert (pool.status().affinity_hits, pool.status().affinity_misses) == (counts[0] + 1, 0)
 
 
 # --- 5. session TTL ----------------------------------------------------------------------------
@@ -611,6 +720,68 @@ def test_no_reply_in_time_raises_command_timeout_and_the_late_reply_reaches_nobo
     result = pool.execute_anonymous("echo", {"n": 2}, timeout=WAIT)
     assert result["received"]["args"]["n"] == 2
     assert result["pid"] != old
+
+
+def test_a_worker_dead_before_the_request_is_written_is_removed_and_another_worker_answers(
+    spools: SessionPools, log: CompatLog
+) -> None:
+    pool = spools.compat(pool_size=2, log=log)
+    sid = unique()
+    create_program(pool, sid, "p")
+    victim = affinity_of(pool, sid)
+    survivor = other(pool, victim)
+    pids = worker_pids(pool)
+    # The victim's exit is held unseen (its PORT_EXITED handler runs before anyone can see
+    # the exit): the pool still lends it, and the request's write is what finds it dead.
+    reaped = EventLog()
+    release = threading.Event()
+
+    def hold(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        if metadata["os_pid"] == pids[victim]:
+            reaped.add("reaped", metadata["status"])
+            release.wait(WAIT)
+
+    handler_id = ("test-bridge-hold-exit", id(release))
+    telemetry.attach(handler_id, [telemetry.PORT_EXITED], hold)
+    try:
+        removed = pool.status().pool.workers_removed
+        os.kill(pids[victim], signal.SIGKILL)
+        assert reaped.wait_len(1, WAIT)
+        assert reaped.events() == [("reaped", -signal.SIGKILL)]
+        mark = log.mark()
+        result = execute(pool, sid, "p")  # asks for the victim first (the session's worker)
+        assert result["program_id"] == "p"
+        status = pool.status()
+        assert status.pool.workers_removed == removed + 1  # removed by the failed send
+        assert status.sessions[sid].worker_id == survivor
+        # The survivor rebuilt the session and answered; the victim received nothing.
+        assert [(m["pid"], m["message"]["command"]) for m in log.entries()[mark:]] == [
+            (pids[survivor], "create_program"),
+            (pids[survivor], "execute_program"),
+        ]
+        assert not release.is_set()  # all of it while the pool could not know of the death
+    finally:
+        release.set()
+        telemetry.detach(handler_id)
+    wait_for(lambda: ready(pool, 2), timeout=WAIT)
+    assert pool.status().pool.workers_removed == removed + 1  # its exit, seen late, is no news
+    assert listed(pool, sid) == ["p"]
+
+
+def test_an_init_ping_reply_with_another_id_is_a_response_mismatch() -> None:
+    # A target worker's reply comes in the port's envelope, whose id the port checks; the
+    # DSPex id inside it is the handshake's to check.
+    def wrong_id(request: Any) -> dict[str, Any]:
+        return {"id": 99, "success": True, "result": {"status": "ok"}, "timestamp": 0.0}
+
+    port = da.Port.spawn(wrong_id)
+    try:
+        pool_state = SimpleNamespace(spec=SimpleNamespace(target=wrong_id, init_timeout=WAIT))
+        with pytest.raises(da.ResponseMismatch) as info:
+            BridgeWorker().handshake(port, pool_state, "worker_1")
+        assert (info.value.expected, info.value.got) == (0, 99)
+    finally:
+        port.close(timeout=WAIT)
 
 
 def test_a_checkout_that_finds_every_worker_held_raises_pool_timeout(
@@ -776,6 +947,7 @@ BAD_SPECS: dict[str, dict[str, Any]] = {
     "checkout_timeout": {"checkout_timeout": -1},
     "op_timeout": {"op_timeout": "soon"},
     "store": {"store": {}},
+    "recycle_jitter": {"recycle_jitter": 1},
     "unknown option": {"pool_sise": 2},
 }
 
@@ -793,7 +965,68 @@ def test_a_child_spec_takes_keyword_options_only() -> None:
         SessionPool.child_spec(2)
 
 
-# --- 8. interop: DSPex's own script ------------------------------------------------------------
+def test_recycle_jitter_reaches_the_workers_spec_from_options_and_child_spec() -> None:
+    spec, _ = SessionPool.options(worker_argv=COMPAT, max_tasks=5, recycle_jitter=0)
+    assert (spec.max_tasks, spec.recycle_jitter) == (5, 0)
+    assert SessionPool.options(worker_argv=COMPAT)[0].recycle_jitter == 0.1  # the default
+    child = SessionPool.child_spec(worker_argv=COMPAT, recycle_jitter=0.3)
+    assert child.kwargs["recycle_jitter"] == 0.3
+
+
+# --- 8. recycling and spares -------------------------------------------------------------------
+
+
+def test_a_worker_recycled_after_max_tasks_hands_its_sessions_over_intact(
+    spools: SessionPools, log: CompatLog
+) -> None:
+    # No jitter: the worker serves exactly max_tasks commands.
+    pool = spools.compat(pool_size=1, max_tasks=3, recycle_jitter=0, checkout_timeout=WAIT, log=log)
+    sid = unique()
+    create_program(pool, sid, "p")  # 1
+    first = pool.execute_in_session(sid, "ping")["pid"]  # 2
+    before = execute(pool, sid, "p")["outputs"]  # 3: recycled at this checkin
+    wait_for(lambda: pool.status().pool.workers_removed == 1 and ready(pool, 1), timeout=WAIT)
+    status = pool.status()
+    assert (status.pool.workers_recycled, dict(status.pool.recycle_reasons)) == (
+        1,
+        {"max_tasks": 1},
+    )
+    assert status.sessions[sid].worker_id is None  # its worker left
+
+    mark = log.mark()
+    assert execute(pool, sid, "p")["outputs"] == before
+    second = pool.execute_in_session(sid, "ping")["pid"]
+    assert second != first
+    assert [m["command"] for m in log.since(mark, second)] == [
+        "create_program",  # the session rebuilt on the new worker first
+        "execute_program",
+        "ping",
+    ]
+    assert listed(pool, sid) == ["p"]  # its third: recycled in turn
+    assert pool.status().affinity_misses == 0
+
+
+def test_a_spare_takes_the_place_of_a_sigkilled_worker_and_serves_its_sessions(
+    spools: SessionPools, log: CompatLog
+) -> None:
+    pool = spools.compat(pool_size=1, spares=1, log=log)
+    wait_for(lambda: pool.status().pool.spares == 1, timeout=WAIT)
+    sid = unique()
+    create_program(pool, sid, "p")
+    [regular] = worker_pids(pool).values()
+    started = {e["pid"] for e in log.entries() if e["message"]["command"] == "ping"}
+    [spare] = started - {regular}
+    assert log.commands(spare) == ["ping"]  # its init ping: a spare is never lent
+
+    os.kill(regular, signal.SIGKILL)
+    wait_for(lambda: pool.status().pool.workers_removed == 1, timeout=WAIT)
+    assert execute(pool, sid, "p")["program_id"] == "p"  # by the spare, at once
+    assert log.commands(spare) == ["ping", "create_program", "execute_program"]
+    assert listed(pool, sid) == ["p"]
+    wait_for(lambda: pool.status().pool.spares == 1, timeout=WAIT)  # a new spare behind it
+
+
+# --- 9. interop: DSPex's own script ------------------------------------------------------------
 
 
 def test_dspex_bridge_script_serves_dspexs_command_set_through_the_pool_unchanged(
@@ -824,7 +1057,7 @@ def test_dspex_bridge_script_serves_dspexs_command_set_through_the_pool_unchange
             assert listed(pool, sid) == []
 
 
-# --- 9. the real DSPy worker -------------------------------------------------------------------
+# --- 10. the real DSPy worker ------------------------------------------------------------------
 
 
 def test_a_chain_of_thought_program_runs_in_a_session_and_returns_only_its_declared_outputs(
@@ -865,6 +1098,40 @@ def test_real_workers_are_named_by_their_init_ping(real: SessionPool) -> None:
         assert re.fullmatch(r"worker_\d+_\d+", result["worker_id"]), result
         names.add(result["worker_id"])
     assert len(names) == 2
+
+
+def test_cleanup_session_on_a_real_worker_leaves_nothing_of_the_session_there(
+    real: SessionPool,
+) -> None:
+    sid = unique()
+    real.execute_in_session(sid, "configure_lm", {"model": "openai/gpt-4o-mini"})  # built only
+    create_program(real, sid, "p")
+    assert real.execute_in_session(sid, "cleanup_session")["status"] == "cleaned"
+    assert listed(real, sid) == []  # the session's next command: nothing is sent again
+    worker = affinity_of(real, sid)
+    # Asked past the store, the worker holds neither the programs nor the LM.
+    reply = direct(real, "cleanup_session", {"session_id": sid}, worker=worker)
+    assert reply["result"] == {"status": "not_found", "session_id": sid}
+
+
+def test_a_default_pool_forks_its_workers_from_a_fork_server_with_dspy_preloaded(
+    spools: SessionPools,
+) -> None:
+    spec, _ = SessionPool.options()
+    assert spec.target is handle_request
+    assert spec.argv is None
+    assert spec.method == "forkserver"
+    assert tuple(spec.preload) == PRELOAD == ("dspy", "dspex_actors.bridge._commands")
+
+    pool = spools.start(pool_size=1)
+    [replacement] = kill_workers(pool).values()
+    # The replacement is a child of the fork server, which has DSPy imported: it started
+    # with DSPy in sys.modules, before it answered anything.
+    server = FORK_SERVER._server
+    assert server is not None
+    assert psutil.Process(replacement).ppid() == server.pid
+    assert set(PRELOAD) <= server.preloaded
+    assert pool.execute_anonymous("ping")["dspy_available"] is True
 
 
 def test_an_unknown_command_on_a_real_worker_is_an_error_checkin(real: SessionPool) -> None:

@@ -26,7 +26,10 @@ import pytest
 
 from dspex_actors import Port, ProcessPool
 from dspex_actors._ports._framing import DEFAULT_MAX_FRAME
+from dspex_actors.bridge import MockScript
+from dspex_actors.bridge._bridge import BridgeCommands
 from dspex_actors.bridge._commands import DSPyBridge
+from dspex_actors.bridge._mock import MockBridge
 from dspex_actors.bridge._offline_lm import offline_lm
 from dspex_actors.bridge.worker import PRELOAD, _serve, handle_request
 
@@ -42,6 +45,7 @@ from support.bridge import (
     open_worker,
     read_frames,
 )
+from support.threads import in_thread
 
 QA = definition(["question"], ["answer"])
 TYPED = definition(
@@ -579,10 +583,11 @@ def test_cleanup_cleanup_session_and_reset_state(bridge: DSPyBridge) -> None:
     assert (stats["programs_count"], stats["command_count"], stats["error_count"]) == (0, 1, 0)
 
 
-def test_shutdown_clears_every_session_and_only_acknowledges(bridge: DSPyBridge) -> None:
+def test_shutdown_clears_every_session_and_tells_the_worker_to_exit(bridge: DSPyBridge) -> None:
     create(bridge, "a", QA, session_id="s1")
     create(bridge, "b", QA, session_id="s2")
     run(bridge, "configure_lm", model="offline", session_id="s1")
+    assert bridge.shutting_down is False
     assert run(bridge, "shutdown", worker_id="w1") == {
         "status": "shutting_down",
         "worker_id": "w1",
@@ -590,7 +595,7 @@ def test_shutdown_clears_every_session_and_only_acknowledges(bridge: DSPyBridge)
         "sessions_cleaned": 2,
     }
     assert (bridge.session_programs, bridge.session_lms) == ({}, {})
-    assert run(bridge, "ping")["status"] == "ok"  # still serving: the exit comes with EOF
+    assert bridge.shutting_down is True  # the frame loop exits once the reply is written
 
 
 def test_standalone_mode_keeps_one_table_and_no_sessions() -> None:
@@ -616,7 +621,7 @@ def test_standalone_mode_keeps_one_table_and_no_sessions() -> None:
 
 
 def _serve_bytes(
-    bridge: DSPyBridge, data: bytes, max_frame: int = DEFAULT_MAX_FRAME
+    bridge: BridgeCommands, data: bytes, max_frame: int = DEFAULT_MAX_FRAME
 ) -> tuple[int, list[Any]]:
     """Run the worker's frame loop on `data` (then EOF); its status and the replies."""
     in_r, in_w = os.pipe()
@@ -646,6 +651,41 @@ def test_the_frame_loop_skips_what_it_cannot_answer_and_ends_at_eof(
     log = capsys.readouterr().err
     assert "ignoring an undecodable frame" in log
     assert "stdin closed mid-frame" in log
+
+
+def test_the_frame_loop_exits_0_after_writing_the_reply_to_shutdown_without_waiting_for_eof(
+    bridge: DSPyBridge, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+        # stdin stays open: only the shutdown can end the loop. The ping behind it, in the
+        # same read, is never answered.
+        ping, shutdown = {"id": 1, "command": "ping"}, {"id": 2, "command": "shutdown"}
+        os.write(in_w, frames(ping, shutdown, {"id": 3, "command": "ping"}))
+        served = in_thread(lambda: _serve(bridge, in_r, out_w, DEFAULT_MAX_FRAME))
+        assert served.result(timeout=TIMEOUT) == 0
+        os.close(out_w)
+        out_w = -1
+        replies = read_frames(out_r)
+    finally:
+        for fd in (in_w, in_r, out_r, out_w):  # stdin's write end first: a loop still
+            if fd >= 0:  # reading sees EOF and ends
+                os.close(fd)
+    assert [(r["id"], r["success"]) for r in replies] == [(1, True), (2, True)]
+    assert replies[1]["result"]["status"] == "shutting_down"
+    assert "shutdown: exiting" in capsys.readouterr().err
+
+
+def test_a_failed_shutdown_leaves_the_frame_loop_serving(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bridge = MockBridge(script=MockScript(fail=frozenset({"shutdown"})))
+    data = frames({"id": 1, "command": "shutdown"}, {"id": 2, "command": "ping"})
+    status, replies = _serve_bytes(bridge, data)
+    assert status == 0
+    assert [(r["id"], r["success"]) for r in replies] == [(1, False), (2, True)]
+    assert "shutdown: exiting" not in capsys.readouterr().err  # it ended at EOF
 
 
 def test_the_frame_loop_exits_1_once_a_length_prefix_breaks_the_stream(
@@ -793,7 +833,7 @@ def test_the_offline_lm_answers_the_same_in_another_process(
         assert there == here
 
 
-def test_every_command_round_trips_then_eof_ends_the_worker_having_written_no_file(
+def test_every_command_round_trips_then_shutdown_ends_the_worker_having_written_no_file(
     tmp_path: Path,
 ) -> None:
     before = files_under(tmp_path)
@@ -835,14 +875,25 @@ def test_every_command_round_trips_then_eof_ends_the_worker_having_written_no_fi
             reply = call(port, command, **args)
             assert reply["success"] is True, (command, reply)
             assert reply["result"].get("status") == status, (command, reply)
-        assert call(port, "ping")["success"] is True  # shutdown only acknowledges
+        # The shutdown was answered, then the worker exited on its own: stdin is still open.
+        assert port.wait_exit(TIMEOUT) == 0
     finally:
-        port.close(timeout=TIMEOUT)  # EOF first; a signal only after TIMEOUT
-    assert port.exit_status == 0
+        port.close(timeout=TIMEOUT)  # EOF first (if it still ran); a signal only after TIMEOUT
     log = port.stderr_tail()
-    assert any("end of input: exiting" in line for line in log)
+    assert any("shutdown: exiting" in line for line in log)
+    assert not any("end of input" in line for line in log)
     assert [line for line in log if line.startswith("AUDIT")] == ["AUDIT writes=[]"]
     assert files_under(tmp_path) == before
+
+
+def test_eof_ends_the_worker_with_status_0(tmp_path: Path) -> None:
+    port, init = open_worker(tmp_path)
+    try:
+        assert init["success"] is True
+    finally:
+        port.close(timeout=TIMEOUT)
+    assert port.exit_status == 0
+    assert any("end of input: exiting" in line for line in port.stderr_tail())
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

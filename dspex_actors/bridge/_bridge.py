@@ -33,7 +33,8 @@ Commands (``args`` keys → the result's keys), with DSPex's names and shapes:
 - ``cleanup_session`` (``session_id``) → ``status`` (``"cleaned"``, ``"not_found"``, or
   ``"not_applicable"`` in standalone mode), ``session_id``, ``programs_removed``.
 - ``shutdown`` → ``status`` (``"shutting_down"``), ``worker_id``, ``mode``,
-  ``sessions_cleaned``.
+  ``sessions_cleaned``; every program, session and LM is dropped, and `shutting_down` is
+  set: the worker program exits (status 0) once the reply is written.
 
 In ``"pool-worker"`` mode programs live per session (``session_id`` is required to create,
 run or delete one); in ``"standalone"`` mode in one flat table. A program is built from the
@@ -61,6 +62,8 @@ Where this differs from the DSPex script, on purpose:
 - With no LM configured, programs run on the offline LM (the script configured Gemini from
   ``GEMINI_API_KEY``, else failed with "No LM is loaded.").
 - ``cleanup_session`` also drops the session's LM.
+- ``shutdown`` ends the worker program after its reply (the script only acknowledged, and
+  exited at EOF).
 - The Gemini SDK commands (``create_gemini_program``, ``execute_gemini_program``) are
   unknown commands: ``configure_lm`` with a ``gemini/...`` model covers them.
 - Expected failures (a missing program, a bad argument) are logged to stderr in one line;
@@ -221,6 +224,7 @@ class BridgeCommands:
         self.session_programs: dict[str, dict[str, Program]] = {}  # pool-worker mode
         self.programs: dict[str, Program] = {}  # standalone mode
         self._offline: Any = None  # the LM used when none is configured, made on first use
+        self.shutting_down = False  # a shutdown succeeded: the worker exits after its reply
         self._lock = threading.Lock()
 
     # -- the two entry points --
@@ -240,7 +244,7 @@ class BridgeCommands:
         command = message["command"]
         args = message.get("args")
         try:
-            result = self.handle(command, {} if args is None else args)
+            result = self.handle_message(message, command, {} if args is None else args)
         except Exception as exc:
             if isinstance(exc, BridgeError):
                 _note(f"{command} (id {request_id!r}) failed: {exc}")
@@ -249,6 +253,13 @@ class BridgeCommands:
             error = str(exc) or type(exc).__name__
             return {"id": request_id, "success": False, "error": error, "timestamp": time.time()}
         return {"id": request_id, "success": True, "result": result, "timestamp": time.time()}
+
+    def handle_message(
+        self, message: dict[str, Any], command: str, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        """How `respond` runs one request (`message`, its `command` and `args`): `handle`.
+        A subclass may look at the rest of the message first (`MockBridge` does)."""
+        return self.handle(command, args)
 
     def handle(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         """Run `command` with `args`; return its result. Counts it (``command_count``), and
@@ -475,9 +486,10 @@ class BridgeCommands:
         }
 
     def shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
-        # Acknowledge only: the process exits when its stdin closes (DSPex's pool sends
-        # shutdown, then closes the port).
+        # Everything goes, and `shutting_down` tells the worker's frame loop to exit once
+        # this reply is written (the DSPex script only acknowledged, and waited for EOF).
         sessions = len(self.session_programs) if self.mode == "pool-worker" else 0
+        self.shutting_down = True
         self._clear_programs()
         self.session_programs.clear()
         self.session_lms.clear()

@@ -10,6 +10,13 @@ the bridge can be told to be slow, to fail or to crash:
 - a ``"_mock"`` argument in one request: ``{"delay": seconds, "error": "text", "crash":
   true}`` for that request alone.
 
+Both apply to every command but a worker's init ping (id 0, ``"initialization": true`` in its
+args), which is served as it is and not counted (nor does it draw from the error rate's random
+numbers): without it no worker could start. The steps a pool sends to rebuild a session on a
+worker (a program created again...) are commands like the caller's, on the wire as in the
+script: a scripted failure may hit one (the caller's command then fails with it), and
+``crash_after`` counts them.
+
 In a worker process (``python -m dspex_actors.bridge.worker --backend mock ...``, layer 2) a
 crash is the process exiting at once (status 70, like a segfault for the pool); in this
 process (`MockAdapter`, layer 1) it raises `MockCrash` instead.
@@ -37,6 +44,7 @@ from typing import Any
 import attrs
 
 from ._bridge import BridgeCommands, BridgeError, Program, Signature, parse_fields
+from ._protocol import INIT_PING_ID
 
 __all__ = ["MockBridge", "MockCrash", "MockScript", "mock_outputs"]
 
@@ -62,7 +70,8 @@ class MockScript:
         fail: commands that always answer with an error (``"scripted failure of <cmd>"``).
         error_rate: the chance (0 to 1) that any command fails, drawn from `seed`.
         seed: the random seed of `error_rate`.
-        crash_after: crash at this command (counting from 1), None: never.
+        crash_after: crash at this command (counting from 1; a pool's init ping does not
+            count), None: never.
     """
 
     delay: float = 0.0
@@ -96,7 +105,20 @@ class MockBridge(BridgeCommands):
         self._random = random.Random(self.script.seed)
         self._handled = 0
 
+    def handle_message(
+        self, message: dict[str, Any], command: str, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        if _is_init_ping(message, command, args):
+            return BridgeCommands.handle(self, command, args)
+        return self.handle(command, args)
+
     def handle(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run `command` as scripted (see the module docs), then as `BridgeCommands` does.
+
+        Raises:
+            MockCrash: a scripted crash (unless `crash_exits`: the process exits).
+            BridgeError: a scripted failure, or as `BridgeCommands.handle`.
+        """
         self._handled += 1
         script = self.script
         control = args.pop("_mock", None) if isinstance(args, dict) else None
@@ -147,6 +169,16 @@ class MockBridge(BridgeCommands):
 
     def run(self, program: Program, values: dict[str, Any], lm: Any) -> Mapping[str, Any]:
         return mock_outputs([s for _, s in program.signature.outputs], values)
+
+
+def _is_init_ping(message: dict[str, Any], command: Any, args: Any) -> bool:
+    """Whether a request is the ping a pool sends a new worker before it joins."""
+    return (
+        command == "ping"
+        and message.get("id") == INIT_PING_ID
+        and isinstance(args, dict)
+        and bool(args.get("initialization"))
+    )
 
 
 def mock_outputs(outputs: list[str], inputs: Mapping[str, Any]) -> dict[str, str]:

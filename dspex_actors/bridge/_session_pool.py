@@ -18,6 +18,13 @@ plain process pool has no reason to know:
   a worker that died or could not be written to (`WorkerCrashed`) remove it; a checkout that
   finds no worker in time is a `PoolTimeout`, a pool that is not running `NoProc`; a request
   that cannot be encoded is refused (`ProtocolError`) before any worker is used.
+- **Worker-wide commands.** The store, not a worker, holds the sessions, and it outlives
+  every worker. ``cleanup`` and ``reset_state`` empty the one worker that runs them (its
+  memory, its counters) and end no session: each session's programs are created on that
+  worker again at its next command there. ``shutdown`` ends the worker that runs it: it is
+  closed and replaced at once (a worker program exits after its reply anyway), and its
+  sessions are rebuilt wherever they are served next. To drop a session's state, use
+  ``cleanup_session`` (programs and LM), ``delete_program`` or `end_session`.
 
 Worker I/O runs in the caller's thread; the pool actor only hands workers out, as in DSPex.
 Workers are, by default, Python targets (`worker.handle_request`) forked by a fork server that
@@ -39,7 +46,7 @@ import pykka
 from .. import _telemetry
 from .._checks import check_clock, check_options, is_number
 from .._clock import Clock
-from .._errors import CallTimeout, InvalidOption, PortClosed, WorkerCrashed
+from .._errors import CallTimeout, InvalidOption, PortClosed, ResponseMismatch, WorkerCrashed
 from .._pool._contract import From, PoolStatus
 from .._pool._handle import AFFINITIES, Pool
 from .._pool._results import Ok, Stop
@@ -134,7 +141,9 @@ class BridgeWorker(PortWorker):
         ping = request("ping", {"initialization": True, "worker_id": name}, INIT_PING_ID)
         reply = port.request(ping, timeout=spec.init_timeout)
         if isinstance(reply, Mapping) and reply.get("id") != INIT_PING_ID:
-            raise InvalidOption("init ping reply id", reply.get("id"), str(INIT_PING_ID))
+            # A target's reply comes in the port's own envelope, whose id the port checked:
+            # the DSPex id inside is checked here (a program's, the port checked already).
+            raise ResponseMismatch(str(port), INIT_PING_ID, reply.get("id"))
         result_of(reply, "ping", str(port))
 
     def init_pool(self, init_arg: Any) -> Ok | Stop:
@@ -292,6 +301,7 @@ class SessionPool(SessionCommands, ProcessPool):
         max_tasks: int | None = None,
         max_memory: int | None = None,
         max_age: float | None = None,
+        recycle_jitter: float = 0.1,
         preload: Sequence[str] | None = None,
         start_backoff: float = 0.05,
         max_start_backoff: float = 5.0,
@@ -328,6 +338,9 @@ class SessionPool(SessionCommands, ProcessPool):
             max_tasks: recycle a worker after this many commands.
             max_memory: recycle a worker whose RSS reached this many bytes.
             max_age: recycle a worker this many seconds after its start.
+            recycle_jitter: each worker's `max_tasks`, `max_memory` and `max_age` are drawn
+                between ``(1 - recycle_jitter)`` times the limit and the limit, so that
+                workers started together are not recycled together (0: exactly the limit).
             preload: modules the fork server imports for target workers (default: DSPy and
                 the worker's command module).
             start_backoff: see `Pool.start`.
@@ -363,6 +376,7 @@ class SessionPool(SessionCommands, ProcessPool):
             max_tasks=max_tasks,
             max_memory=max_memory,
             max_age=max_age,
+            recycle_jitter=recycle_jitter,
             preload=preload,
             start_backoff=start_backoff,
             max_start_backoff=max_start_backoff,
@@ -397,6 +411,7 @@ class SessionPool(SessionCommands, ProcessPool):
         max_tasks: int | None = None,
         max_memory: int | None = None,
         max_age: float | None = None,
+        recycle_jitter: float = 0.1,
         preload: Sequence[str] | None = None,
         start_backoff: float = 0.05,
         max_start_backoff: float = 5.0,
@@ -433,6 +448,7 @@ class SessionPool(SessionCommands, ProcessPool):
             max_tasks=max_tasks,
             max_memory=max_memory,
             max_age=max_age,
+            recycle_jitter=recycle_jitter,
             preload=preload,
             start_backoff=start_backoff,
             max_start_backoff=max_start_backoff,
@@ -516,9 +532,8 @@ class SessionPool(SessionCommands, ProcessPool):
         def use(from_: From, port: Port) -> tuple[Any, Any]:
             worker = run.lent(port)
             for step, step_args in run.steps(port):  # usually none: the session is in sync
-                reply = _round_trip(
-                    port, request(step, step_args), run.deadline, step, run.op_timeout
-                )
+                message = request(step, step_args)
+                reply = _round_trip(port, message, run.deadline, step, run.op_timeout)
                 refused = run.rebuilt(port, worker, step, step_args, reply)
                 if refused is not None:
                     return refused
@@ -667,6 +682,10 @@ class _Command:
             )
         if not ok:
             return result, ("error", result.error)  # the worker is fine: an error checkin
+        if self.command == "shutdown":
+            # The worker has shut down (a worker program exits after this reply): it is
+            # closed and replaced, never lent again.
+            return result, "close"
         return result, "ok"
 
     @staticmethod

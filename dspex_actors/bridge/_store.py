@@ -6,11 +6,17 @@ good. Here the pool records, per session, the commands that built its state (`co
 `create_program`, minus `delete_program`), and per worker process what it has been given. Before
 a session's command runs on a worker, `plan` lists the commands that bring that worker up to
 date (create what it lacks, delete what the session no longer has, clean up sessions that
-ended); the caller sends them first. A replacement worker after a crash, or another worker under
-``affinity="prefer"``, is rebuilt this way: killing every worker loses no session's programs.
+ended or that ``cleanup_session`` emptied on another worker); the caller sends them first. A
+replacement worker after a crash, or another worker under ``affinity="prefer"``, is rebuilt
+this way: killing every worker loses no session's programs.
 
 Sessions idle longer than the TTL (on the pool's clock) expire; anonymous calls share the
 ``"anonymous"`` session, which never expires (DSPex's global program store).
+
+The store outlives the workers: a worker-wide ``cleanup``, ``reset_state`` or ``shutdown``
+empties that worker, not the sessions, whose programs are created on it again at their next
+use there. A worker that leaves (`forget_worker`) takes what it held with it, and the sessions
+it served last prefer no worker until their next command.
 """
 
 from __future__ import annotations
@@ -66,7 +72,8 @@ class _Session:
     programs: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     lm: dict[str, Any] | None = None  # the last configure_lm args
     lm_version: int = 0
-    worker_id: int | None = None
+    worker_id: int | None = None  # the pool's id of the worker that served it last
+    worker: int | None = None  # and that worker's key (its port's id), while it lives
 
 
 @attrs.define
@@ -134,7 +141,7 @@ class SessionStore:
         if session is None:
             return steps
         steps += self._lm_step(session_id, worker)
-        held = self._held.get(worker, {}).get(session_id)
+        held = self._holding(worker, session_id)
         have = held.programs if held is not None else set()
         for program_id in sorted(have - session.programs.keys()):
             steps.append(("delete_program", {"program_id": program_id, "session_id": session_id}))
@@ -147,10 +154,17 @@ class SessionStore:
         session = self._sessions.get(session_id)
         if session is None or session.lm is None:
             return []
-        held = self._held.get(worker, {}).get(session_id)
+        held = self._holding(worker, session_id)
         if held is not None and held.lm_version == session.lm_version:
             return []
         return [("configure_lm", session.lm)]
+
+    def _holding(self, worker: int, session_id: str) -> _Held | None:
+        """What `worker` holds of `session_id`: None if nothing, or if the session is due
+        for a cleanup there (the plan's first steps), which drops whatever it holds."""
+        if session_id in self._stale.get(worker, ()):
+            return None
+        return self._held.get(worker, {}).get(session_id)
 
     # -- what a command did --
 
@@ -172,6 +186,10 @@ class SessionStore:
         """A command ran in `session_id` on `worker` (pool worker `worker_id`): count it, move
         the session's affinity to that worker, and, if it succeeded, keep what it changed.
 
+        A successful ``cleanup_session`` empties the session: its programs and its LM (the
+        worker drops both) are not sent to any worker again, and every other worker holding
+        the session cleans it up at its next use.
+
         Returns how the affinity went, as counted in `hits` / `misses`: True (the session's
         last worker served it), False (another one did) or None (counted as neither: the
         session's first command, or the anonymous session)."""
@@ -191,6 +209,7 @@ class SessionStore:
             session.operations += 1
             if session_id != ANONYMOUS:
                 session.worker_id = worker_id
+                session.worker = worker
             if not ok or command not in _CHANGES:
                 return hit
             self._synced.clear()
@@ -206,6 +225,11 @@ class SessionStore:
                 gone = self._sessions.get(target)
                 if gone is not None:
                     gone.programs.clear()
+                    if target != ANONYMOUS:  # the anonymous LM is the worker's own: it stays
+                        gone.lm = None
+                for other, held_by in self._held.items():
+                    if other != worker and target in held_by:
+                        self._stale.setdefault(other, set()).add(target)
             self._worker_did(worker, command, args, session)
             return hit
 
@@ -276,14 +300,19 @@ class SessionStore:
             self._held.clear()
             self._stale.clear()
             for session in self._sessions.values():
-                session.worker_id = None
+                session.worker_id = session.worker = None
 
     def forget_worker(self, worker: int) -> None:
-        """Worker `worker` is gone: what it held went with it."""
+        """Worker `worker` is gone: what it held went with it, and the sessions it served
+        last prefer no worker now (their next command counts as neither an affinity hit
+        nor a miss: there was nothing alive to prefer)."""
         with self._lock:
             self._synced.clear()
             self._held.pop(worker, None)
             self._stale.pop(worker, None)
+            for session in self._sessions.values():
+                if session.worker == worker:
+                    session.worker_id = session.worker = None
 
     # -- inspection --
 

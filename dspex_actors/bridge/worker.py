@@ -10,9 +10,10 @@ JSON frames on stdin and answers each on stdout in DSPex's envelope (``{"id", "s
 `dspex_actors.bridge._commands`). stdout carries frames only: whatever anything prints or logs
 goes to stderr. How it ends:
 
-- EOF on stdin (the port closed; also a frame cut off by the EOF): exit status 0. The
-  ``shutdown`` command only acknowledges and clears state, as in DSPex: the pool closes the
-  port next.
+- EOF on stdin (the port closed; also a frame cut off by the EOF): exit status 0.
+- A ``shutdown`` that succeeded: its reply is written, then the worker exits with status 0
+  (requests that came in the same read, behind it, get no reply). DSPex's script only
+  acknowledged it and waited for EOF.
 - SIGTERM or SIGINT: exit status 0, at once.
 - stdout closed under it (``BrokenPipeError``): exit status 0; nobody is listening.
 - A frame that is not JSON, or a message without an ``id`` or a ``command``: no reply, a line
@@ -119,6 +120,10 @@ def handle_request(request: dict[str, Any]) -> dict[str, Any] | None:
     call, in ``"pool-worker"`` mode; DSPex's init ping (``{"id": 0, "command": "ping",
     "args": {"initialization": true, "worker_id": ...}}``) gives it its worker id. Command
     failures are error envelopes, never exceptions.
+
+    ``shutdown`` clears the bridge and is answered, but the process is its pool's, and a
+    target cannot end it after its own reply: the pool that sent it closes that worker (a
+    `SessionPool` does, at once: the worker exits on EOF, with status 0).
     """
     global _bridge
     if _bridge is None:
@@ -159,6 +164,9 @@ def _serve(bridge: BridgeCommands, in_fd: int, out_fd: int, max_frame: int) -> i
                 continue
             reply = bridge.respond(message)
             if reply is not None and not _write(out_fd, _encode(reply, max_frame)):
+                return 0
+            if bridge.shutting_down:
+                _note("shutdown: exiting")
                 return 0
 
 
