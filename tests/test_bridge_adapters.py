@@ -255,6 +255,23 @@ def test_the_single_bridges_worker_dying_fails_requests_in_flight_and_ends_the_b
 
 
 @pytest.mark.leak_check
+@pytest.mark.parametrize("argv", [MOCK_WORKER, None], ids=["program", "target"])
+def test_a_shutdown_answered_ends_the_single_bridge_normally_with_its_worker(
+    stoppers: list[Any], argv: list[str] | None
+) -> None:
+    """A worker program exits after answering shutdown, a target worker is closed by the
+    bridge: either way the bridge ends normally (no crash for a supervisor), and its worker
+    process with it (the leak check)."""
+    bridge = Bridge.start(worker_argv=argv, name=None)
+    stoppers.append(bridge)
+    bridge.execute_in_session("s", "create_program", {"id": "p", "signature": SIGNATURE})
+    assert bridge.execute_anonymous("shutdown")["status"] == "shutting_down"
+    assert bridge.wait(WAIT) is da.NORMAL
+    with pytest.raises(da.NoProc):
+        bridge.execute_anonymous("ping")
+
+
+@pytest.mark.leak_check
 def test_a_supervised_single_bridge_is_restarted_and_rebuilds_its_sessions(
     stoppers: list[Any],
 ) -> None:

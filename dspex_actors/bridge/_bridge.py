@@ -33,8 +33,9 @@ Commands (``args`` keys → the result's keys), with DSPex's names and shapes:
 - ``cleanup_session`` (``session_id``) → ``status`` (``"cleaned"``, ``"not_found"``, or
   ``"not_applicable"`` in standalone mode), ``session_id``, ``programs_removed``.
 - ``shutdown`` → ``status`` (``"shutting_down"``), ``worker_id``, ``mode``,
-  ``sessions_cleaned``; every program, session and LM is dropped, and `shutting_down` is
-  set: the worker program exits (status 0) once the reply is written.
+  ``sessions_cleaned``; every program, session and session LM is dropped (the worker-wide LM
+  stays), and `shutting_down` is set: the worker program exits (status 0) once the reply is
+  written.
 
 In ``"pool-worker"`` mode programs live per session (``session_id`` is required to create,
 run or delete one); in ``"standalone"`` mode in one flat table. A program is built from the
@@ -489,12 +490,12 @@ class BridgeCommands:
         # Everything goes, and `shutting_down` tells the worker's frame loop to exit once
         # this reply is written (the DSPex script only acknowledged, and waited for EOF).
         sessions = len(self.session_programs) if self.mode == "pool-worker" else 0
-        self.shutting_down = True
         self._clear_programs()
         self.session_programs.clear()
         self.session_lms.clear()
         self.current_session = None
         gc.collect()
+        self.shutting_down = True
         return {
             "status": "shutting_down",
             "worker_id": self.worker_id,

@@ -8,7 +8,10 @@ that gives up (`CommandTimeout`) leaves its id behind: the late reply is dropped
 (``correlation_errors``), and can never reach another caller.
 
 The worker's exit makes the bridge's actor exit (`PortExited`, a crash to a supervisor); every
-request in flight fails with `WorkerCrashed`. Under a supervisor (`Bridge.child_spec`), the
+request in flight fails with `WorkerCrashed`. A ``shutdown`` the worker answered with success
+ends the bridge normally instead (`NORMAL`): the worker is closed (a worker program exits
+after its reply anyway), and the requests written behind the shutdown fail with
+`WorkerCrashed`. Under a supervisor (`Bridge.child_spec`), the
 restart starts a new worker, and the session store, made once with the spec, rebuilds each
 session's programs on it when the session is next used.
 """
@@ -34,6 +37,7 @@ from .._logging import area_logger, log_event, short_repr
 from .._ports import _forkserver
 from .._ports._framing import encode_frame
 from .._ports._port import Port, PortExited, Prepared
+from .._reasons import NORMAL
 from ._protocol import INIT_PING_ID, CommandError, CommandTimeout, request, result_of
 from ._session_pool import DEFAULT_SESSION_TTL, SessionCommands, SessionPool, SessionSpec
 from ._store import ANONYMOUS, SessionStats, SessionStore
@@ -71,12 +75,13 @@ class BridgeStatus:
 
 
 class _Slot:
-    __slots__ = ("done", "error", "reply")
+    __slots__ = ("done", "error", "reply", "shutdown")
 
-    def __init__(self) -> None:
+    def __init__(self, shutdown: bool = False) -> None:
         self.done = threading.Event()
         self.reply: Any = None
         self.error: BaseException | None = None
+        self.shutdown = shutdown  # the request is a `shutdown` command
 
 
 @attrs.frozen
@@ -84,17 +89,31 @@ class _WorkerExited(InternalMessage):
     exit: PortExited
 
 
+@attrs.frozen
+class _WorkerShutDown(InternalMessage):
+    """The worker answered a ``shutdown`` with success: the bridge ends, normally."""
+
+
 class _BridgeCore:
     """What the bridge's handles share with its actor: the worker's port, the requests in
     flight, the store and the counters. Callers write and wait in their own threads."""
 
     def __init__(
-        self, spec: SessionSpec, port: Port, name: str, on_exit: Callable[[PortExited], None]
+        self,
+        spec: SessionSpec,
+        port: Port,
+        name: str,
+        on_exit: Callable[[PortExited], None],
+        on_shutdown: Callable[[], None],
     ) -> None:
         self.spec = spec
         self.port = port
         self.name = name
         self.on_exit = on_exit
+        self.on_shutdown = on_shutdown
+        # The worker answered a shutdown with success (set by the reader, before it reads
+        # on: the worker's exit that follows is the end asked for, not a crash).
+        self.shut_down = False
         self.lock = threading.Lock()
         self.sync_lock = threading.Lock()  # one session rebuild at a time
         self.pending: dict[int, _Slot] = {}
@@ -111,7 +130,7 @@ class _BridgeCore:
         enveloped = spec.target is not None
         prepared = Prepared.of(message, spec.codec, spec.max_frame, enveloped, request_id)
         frame = encode_frame(prepared.payload(request_id), max_frame=spec.max_frame)
-        slot = _Slot()
+        slot = _Slot(shutdown=message["command"] == "shutdown")
         with self.lock:
             if self.closed is not None:
                 raise WorkerCrashed(str(self.port), self.port.exit_status, delivered=False)
@@ -172,6 +191,9 @@ class _BridgeCore:
                 )
                 continue
             slot.reply = reply
+            if slot.shutdown and isinstance(reply, Mapping) and reply.get("success") is True:
+                self.shut_down = True
+                self.on_shutdown()
             slot.done.set()
 
     def _close(self, error: BaseException) -> None:
@@ -216,7 +238,7 @@ class _BridgeActor(Actor):
             port.kill()
             port.close(spec.close_timeout)
             raise
-        core = self.core = _BridgeCore(spec, port, name, self._tell_exited)
+        core = self.core = _BridgeCore(spec, port, name, self._tell_exited, self._tell_shut_down)
         reader = threading.Thread(target=core.read, name=f"dspex-bridge-{port.id}", daemon=True)
         port._reclaim(reader)  # the reader owns it from now on: it alone reads
         reader.start()
@@ -227,9 +249,16 @@ class _BridgeActor(Actor):
         with contextlib.suppress(pykka.ActorDeadError):
             self.actor_ref.tell(_WorkerExited(exited))
 
+    def _tell_shut_down(self) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(_WorkerShutDown())
+
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _WorkerExited):
-            self.exit(message.exit)
+        if isinstance(message, _WorkerShutDown):
+            self.exit(NORMAL)  # on_exit closes the worker
+        elif isinstance(message, _WorkerExited):
+            core = self.core
+            self.exit(NORMAL if core is not None and core.shut_down else message.exit)
         return None
 
     def _dspex_on_exit(self, reason: Any) -> None:

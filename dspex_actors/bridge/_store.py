@@ -99,7 +99,8 @@ class SessionStore:
         self._sessions: dict[str, _Session] = {}
         # worker key (its port's id) -> session id -> what it holds
         self._held: dict[int, dict[str, _Held]] = {}
-        # worker key -> sessions it holds that ended or expired: cleaned up at its next use
+        # worker key -> sessions it holds that ended, expired or were cleaned up on another
+        # worker (`cleanup_session`): cleaned up at its next use
         self._stale: dict[int, set[str]] = {}
         self.hits = 0
         self.misses = 0
@@ -107,7 +108,8 @@ class SessionStore:
     # -- what a command needs first --
 
     def preferred(self, session_id: str) -> int | None:
-        """The worker that served `session_id` last (None: none yet, or anonymous)."""
+        """The worker that served `session_id` last (None: none yet, that worker has left
+        the pool, or the session is the anonymous one)."""
         # One read of one attribute: no lock needed (a stale answer only moves affinity).
         session = self._sessions.get(session_id)
         return None if session is None or session_id == ANONYMOUS else session.worker_id
