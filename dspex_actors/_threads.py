@@ -15,11 +15,15 @@ import queue
 import threading
 from collections.abc import Callable
 
+from ._logging import area_logger, log_event
+
 __all__ = ["Job", "KeptThreads", "parked_threads"]
 
 Job = Callable[[], Callable[[], None] | None]
 """A job, as `KeptThreads.run` runs it. It may return what delivers its result: that runs in the
 same thread, once the thread counts as waiting for the next job."""
+
+_log = area_logger("threads")
 
 _PARKED: set[int] = set()  # the idents of kept threads waiting for a job, in every owner
 
@@ -82,7 +86,18 @@ class KeptThreads:
                     self._idle += 1
                     _PARKED.add(me)
             if deliver is not None:
-                deliver()
+                try:
+                    deliver()
+                except Exception as exc:  # this thread is counted as waiting: it must wait
+                    log_event(
+                        _log,
+                        "ERROR",
+                        "kept_thread_error",
+                        "a delivery in thread {thread} raised: {error!r}",
+                        thread=self._name,
+                        error=exc,
+                        exc=exc,
+                    )
             if not keep:
                 return
             job = self._queue.get()

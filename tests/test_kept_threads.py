@@ -6,7 +6,8 @@
   by the delivery finds it), and waiting threads are listed by `parked_threads`;
 - each job runs in a fresh `contextvars` context; a job's arguments are not kept alive by
   the thread waiting after it;
-- `close` ends the waiting threads; a job handed over after it gets a thread that ends with it.
+- `close` ends the waiting threads; a job handed over after it gets a thread that ends with it;
+- a delivery that raises is logged, and its thread waits for the next job all the same.
 
 Every wait is bounded and on a condition (events, thread liveness).
 """
@@ -152,3 +153,28 @@ def test_close_ends_the_waiting_threads_and_later_jobs_get_threads_that_end() ->
     assert late is not first
     late.join(WAIT)
     assert not late.is_alive()
+
+
+def test_a_delivery_that_raises_is_logged_and_its_thread_serves_the_next_job(
+    kept: KeptThreads, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> None:
+        raise ValueError("delivery broke")
+
+    raised = threading.Event()
+
+    def job() -> Callable[[], None]:
+        def deliver() -> None:
+            raised.set()
+            broken()
+
+        return deliver
+
+    kept.run(job)
+    assert raised.wait(WAIT)
+    wait_for(
+        lambda: any(r.msg and "delivery broke" in r.getMessage() for r in caplog.records), WAIT
+    )
+    thread = next(iter(named()))
+    # It counted itself as waiting before the delivery: a job handed to it must still run.
+    assert ran(kept) is thread

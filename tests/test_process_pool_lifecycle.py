@@ -40,6 +40,7 @@ from dspex_actors import InvalidOption, PortSpec, PortWorker, ProcessPool
 from dspex_actors._pool._contract import From
 from dspex_actors._ports._forkserver import FORK_SERVER
 from dspex_actors._ports._process_pool import _draw_limits
+from dspex_actors._threads import Job, KeptThreads
 from dspex_actors.testing import EchoWorker, sync, wait_for
 
 from support.lifecycle import (
@@ -365,6 +366,26 @@ def test_workers_recycled_one_after_another_are_closed_by_one_kept_thread(
         da.kill(pool.actor_ref)
     closer.join(WAIT)
     assert not closer.is_alive()
+
+
+def test_a_removed_worker_is_closed_in_place_when_no_thread_can_be_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No thread for a close (the process is out of them): the worker is closed there and
+    then, and nothing is left counted as closing (a stop would wait for it)."""
+    w = PortWorker()
+    with hand_driven_workers(PortSpec(target=probe), 1) as ([state], pool_state):
+        pid = state.port.os_pid
+
+        class NoThreads(KeptThreads):
+            def run(self, job: Job) -> None:
+                raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(pool_state, "closers", NoThreads("dspex-pool-close"))
+        assert w.terminate_worker(da.Recycle("max_tasks"), state, pool_state) == da.Ok(pool_state)
+        assert wait_gone(pid, 10)
+        assert pool_state.closes == 0
+        assert state.port not in pool_state.live
 
 
 @contextlib.contextmanager

@@ -667,7 +667,11 @@ class PortWorker(PoolWorker):
             port.kill()  # its state is unknown; the close below only reaps it
         with pool_state.lock:
             pool_state.closes += 1
-        pool_state.closers.run(functools.partial(self._close_gracefully, port, pool_state))
+        try:
+            pool_state.closers.run(functools.partial(self._close_gracefully, port, pool_state))
+        except BaseException:
+            # No thread for it (the process may be out of them): close it here, bounded.
+            self._close_gracefully(port, pool_state)
         return Ok(pool_state)
 
     @staticmethod
@@ -687,19 +691,21 @@ class PortWorker(PoolWorker):
             pool_state.stopped = True
             idle = set(pool_state.closing)
             ports = list(pool_state.live)
-        for port in ports:
-            if port not in idle:
-                port.kill()
-        close_ports(ports, pool_state.spec.close_timeout)
-        # A start in flight finds the pool stopped (or its process killed above) and undoes
-        # what it made, and a removed worker's close ends; wait for both, so that no process
-        # outlives stop().
-        with pool_state.settled:
-            pool_state.settled.wait_for(
-                lambda: pool_state.starting == 0 and pool_state.closes == 0,
-                pool_state.spec.close_timeout + _CLOSE_SLACK,
-            )
-        pool_state.closers.close()
+        try:
+            for port in ports:
+                if port not in idle:
+                    port.kill()
+            close_ports(ports, pool_state.spec.close_timeout)
+            # A start in flight finds the pool stopped (or its process killed above) and
+            # undoes what it made, and a removed worker's close ends; wait for both, so that
+            # no process outlives stop().
+            with pool_state.settled:
+                pool_state.settled.wait_for(
+                    lambda: pool_state.starting == 0 and pool_state.closes == 0,
+                    pool_state.spec.close_timeout + _CLOSE_SLACK,
+                )
+        finally:
+            pool_state.closers.close()
         if pool_state.release_server is not None:
             pool_state.release_server()  # a finalizer: runs once
 
@@ -707,7 +713,9 @@ class PortWorker(PoolWorker):
 def _kill_leftovers(state: _PoolState) -> None:
     """The pool exited: if it ran no `terminate_pool` (it was killed), kill every process it
     still has (idle, lent out, starting) and let go of the fork server. Runs in the exiting
-    pool's thread; the kills do not wait (each port's reader reaps its process)."""
+    pool's thread; the kills do not wait (each port's reader reaps its process). Either way, its
+    closing threads end once their closes are done."""
+    state.closers.close()
     with state.lock:
         if state.stopped:
             return
@@ -715,7 +723,6 @@ def _kill_leftovers(state: _PoolState) -> None:
         ports = list(state.live)
     for port in ports:
         port.kill()
-    state.closers.close()
     if state.release_server is not None:
         state.release_server()
 
