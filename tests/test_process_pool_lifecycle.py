@@ -310,7 +310,14 @@ def test_max_age_recycles_a_worker_at_its_checkin(
     process_pools: ProcessPools, records: Records
 ) -> None:
     max_age = 0.05
-    pool = process_pools.start(target=probe, pool_size=1, max_age=max_age, recycle_jitter=0)
+    pool = process_pools.start(
+        # No idle pings meanwhile (by default, every quarter of max_age): the checkin alone.
+        target=probe,
+        pool_size=1,
+        max_age=max_age,
+        recycle_jitter=0,
+        worker_idle_timeout=60,
+    )
     # The worker was born before it settled: once this much has passed, it is too old.
     settled_at = time.monotonic()
     wait_for(lambda: time.monotonic() - settled_at >= max_age, timeout=5)
@@ -337,6 +344,28 @@ def test_max_age_recycles_an_idle_worker_when_it_is_pinged(
     assert recycled_reasons(records)[0] == "max_age"
     assert wait_gone(first, 10)
     assert pool.call(21, timeout=WAIT) == 42
+
+
+def test_an_idle_worker_past_max_age_is_recycled_with_no_ping_period_given(
+    process_pools: ProcessPools, records: Records
+) -> None:
+    """With `max_age` and no `worker_idle_timeout`, idle workers are pinged every quarter of
+    the shortest age a worker may draw: one that is never used is recycled all the same."""
+    _, options = ProcessPool.options(target=probe, pool_size=1, max_age=2.0, recycle_jitter=0.2)
+    assert options["worker_idle_timeout"] == pytest.approx(2.0 * 0.8 / 4)
+    _, explicit = ProcessPool.options(target=probe, pool_size=1, max_age=2.0, worker_idle_timeout=9)
+    assert explicit["worker_idle_timeout"] == 9
+    _, ageless = ProcessPool.options(target=probe, pool_size=1)
+    assert ageless["worker_idle_timeout"] is None
+
+    pool = process_pools.start(target=probe, pool_size=1, max_age=0.4, recycle_jitter=0)
+    server = FORK_SERVER.pid
+    assert server is not None
+    (first,) = wait_forkserver_workers(server)
+    wait_for(lambda: (s := pool.status()).workers_recycled >= 1 and s.workers_removed >= 1, WAIT)
+    assert pool.status().checkouts == 0
+    assert recycled_reasons(records)[0] == "max_age"
+    assert wait_gone(first, 10)
 
 
 @pytest.mark.parametrize("end", ["stop", "kill"])

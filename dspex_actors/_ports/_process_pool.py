@@ -181,7 +181,9 @@ class PortSpec:
         max_memory: recycle a worker whose resident memory (RSS, bytes) reached this,
             checked after each task; None: never.
         max_age: recycle a worker this many seconds after its start (checked after each
-            task, and when an idle worker is pinged: `worker_idle_timeout`); None: never.
+            task, and when an idle worker is pinged: `ProcessPool.start` pings idle workers
+            every quarter of the shortest age a worker may draw unless `worker_idle_timeout`
+            says otherwise); None: never.
         recycle_jitter: each worker's limits are drawn between ``(1 - recycle_jitter)`` and
             1 times the configured ones, so that workers started together do not all
             recycle at once.
@@ -860,7 +862,9 @@ class ProcessPool(Pool):
             env: see `PortSpec`.
             cwd: see `PortSpec`.
             ping: see `PortSpec`.
-            worker_idle_timeout: ping idle workers on this period (seconds).
+            worker_idle_timeout: ping idle workers on this period (seconds). None, with
+                `max_age`: a quarter of the shortest age a worker may draw, so that an idle
+                worker is recycled at most that late (see `PortSpec.max_age`).
             close_timeout: see `PortSpec`.
             init_timeout: see `PortSpec`.
             max_tasks: see `PortSpec` (recycling).
@@ -897,6 +901,9 @@ class ProcessPool(Pool):
             backend=backend,
             ray_options=ray_options,
         )
+        if worker_idle_timeout is None and spec.max_age is not None:
+            # An idle worker's age is checked when it is pinged.
+            worker_idle_timeout = spec.max_age * (1 - spec.recycle_jitter) / 4
         pool_options: dict[str, Any] = {
             "pool_size": pool_size,
             "lazy": lazy,
