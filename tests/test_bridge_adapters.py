@@ -285,6 +285,9 @@ def test_a_supervised_single_bridge_is_restarted_and_rebuilds_its_sessions(
     second = Bridge.from_ref(da.whereis("bridge_t"))  # type: ignore[arg-type]
     listed = second.execute_in_session("s", "list_programs")
     assert [p["id"] for p in listed["programs"]] == ["p"]
+    # The store, kept across restarts, knows only the live worker (white-box: what it holds
+    # per worker): a restarted bridge leaves nothing of its dead worker behind.
+    assert set(second._session_store()._held) == {second._core.port.id}
 
 
 def test_bad_single_bridge_arguments_are_refused(stoppers: list[Any]) -> None:

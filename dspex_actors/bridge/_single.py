@@ -265,6 +265,8 @@ class _BridgeActor(Actor):
         core = self.core
         if core is not None:
             core.port.close(self._spec.close_timeout)
+            # What the store knew of this worker goes with it (the store outlives restarts).
+            self._spec.store.forget_worker(core.port.id)
         if self._forkserver:
             self._forkserver = False
             _forkserver.FORK_SERVER.release(self._spec.preload)
