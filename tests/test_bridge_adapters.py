@@ -255,6 +255,43 @@ def test_the_single_bridges_worker_dying_fails_requests_in_flight_and_ends_the_b
 
 
 @pytest.mark.leak_check
+def test_the_single_bridge_records_replies_in_the_order_the_worker_answered_them(
+    stoppers: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create_program answered before a worker-wide cleanup, whose caller wakes only after
+    the cleanup's: the store must still know the program is gone from the worker (and create
+    it again at its next use), not that the worker holds it (every later call would fail with
+    "Program not found")."""
+    bridge = Bridge.start(worker_argv=MOCK_WORKER, name=None)
+    stoppers.append(bridge)
+    core = bridge._core
+    real_exchange = core.exchange
+    cleaned = threading.Event()
+
+    def exchange(message: dict[str, Any], *args: Any) -> Any:
+        reply = real_exchange(message, *args)
+        if message["command"] == "create_program":
+            assert cleaned.wait(WAIT)  # this caller wakes late: after the cleanup is back
+        return reply
+
+    monkeypatch.setattr(core, "exchange", exchange)
+    answered = core.responses_received
+    creator = threading.Thread(
+        target=bridge.execute_in_session,
+        args=("s", "create_program", {"id": "p", "signature": SIGNATURE}),
+    )
+    creator.start()
+    try:
+        wait_for(lambda: core.responses_received > answered, WAIT)  # the worker created it
+        assert bridge.execute_anonymous("cleanup")["programs_removed"] == 1
+    finally:
+        cleaned.set()
+        creator.join(WAIT)
+    args = {"program_id": "p", "inputs": {"question": "q"}}
+    assert set(bridge.execute_in_session("s", "execute_program", args)["outputs"]) == {"answer"}
+
+
+@pytest.mark.leak_check
 @pytest.mark.parametrize("argv", [MOCK_WORKER, None], ids=["program", "target"])
 def test_a_shutdown_answered_ends_the_single_bridge_normally_with_its_worker(
     stoppers: list[Any], argv: list[str] | None

@@ -75,13 +75,14 @@ class BridgeStatus:
 
 
 class _Slot:
-    __slots__ = ("done", "error", "reply", "shutdown")
+    __slots__ = ("done", "error", "on_reply", "reply", "shutdown")
 
-    def __init__(self, shutdown: bool = False) -> None:
+    def __init__(self, shutdown: bool, on_reply: Callable[[Any], None] | None) -> None:
         self.done = threading.Event()
         self.reply: Any = None
         self.error: BaseException | None = None
         self.shutdown = shutdown  # the request is a `shutdown` command
+        self.on_reply = on_reply  # run by the reader, with the reply, before the caller wakes
 
 
 @attrs.frozen
@@ -123,14 +124,22 @@ class _BridgeCore:
         self.errors = 0
         self.correlation_errors = 0
 
-    def exchange(self, message: dict[str, Any], deadline: float, timeout: float) -> Any:
-        """Write `message` and wait for the reply carrying its id."""
+    def exchange(
+        self,
+        message: dict[str, Any],
+        deadline: float,
+        timeout: float,
+        on_reply: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Write `message` and wait for the reply carrying its id. `on_reply` runs in the
+        reader thread with the reply, before the caller wakes: replies are taken in the order
+        the worker answered, whatever order their callers wake in."""
         request_id = message["id"]
         spec = self.spec
         enveloped = spec.target is not None
         prepared = Prepared.of(message, spec.codec, spec.max_frame, enveloped, request_id)
         frame = encode_frame(prepared.payload(request_id), max_frame=spec.max_frame)
-        slot = _Slot(shutdown=message["command"] == "shutdown")
+        slot = _Slot(message["command"] == "shutdown", on_reply)
         with self.lock:
             if self.closed is not None:
                 raise WorkerCrashed(str(self.port), self.port.exit_status, delivered=False)
@@ -191,6 +200,19 @@ class _BridgeCore:
                 )
                 continue
             slot.reply = reply
+            if slot.on_reply is not None:
+                try:
+                    slot.on_reply(reply)
+                except Exception as exc:  # bookkeeping must not end the reader
+                    log_event(
+                        _log,
+                        "ERROR",
+                        "bridge_reply_error",
+                        "taking the reply {reply} failed: {error!r}",
+                        reply=short_repr(reply),
+                        error=exc,
+                        exc=exc,
+                    )
             if slot.shutdown and isinstance(reply, Mapping) and reply.get("success") is True:
                 self.shut_down = True
                 self.on_shutdown()
@@ -464,23 +486,46 @@ class Bridge(SessionCommands, ActorHandle):
         timeout: float,
     ) -> dict[str, Any]:
         """A checked command (`message`): its session brought up to date on the worker, then
-        the command sent."""
+        the command sent.
+
+        What each reply changed is recorded in the store by the reader thread, in the order
+        the worker answered: with many commands in flight, a worker-wide ``cleanup`` answered
+        after a ``create_program`` is recorded after it too, whichever caller wakes first."""
         store = core.spec.store
         worker = core.port.id
+        name = str(core.port)
         public_session = None if session_id == ANONYMOUS else session_id
+
+        def succeeded(reply: Any, what: str) -> bool | None:
+            """True: a success; False: an error reply; None: not a reply in the envelope."""
+            try:
+                result_of(reply, what, name, public_session)
+            except CommandError:
+                return False
+            except ProtocolError:
+                return None
+            return True
+
         if store.plan(session_id, worker):
             with core.sync_lock:  # one rebuild at a time: no step sent twice
                 for step, step_args in store.plan(session_id, worker):
-                    reply = core.exchange(request(step, step_args), deadline, timeout)
-                    result_of(reply, step, str(core.port), public_session)
-                    store.applied(worker, step, step_args)
-        reply = core.exchange(message, deadline, timeout)
+
+                    def applied(reply: Any, step: str = step, args: Any = step_args) -> None:
+                        if succeeded(reply, step):
+                            store.applied(worker, step, args)
+
+                    reply = core.exchange(request(step, step_args), deadline, timeout, applied)
+                    result_of(reply, step, name, public_session)
+
+        def recorded(reply: Any) -> None:
+            ok = succeeded(reply, command)
+            if ok is not None:
+                store.record(session_id, command, body, worker, None, ok=ok)
+
+        reply = core.exchange(message, deadline, timeout, recorded)
         try:
-            result = result_of(reply, command, str(core.port), public_session)
+            return result_of(reply, command, name, public_session)
         except CommandError:
             with core.lock:
                 core.errors += 1
-            store.record(session_id, command, body, worker, None, ok=False)
             raise
-        store.record(session_id, command, body, worker, None, ok=True)
-        return result
