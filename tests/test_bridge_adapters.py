@@ -292,6 +292,77 @@ def test_the_single_bridge_records_replies_in_the_order_the_worker_answered_them
 
 
 @pytest.mark.leak_check
+def test_what_a_timed_out_command_did_on_the_single_bridges_worker_is_still_recorded(
+    stoppers: list[Any],
+) -> None:
+    """A session rebuild step whose caller timed out still ran on the worker: once its late
+    reply is in, the store knows the worker holds the program, and does not send the step
+    again (which the worker would refuse: the program already exists there)."""
+    bridge = Bridge.start(worker_argv=[*MOCK_WORKER, "--delay", "0.2"], name=None)
+    stoppers.append(bridge)
+    bridge.execute_in_session("s", "create_program", {"id": "p", "signature": SIGNATURE})
+    assert bridge.execute_anonymous("cleanup")["programs_removed"] == 1
+    late = bridge.status().correlation_errors
+    args = {"program_id": "p", "inputs": {"question": "q"}}
+    with pytest.raises(CommandTimeout):  # the rebuild step, create_program, takes 0.2 s
+        bridge.execute_in_session("s", "execute_program", args, timeout=0.05)
+    wait_for(lambda: bridge.status().correlation_errors > late, WAIT)  # its reply came in
+    assert set(bridge.execute_in_session("s", "execute_program", args)["outputs"]) == {"answer"}
+
+
+@pytest.mark.leak_check
+def test_commands_written_behind_a_shutdown_fail_as_the_worker_is_gone(
+    stoppers: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default target worker would go on answering after its shutdown (until the
+    bridge closes it), cleared: a command written behind the shutdown must fail with
+    `WorkerCrashed`, never get an answer from an emptied worker ("Program not found")."""
+    bridge = Bridge.start(name=None)
+    stoppers.append(bridge)
+    core = bridge._core
+    bridge.execute_in_session("s", "create_program", {"id": "p", "signature": SIGNATURE})
+    real_recv = core.port.recv
+    written_behind = threading.Event()
+
+    def recv(timeout: float | None = None) -> Any:
+        value = real_recv(timeout=timeout)
+        reply = value[2] if isinstance(value, list) and len(value) == 3 else value
+        if reply.get("result", {}).get("status") == "shutting_down":
+            assert written_behind.wait(WAIT)  # the reader takes it once the next is written
+        return value
+
+    monkeypatch.setattr(core.port, "recv", recv)
+    bridge.execute_anonymous("ping")  # the reader's next read is through `recv`
+    outcomes: dict[str, Any] = {}
+
+    def call(key: str, *args: Any) -> None:
+        try:
+            outcomes[key] = bridge.execute_in_session("s", *args)
+        except Exception as exc:
+            outcomes[key] = exc
+
+    sent = core.requests_sent
+    shutdown = threading.Thread(target=call, args=("shutdown", "shutdown"))
+    shutdown.start()
+    wait_for(lambda: core.requests_sent > sent, WAIT)
+    behind = threading.Thread(
+        target=call,
+        args=("behind", "execute_program", {"program_id": "p", "inputs": {"question": "q"}}),
+    )
+    behind.start()
+    try:
+        wait_for(lambda: core.requests_sent > sent + 1, WAIT)
+    finally:
+        written_behind.set()
+        shutdown.join(WAIT)
+        behind.join(WAIT)
+    assert outcomes["shutdown"]["status"] == "shutting_down"
+    assert isinstance(outcomes["behind"], da.WorkerCrashed), outcomes["behind"]
+    assert outcomes["behind"].delivered is True
+    assert bridge.wait(WAIT) is da.NORMAL
+
+
+@pytest.mark.leak_check
 @pytest.mark.parametrize("argv", [MOCK_WORKER, None], ids=["program", "target"])
 def test_a_shutdown_answered_ends_the_single_bridge_normally_with_its_worker(
     stoppers: list[Any], argv: list[str] | None

@@ -708,8 +708,8 @@ class PortWorker(PoolWorker):
                 )
         finally:
             pool_state.closers.close()
-        if pool_state.release_server is not None:
-            pool_state.release_server()  # a finalizer: runs once
+            if pool_state.release_server is not None:
+                pool_state.release_server()  # a finalizer: runs once
 
 
 def _kill_leftovers(state: _PoolState) -> None:

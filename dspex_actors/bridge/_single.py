@@ -4,16 +4,18 @@ Where a `SessionPool` lends a worker to one caller at a time, a `Bridge` shares 
 every caller writes its request at once, and a reader thread hands each reply to the caller
 whose request id it carries (DSPex's ``Bridge`` GenServer and its pending-request map). The
 worker answers in order, so a slow command delays those behind it; nothing else does. A caller
-that gives up (`CommandTimeout`) leaves its id behind: the late reply is dropped and counted
-(``correlation_errors``), and can never reach another caller.
+that gives up (`CommandTimeout`) leaves its id behind: the late reply is counted
+(``correlation_errors``) and can never reach another caller, but what the command did on the
+worker is recorded in the session store all the same. The store is kept by the reader thread,
+in the order the worker answered.
 
 The worker's exit makes the bridge's actor exit (`PortExited`, a crash to a supervisor); every
 request in flight fails with `WorkerCrashed`. A ``shutdown`` the worker answered with success
 ends the bridge normally instead (`NORMAL`): the worker is closed (a worker program exits
 after its reply anyway), and the requests written behind the shutdown fail with
-`WorkerCrashed`. Under a supervisor (`Bridge.child_spec`), the
-restart starts a new worker, and the session store, made once with the spec, rebuilds each
-session's programs on it when the session is next used.
+`WorkerCrashed`. Under a supervisor (`Bridge.child_spec`), the restart starts a new worker,
+and the session store, made once with the spec, rebuilds each session's programs on it when
+the session is next used.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class BridgeStatus:
 
 
 class _Slot:
-    __slots__ = ("done", "error", "on_reply", "reply", "shutdown")
+    __slots__ = ("abandoned", "done", "error", "on_reply", "reply", "shutdown")
 
     def __init__(self, shutdown: bool, on_reply: Callable[[Any], None] | None) -> None:
         self.done = threading.Event()
@@ -83,6 +85,7 @@ class _Slot:
         self.error: BaseException | None = None
         self.shutdown = shutdown  # the request is a `shutdown` command
         self.on_reply = on_reply  # run by the reader, with the reply, before the caller wakes
+        self.abandoned = False  # its caller gave up (a timeout): the reply is taken, not given
 
 
 @attrs.frozen
@@ -133,7 +136,8 @@ class _BridgeCore:
     ) -> Any:
         """Write `message` and wait for the reply carrying its id. `on_reply` runs in the
         reader thread with the reply, before the caller wakes: replies are taken in the order
-        the worker answered, whatever order their callers wake in."""
+        the worker answered, whatever order their callers wake in, and even after the caller
+        gave up (`CommandTimeout`): what the command did on the worker is known all the same."""
         request_id = message["id"]
         spec = self.spec
         enveloped = spec.target is not None
@@ -157,7 +161,8 @@ class _BridgeCore:
             raise
         if not slot.done.wait(max(0.0, deadline - time.monotonic())):
             with self.lock:
-                if self.pending.pop(request_id, None) is not None:
+                if self.pending.get(request_id) is slot:  # still unanswered: leave it
+                    slot.abandoned = True
                     raise CommandTimeout(str(self.port), str(message["command"]), timeout)
             slot.done.wait()  # answered as we gave up: take it
         if slot.error is not None:
@@ -186,11 +191,11 @@ class _BridgeCore:
             request_id = reply.get("id") if isinstance(reply, Mapping) else None
             with self.lock:
                 slot = self.pending.pop(request_id, None) if request_id is not None else None
-                if slot is None:
+                if slot is None or slot.abandoned:
                     self.correlation_errors += 1
                 else:
                     self.responses_received += 1
-            if slot is None:
+            if slot is None or slot.abandoned:
                 log_event(
                     _log,
                     "WARNING",
@@ -198,25 +203,35 @@ class _BridgeCore:
                     "a reply nobody waits for (its caller timed out?): {reply}",
                     reply=short_repr(reply),
                 )
-                continue
-            slot.reply = reply
-            if slot.on_reply is not None:
-                try:
-                    slot.on_reply(reply)
-                except Exception as exc:  # bookkeeping must not end the reader
-                    log_event(
-                        _log,
-                        "ERROR",
-                        "bridge_reply_error",
-                        "taking the reply {reply} failed: {error!r}",
-                        reply=short_repr(reply),
-                        error=exc,
-                        exc=exc,
-                    )
-            if slot.shutdown and isinstance(reply, Mapping) and reply.get("success") is True:
-                self.shut_down = True
-                self.on_shutdown()
-            slot.done.set()
+                if slot is None:
+                    continue
+            try:
+                self._take(slot, reply)
+            finally:
+                slot.done.set()
+
+    def _take(self, slot: _Slot, reply: Any) -> None:
+        """The reader's part of a reply: what it changed (`on_reply`), and, for a shutdown
+        the worker answered with success, the end of this worker: the requests written behind
+        it fail with `WorkerCrashed`, and no request is written after it."""
+        slot.reply = reply
+        if slot.on_reply is not None:
+            try:
+                slot.on_reply(reply)
+            except Exception as exc:  # bookkeeping must not end the reader
+                log_event(
+                    _log,
+                    "ERROR",
+                    "bridge_reply_error",
+                    "taking the reply {reply} failed: {error!r}",
+                    reply=short_repr(reply),
+                    error=exc,
+                    exc=exc,
+                )
+        if slot.shutdown and isinstance(reply, Mapping) and reply.get("success") is True:
+            self.shut_down = True
+            self._close(WorkerCrashed(str(self.port), None, delivered=True))
+            self.on_shutdown()
 
     def _close(self, error: BaseException) -> None:
         with self.lock:
