@@ -242,8 +242,14 @@ class SessionStore:
         args: Mapping[str, Any],
         session: _Session | None = None,
     ) -> None:
-        if command in _WORKER_WIDE_RESETS:
+        if command == "shutdown":
             self._held.pop(worker, None)  # it holds nothing any more
+            return
+        if command in _WORKER_WIDE_RESETS:
+            # Its programs are gone, every session's; each session's LM stays with it (so a
+            # session that drops its LM later still has it cleaned up there).
+            for held in self._held.get(worker, {}).values():
+                held.programs.clear()
             return
         held_by = self._held.setdefault(worker, {})
         session_id = str(args.get("session_id", ANONYMOUS))
