@@ -778,6 +778,13 @@ class PoolActor(Actor):
         now = self._now()
         worker.last_activity = now
         if self._overflow > 0 and not self._waiting:
+            if worker.retiring is not None:
+                # Due for recycling, its replacement starting: it leaves now, as recycled (it
+                # does not count toward the pool's size: its replacement does). The overflow
+                # is dismissed with the next worker back.
+                self._retiring.remove(worker)
+                self._retire(worker)
+                return
             self._overflow -= 1  # Poolboy: dismiss whichever worker comes back
             if _telemetry.active:
                 self._emit_worker_event(_telemetry.POOL_WORKER_REMOVED, worker, reason="overflow")
