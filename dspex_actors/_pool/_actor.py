@@ -473,6 +473,8 @@ class PoolActor(Actor):
             self._wait_for(req)
             if req.prefer is not None or self._waiting_blocked():
                 self._serve_waiters()  # workers may be idle: the queue's head waits for one
+            if req.prefer is not None and req in self._waiting and not req.blocked:
+                self._queued_for_lent(req)
         elif not self._serve(req):
             self._wait_for(req)
 
@@ -732,6 +734,23 @@ class PoolActor(Actor):
             return False
         self._answer_error(req, WorkerBusy(self._core.label, worker.id))
         return False
+
+    def _queued_for_lent(self, req: _Request) -> None:
+        """A request queued behind others asks for one worker that is not idle: act on its
+        affinity now, as at the head of the queue. ``"strict"``: it waits for that worker
+        alone, and gets it ahead of the queue when it comes back; ``"strict_fail_fast"``:
+        `WorkerBusy` at once. A worker that is gone drops the preference; ``"prefer"`` waits
+        in turn for any worker."""
+        worker = self._workers.get(req.prefer)  # type: ignore[arg-type]
+        if worker is None or worker.spare or worker.leaving:
+            req.prefer = None
+        elif worker in self._idle or req.affinity == "prefer":
+            return  # served in turn
+        elif req.affinity == "strict":
+            req.blocked = self._has_blocked = True
+        else:
+            del self._waiting[req]
+            self._answer_error(req, WorkerBusy(self._core.label, worker.id))
 
     def _wait_for(self, req: _Request) -> None:
         """Queue `req` until a worker is free. One handled inline has no lock yet: it gets
