@@ -29,7 +29,6 @@ import threading
 from typing import Any
 
 import pytest
-from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -37,6 +36,8 @@ from dspex_actors.bridge import ANONYMOUS, SessionStore, _bridge
 from dspex_actors.bridge._bridge import BridgeError
 from dspex_actors.bridge._mock import MockBridge, mock_outputs
 from dspex_actors.testing import FakeClock
+
+from support.models import machine_settings
 
 TTL = 1000.0  # no session idles this long but across `expire_every_session`'s jump
 SESSIONS = ("s1", "s2", "s3")
@@ -336,15 +337,7 @@ class StoreMachine(RuleBasedStateMachine):
                 assert store.plan(session, key) == [], "a plan run leaves nothing to do"
 
 
-StoreMachine.TestCase.settings = settings(
-    max_examples=200,
-    stateful_step_count=40,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    # No explain phase: under Python 3.11 its line tracer makes a failure take minutes.
-    phases=[Phase.explicit, Phase.generate, Phase.shrink],
-)
+StoreMachine.TestCase.settings = machine_settings(examples=200, steps=40)
 test_session_store_keeps_every_worker_in_sync_with_a_model = StoreMachine.TestCase
 
 

@@ -38,13 +38,14 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import dspex_actors as da
 from dspex_actors.testing import sync, wait_for
 
+from support.models import machine_settings
 from support.pools import Pools
 
 pytestmark = pytest.mark.leak_check
@@ -429,14 +430,7 @@ class PoolAffinityMachine(RuleBasedStateMachine):
                 holder.join(10)
 
 
-PoolAffinityMachine.TestCase.settings = settings(
-    max_examples=100,
-    stateful_step_count=25,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+PoolAffinityMachine.TestCase.settings = machine_settings(examples=100, steps=25)
 test_pool_affinity_follows_the_model = PoolAffinityMachine.TestCase
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -53,6 +53,7 @@ from hypothesis.stateful import (
 import dspex_actors as da
 from dspex_actors.testing import sync, wait_for
 
+from support.models import machine_settings
 from support.pools import WAIT, Pools, hold, release
 
 pytestmark = pytest.mark.leak_check
@@ -562,14 +563,7 @@ class PoolRecyclingMachine(RuleBasedStateMachine):
                 pool.wait(10)
 
 
-PoolRecyclingMachine.TestCase.settings = settings(
-    max_examples=100,
-    stateful_step_count=30,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+PoolRecyclingMachine.TestCase.settings = machine_settings(examples=100, steps=30)
 test_pool_recycling_spares_and_overflow_follow_the_model = PoolRecyclingMachine.TestCase
 
 

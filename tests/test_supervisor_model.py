@@ -38,7 +38,7 @@ from typing import Any
 import attrs
 import pykka
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
@@ -47,6 +47,7 @@ from dspex_actors import Restart, Strategy
 from dspex_actors.testing import FakeClock, sync
 
 from support.logs import EventLog
+from support.models import machine_settings
 from support.supervision import Crash, ExitWith, probe_spec
 
 pytestmark = pytest.mark.leak_check
@@ -430,12 +431,5 @@ class SupervisorMachine(RuleBasedStateMachine):
             sup.wait(10)
 
 
-SupervisorMachine.TestCase.settings = settings(
-    max_examples=80,
-    stateful_step_count=20,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SupervisorMachine.TestCase.settings = machine_settings(examples=80, steps=20)
 test_supervisor_follows_the_otp_model = SupervisorMachine.TestCase
