@@ -57,7 +57,7 @@ from dspex_actors import ChildType, Restart
 from dspex_actors.testing import FakeClock, sync
 
 from support.logs import EventLog
-from support.models import machine_settings
+from support.models import EXITS, is_normal, label, machine_settings
 from support.supervision import Crash, ExitWith, Ping, Probe
 
 pytestmark = pytest.mark.leak_check
@@ -65,27 +65,6 @@ pytestmark = pytest.mark.leak_check
 WAIT = 5.0  # every bounded wait on a condition
 MIN_STEPS_BEFORE_STOP = 12  # `stop_supervisor` is allowed only late in an example
 SPEC_ID = "worker"  # every spec's id: a DynamicSupervisor ignores ids
-
-CRASH = "crash"  # the label of an exception exit reason in the event log
-
-EXITS: dict[str, Any] = {
-    "crash": None,  # the probe raises RuntimeError
-    "killed": da.KILLED,  # `kill`: no cleanup hook runs, so no "stop" event
-    "other": ("error", "custom"),  # an exit with a reason that is not normal
-    "normal": da.NORMAL,
-    "shutdown": da.SHUTDOWN,
-    "shutdown_info": da.Shutdown("bye"),
-}
-
-
-def label(reason: Any) -> Any:
-    """How an exit reason is compared: any exception is a crash, other reasons as they are."""
-    return CRASH if isinstance(reason, BaseException) or reason is None else reason
-
-
-def is_normal(reason: Any) -> bool:
-    """OTP: `normal`, `shutdown` and `{shutdown, _}` are the normal exits (reference 1.3)."""
-    return reason is da.NORMAL or reason is da.SHUTDOWN or isinstance(reason, da.Shutdown)
 
 
 class Starter:

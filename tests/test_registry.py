@@ -22,29 +22,8 @@ import dspex_actors as da
 from dspex_actors import Entry, Keys, Registry
 from dspex_actors.testing import sync, wait_for
 
+from support.naming import SlowToDie, Worker
 from support.supervision import Supervisors
-
-
-class Worker(da.Actor):
-    """A registrable actor; `"crash"` told makes it crash."""
-
-    def on_receive(self, message: Any) -> Any:
-        if message == "crash":
-            raise RuntimeError("crash requested")
-        return message
-
-
-class SlowToDie(da.Actor):
-    """Holds its exit open in `on_stop` until `release` is set: stopped, not yet cleaned up."""
-
-    def __init__(self, stopping: threading.Event, release: threading.Event) -> None:
-        super().__init__()
-        self.stopping = stopping
-        self.release = release
-
-    def on_stop(self) -> None:
-        self.stopping.set()
-        self.release.wait(10)
 
 
 class Listener(da.Actor):

@@ -30,6 +30,7 @@ import dspex_actors as da
 from dspex_actors import Entry, Keys, Registry
 
 from support.models import machine_settings
+from support.naming import SlowToDie, Worker
 
 pytestmark = pytest.mark.leak_check
 
@@ -40,28 +41,6 @@ MAX_ACTORS = 6
 INITIAL_ACTORS = 3
 WAIT = 5.0
 MISSING = object()
-
-
-class Worker(da.Actor):
-    """A registrable actor; told `"crash"`, it crashes."""
-
-    def on_receive(self, message: Any) -> Any:
-        if message == "crash":
-            raise RuntimeError("crash requested")
-        return message
-
-
-class SlowToDie(da.Actor):
-    """Holds its exit open in `on_stop` until `release` is set: stopped, not yet cleaned up."""
-
-    def __init__(self, stopping: threading.Event, release: threading.Event) -> None:
-        super().__init__()
-        self.stopping = stopping
-        self.release = release
-
-    def on_stop(self) -> None:
-        self.stopping.set()
-        self.release.wait(WAIT)
 
 
 class Listener(da.Actor):

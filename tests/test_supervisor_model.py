@@ -47,7 +47,7 @@ from dspex_actors import Restart, Strategy
 from dspex_actors.testing import FakeClock, sync
 
 from support.logs import EventLog
-from support.models import machine_settings
+from support.models import EXITS, is_normal, label, machine_settings
 from support.supervision import Crash, ExitWith, probe_spec
 
 pytestmark = pytest.mark.leak_check
@@ -55,28 +55,6 @@ pytestmark = pytest.mark.leak_check
 WAIT = 5.0  # every bounded wait on a condition
 MAX_CHILDREN = 6  # start_child adds new children up to this many specs
 MIN_STEPS_BEFORE_STOP = 12  # `stop_supervisor` is allowed only late in an example
-
-CRASH = "crash"  # the label of an exception exit reason in the event log
-
-EXITS: dict[str, Any] = {
-    "crash": None,  # the probe raises RuntimeError
-    "killed": da.KILLED,  # `kill`: no cleanup hook runs, so no "stop" event
-    "other": ("error", "custom"),  # an exit with a reason that is not normal
-    "normal": da.NORMAL,
-    "shutdown": da.SHUTDOWN,
-    "shutdown_info": da.Shutdown("bye"),
-}
-
-
-def label(reason: Any) -> Any:
-    """How an exit reason is compared: any exception is a crash, other reasons as they are."""
-    return CRASH if isinstance(reason, BaseException) or reason is None else reason
-
-
-def is_normal(reason: Any) -> bool:
-    """OTP: `normal`, `shutdown` and `{shutdown, _}` are the normal exits (reference 1.3)."""
-    return reason is da.NORMAL or reason is da.SHUTDOWN or isinstance(reason, da.Shutdown)
-
 
 # --- the model ------------------------------------------------------------------------------
 
