@@ -1006,6 +1006,23 @@ def test_a_worker_recycled_after_max_tasks_hands_its_sessions_over_intact(
     assert pool.status().affinity_misses == 0
 
 
+def test_max_age_is_read_on_the_session_pools_clock(spools: SessionPools, log: CompatLog) -> None:
+    """The clock that expires sessions and drives idle pings also ages workers."""
+    clock = FakeClock()
+    pool = spools.compat(
+        pool_size=1, max_age=10.0, recycle_jitter=0, worker_idle_timeout=60, clock=clock, log=log
+    )
+    sid = unique()
+    create_program(pool, sid, "p")
+    first = pool.execute_in_session(sid, "ping")["pid"]
+    clock.advance(10.0)
+    assert pool.execute_in_session(sid, "ping")["pid"] == first  # served, then retired
+    wait_for(lambda: pool.status().pool.workers_removed == 1 and ready(pool, 1), timeout=WAIT)
+    assert dict(pool.status().pool.recycle_reasons) == {"max_age": 1}
+    assert pool.execute_in_session(sid, "ping")["pid"] != first
+    assert listed(pool, sid) == ["p"]  # rebuilt on the replacement
+
+
 def test_a_spare_takes_the_place_of_a_sigkilled_worker_and_serves_its_sessions(
     spools: SessionPools, log: CompatLog
 ) -> None:

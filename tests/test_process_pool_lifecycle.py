@@ -27,7 +27,6 @@ import signal
 import statistics
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from dspex_actors._pool._contract import From
 from dspex_actors._ports._forkserver import FORK_SERVER
 from dspex_actors._ports._process_pool import _draw_limits
 from dspex_actors._threads import Job, KeptThreads
-from dspex_actors.testing import EchoWorker, sync, wait_for
+from dspex_actors.testing import EchoWorker, FakeClock, sync, wait_for
 
 from support.lifecycle import (
     WAIT,
@@ -306,25 +305,30 @@ def test_max_memory_recycles_a_worker_that_grew_past_it_with_its_rss_as_the_reas
     assert wait_gone(grown, 10)
 
 
-def test_max_age_recycles_a_worker_at_its_checkin(
+def test_max_age_recycles_a_worker_at_its_checkin_on_the_pools_clock(
     process_pools: ProcessPools, records: Records
 ) -> None:
-    max_age = 0.05
+    """A worker's age is read on the pool's clock: a `FakeClock` ages it, real time does not."""
+    clock = FakeClock()
     pool = process_pools.start(
         # No idle pings meanwhile (by default, every quarter of max_age): the checkin alone.
         target=probe,
         pool_size=1,
-        max_age=max_age,
+        max_age=10.0,
         recycle_jitter=0,
         worker_idle_timeout=60,
+        clock=clock,
     )
-    # The worker was born before it settled: once this much has passed, it is too old.
-    settled_at = time.monotonic()
-    wait_for(lambda: time.monotonic() - settled_at >= max_age, timeout=5)
     first = pool.call("pid", timeout=WAIT)
+    clock.advance(9.9)
+    assert pool.call("pid", timeout=WAIT) == first
     sync(pool.actor_ref)
-    assert pool.status().workers_recycled >= 1
-    assert recycled_reasons(records)[0] == "max_age"
+    assert pool.status().workers_recycled == 0  # 9.9 s old: not yet
+    clock.advance(0.1)
+    assert pool.call("pid", timeout=WAIT) == first  # served, then retired at its checkin
+    sync(pool.actor_ref)
+    assert pool.status().recycle_reasons == {"max_age": 1}
+    assert recycled_reasons(records) == ["max_age"]
     next_new_pid(pool, first)
     assert wait_gone(first, 10)
 
@@ -332,16 +336,23 @@ def test_max_age_recycles_a_worker_at_its_checkin(
 def test_max_age_recycles_an_idle_worker_when_it_is_pinged(
     process_pools: ProcessPools, records: Records
 ) -> None:
+    """With no `worker_idle_timeout`, idle workers are pinged every quarter of `max_age` on
+    the pool's clock, and one found too old is recycled without any checkout."""
+    clock = FakeClock()
     pool = process_pools.start(
-        target=probe, pool_size=1, max_age=0.5, worker_idle_timeout=0.1, recycle_jitter=0
+        target=probe, pool_size=1, max_age=10.0, recycle_jitter=0, clock=clock
     )
     server = FORK_SERVER.pid
     assert server is not None
     (first,) = wait_forkserver_workers(server)
+    clock.advance(5.0)  # two idle pings: it answers them, and is only 5 s old
+    sync(pool.actor_ref)
+    assert pool.status().workers_recycled == 0
+    clock.advance(5.0)
     # No checkout at all: only an idle ping can have seen that it grew too old.
     wait_for(lambda: (s := pool.status()).workers_recycled >= 1 and s.workers_removed >= 1, WAIT)
     assert pool.status().checkouts == 0
-    assert recycled_reasons(records)[0] == "max_age"
+    assert recycled_reasons(records) == ["max_age"]
     assert wait_gone(first, 10)
     assert pool.call(21, timeout=WAIT) == 42
 
@@ -532,6 +543,8 @@ def test_a_worker_is_recycled_at_its_own_drawn_limits_not_the_pools() -> None:
         ("max_age", 0),
         ("max_age", -1.0),
         ("max_age", "60"),
+        ("clock", "monotonic"),
+        ("clock", 0.0),
     ],
 )
 def test_recycling_options_are_validated_before_anything_starts(option: str, value: Any) -> None:

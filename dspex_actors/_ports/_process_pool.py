@@ -70,8 +70,9 @@ import pykka
 
 from .. import _telemetry
 from .._actor import current_actor, monitor
-from .._checks import check_name_option, check_options, is_int, is_number, remaining
+from .._checks import check_clock, check_name_option, check_options, is_int, is_number, remaining
 from .._child_spec import inline_start
+from .._clock import Clock
 from .._errors import (
     CallTimeout,
     ConnectError,
@@ -187,6 +188,9 @@ class PortSpec:
         recycle_jitter: each worker's limits are drawn between ``(1 - recycle_jitter)`` and
             1 times the configured ones, so that workers started together do not all
             recycle at once.
+        clock: the clock a worker's age (`max_age`) is read on: the system clock, or the
+            pool's own (`ProcessPool.start` passes its `clock`), so that a `FakeClock` ages
+            workers as it drives the pool's idle pings.
         preload: modules the fork server imports once (``"forkserver"`` target workers only),
             so that every worker starts with them loaded.
         backend: ``"local"`` (processes of this machine) or ``"ray"`` (each worker a Ray
@@ -213,6 +217,7 @@ class PortSpec:
     recycle_jitter: float = 0.1
     preload: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     backend: str = "local"
+    clock: Clock = attrs.field(default=None, converter=check_clock)
     ray_options: Mapping[str, Any] | None = attrs.field(default=None, converter=_options_copy)
 
     def __attrs_post_init__(self) -> None:
@@ -384,7 +389,7 @@ class PortWorkerState:
     current_command: Any = None
     served: bool = False  # checked in at least once: it did start
     tasks: int = 0  # checkins
-    born: float = attrs.field(factory=time.monotonic)
+    born: float = attrs.field(factory=time.monotonic)  # on `PortSpec.clock`
     # This worker's own recycling limits (the pool's, less a random jitter: `_draw_limits`).
     max_tasks: int | None = None
     max_memory: int | None = None
@@ -513,7 +518,12 @@ class PortWorker(PoolWorker):
                 ) from exc
             max_tasks, max_memory, max_age = _draw_limits(spec)
             return PortWorkerState(
-                port, name, max_tasks=max_tasks, max_memory=max_memory, max_age=max_age
+                port,
+                name,
+                born=spec.clock.monotonic(),
+                max_tasks=max_tasks,
+                max_memory=max_memory,
+                max_age=max_age,
             )
 
         return Async(start, pool_state)
@@ -605,7 +615,7 @@ class PortWorker(PoolWorker):
         limit = worker_state.max_tasks
         if limit is not None and worker_state.tasks >= limit:
             return Remove(Recycle("max_tasks"), pool_state)
-        if _too_old(worker_state):
+        if _too_old(worker_state, pool_state.spec.clock):
             return Remove(Recycle("max_age"), pool_state)
         max_memory = worker_state.max_memory
         if max_memory is not None:
@@ -639,7 +649,7 @@ class PortWorker(PoolWorker):
         port = worker_state.port
         if port.info() is None:
             return Remove(("port_exited", port.exit_status))
-        if _too_old(worker_state):
+        if _too_old(worker_state, pool_state.spec.clock):
             return Remove(Recycle("max_age"))
         try:
             if pool_state.spec.target is not None:
@@ -746,9 +756,9 @@ def _draw_limits(spec: PortSpec) -> tuple[int | None, int | None, float | None]:
     return max_tasks, max_memory, max_age
 
 
-def _too_old(worker_state: PortWorkerState) -> bool:
+def _too_old(worker_state: PortWorkerState, clock: Clock) -> bool:
     limit = worker_state.max_age
-    return limit is not None and time.monotonic() - worker_state.born >= limit
+    return limit is not None and clock.monotonic() - worker_state.born >= limit
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -837,6 +847,7 @@ class ProcessPool(Pool):
         ray_options: Mapping[str, Any] | None = None,
         start_backoff: float = 0.05,
         max_start_backoff: float = 5.0,
+        clock: Clock | None = None,
     ) -> tuple[PortSpec, dict[str, Any]]:
         """Check the options of `start` (and `child_spec`); return the workers' `PortSpec`
         and the `Pool.start` options.
@@ -876,6 +887,8 @@ class ProcessPool(Pool):
             ray_options: see `PortSpec`.
             start_backoff: see `Pool.start`.
             max_start_backoff: see `Pool.start`.
+            clock: drives idle pings and start backoff, as `Pool.start`'s, and workers'
+                ages (`max_age`): a `FakeClock` in tests.
 
         Raises:
             InvalidOption: a bad option.
@@ -900,6 +913,7 @@ class ProcessPool(Pool):
             preload=preload,
             backend=backend,
             ray_options=ray_options,
+            clock=clock,
         )
         if worker_idle_timeout is None and spec.max_age is not None:
             # An idle worker's age is checked when it is pinged.
@@ -912,6 +926,7 @@ class ProcessPool(Pool):
             "start_backoff": start_backoff,
             "max_start_backoff": max_start_backoff,
             "spares": spares,
+            "clock": spec.clock,
         }
         check_options(validate_options, PortWorker, **pool_options)
         check_name_option(name)

@@ -325,7 +325,8 @@ class SessionPool(SessionCommands, ProcessPool):
             affinity: ``"prefer"``, ``"strict"`` or ``"strict_fail_fast"`` (see the module).
             name: register the pool under this name (None: unregistered).
             session_ttl: seconds of inactivity after which a session expires (None: never).
-            clock: the clock of session expiry and idle pings (tests pass a `FakeClock`).
+            clock: the clock of session expiry, idle pings and workers' ages (`max_age`); tests
+                pass a `FakeClock`.
             store: the sessions' state to start from (`child_spec` passes one, so that a
                 supervisor's restart keeps every session).
             start_method: as `ProcessPool.start`.
@@ -454,6 +455,7 @@ class SessionPool(SessionCommands, ProcessPool):
             max_start_backoff=max_start_backoff,
             backend=backend,
             ray_options=ray_options,
+            clock=clock,
         )
         spec = SessionSpec(
             **attrs.asdict(base, recurse=False),
@@ -462,7 +464,7 @@ class SessionPool(SessionCommands, ProcessPool):
             checkout_timeout=checkout_timeout,
             op_timeout=op_timeout,
         )
-        return spec, {**pool_options, "clock": clock}
+        return spec, pool_options
 
     @classmethod
     def child_spec(cls, *args: Any, **options: Any) -> ChildSpec:
