@@ -311,6 +311,24 @@ def test_what_a_timed_out_command_did_on_the_single_bridges_worker_is_still_reco
 
 
 @pytest.mark.leak_check
+def test_the_single_bridge_sends_a_command_that_undoes_the_session_without_rebuilding_it(
+    stoppers: list[Any],
+) -> None:
+    bridge = Bridge.start(worker_argv=MOCK_WORKER, name=None)
+    stoppers.append(bridge)
+    core = bridge._core
+    bridge.execute_in_session("s", "create_program", {"id": "p", "signature": SIGNATURE})
+    assert bridge.execute_anonymous("cleanup")["programs_removed"] == 1  # p is gone there
+    sent = core.requests_sent
+    bridge.execute_in_session("s", "cleanup_session")
+    assert core.requests_sent == sent + 1  # no create_program before it
+    sent = core.requests_sent
+    listed = bridge.execute_in_session("s", "list_programs")
+    assert listed["total_count"] == 0  # the session was cleaned up: nothing to rebuild
+    assert core.requests_sent == sent + 1
+
+
+@pytest.mark.leak_check
 def test_commands_written_behind_a_shutdown_fail_as_the_worker_is_gone(
     stoppers: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

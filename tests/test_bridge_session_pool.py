@@ -433,6 +433,24 @@ def test_shutdown_through_the_pool_closes_that_worker_and_the_sessions_live_on_a
     assert stats.error_checkins == 0
 
 
+@pytest.mark.parametrize("command", ["shutdown", "cleanup", "reset_state", "cleanup_session"])
+def test_a_command_that_undoes_the_session_is_sent_without_rebuilding_it_first(
+    spools: SessionPools, log: CompatLog, command: str
+) -> None:
+    pool = spools.compat(pool_size=1, log=log)
+    sid = unique()
+    create_program(pool, sid, "p")
+    [old] = worker_pids(pool).values()
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: pool.status().pool.workers_removed == 1 and ready(pool, 1), timeout=WAIT)
+    [new] = worker_pids(pool).values()
+
+    pool.execute_in_session(sid, command)
+    assert log.commands(new) == ["ping", command]  # its init ping, then the command alone
+    if command != "shutdown":
+        assert pool.execute_in_session(sid, "ping")["pid"] == new  # the session goes on
+
+
 # --- 3. configure_lm ---------------------------------------------------------------------------
 
 

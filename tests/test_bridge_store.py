@@ -86,3 +86,20 @@ def test_a_session_ended_then_used_again_is_cleaned_up_then_rebuilt_with_nothing
         ("cleanup_session", {"session_id": "s"}),
         ("create_program", program("s", "q")),
     ]
+
+
+def test_nothing_is_rebuilt_before_a_command_that_would_undo_it() -> None:
+    s = store()
+    did(s, "s", "configure_lm", A, {"model": "session-model"})
+    did(s, "s", "create_program", A, program("s", "p"))
+    assert s.end("gone") is False
+    did(s, "old", "create_program", B, program("old", "x"))
+    assert s.end("old") is True  # B holds a session that ended: cleaned up at its next use
+    for command in ("cleanup", "reset_state", "shutdown", "cleanup_session"):
+        assert s.plan("s", B, command) == [], command
+    assert [step for step, _ in s.plan("s", B, "execute_program")] == [
+        "cleanup_session",
+        "configure_lm",
+        "create_program",
+    ]
+    assert s.plan("s", B) == s.plan("s", B, "ping")  # no command: planned as for any other

@@ -649,7 +649,7 @@ class _Command:
 
     def steps(self, port: Port) -> list[tuple[str, dict[str, Any]]]:
         """What `port`'s worker lacks of the session: the commands that rebuild it."""
-        return self.spec.store.plan(self.session_id, port.id)
+        return self.spec.store.plan(self.session_id, port.id, self.command)
 
     def rebuilt(
         self, port: Port, worker: str, step: str, step_args: dict[str, Any], reply: Any

@@ -521,9 +521,9 @@ class Bridge(SessionCommands, ActorHandle):
                 return None
             return True
 
-        if store.plan(session_id, worker):
+        if store.plan(session_id, worker, command):
             with core.sync_lock:  # one rebuild at a time: no step sent twice
-                for step, step_args in store.plan(session_id, worker):
+                for step, step_args in store.plan(session_id, worker, command):
 
                     def applied(reply: Any, step: str = step, args: Any = step_args) -> None:
                         if succeeded(reply, step):

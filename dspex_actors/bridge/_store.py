@@ -42,6 +42,8 @@ _CHANGES = _WORKER_WIDE_RESETS | {
     "configure_lm",
     "cleanup_session",
 }
+# Commands that undo what a rebuild would send: nothing is rebuilt before them.
+_UNDOING = _WORKER_WIDE_RESETS | {"cleanup_session"}
 
 
 @attrs.frozen
@@ -114,11 +116,17 @@ class SessionStore:
         session = self._sessions.get(session_id)
         return None if session is None or session_id == ANONYMOUS else session.worker_id
 
-    def plan(self, session_id: str, worker: int) -> list[tuple[str, dict[str, Any]]]:
-        """The commands that bring worker `worker` up to date for `session_id`, in order:
-        clean up the sessions it holds that are gone, configure the session's LM if the
-        worker's is stale, delete the programs the session no longer has, create those it
-        lacks. Nothing changes until each step is reported done (`applied`)."""
+    def plan(
+        self, session_id: str, worker: int, command: str | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The commands that bring worker `worker` up to date for `session_id` before
+        `command`, in order: clean up the sessions it holds that are gone, configure the
+        session's LM if the worker's is stale, delete the programs the session no longer
+        has, create those it lacks. Nothing changes until each step is reported done
+        (`applied`). None before a command that would undo them (``cleanup``,
+        ``reset_state``, ``shutdown``, ``cleanup_session``)."""
+        if command in _UNDOING:
+            return []
         if (worker, session_id) in self._synced and self._clock.monotonic() < self._next_sweep:
             return []  # in sync, and nothing can have expired: no lock to take
         with self._lock:
