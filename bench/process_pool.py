@@ -36,7 +36,8 @@ Run: ``python bench/process_pool.py`` (under a minute) or ``python bench/process
      costs on this machine (the pool without recycling while another process forks and reaps
      a process as big as the fork server, as many a second as the pool recycled: no recycling
      can do better), and `multiprocessing.Pool`'s ``maxtasksperchild=100`` vs without; and,
-     for scale, the same with a task of about a millisecond of CPU instead of a trivial one.
+     for scale, the same with tasks of about a tenth of a millisecond and a millisecond of CPU
+     instead of a trivial one.
 
 Figures are medians of several rounds, measured interleaved in the same process.
 """
@@ -614,9 +615,15 @@ def bench_self_managing(rounds: int, per_client: int) -> None:
     )
     peer = mp_recycling(rounds, per_client)
     print(f"    multiprocessing.Pool(2, maxtasksperchild=100) / without = {peer:.2f}")
-    print("  the same with a task of about a millisecond of CPU (for scale):")
-    med, _, _ = recycling_throughput(busy, BUSY, (None, 100), rounds, max(1, per_client // 8))
-    print(f"    max_tasks=100 / no recycling = {med[100] / med[None]:.2f}")
+    for label, loops, share in (
+        ("a tenth of a millisecond", BUSY // 10, 2),
+        ("a millisecond", BUSY, 8),
+    ):
+        print(f"  the same with a task of about {label} of CPU (for scale):")
+        med, _, _ = recycling_throughput(
+            busy, loops, (None, 100), rounds, max(1, per_client // share)
+        )
+        print(f"    max_tasks=100 / no recycling = {med[100] / med[None]:.2f}")
 
 
 def recycling_throughput(
