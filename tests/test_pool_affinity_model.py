@@ -9,8 +9,10 @@ release a lease and remove an idle worker (its `handle_info` returns ``Remove``)
 
 The model is written from docs/pooling.md ("Worker affinity", "Overflow") and the docstrings of
 `Pool.checkout` / `WorkerBusy`: ``prefer`` takes the asked worker if idle, else any worker;
-``strict`` waits for it (the requests behind are served meanwhile, and when it comes back the
-first request waiting for it alone gets it, ahead of the queue); ``strict_fail_fast`` raises
+``strict`` waits for it (the requests behind are served meanwhile, and when it comes back it
+goes to the request that has waited longest among those it can serve: the first request waiting
+for it alone, ahead of the requests behind that one, but not ahead of an older request waiting
+for any worker); ``strict_fail_fast`` raises
 `WorkerBusy` at once if it is lent; a worker that is gone drops the preference in every mode.
 Requests waiting for any worker are served in order; a worker checked in while the pool is in
 overflow and nobody waits is dismissed; a removed worker is replaced (or the overflow shrinks).
@@ -24,9 +26,11 @@ and checks the pool is back at its size.
 
 It found one bug, now fixed and pinned by the plain tests at the end: a request asking for a
 lent worker (``strict`` or ``strict_fail_fast``) that was queued behind a request waiting for
-*any* worker was not looked at until it reached the queue's head. So a ``strict`` request did
-not get its worker when it came back (the plain request ahead took it), and a
-``strict_fail_fast`` request waited (and timed out) instead of raising `WorkerBusy`.
+*any* worker was not looked at until it reached the queue's head. So a ``strict_fail_fast``
+request waited (and timed out) instead of raising `WorkerBusy`, and a ``strict`` request did
+not take its worker ahead of the requests behind it. (The first fix went too far: it gave the
+worker to the ``strict`` request ahead of *older* requests for any worker too, which a steady
+stream of ``strict`` requests could starve; a plain test pins the order.)
 """
 
 from __future__ import annotations
@@ -237,7 +241,11 @@ class Model:
             self.gone.append(worker)
             return
         self.idle.append(worker)
-        for req in self.queue:  # the first request waiting for it alone gets it
+        # The longest-waiting request it can serve gets it: the first request waiting for it
+        # alone, unless one waiting for any worker is queued ahead (then the queue, in order).
+        for req in self.queue:
+            if req.prefer is None:
+                break
             if req.prefer == worker:
                 self.idle.remove(worker)
                 self.queue.remove(req)
@@ -450,30 +458,45 @@ def take_all(pool: da.Pool) -> dict[int, int]:
             holder.join()
 
 
-def test_a_strict_request_behind_a_plain_waiter_gets_its_worker_first(pools: Pools) -> None:
+def test_a_returning_worker_goes_to_the_longest_waiting_request_it_can_serve(
+    pools: Pools,
+) -> None:
+    """Queue: a request for any worker, then one for `worker` alone, then another for any
+    worker. `worker` comes back: the oldest request takes it (a strict request never overtakes
+    an older one, which a steady stream of strict requests would starve). It comes back again:
+    the strict request takes it, ahead of the plain request queued after it."""
     pool = pools.start(Affine, pool_size=1)
     (worker,) = take_all(pool).values()
     held = Holder(pool)
-    plain = strict = None
+    holders = [held]
     try:
         assert held.granted.wait(WAIT)
-        plain = Holder(pool)  # waits for any worker
+        older = Holder(pool)  # waits for any worker
+        holders.append(older)
         wait_for(lambda: pool.status().queued == 1, WAIT)
         strict = Holder(pool, worker=worker, affinity="strict")  # waits for `worker` alone
+        holders.append(strict)
         wait_for(lambda: pool.status().queued == 2, WAIT)
-        held.release()  # the docs: "when its worker comes back it gets it ahead of them"
-        first = wait_for(
-            lambda: next((h for h in (strict, plain) if h.granted.is_set()), None), WAIT
-        )
-        # Before the fix: the plain request, first in the queue, got the worker.
-        assert first is strict, "the plain request got the worker first"
+        younger = Holder(pool)  # waits for any worker, after both
+        holders.append(younger)
+        wait_for(lambda: pool.status().queued == 3, WAIT)
+
+        held.release()
+        assert older.granted.wait(WAIT)
+        sync(pool.actor_ref)
+        assert not strict.granted.is_set()
+        assert not younger.granted.is_set()
+        older.release()
+        assert strict.granted.wait(WAIT)
+        sync(pool.actor_ref)
+        assert not younger.granted.is_set()
+        strict.release()
+        assert younger.granted.wait(WAIT)
     finally:
-        for h in (held, plain, strict):
-            if h is not None:
-                h.release()
-        for h in (held, plain, strict):
-            if h is not None:
-                h.join()
+        for h in holders:
+            h.release()
+        for h in holders:
+            h.join()
 
 
 def test_strict_fail_fast_behind_a_plain_waiter_raises_worker_busy(pools: Pools) -> None:

@@ -738,7 +738,8 @@ class PoolActor(Actor):
     def _queued_for_lent(self, req: _Request) -> None:
         """A request queued behind others asks for one worker that is not idle: act on its
         affinity now, as at the head of the queue. ``"strict"``: it waits for that worker
-        alone, and gets it ahead of the queue when it comes back; ``"strict_fail_fast"``:
+        alone, and gets it when it comes back ahead of the requests queued after it (not of
+        older ones: `_serve_blocked_on`); ``"strict_fail_fast"``:
         `WorkerBusy` at once. A worker that is gone drops the preference; ``"prefer"`` waits
         in turn for any worker."""
         worker = self._workers.get(req.prefer)  # type: ignore[arg-type]
@@ -819,14 +820,19 @@ class PoolActor(Actor):
             self._serve_waiters()
 
     def _serve_blocked_on(self, worker: _Worker) -> None:
-        """A worker came back: the first request waiting for it alone gets it, ahead of the
-        queue (else strict affinity could starve behind requests any worker would do for)."""
+        """A worker came back: the request that has waited longest among those it can serve
+        gets it. That is the first request waiting for it alone, unless a request that is not
+        waiting for one lent-out worker is queued ahead of it: then the queue is served in
+        order (`_serve_waiters`). So a request waiting for its worker alone takes it ahead of
+        the requests behind it, never ahead of older ones, and neither kind can starve the
+        other."""
         blocked = False
         for req in self._waiting:
-            if req.blocked:
-                blocked = True
-                if req.prefer == worker.id:
-                    break
+            if not req.blocked:
+                return  # served in order, from the head
+            blocked = True
+            if req.prefer == worker.id:
+                break
         else:
             self._has_blocked = blocked
             return
