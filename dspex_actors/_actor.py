@@ -60,7 +60,6 @@ import contextlib
 import queue
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -71,7 +70,7 @@ from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
 from ._aio import in_thread
-from ._checks import os_timeout, remaining
+from ._checks import deadline_in, os_timeout, remaining
 from ._child_spec import inline_start
 from ._errors import CallTimeout, NoProc, StartError
 from ._logging import area_logger, log_event, short_repr
@@ -894,7 +893,7 @@ class Actor(pykka.ThreadingActor):
         assert isinstance(inbox, _Inbox)
         token = object()
         start(lambda: inbox.put_front(Envelope(_Ready(token))))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_in(timeout)
         deferred: list[Envelope[Any]] = []
         try:
             while True:

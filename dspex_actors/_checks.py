@@ -156,6 +156,13 @@ def lock_timeout(timeout: float | None) -> float:
     return -1 if bounded is None else bounded
 
 
+def deadline_in(timeout: float | None) -> float | None:
+    """The `time.monotonic` deadline `timeout` seconds from now; None (no deadline) for None
+    or a timeout too long for the OS to wait (`os_timeout`: ``inf`` waits forever)."""
+    bounded = os_timeout(timeout)
+    return None if bounded is None else time.monotonic() + bounded
+
+
 def remaining(deadline: float | None) -> float | None:
     """Seconds left until `deadline` (a `time.monotonic` value; None: no deadline), never
     negative."""

@@ -69,7 +69,6 @@ import asyncio
 import contextlib
 import inspect
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
@@ -86,6 +85,7 @@ from .._checks import (
     check_name_option,
     check_options,
     check_timeout,
+    deadline_in,
     is_int,
     is_number,
     os_timeout,
@@ -602,7 +602,7 @@ class Pool(ActorHandle):
         core = self.__core
         if core is None:
             raise NoProc(str(self._ref), "checkout")  # not a running pool
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_in(timeout)
         req = _Request(self._ref, command, deadline, worker, affinity)
         proc = getattr(_actor_thread, "proc", None)  # current_actor(), without the call
         client = req.client = proc.ref if proc is not None else None

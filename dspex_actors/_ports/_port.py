@@ -79,7 +79,7 @@ from .. import _telemetry
 from .._actor import _current as _current_actor
 from .._actor import not_exited
 from .._aio import in_thread, wait_readable
-from .._checks import is_number, lock_timeout, remaining
+from .._checks import deadline_in, is_number, lock_timeout, remaining
 from .._errors import (
     CallTimeout,
     ConnectFailed,
@@ -562,7 +562,7 @@ class Port:
             CallTimeout: no frame within `timeout`.
         """
         self._check_owner()
-        return self._recv(None if timeout is None else time.monotonic() + timeout, timeout)
+        return self._recv(deadline_in(timeout), timeout)
 
     def _recv(self, deadline: float | None, timeout: float | None) -> Any:
         """`recv` without the owner check (the caller has made it)."""
@@ -600,7 +600,7 @@ class Port:
         """
         if not self._enveloped:
             raise InvalidOption("port", self, "a Port.spawn port (Port.open has no ping)")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_in(timeout)
         request_id = next(self._request_ids)
         self.send([request_id], timeout)
         self._await_reply(request_id, deadline)
@@ -609,7 +609,7 @@ class Port:
         """The sending half of `request` (checks the owner for both halves): returns the
         request id and the deadline. `obj` may be a `Prepared` request."""
         self._check_owner()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_in(timeout)
         prepared = obj if isinstance(obj, Prepared) else self._prepare(obj)
         if self._enveloped:
             request_id: Any = next(self._request_ids)
@@ -884,7 +884,7 @@ class Port:
                 raise PortClosed(self, f"process gone while sending: {exc}") from exc
             if written == len(data):
                 return
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline = deadline_in(timeout)
             view = memoryview(data)[written:]
             try:
                 while view:
@@ -1166,7 +1166,7 @@ def close_ports(ports: Sequence[Port], timeout: float | None = 5.0) -> None:
     left, waits up to one more second; SIGKILLs those left and waits (bounded) for them to be
     reaped. Idempotent.
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = deadline_in(timeout)
     for port in ports:
         port._close_begin(timeout)
 

@@ -70,7 +70,15 @@ import pykka
 
 from .. import _telemetry
 from .._actor import current_actor, monitor
-from .._checks import check_clock, check_name_option, check_options, is_int, is_number, remaining
+from .._checks import (
+    check_clock,
+    check_name_option,
+    check_options,
+    deadline_in,
+    is_int,
+    is_number,
+    remaining,
+)
 from .._child_spec import inline_start
 from .._clock import Clock
 from .._errors import (
@@ -1018,7 +1026,7 @@ class ProcessPool(Pool):
                 envelope with ``"success": false`` (its ``"error"`` is the message); the
                 worker stays, counted in `error_checkins`.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_in(timeout)
         prepared = self._prepare(request)  # a bad request is refused before any worker
         attempts = _Attempts(self._spec.retries)
         if _telemetry.active:
@@ -1041,7 +1049,7 @@ class ProcessPool(Pool):
 
         Raises: as `call`.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_in(timeout)
         prepared = self._prepare(request)
         attempts = _Attempts(self._spec.retries)
         if _telemetry.active:

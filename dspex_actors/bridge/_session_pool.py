@@ -35,7 +35,6 @@ is how DSPex starts its ``dspy_bridge.py``: DSPex's own script runs unchanged.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -44,7 +43,7 @@ import attrs
 import pykka
 
 from .. import _telemetry
-from .._checks import check_clock, check_options, is_number
+from .._checks import check_clock, check_options, deadline_in, is_number, remaining
 from .._clock import Clock
 from .._errors import CallTimeout, InvalidOption, PortClosed, ResponseMismatch, WorkerCrashed
 from .._pool._contract import From, PoolStatus
@@ -179,7 +178,8 @@ class SessionCommands:
             session_id: any non-empty string but ``"anonymous"``.
             command: a bridge command (``"create_program"``, ``"execute_program"``...).
             args: the command's arguments (a mapping of JSON values).
-            timeout: seconds to wait for the reply (default: the pool's `op_timeout`).
+            timeout: seconds to wait for the reply (default: the pool's `op_timeout`;
+                `math.inf`: no limit).
 
         Raises:
             CommandError: the worker answered with an error (the worker is kept).
@@ -629,7 +629,8 @@ class _Command:
         self.prepared = pool._prepare(request(command, self.body))  # refused before a worker
         self.public_session = None if session_id == ANONYMOUS else session_id
         self.op_timeout = float(timeout)
-        self.deadline = 0.0  # set when a worker is lent: the timeout covers the work only
+        # Set when a worker is lent: the timeout covers the work only (None: no deadline).
+        self.deadline: float | None = 0.0
         self.span: _telemetry.Span | None = None
         if _telemetry.active:
             metadata = {"pool": pool.name, "command": command, "session_id": session_id}
@@ -641,7 +642,7 @@ class _Command:
 
     def lent(self, port: Port) -> str:
         """A worker was lent: the command's time starts now. Returns the worker's name."""
-        self.deadline = time.monotonic() + self.op_timeout
+        self.deadline = deadline_in(self.op_timeout)
         worker = str(port)
         if self.span is not None:
             self.span.metadata["worker"] = worker
@@ -716,22 +717,24 @@ def _check_session(session_id: Any) -> None:
 
 
 async def _around_trip(
-    port: Port, message: Any, deadline: float, command: str, op_timeout: float
+    port: Port, message: Any, deadline: float | None, command: str, op_timeout: float
 ) -> Any:
     """`_round_trip`, awaited (the event loop watches the worker's pipe)."""
     errors = _DspexErrors(port, command, op_timeout)
     with errors:
-        request_id, _ = port._send_request(message, max(0.0, deadline - time.monotonic()))
+        request_id, _ = port._send_request(message, remaining(deadline))
         errors.sending = False
         return await port._aawait_reply(request_id, deadline)
 
 
-def _round_trip(port: Port, message: Any, deadline: float, command: str, op_timeout: float) -> Any:
+def _round_trip(
+    port: Port, message: Any, deadline: float | None, command: str, op_timeout: float
+) -> Any:
     """Send one request and wait for its reply; what goes wrong is raised as DSPex's error
     kinds (raised inside the lease: the worker is removed)."""
     errors = _DspexErrors(port, command, op_timeout)
     with errors:
-        request_id, _ = port._send_request(message, max(0.0, deadline - time.monotonic()))
+        request_id, _ = port._send_request(message, remaining(deadline))
         errors.sending = False
         return port._await_reply(request_id, deadline)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,14 @@ import pykka
 from .. import _telemetry
 from .._actor import Actor, ActorHandle, InternalMessage
 from .._aio import in_thread
-from .._checks import check_clock, check_name_option, check_options, is_number
+from .._checks import (
+    check_clock,
+    check_name_option,
+    check_options,
+    deadline_in,
+    is_number,
+    remaining,
+)
 from .._clock import Clock
 from .._errors import InvalidOption, NoProc, PortClosed, ProtocolError, WorkerCrashed
 from .._logging import area_logger, log_event, short_repr
@@ -130,7 +136,7 @@ class _BridgeCore:
     def exchange(
         self,
         message: dict[str, Any],
-        deadline: float,
+        deadline: float | None,
         timeout: float,
         on_reply: Callable[[Any], None] | None = None,
     ) -> Any:
@@ -150,7 +156,7 @@ class _BridgeCore:
             self.pending[request_id] = slot
             self.requests_sent += 1
         try:
-            self.port._write(frame, max(0.0, deadline - time.monotonic()))
+            self.port._write(frame, remaining(deadline))
         except PortClosed as exc:
             with self.lock:
                 self.pending.pop(request_id, None)
@@ -159,7 +165,7 @@ class _BridgeCore:
             with self.lock:
                 self.pending.pop(request_id, None)
             raise
-        if not slot.done.wait(max(0.0, deadline - time.monotonic())):
+        if not slot.done.wait(remaining(deadline)):
             with self.lock:
                 if self.pending.get(request_id) is slot:  # still unanswered: leave it
                     slot.abandoned = True
@@ -475,7 +481,7 @@ class Bridge(SessionCommands, ActorHandle):
             timeout = spec.op_timeout
         elif not is_number(timeout) or not timeout >= 0:
             raise InvalidOption("timeout", timeout, "a non-negative number of seconds")
-        deadline = time.monotonic() + timeout
+        deadline = deadline_in(timeout)
         body = {**args, "session_id": session_id}
         message = request(command, body)
         Prepared.of(message, spec.codec, spec.max_frame, False, None)  # refused before sending
@@ -497,7 +503,7 @@ class Bridge(SessionCommands, ActorHandle):
         command: str,
         body: dict[str, Any],
         message: dict[str, Any],
-        deadline: float,
+        deadline: float | None,
         timeout: float,
     ) -> dict[str, Any]:
         """A checked command (`message`): its session brought up to date on the worker, then
