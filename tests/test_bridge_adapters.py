@@ -437,3 +437,21 @@ def test_the_bridge_adapter_fixture_gives_a_layer_2_test_mock_workers(bridge_ada
     assert isinstance(bridge_adapter, BridgeAdapter)
     assert bridge_adapter.layer == "layer_2"
     assert bridge_adapter.get_stats()["worker"]["dspy_available"] is False
+
+
+@pytest.mark.leak_check
+def test_a_single_bridge_whose_name_is_taken_raises_name_taken_as_a_session_pool_does(
+    stoppers: list[Any],
+) -> None:
+    first = Bridge.start(worker_argv=MOCK_WORKER, name="bridge_taken")
+    stoppers.append(first)
+    with pytest.raises(da.NameTaken) as err:  # was a StartError, the NameTaken its cause
+        Bridge.start(worker_argv=MOCK_WORKER, name="bridge_taken")
+    assert err.value.args == (f"name 'bridge_taken' is already registered to {first.actor_ref}",)
+    assert first.execute_anonymous("ping")["status"] == "ok"
+
+
+@pytest.mark.parametrize("fail", ["execute_program", ["ping", 3], [""]])
+def test_a_mock_script_refuses_a_fail_list_that_is_not_command_names(fail: Any) -> None:
+    with pytest.raises(da.InvalidOption):  # one string was read as its characters
+        MockScript(fail=fail)

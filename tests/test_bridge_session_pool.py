@@ -967,6 +967,12 @@ BAD_SPECS: dict[str, dict[str, Any]] = {
     "store": {"store": {}},
     "recycle_jitter": {"recycle_jitter": 1},
     "unknown option": {"pool_sise": 2},
+    "worker_argv as one string": {"worker_argv": "python -m dspex_actors.bridge.worker"},
+    "worker_argv empty": {"worker_argv": []},
+    "worker_argv not strings": {"worker_argv": ["python", 3]},
+    "env value not a string": {"env": {"X": 1}},
+    "env name with =": {"env": {"A=B": "1"}},
+    "env not a mapping": {"env": ["X=1"]},
 }
 
 
@@ -975,7 +981,22 @@ def test_a_bad_child_spec_option_raises_invalid_option_at_spec_time(
     options: dict[str, Any],
 ) -> None:
     with pytest.raises(da.InvalidOption):
-        SessionPool.child_spec(worker_argv=COMPAT, **options)
+        SessionPool.child_spec(**{"worker_argv": COMPAT, **options})
+
+
+BAD_PROGRAMS = {k: v for k, v in BAD_SPECS.items() if "worker_argv" in v or "env" in v}
+
+
+@pytest.mark.parametrize("options", BAD_PROGRAMS.values(), ids=BAD_PROGRAMS.keys())
+def test_a_bad_program_option_raises_invalid_option_before_any_worker_starts(
+    options: dict[str, Any],
+) -> None:
+    """Before, a `worker_argv` given as one string was split into characters, and a bad
+    `env` accepted: the pool then failed every worker start, and every command with
+    `PoolTimeout`."""
+    with pytest.raises(da.InvalidOption) as err:
+        SessionPool.start(**{"worker_argv": COMPAT, "name": None, **options})
+    assert err.value.option in options
 
 
 def test_a_child_spec_takes_keyword_options_only() -> None:

@@ -554,6 +554,26 @@ def test_recycling_options_are_validated_before_anything_starts(option: str, val
     assert FORK_SERVER.users == 0
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("argv", f"{sys.executable} -c pass"),  # one string: it was split into characters
+        ("argv", []),
+        ("argv", [sys.executable, 3]),
+        ("env", {"X": 1}),
+        ("env", {"": "1"}),
+        ("env", {"A=B": "1"}),
+        ("env", {"X": "a\0b"}),
+        ("env", ["X=1"]),
+    ],
+)
+def test_a_bad_program_is_refused_before_anything_starts(option: str, value: Any) -> None:
+    options = {"argv": [sys.executable, "-c", "pass"], option: value}
+    with pytest.raises(InvalidOption) as err:
+        ProcessPool.start(pool_size=1, **options)
+    assert err.value.option == option
+
+
 # --- 3. spares -----------------------------------------------------------------------------------
 
 

@@ -379,8 +379,7 @@ class Port:
             CallTimeout: the fork server did not answer within `timeout`, or the program's
                 child neither exec'd nor failed within half of it (it has been killed).
         """
-        if isinstance(argv, str | bytes) or not argv or not all(isinstance(a, str) for a in argv):
-            raise InvalidOption("argv", argv, "a non-empty sequence of strings")
+        check_argv(argv)
         check_max_frame(max_frame)
         if isinstance(codec, PickleCodec) or not isinstance(codec, Codec):
             raise InvalidOption(
@@ -1246,6 +1245,36 @@ def _started(port: Port, on_start: Callable[[Port], None]) -> None:
         port.kill()
         port.close(timeout=0)
         raise
+
+
+def check_argv(argv: Any) -> None:
+    """A program's command line: a non-empty sequence of strings (not one string).
+
+    Raises:
+        InvalidOption: anything else.
+    """
+    if isinstance(argv, str | bytes) or not isinstance(argv, Sequence) or not argv:
+        raise InvalidOption("argv", argv, "a non-empty sequence of strings (not one string)")
+    if not all(isinstance(arg, str) for arg in argv):
+        raise InvalidOption("argv", argv, "a non-empty sequence of strings")
+
+
+def check_env(env: Any) -> None:
+    """A program's environment: None (inherit ours) or a mapping of names to values, all
+    strings, as `os.execve` takes them (no NUL byte, no name empty or holding ``=``).
+
+    Raises:
+        InvalidOption: anything else.
+    """
+    if env is None:
+        return
+    if not isinstance(env, Mapping):
+        raise InvalidOption("env", env, "None or a mapping of names to values")
+    for name, value in env.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise InvalidOption("env", env, f"strings only (not {name!r}: {value!r})")
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise InvalidOption("env", env, f"no name empty or with '=', no NUL ({name!r})")
 
 
 def _start_timeout(timeout: Any) -> float:

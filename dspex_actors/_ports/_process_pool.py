@@ -115,6 +115,8 @@ from ._port import (
     PortExited,
     Prepared,
     calling_owner,
+    check_argv,
+    check_env,
     check_max_frame,
     close_ports,
 )
@@ -137,7 +139,10 @@ _UNDELIVERED_RETRIES = 8  # a request that never reached a process is retried th
 
 
 def _argv_tuple(argv: Sequence[str] | None) -> tuple[str, ...] | None:
-    return None if argv is None else tuple(argv)
+    if argv is None:
+        return None
+    check_argv(argv)  # before tuple() would split one string into characters
+    return tuple(argv)
 
 
 BACKENDS = ("local", "ray")
@@ -239,6 +244,7 @@ class PortSpec:
             raise InvalidOption("argv", self.argv, "given alone, or target given alone")
         if self.target is not None and not callable(self.target):
             raise InvalidOption("target", self.target, "a callable")
+        check_env(self.env)
         if not isinstance(self.close_timeout, int | float) or self.close_timeout < 0:
             raise InvalidOption("close_timeout", self.close_timeout, "a number >= 0")
         if not is_int(self.retries) or self.retries < 0:

@@ -43,6 +43,7 @@ from typing import Any
 
 import attrs
 
+from .._errors import InvalidOption
 from ._bridge import BridgeCommands, BridgeError, Program, Signature, parse_fields
 from ._protocol import INIT_PING_ID
 
@@ -57,8 +58,18 @@ class MockCrash(RuntimeError):
 
 
 def _command_names(names: Iterable[str]) -> frozenset[str]:
-    """The set of command names a script lists (any iterable of names)."""
-    return frozenset(names)
+    """The set of command names a script lists (any iterable of names, not one string).
+
+    Raises:
+        InvalidOption: one string (which would be read as its characters), or a name that is
+            not a non-empty string.
+    """
+    if isinstance(names, str | bytes):
+        raise InvalidOption("fail", names, "a list of command names, not one string")
+    found = frozenset(names)
+    if not all(isinstance(name, str) and name for name in found):
+        raise InvalidOption("fail", names, "a list of command names")
+    return found
 
 
 @attrs.frozen

@@ -49,7 +49,7 @@ from .._errors import CallTimeout, InvalidOption, PortClosed, ResponseMismatch, 
 from .._pool._contract import From, PoolStatus
 from .._pool._handle import AFFINITIES, Pool
 from .._pool._results import Ok, Stop
-from .._ports._port import Port
+from .._ports._port import Port, check_argv
 from .._ports._process_pool import PortSpec, PortWorker, ProcessPool, _Refused
 from ._protocol import INIT_PING_ID, CommandError, CommandTimeout, request, result_of
 from ._store import ANONYMOUS, SessionStats, SessionStore
@@ -428,6 +428,11 @@ class SessionPool(SessionCommands, ProcessPool):
             store = SessionStore(clock, session_ttl)
         elif not isinstance(store, SessionStore):
             raise InvalidOption("store", store, "a SessionStore")
+        if worker_argv is not None:
+            try:
+                check_argv(worker_argv)
+            except InvalidOption as exc:  # named as the caller knows it
+                raise InvalidOption("worker_argv", worker_argv, "a list of strings") from exc
         target = handle_request if worker_argv is None else None
         if preload is None:
             forkserver = backend == "local" and start_method in (None, "forkserver")

@@ -40,7 +40,15 @@ from .._checks import (
     remaining,
 )
 from .._clock import Clock
-from .._errors import InvalidOption, NoProc, PortClosed, ProtocolError, WorkerCrashed
+from .._errors import (
+    InvalidOption,
+    NameTaken,
+    NoProc,
+    PortClosed,
+    ProtocolError,
+    StartError,
+    WorkerCrashed,
+)
 from .._logging import area_logger, log_event, short_repr
 from .._ports import _forkserver
 from .._ports._framing import encode_frame
@@ -259,9 +267,13 @@ class _BridgeActor(Actor):
         self._forkserver = False
 
     def on_start(self) -> None:
-        from .._naming._names import register
+        from .._naming._names import register, whereis
 
         spec = self._spec
+        if self._register_as is not None:
+            holder = whereis(self._register_as)
+            if holder is not None:  # refused before a worker starts (register checks again)
+                raise NameTaken(self._register_as, holder)
         if spec.method == "forkserver":
             _forkserver.FORK_SERVER.acquire(spec.preload, spec.init_timeout)
             self._forkserver = True
@@ -367,7 +379,13 @@ class Bridge(SessionCommands, ActorHandle):
             close_timeout=close_timeout,
             preload=preload,
         )
-        return cls(_BridgeActor.start(spec, name))
+        try:
+            ref = _BridgeActor.start(spec, name)
+        except StartError as exc:
+            if isinstance(exc.reason, NameTaken):
+                raise exc.reason from None
+            raise
+        return cls(ref)
 
     @staticmethod
     def options(
