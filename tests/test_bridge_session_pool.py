@@ -45,7 +45,9 @@ import pytest
 import dspex_actors as da
 from dspex_actors import telemetry
 from dspex_actors._ports._forkserver import FORK_SERVER
+from dspex_actors._ports._framing import DEFAULT_MAX_FRAME, JSON_CODEC
 from dspex_actors.bridge import BridgeWorker, CommandError, CommandTimeout, SessionPool
+from dspex_actors.bridge._protocol import request
 from dspex_actors.bridge.worker import PRELOAD, handle_request
 from dspex_actors.testing import FakeClock, start_test_pool, wait_for
 
@@ -840,6 +842,22 @@ def test_an_unencodable_request_is_refused_before_any_worker_is_used(
     status = shared_compat.status()
     assert status.pool.checkouts == before
     assert sid not in status.sessions
+
+
+def test_a_request_that_fits_max_frame_only_without_its_id_is_refused_before_any_worker(
+    spools: SessionPools,
+) -> None:
+    """The body fits, the frame with the request id a target worker's envelope adds would
+    not: refused up front, as any too-large request (it was refused only at its send, and
+    cost a healthy worker)."""
+    pool = spools.start(pool_size=1)
+    sid = unique()
+    base = len(JSON_CODEC.encode(request("ping", {"x": "", "session_id": sid})))
+    before = pool.status().pool
+    with pytest.raises(da.ProtocolError, match="exceeds max_frame"):
+        pool.execute_in_session(sid, "ping", {"x": "a" * (DEFAULT_MAX_FRAME - base)})
+    after = pool.status().pool
+    assert (after.checkouts, after.workers_removed) == (before.checkouts, before.workers_removed)
 
 
 NOT_A_STRING: Any = 5

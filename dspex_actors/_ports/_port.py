@@ -191,6 +191,12 @@ class PortInfo:
 # --- public API --------------------------------------------------------------------------------
 
 
+ENVELOPE_ROOM = 32
+"""Bytes a request's id adds to its payload at most: ``[<id>,`` and ``]``, or ``{"id":<id>,``,
+for an id of up to 20 digits (the ports' ids count up from 1), with room to spare for another
+codec's envelope."""
+
+
 @attrs.frozen
 class Prepared:
     """A request encoded ahead of its send (see `Port._prepare`): the body is encoded once,
@@ -213,10 +219,15 @@ class Prepared:
 
     @classmethod
     def of(cls, obj: Any, codec: Codec, max_frame: int, enveloped: bool, own_id: Any) -> Prepared:
+        """Encode `obj`, refusing it (`ProtocolError`) unless its frame fits `max_frame` with
+        whatever request id it is sent with: a request refused only at its send would have
+        been refused after its worker was taken."""
         body = codec.encode(obj)
-        if len(body) > max_frame:
+        room = 0 if own_id is not None else ENVELOPE_ROOM
+        if len(body) + room > max_frame:
             raise ProtocolError(
                 f"request of {len(body)} bytes exceeds max_frame ({max_frame} bytes)"
+                + (f" with room for its id ({room} bytes)" if room else "")
             )
         # JSON bodies are spliced into their envelope; another codec's is only a trial.
         return cls(obj, body if isinstance(codec, JsonCodec) else None, codec, enveloped, own_id)
