@@ -1100,6 +1100,26 @@ def test_a_spare_takes_the_place_of_a_sigkilled_worker_and_serves_its_sessions(
     wait_for(lambda: pool.status().pool.spares == 1, timeout=WAIT)  # a new spare behind it
 
 
+def test_a_worker_that_dies_while_the_session_is_rebuilt_on_it_costs_the_command_nothing(
+    spools: SessionPools, log: CompatLog
+) -> None:
+    """The command itself was never written: it goes to another worker, as a command whose
+    worker was dead before it was written does (it was a `WorkerCrashed(delivered=True)`)."""
+    pool = spools.compat(pool_size=1, spares=1, log=log)
+    wait_for(lambda: pool.status().pool.spares == 1, timeout=WAIT)
+    [regular] = worker_pids(pool).values()
+    [spare] = {e["pid"] for e in log.entries() if e["message"]["command"] == "ping"} - {regular}
+    sid = unique()
+    args = {"id": "p", "signature": SIGNATURE, "_die_on_pids": [spare]}
+    pool.execute_in_session(sid, "create_program", args)  # on the regular worker
+
+    os.kill(regular, signal.SIGKILL)
+    wait_for(lambda: pool.status().pool.workers_removed == 1, timeout=WAIT)
+    assert listed(pool, sid) == ["p"]  # the spare died rebuilding it; the next worker served
+    assert log.commands(spare) == ["ping", "create_program"]  # its last: no list_programs
+    assert pool.status().pool.workers_removed == 2
+
+
 # --- 9. interop: DSPex's own script ------------------------------------------------------------
 
 

@@ -540,7 +540,7 @@ class SessionPool(SessionCommands, ProcessPool):
             worker = run.lent(port)
             for step, step_args in run.steps(port):  # usually none: the session is in sync
                 message = request(step, step_args)
-                reply = _round_trip(port, message, run.deadline, step, run.op_timeout)
+                reply = _round_trip(port, message, run.deadline, step, run.op_timeout, True)
                 refused = run.rebuilt(port, worker, step, step_args, reply)
                 if refused is not None:
                     return refused
@@ -576,7 +576,7 @@ class SessionPool(SessionCommands, ProcessPool):
             worker = run.lent(port)
             for step, step_args in run.steps(port):
                 message = request(step, step_args)
-                reply = await _around_trip(port, message, run.deadline, step, run.op_timeout)
+                reply = await _around_trip(port, message, run.deadline, step, run.op_timeout, True)
                 refused = run.rebuilt(port, worker, step, step_args, reply)
                 if refused is not None:
                     return refused
@@ -722,10 +722,15 @@ def _check_session(session_id: Any) -> None:
 
 
 async def _around_trip(
-    port: Port, message: Any, deadline: float | None, command: str, op_timeout: float
+    port: Port,
+    message: Any,
+    deadline: float | None,
+    command: str,
+    op_timeout: float,
+    rebuilding: bool = False,
 ) -> Any:
     """`_round_trip`, awaited (the event loop watches the worker's pipe)."""
-    errors = _DspexErrors(port, command, op_timeout)
+    errors = _DspexErrors(port, command, op_timeout, rebuilding)
     with errors:
         request_id, _ = port._send_request(message, remaining(deadline))
         errors.sending = False
@@ -733,11 +738,17 @@ async def _around_trip(
 
 
 def _round_trip(
-    port: Port, message: Any, deadline: float | None, command: str, op_timeout: float
+    port: Port,
+    message: Any,
+    deadline: float | None,
+    command: str,
+    op_timeout: float,
+    rebuilding: bool = False,
 ) -> Any:
-    """Send one request and wait for its reply; what goes wrong is raised as DSPex's error
-    kinds (raised inside the lease: the worker is removed)."""
-    errors = _DspexErrors(port, command, op_timeout)
+    """Send one request (a step `rebuilding` the session, or the caller's command) and
+    wait for its reply; what goes wrong is raised as DSPex's error kinds (raised inside the
+    lease: the worker is removed)."""
+    errors = _DspexErrors(port, command, op_timeout, rebuilding)
     with errors:
         request_id, _ = port._send_request(message, remaining(deadline))
         errors.sending = False
@@ -746,16 +757,18 @@ def _round_trip(
 
 class _DspexErrors:
     """Around one round trip: the port's errors as DSPex's. Its process gone is
-    `WorkerCrashed` (not delivered while `sending`: it was gone before the request was
-    written), no reply in time is `CommandTimeout`. A class, not a generator: it is on every
-    command's path."""
+    `WorkerCrashed`, not delivered while `sending` (it was gone before the request was
+    written) or while `rebuilding` the session (the caller's command was never written: it
+    may go to another worker); no reply in time is `CommandTimeout`. A class, not a
+    generator: it is on every command's path."""
 
-    __slots__ = ("command", "op_timeout", "port", "sending")
+    __slots__ = ("command", "op_timeout", "port", "rebuilding", "sending")
 
-    def __init__(self, port: Port, command: str, op_timeout: float) -> None:
+    def __init__(self, port: Port, command: str, op_timeout: float, rebuilding: bool) -> None:
         self.port = port
         self.command = command
         self.op_timeout = op_timeout
+        self.rebuilding = rebuilding
         self.sending = True
 
     def __enter__(self) -> _DspexErrors:
@@ -769,6 +782,7 @@ class _DspexErrors:
     ) -> None:
         if isinstance(exc, PortClosed):
             port = self.port
-            raise WorkerCrashed(str(port), port.exit_status, delivered=not self.sending) from exc
+            delivered = not (self.sending or self.rebuilding)
+            raise WorkerCrashed(str(port), port.exit_status, delivered=delivered) from exc
         if isinstance(exc, CallTimeout):
             raise CommandTimeout(str(self.port), self.command, self.op_timeout) from None

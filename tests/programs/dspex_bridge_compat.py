@@ -27,7 +27,8 @@ For the tests:
   is a list), ``"hang"`` (no reply until the next frame, or EOF, arrives: then the late reply
   is written first), ``"die"`` (exit with status 7, no reply).
 - ``"_fail_on_pids": [pid, ...]`` in a request's args: the command fails (an error reply) in
-  those processes, and runs as usual in any other.
+  those processes, and runs as usual in any other; ``"_die_on_pids"``: those processes exit
+  with status 7 instead of answering it.
 """
 
 import argparse
@@ -81,6 +82,8 @@ class Bridge:
 
     def handle_command(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         self.command_count += 1
+        if os.getpid() in args.get("_die_on_pids", ()):
+            os._exit(7)  # no reply
         if os.getpid() in args.get("_fail_on_pids", ()):
             self.error_count += 1
             raise ValueError(f"{command} refused by process {os.getpid()}")
