@@ -455,3 +455,68 @@ def test_a_single_bridge_whose_name_is_taken_raises_name_taken_as_a_session_pool
 def test_a_mock_script_refuses_a_fail_list_that_is_not_command_names(fail: Any) -> None:
     with pytest.raises(da.InvalidOption):  # one string was read as its characters
         MockScript(fail=fail)
+
+
+BIG = "a" * (4 << 20)  # far more than a pipe holds: written only as the worker reads it
+
+
+@pytest.mark.leak_check
+def test_a_request_half_written_at_its_timeout_is_finished_late_and_the_worker_lives(
+    stoppers: list[Any],
+) -> None:
+    """The worker is busy (not reading) past a big request's timeout: its caller gets
+    `CommandTimeout` at its timeout, the rest of the frame is written as the worker reads,
+    the worker runs it and its late reply is counted; nothing else fails. (The worker was
+    killed, every command in flight failed, and the caller got a bare `CallTimeout`.)"""
+    bridge = Bridge.start(worker_argv=MOCK_WORKER, name=None)
+    stoppers.append(bridge)
+    core = bridge._core
+    pid = bridge.status().worker_pid
+    slow: dict[str, Any] = {}
+    busy = threading.Thread(
+        target=lambda: slow.update(bridge.execute_anonymous("ping", {"_mock": {"delay": 1.0}}))
+    )
+    busy.start()
+    try:
+        wait_for(lambda: core.requests_sent == 1, WAIT)
+        with pytest.raises(CommandTimeout):
+            bridge.execute_in_session("s", "ping", {"x": BIG}, timeout=0.1)
+    finally:
+        busy.join(WAIT)
+    assert slow["status"] == "ok"
+    wait_for(lambda: bridge.status().correlation_errors == 1, WAIT)  # the late reply
+    status = bridge.status()
+    assert (status.worker_pid, status.in_flight) == (pid, 0)
+    assert bridge.execute_anonymous("ping")["status"] == "ok"
+
+
+@pytest.mark.leak_check
+def test_a_caller_waiting_to_write_behind_a_big_request_times_out_with_nothing_written(
+    stoppers: list[Any],
+) -> None:
+    bridge = Bridge.start(worker_argv=MOCK_WORKER, name=None)
+    stoppers.append(bridge)
+    core = bridge._core
+    outcomes: dict[str, Any] = {}
+
+    def call(key: str, *args: Any, **options: Any) -> None:
+        try:
+            outcomes[key] = bridge.execute_anonymous(*args, **options)
+        except Exception as exc:
+            outcomes[key] = exc
+
+    threads = [threading.Thread(target=call, args=("slow", "ping", {"_mock": {"delay": 1.0}}))]
+    threads[0].start()
+    try:
+        wait_for(lambda: core.requests_sent == 1, WAIT)
+        threads.append(threading.Thread(target=call, args=("big", "ping", {"x": BIG})))
+        threads[1].start()
+        wait_for(lambda: core.requests_sent == 2 and core.port._send_lock.locked(), WAIT)
+        with pytest.raises(CommandTimeout):  # it waited past its timeout for the pipe
+            bridge.execute_anonymous("ping", timeout=0.1)
+        assert core.requests_sent == 2  # never written
+    finally:
+        for thread in threads:
+            thread.join(WAIT)
+    assert outcomes["slow"]["status"] == outcomes["big"]["status"] == "ok"
+    assert bridge.status().correlation_errors == 0

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -553,7 +554,8 @@ class Port:
             ProtocolError: `obj` cannot be encoded, or its payload exceeds `max_frame` (nothing
                 was written; the port is still usable).
             CallTimeout: the process did not read the frame within `timeout` (it is stalled;
-                the stream is now out of sync, so the port is closed).
+                the stream is now out of sync, so the port is closed), or another send held
+                the pipe that long (nothing was written; the port is still usable).
         """
         self._check_owner()
         data = encode_frame(self._codec.encode(obj), max_frame=self._max_frame)
@@ -881,8 +883,34 @@ class Port:
         """`info() is not None`, without building the `PortInfo`."""
         return not (self._closing or self._exit is not None)
 
-    def _write(self, data: bytes, timeout: float | None) -> None:
-        with self._send_lock:
+    def _write(
+        self,
+        data: bytes,
+        timeout: float | None,
+        late: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
+        """Write one whole frame within `timeout` (after waiting, within it too, for another
+        send to finish: that costs nothing but a `CallTimeout`, nothing written).
+
+        A frame written only in part by then puts the stream out of sync: the process is
+        killed and `CallTimeout` raised. Unless `late` is given (a port whose replies are
+        matched by id can take a late request): then `late(finish)` must run `finish` in a
+        thread of its own, which writes the rest whenever the process reads it (or gives up
+        once it is gone) and holds the send lock until then; `CallTimeout` is raised at once
+        all the same, and the process lives on.
+
+        Raises:
+            PortClosed: the port is closed or its process gone.
+            CallTimeout: as above.
+        """
+        lock = self._send_lock
+        deadline = None
+        if not lock.acquire(blocking=False):
+            deadline = deadline_in(timeout)
+            if not lock.acquire(timeout=lock_timeout(remaining(deadline))):
+                raise CallTimeout(str(self), "send", timeout)  # nothing written
+        held = True
+        try:
             fd = self._stdin_fd
             if fd is None or self._exit is not None:
                 raise PortClosed(self, "process exited" if self._exit else "closed")
@@ -894,23 +922,42 @@ class Port:
                 raise PortClosed(self, f"process gone while sending: {exc}") from exc
             if written == len(data):
                 return
-            deadline = deadline_in(timeout)
-            view = memoryview(data)[written:]
-            try:
-                while view:
-                    try:
-                        written = os.write(fd, view)
-                    except BlockingIOError:
-                        written = 0
-                    view = view[written:]
-                    if view and not wait_writable(fd, remaining(deadline)):
-                        break
-            except (BrokenPipeError, OSError) as exc:
-                raise PortClosed(self, f"process gone while sending: {exc}") from exc
-        if view:
-            # Half a frame is in the pipe: the stream is out of sync and cannot be reused.
-            self.kill()
-            raise CallTimeout(str(self), "send", timeout)
+            if deadline is None:
+                deadline = deadline_in(timeout)
+            rest = _write_until(fd, memoryview(data)[written:], deadline, self)
+            if not rest:
+                return
+            if late is not None:
+                try:
+                    late(functools.partial(self._finish_write, fd, rest))
+                    held = False  # `finish` lets go of it
+                except Exception:
+                    log_event(
+                        _log,
+                        "WARNING",
+                        "port_late_write_failed",
+                        "{port}: no thread to finish a late frame: killed",
+                        port=str(self),
+                    )
+                else:
+                    raise CallTimeout(str(self), "send", timeout)
+        finally:
+            if held:
+                lock.release()
+        # Half a frame is in the pipe: the stream is out of sync and cannot be reused.
+        self.kill()
+        raise CallTimeout(str(self), "send", timeout)
+
+    def _finish_write(self, fd: int, rest: memoryview) -> None:
+        """The rest of a late frame (`_write`'s `late`), written whenever the process reads
+        it; gives up once the process is gone (its exit is reported as usual). Releases the
+        send lock `_write` held."""
+        try:
+            _write_until(fd, rest, None, self)
+        except PortClosed:
+            pass
+        finally:
+            self._send_lock.release()
 
     def _close_stdin(self, timeout: float | None = None) -> None:
         # A send stuck on a process that does not read holds the lock: close() gives up on
@@ -1286,6 +1333,27 @@ def check_env(env: Any) -> None:
             raise InvalidOption("env", env, f"strings only (not {name!r}: {value!r})")
         if not name or "=" in name or "\0" in name or "\0" in value:
             raise InvalidOption("env", env, f"no name empty or with '=', no NUL ({name!r})")
+
+
+def _write_until(fd: int, view: memoryview, deadline: float | None, port: Port) -> memoryview:
+    """Write `view` to the non-blocking `fd` until all is written or `deadline` passes;
+    return what is left (empty: all of it).
+
+    Raises:
+        PortClosed: the process is gone (its end of the pipe closed).
+    """
+    try:
+        while view:
+            try:
+                written = os.write(fd, view)
+            except BlockingIOError:
+                written = 0
+            view = view[written:]
+            if view and not wait_writable(fd, remaining(deadline)):
+                break
+    except OSError as exc:
+        raise PortClosed(port, f"process gone while sending: {exc}") from exc
+    return view
 
 
 def _start_timeout(timeout: Any) -> float:

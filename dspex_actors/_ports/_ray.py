@@ -308,9 +308,15 @@ class RayPort(Port):
 
     # -- talking to it --
 
-    def _write(self, data: bytes, timeout: float | None) -> None:
+    def _write(
+        self,
+        data: bytes,
+        timeout: float | None,
+        late: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
         # `send` and `ping`: a target worker answers every frame (an actor call each); a
-        # program's frame is written, and its frames read by `recv`.
+        # program's frame is written, and its frames read by `recv`. An actor call is never
+        # half sent: nothing is ever late.
         method = self._actor.request if self._enveloped else self._actor.write
         self._submit(method, data[HEADER_SIZE:], reply=self._enveloped)
 

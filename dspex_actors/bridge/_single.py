@@ -21,6 +21,7 @@ the session is next used.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from .._checks import (
 )
 from .._clock import Clock
 from .._errors import (
+    CallTimeout,
     InvalidOption,
     NameTaken,
     NoProc,
@@ -88,6 +90,14 @@ class BridgeStatus:
     errors: int
     correlation_errors: int
     sessions: dict[str, SessionStats]
+
+
+def _write_late(started: list[threading.Thread], finish: Callable[[], None]) -> None:
+    """Finish writing a request frame that its caller gave up on half-written (`Port._write`'s
+    `late`), in a thread of its own: the worker reads it when it can, and lives on."""
+    thread = threading.Thread(target=finish, name="dspex-bridge-late-write", daemon=True)
+    thread.start()
+    started.append(thread)
 
 
 class _Slot:
@@ -163,15 +173,21 @@ class _BridgeCore:
                 raise WorkerCrashed(str(self.port), self.port.exit_status, delivered=False)
             self.pending[request_id] = slot
             self.requests_sent += 1
+        late: list[threading.Thread] = []
         try:
-            self.port._write(frame, remaining(deadline))
+            self.port._write(frame, remaining(deadline), functools.partial(_write_late, late))
         except PortClosed as exc:
-            with self.lock:
-                self.pending.pop(request_id, None)
+            self._unsent(request_id)
             raise WorkerCrashed(str(self.port), self.port.exit_status, delivered=False) from exc
+        except CallTimeout:
+            if not late:  # never written (other requests held the pipe that long)
+                self._unsent(request_id)
+            else:  # its frame will be whole: the worker runs it, and its reply comes late
+                with self.lock:
+                    slot.abandoned = True
+            raise CommandTimeout(str(self.port), str(message["command"]), timeout) from None
         except BaseException:
-            with self.lock:
-                self.pending.pop(request_id, None)
+            self._unsent(request_id)
             raise
         if not slot.done.wait(remaining(deadline)):
             with self.lock:
@@ -182,6 +198,12 @@ class _BridgeCore:
         if slot.error is not None:
             raise slot.error
         return slot.reply
+
+    def _unsent(self, request_id: int) -> None:
+        """A request that was never written: forgotten, and not counted as sent."""
+        with self.lock:
+            if self.pending.pop(request_id, None) is not None:
+                self.requests_sent -= 1
 
     def read(self) -> None:
         """The reader thread (the port's owner): hand each reply to its caller by id."""
