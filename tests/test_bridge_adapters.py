@@ -520,3 +520,19 @@ def test_a_caller_waiting_to_write_behind_a_big_request_times_out_with_nothing_w
             thread.join(WAIT)
     assert outcomes["slow"]["status"] == outcomes["big"]["status"] == "ok"
     assert bridge.status().correlation_errors == 0
+
+
+@pytest.mark.leak_check
+def test_a_command_whose_reply_never_comes_under_its_id_is_not_counted_in_flight_once_given_up(
+    stoppers: list[Any],
+) -> None:
+    from support.sessions import COMPAT
+
+    bridge = Bridge.start(worker_argv=COMPAT, name=None)
+    stoppers.append(bridge)
+    with pytest.raises(CommandTimeout):  # its reply carries another id: nobody's
+        bridge.execute_anonymous("ping", {"_misbehave": "mismatch"}, timeout=0.2)
+    status = bridge.status()
+    assert (status.in_flight, status.correlation_errors) == (0, 1)  # in_flight was 1, forever
+    assert bridge.execute_anonymous("ping")["status"] == "ok"
+    assert bridge.status().in_flight == 0

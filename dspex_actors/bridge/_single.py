@@ -20,6 +20,7 @@ the session is next used.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import threading
@@ -74,7 +75,7 @@ class BridgeStatus:
 
     Attributes:
         worker_pid: the worker process's pid.
-        in_flight: requests written and not answered yet.
+        in_flight: requests written whose callers still wait for the reply.
         requests_sent: requests written since the bridge started.
         responses_received: replies handed to their callers.
         errors: commands answered with an error.
@@ -90,6 +91,10 @@ class BridgeStatus:
     errors: int
     correlation_errors: int
     sessions: dict[str, SessionStats]
+
+
+_ABANDONED_KEPT = 1024
+"""How many given-up requests a bridge remembers, so that their late replies are recognised."""
 
 
 def _write_late(started: list[threading.Thread], finish: Callable[[], None]) -> None:
@@ -145,6 +150,7 @@ class _BridgeCore:
         self.lock = threading.Lock()
         self.sync_lock = threading.Lock()  # one session rebuild at a time
         self.pending: dict[int, _Slot] = {}
+        self.abandoned: collections.deque[int] = collections.deque()  # ids given up on
         self.closed: BaseException | None = None
         self.requests_sent = 0
         self.responses_received = 0
@@ -184,7 +190,7 @@ class _BridgeCore:
                 self._unsent(request_id)
             else:  # its frame will be whole: the worker runs it, and its reply comes late
                 with self.lock:
-                    slot.abandoned = True
+                    self._abandon(request_id, slot)
             raise CommandTimeout(str(self.port), str(message["command"]), timeout) from None
         except BaseException:
             self._unsent(request_id)
@@ -192,12 +198,30 @@ class _BridgeCore:
         if not slot.done.wait(remaining(deadline)):
             with self.lock:
                 if self.pending.get(request_id) is slot:  # still unanswered: leave it
-                    slot.abandoned = True
+                    self._abandon(request_id, slot)
                     raise CommandTimeout(str(self.port), str(message["command"]), timeout)
             slot.done.wait()  # answered as we gave up: take it
         if slot.error is not None:
             raise slot.error
         return slot.reply
+
+    def _abandon(self, request_id: int, slot: _Slot) -> None:
+        """Its caller gave up on `request_id` (holds `lock`): its reply, if it ever comes, is
+        counted, not given. The last `_ABANDONED_KEPT` are remembered; an older one's reply
+        is then counted as a reply nobody asked for, all the same."""
+        slot.abandoned = True
+        self.abandoned.append(request_id)
+        if len(self.abandoned) > _ABANDONED_KEPT:
+            oldest = self.abandoned.popleft()
+            stale = self.pending.get(oldest)
+            if stale is not None and stale.abandoned:
+                del self.pending[oldest]
+
+    def in_flight(self) -> int:
+        """Requests written whose callers still wait for the reply (holds `lock`)."""
+        return len(self.pending) - sum(
+            1 for rid in self.abandoned if (slot := self.pending.get(rid)) and slot.abandoned
+        )
 
     def _unsent(self, request_id: int) -> None:
         """A request that was never written: forgotten, and not counted as sent."""
@@ -494,7 +518,7 @@ class Bridge(SessionCommands, ActorHandle):
         core = self._core
         with core.lock:
             counts = (
-                len(core.pending),
+                core.in_flight(),
                 core.requests_sent,
                 core.responses_received,
                 core.errors,
