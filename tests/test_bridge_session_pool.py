@@ -826,6 +826,8 @@ def test_a_stopped_pool_raises_noproc(spools: SessionPools) -> None:
         pool.execute_anonymous("ping")
     with pytest.raises(da.NoProc):
         pool.status()
+    with pytest.raises(da.NoProc):  # as a stopped Bridge (it answered False or True)
+        pool.end_session(unique())
 
 
 @pytest.mark.parametrize("value", [{1, 2}, float("nan")], ids=["a set", "NaN"])

@@ -45,7 +45,14 @@ import pykka
 from .. import _telemetry
 from .._checks import check_clock, check_options, deadline_in, is_number, remaining
 from .._clock import Clock
-from .._errors import CallTimeout, InvalidOption, PortClosed, ResponseMismatch, WorkerCrashed
+from .._errors import (
+    CallTimeout,
+    InvalidOption,
+    NoProc,
+    PortClosed,
+    ResponseMismatch,
+    WorkerCrashed,
+)
 from .._pool._contract import From, PoolStatus
 from .._pool._handle import AFFINITIES, Pool
 from .._pool._results import Ok, Stop
@@ -239,6 +246,7 @@ class SessionCommands:
         Raises:
             InvalidOption: `session_id` is not a session's id (``"anonymous"`` is not one:
                 its programs are the global ones, which never end).
+            NoProc: the pool (or bridge) is not running.
         """
         _check_session(session_id)
         return self._session_store().end(session_id)
@@ -525,6 +533,8 @@ class SessionPool(SessionCommands, ProcessPool):
         )
 
     def _session_store(self) -> SessionStore:
+        if not self.actor_ref.is_alive():  # as every other call of a stopped pool
+            raise NoProc(str(self.actor_ref), "end_session")
         return self._session_spec.store
 
     def _execute(

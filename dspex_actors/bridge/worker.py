@@ -14,7 +14,9 @@ goes to stderr. How it ends:
 - A ``shutdown`` that succeeded: its reply is written, then the worker exits with status 0
   (requests that came in the same read, behind it, get no reply). DSPex's script only
   acknowledged it and waited for EOF.
-- SIGTERM or SIGINT: exit status 0, at once.
+- SIGTERM or SIGINT: exit status 0, at once, from the moment `main` runs (while Python
+  imports the package before it, about a tenth of a second, the signal's default action
+  applies: killed by SIGTERM, `KeyboardInterrupt` for SIGINT).
 - stdout closed under it (``BrokenPipeError``): exit status 0; nobody is listening.
 - A frame that is not JSON, or a message without an ``id`` or a ``command``: no reply, a line
   on stderr, and the worker keeps serving. (DSPex's script exited on an undecodable frame; the
