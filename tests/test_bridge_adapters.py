@@ -536,3 +536,57 @@ def test_a_command_whose_reply_never_comes_under_its_id_is_not_counted_in_flight
     assert (status.in_flight, status.correlation_errors) == (0, 1)  # in_flight was 1, forever
     assert bridge.execute_anonymous("ping")["status"] == "ok"
     assert bridge.status().in_flight == 0
+
+
+# --- the mock and the real worker agree on signatures ---------------------------------------
+
+DEFINITIONS: dict[str, dict[str, Any]] = {
+    "names DSPy reserves or refuses": {
+        "inputs": ["json", "model_x", "1a", "a b", "schema", "instructions", "copy"],
+        "outputs": ["out", "dict"],
+    },
+    "typed fields": {
+        "inputs": [{"name": "q", "type": "list[int]"}, {"name": "k", "type": "Literal['a', 'b']"}],
+        "outputs": [{"name": "a", "type": "int | None"}],
+    },
+    "a type that is code": {
+        "inputs": [{"name": "q", "type": "__import__('os').system('true')"}],
+        "outputs": ["a"],
+    },
+    "an unknown type": {"inputs": [{"name": "q", "type": "Frobnicator"}], "outputs": ["a"]},
+    "a type that is not a string": {"inputs": [{"name": "q", "type": 3}], "outputs": ["a"]},
+    "fields that clash once sanitized": {"inputs": ["a b", "a_b"], "outputs": ["c"]},
+}
+
+
+@pytest.mark.parametrize("definition", DEFINITIONS.values(), ids=DEFINITIONS.keys())
+def test_the_mock_names_and_refuses_fields_as_the_real_worker_does(
+    definition: dict[str, Any],
+) -> None:
+    """Layer 2 must not pass what layer 3 refuses (it accepted any type, code included), nor
+    name a field otherwise (``json`` stayed ``json``, where DSPy needs ``json_``)."""
+    from dspex_actors.bridge._commands import DSPyBridge
+
+    args = {"id": "p", "signature": definition, "session_id": "s"}
+    replies = [
+        bridge.respond({"id": 1, "command": "create_program", "args": dict(args)})
+        for bridge in (DSPyBridge(mode="pool-worker", worker_id="w"), MockBridge())
+    ]
+    real, mock = replies
+    assert real is not None
+    assert mock is not None
+    assert real["success"] == mock["success"], (real, mock)
+    if real["success"]:
+        assert real["result"]["field_mapping"] == mock["result"]["field_mapping"]
+    else:
+        assert real["error"] == mock["error"]
+
+
+def test_the_names_the_mock_reserves_are_dspys() -> None:
+    import dspy  # type: ignore[import-untyped]  # DSPy ships no type information
+
+    from dspex_actors.bridge._bridge import SIGNATURE_ATTRIBUTES
+
+    candidates = set(dir(dspy.Signature)) | set(dir(type(dspy.Signature)))
+    public = {n for n in candidates if not n.startswith(("_", "model_"))}
+    assert {n for n in public if hasattr(dspy.Signature, n)} == SIGNATURE_ATTRIBUTES

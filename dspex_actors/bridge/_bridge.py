@@ -86,6 +86,7 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import gc
 import json
@@ -96,7 +97,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, Union
 
 import attrs
 
@@ -598,31 +599,122 @@ class BridgeCommands:
 _UNSAFE = re.compile(r"\W|^(?=\d)")  # DSPex's rule: a non-word character, or a leading digit
 
 
+_TYPE_NAMES: dict[str, Any] = {
+    "str": str,
+    "string": str,
+    "int": int,
+    "integer": int,
+    "float": float,
+    "number": float,
+    "bool": bool,
+    "boolean": bool,
+    "list": list,
+    "List": list,
+    "array": list,
+    "dict": dict,
+    "Dict": dict,
+    "object": dict,
+    "tuple": tuple,
+    "Tuple": tuple,
+    "Any": Any,
+    "None": type(None),
+    "NoneType": type(None),
+}
+_TYPE_FORMS = ("Literal", "Optional", "Union")
+
+
+def field_type(name: str, text: Any) -> Any:
+    """The Python type a field's ``type`` names (``"int"``, ``"list[str]"``,
+    ``"Literal['a', 'b']"``, ``"str | None"``; default ``str``).
+
+    Parsed, never evaluated, from a fixed vocabulary: a definition comes from the wire, so
+    it may not import or run anything (DSPy's own signature parser imports modules by name).
+    """
+    if text is None or text == "":
+        return str
+    if not isinstance(text, str):
+        raise BridgeError(f"the type of field {name!r} must be a string, got: {short_repr(text)}")
+    try:
+        return _type_of(ast.parse(text, mode="eval").body)
+    except (SyntaxError, ValueError, TypeError) as exc:
+        raise BridgeError(
+            f"unsupported type {text!r} for field {name!r}: use str, int, float, bool, "
+            f"list[...], dict[..., ...], tuple[...], Literal[...], Optional[...] or unions"
+        ) from exc
+
+
+def _type_of(node: ast.expr) -> Any:
+    if isinstance(node, ast.Name) and node.id in _TYPE_NAMES:
+        return _TYPE_NAMES[node.id]
+    if isinstance(node, ast.Constant) and node.value is None:
+        return type(None)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return Union[_type_of(node.left), _type_of(node.right)]  # noqa: UP007
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+        head = node.value.id
+        args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if head == "Literal":
+            options = []
+            for arg in args:
+                if not isinstance(arg, ast.Constant) or not isinstance(arg.value, str | int | bool):
+                    raise ValueError("Literal options must be strings, numbers or booleans")
+                options.append(arg.value)
+            return Literal[tuple(options)]
+        members = tuple(_type_of(arg) for arg in args)
+        if head == "Optional" and len(members) == 1:
+            return Union[members[0], None]  # noqa: UP007
+        if head == "Union":
+            return Union[members]  # noqa: UP007
+        base = _TYPE_NAMES.get(head)
+        if base in (list, dict, tuple) and head not in _TYPE_FORMS:
+            return base[members if len(members) > 1 else members[0]]
+    raise ValueError(f"unsupported type expression: {ast.unparse(node)}")
+
+
+SIGNATURE_ATTRIBUTES = frozenset(
+    {
+        "append", "append_instructions", "construct", "copy", "delete", "dict", "dump_state",
+        "equals", "fields", "from_orm", "input_fields", "insert", "instructions", "json",
+        "load_state", "mro", "output_fields", "parse_file", "parse_obj", "parse_raw",
+        "prepend", "register", "schema", "schema_json", "signature", "update_forward_refs",
+        "validate", "with_instructions", "with_updated_fields",
+    }
+)  # fmt: skip
+"""The public attributes of a ``dspy.Signature`` class (DSPy 3), ``model_*`` aside: names a
+field may not take. The real worker asks DSPy's class itself; the mock, which never imports
+DSPy, reserves these, so that both name fields alike."""
+
+
 def sanitize(name: str, reserved: Any = None) -> str:
     """`name` as a field name: DSPex's rule (``\\W`` and a leading digit become ``_``), then
     a leading underscore gets a ``field`` prefix (``1abc`` → ``field_1abc``) and a name
-    `reserved` has as an attribute (``json`` on a ``dspy.Signature``), or one starting with
-    ``model_``, gets a ``_`` suffix (what pydantic refuses)."""
+    `reserved` has as an attribute (``json`` on a ``dspy.Signature``) or holds (a frozenset
+    of names: `SIGNATURE_ATTRIBUTES`), or one starting with ``model_``, gets a ``_`` suffix
+    (what pydantic refuses)."""
     sanitized = _UNSAFE.sub("_", name)
     if sanitized.startswith("_"):
         sanitized = "field" + sanitized
-    if (reserved is not None and hasattr(reserved, sanitized)) or sanitized.startswith("model_"):
+    if isinstance(reserved, frozenset):
+        taken = sanitized in reserved
+    else:
+        taken = reserved is not None and hasattr(reserved, sanitized)
+    if taken or sanitized.startswith("model_"):
         sanitized += "_"
     return sanitized
 
 
 def parse_fields(
     definition: dict[str, Any], reserved: Any = None
-) -> tuple[dict[str, list[tuple[str, str, dict[str, Any]]]], str | None, str]:
+) -> tuple[dict[str, list[tuple[str, str, dict[str, Any], Any]]], str | None, str]:
     """A definition's fields, checked: per side (``inputs``, ``outputs``) the ``(original,
-    sanitized, field)`` triples; its instructions; its class name.
+    sanitized, field, type)`` of each (`field_type`); its instructions; its class name.
 
     Raises:
-        BridgeError: a side is not a list (outputs: empty), a field has no name, or two
-            fields clash once sanitized.
+        BridgeError: a side is not a list (outputs: empty), a field has no name or an
+            unsupported type, or two fields clash once sanitized.
     """
     seen: set[str] = set()
-    sides: dict[str, list[tuple[str, str, dict[str, Any]]]] = {"inputs": [], "outputs": []}
+    sides: dict[str, list[tuple[str, str, dict[str, Any], Any]]] = {"inputs": [], "outputs": []}
     for side in ("inputs", "outputs"):
         declared = definition.get(side, [])
         if not isinstance(declared, list) or (side == "outputs" and not declared):
@@ -639,7 +731,7 @@ def parse_fields(
                     f"signature field {name!r} clashes with another field (as {sanitized!r})"
                 )
             seen.add(sanitized)
-            sides[side].append((name, sanitized, field))
+            sides[side].append((name, sanitized, field, field_type(name, field.get("type"))))
     instructions = definition.get("instructions") or definition.get("description") or None
     raw_name = definition.get("name")
     class_name = "DynamicSignature"

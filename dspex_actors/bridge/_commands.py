@@ -38,15 +38,13 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
-import ast
 import functools
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, Union
+from typing import Any
 
 import dspy  # type: ignore[import-untyped]  # DSPy ships no type information
 
-from .._logging import short_repr
 from ._bridge import (
     ANONYMOUS,
     MODES,
@@ -103,88 +101,13 @@ def _signature(key: str) -> Signature:
     sides, instructions, class_name = parse_fields(json.loads(key), dspy.Signature)
     fields: dict[str, tuple[Any, Any]] = {}
     for side, make_field in (("inputs", dspy.InputField), ("outputs", dspy.OutputField)):
-        for name, sanitized, field in sides[side]:
+        for _, sanitized, field, kind in sides[side]:
             description = field.get("description") or field.get("desc") or ""
-            fields[sanitized] = (
-                _field_type(name, field.get("type")),
-                make_field(desc=str(description)),
-            )
+            fields[sanitized] = (kind, make_field(desc=str(description)))
     cls = dspy.make_signature(fields, instructions, signature_name=class_name)
     return Signature(
         cls,
         class_name,
-        tuple((name, sanitized) for name, sanitized, _ in sides["inputs"]),
-        tuple((name, sanitized) for name, sanitized, _ in sides["outputs"]),
+        tuple((name, sanitized) for name, sanitized, *_ in sides["inputs"]),
+        tuple((name, sanitized) for name, sanitized, *_ in sides["outputs"]),
     )
-
-
-_TYPE_NAMES: dict[str, Any] = {
-    "str": str,
-    "string": str,
-    "int": int,
-    "integer": int,
-    "float": float,
-    "number": float,
-    "bool": bool,
-    "boolean": bool,
-    "list": list,
-    "List": list,
-    "array": list,
-    "dict": dict,
-    "Dict": dict,
-    "object": dict,
-    "tuple": tuple,
-    "Tuple": tuple,
-    "Any": Any,
-    "None": type(None),
-    "NoneType": type(None),
-}
-_TYPE_FORMS = ("Literal", "Optional", "Union")
-
-
-def _field_type(name: str, text: Any) -> Any:
-    """The Python type a field's ``type`` names (``"int"``, ``"list[str]"``,
-    ``"Literal['a', 'b']"``, ``"str | None"``; default ``str``).
-
-    Parsed, never evaluated, from a fixed vocabulary: a definition comes from the wire, so
-    it may not import or run anything (DSPy's own signature parser imports modules by name).
-    """
-    if text is None or text == "":
-        return str
-    if not isinstance(text, str):
-        raise BridgeError(f"the type of field {name!r} must be a string, got: {short_repr(text)}")
-    try:
-        return _type_of(ast.parse(text, mode="eval").body)
-    except (SyntaxError, ValueError, TypeError) as exc:
-        raise BridgeError(
-            f"unsupported type {text!r} for field {name!r}: use str, int, float, bool, "
-            f"list[...], dict[..., ...], tuple[...], Literal[...], Optional[...] or unions"
-        ) from exc
-
-
-def _type_of(node: ast.expr) -> Any:
-    if isinstance(node, ast.Name) and node.id in _TYPE_NAMES:
-        return _TYPE_NAMES[node.id]
-    if isinstance(node, ast.Constant) and node.value is None:
-        return type(None)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return Union[_type_of(node.left), _type_of(node.right)]  # noqa: UP007
-    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
-        head = node.value.id
-        args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
-        if head == "Literal":
-            options = []
-            for arg in args:
-                if not isinstance(arg, ast.Constant) or not isinstance(arg.value, str | int | bool):
-                    raise ValueError("Literal options must be strings, numbers or booleans")
-                options.append(arg.value)
-            return Literal[tuple(options)]
-        members = tuple(_type_of(arg) for arg in args)
-        if head == "Optional" and len(members) == 1:
-            return Union[members[0], None]  # noqa: UP007
-        if head == "Union":
-            return Union[members]  # noqa: UP007
-        base = _TYPE_NAMES.get(head)
-        if base in (list, dict, tuple) and head not in _TYPE_FORMS:
-            return base[members if len(members) > 1 else members[0]]
-    raise ValueError(f"unsupported type expression: {ast.unparse(node)}")

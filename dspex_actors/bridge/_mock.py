@@ -44,7 +44,14 @@ from typing import Any
 import attrs
 
 from .._errors import InvalidOption
-from ._bridge import BridgeCommands, BridgeError, Program, Signature, parse_fields
+from ._bridge import (
+    SIGNATURE_ATTRIBUTES,
+    BridgeCommands,
+    BridgeError,
+    Program,
+    Signature,
+    parse_fields,
+)
 from ._protocol import INIT_PING_ID
 
 __all__ = ["MockBridge", "MockCrash", "MockScript", "mock_outputs"]
@@ -167,12 +174,12 @@ class MockBridge(BridgeCommands):
         return {"model": "offline"}
 
     def make_signature(self, key: str) -> Signature:
-        sides, _, class_name = parse_fields(json.loads(key))
+        sides, _, class_name = parse_fields(json.loads(key), SIGNATURE_ATTRIBUTES)
         return Signature(
             None,
             class_name,
-            tuple((name, sanitized) for name, sanitized, _ in sides["inputs"]),
-            tuple((name, sanitized) for name, sanitized, _ in sides["outputs"]),
+            tuple((name, sanitized) for name, sanitized, *_ in sides["inputs"]),
+            tuple((name, sanitized) for name, sanitized, *_ in sides["outputs"]),
         )
 
     def make_module(self, signature: Signature, program_type: str) -> Any:
