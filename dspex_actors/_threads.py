@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from ._logging import area_logger, log_event
@@ -45,7 +46,17 @@ class KeptThreads:
     `close`; a job handed over after that gets a thread of its own, which ends with it.
     """
 
-    __slots__ = ("_closed", "_idle", "_keep", "_lock", "_name", "_queue")
+    __slots__ = (
+        "_changed",
+        "_closed",
+        "_ended",
+        "_idle",
+        "_keep",
+        "_lock",
+        "_name",
+        "_queue",
+        "_waiting",
+    )
 
     def __init__(self, name: str, keep: int = 2) -> None:
         self._name = name
@@ -53,6 +64,9 @@ class KeptThreads:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._idle = 0  # threads waiting on the queue, less the jobs queued for them
+        self._waiting: set[threading.Thread] = set()  # the threads waiting on the queue
+        self._ended: list[threading.Thread] = []  # threads that took their end from the queue
+        self._changed = threading.Condition(self._lock)  # a thread left `_waiting`
         self._closed = False
 
     def run(self, job: Job) -> None:
@@ -66,16 +80,27 @@ class KeptThreads:
         box = [job]
         threading.Thread(target=self._serve, args=(box,), name=self._name, daemon=True).start()
 
-    def close(self) -> None:
-        """End every waiting thread; a thread still running a job ends after it."""
+    def close(self, wait: float = 0.0) -> None:
+        """End every waiting thread, and wait up to `wait` seconds until they have ended (so
+        that none outlives its owner's stop); a thread still running a job ends after it."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, 0
         for _ in range(idle):
             self._queue.put(None)
+        if wait <= 0:
+            return
+        deadline = time.monotonic() + wait
+        me = threading.current_thread()
+        with self._changed:  # each waiting thread takes a job handed over before, or its end
+            self._changed.wait_for(lambda: not self._waiting - {me}, wait)
+            ended, self._ended = self._ended, []
+        for thread in ended:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _serve(self, box: list[Job]) -> None:
         me = threading.get_ident()
+        current = threading.current_thread()
         job: Job | None = box.pop()
         while job is not None:
             deliver = contextvars.Context().run(job)
@@ -84,6 +109,7 @@ class KeptThreads:
                 keep = not self._closed and self._idle < self._keep
                 if keep:
                     self._idle += 1
+                    self._waiting.add(current)
                     _PARKED.add(me)
             if deliver is not None:
                 try:
@@ -102,3 +128,8 @@ class KeptThreads:
                 return
             job = self._queue.get()
             _PARKED.discard(me)
+            with self._changed:
+                self._waiting.discard(current)
+                if job is None:
+                    self._ended.append(current)
+                self._changed.notify_all()

@@ -15,6 +15,7 @@ Every wait is bounded and on a condition (events, thread liveness).
 from __future__ import annotations
 
 import contextvars
+import functools
 import gc
 import threading
 import weakref
@@ -153,6 +154,44 @@ def test_close_ends_the_waiting_threads_and_later_jobs_get_threads_that_end() ->
     assert late is not first
     late.join(WAIT)
     assert not late.is_alive()
+
+
+def test_close_with_wait_returns_once_the_waiting_threads_have_ended() -> None:
+    threads = KeptThreads(NAME, keep=2)
+    releases = [threading.Event(), threading.Event()]
+    where: list[threading.Thread] = []
+    parked = threading.Event()
+
+    def job(release: threading.Event) -> Callable[[], None]:
+        where.append(threading.current_thread())
+        release.wait(WAIT)
+        return parked.set
+
+    for release in releases:  # handed over together: a thread each
+        threads.run(functools.partial(job, release))
+    wait_for(lambda: len(where) == 2, WAIT)
+    releases[0].set()
+    assert parked.wait(WAIT)  # the first thread waits for the next job; the second is busy
+    threads.close(wait=WAIT)
+    assert not where[0].is_alive()  # ended before close returned
+    assert where[1].is_alive()  # busy: close does not wait for it
+    releases[1].set()
+    where[1].join(WAIT)
+    assert not where[1].is_alive()
+
+
+def test_a_stopped_pool_leaves_no_thread_of_its_own_running() -> None:
+    """Its start and closing threads have ended when `stop` returns (they lingered for a
+    moment after it)."""
+    import dspex_actors as da
+
+    with da.ProcessPool.start(target=abs, pool_size=2, max_tasks=1, recycle_jitter=0) as pool:
+        for n in range(4):  # recycles: closing threads, and starts beyond the first ones
+            assert pool.call(-n, timeout=WAIT) == n
+        wait_for(lambda: pool.status().workers_removed >= 1, WAIT)
+        wait_for(lambda: pool.status().initializing == 0, WAIT)
+    names = {"dspex-pool-async-init", "dspex-pool-close"}
+    assert [t.name for t in threading.enumerate() if t.name in names] == []
 
 
 def test_a_delivery_that_raises_is_logged_and_its_thread_serves_the_next_job(

@@ -177,6 +177,7 @@ _WORKER_STATS: Final = _Singleton("_WorkerStats")
 
 
 _STARTER = "dspex-pool-async-init"  # the name of the threads that start workers
+_THREADS_END = 1.0  # seconds an exiting pool waits for its idle threads to end
 
 
 class _Core:
@@ -367,7 +368,7 @@ class PoolActor(Actor):
         # Runs on every exit, kill included: wake every caller still waiting for a worker
         # (queued here, or whose request never reached us) so none waits for its timeout.
         self._core.actor = None
-        self._starters.close()
+        self._starters.close(_THREADS_END)  # none outlives the pool
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         for timer in self._retry_timers:

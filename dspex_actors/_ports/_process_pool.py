@@ -731,7 +731,7 @@ class PortWorker(PoolWorker):
                     pool_state.spec.close_timeout + _CLOSE_SLACK,
                 )
         finally:
-            pool_state.closers.close()
+            pool_state.closers.close(_THREADS_END)
             if pool_state.release_server is not None:
                 pool_state.release_server()  # a finalizer: runs once
 
@@ -741,7 +741,7 @@ def _kill_leftovers(state: _PoolState) -> None:
     still has (idle, lent out, starting) and let go of the fork server. Runs in the exiting
     pool's thread; the kills do not wait (each port's reader reaps its process). Either way, its
     closing threads end once their closes are done."""
-    state.closers.close()
+    state.closers.close(_THREADS_END)
     with state.lock:
         if state.stopped:
             return
@@ -1249,3 +1249,4 @@ class _Refused:
 
 
 _CLOSE_SLACK = 2.0  # seconds on top of close_timeout for a graceful close's escalation
+_THREADS_END = 1.0  # seconds a stopping pool waits for its idle closing threads to end
