@@ -52,10 +52,10 @@ class KeptThreads:
         "_ended",
         "_idle",
         "_keep",
+        "_live",
         "_lock",
         "_name",
         "_queue",
-        "_waiting",
     )
 
     def __init__(self, name: str, keep: int = 2) -> None:
@@ -64,9 +64,9 @@ class KeptThreads:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._idle = 0  # threads waiting on the queue, less the jobs queued for them
-        self._waiting: set[threading.Thread] = set()  # the threads waiting on the queue
-        self._ended: list[threading.Thread] = []  # threads that took their end from the queue
-        self._changed = threading.Condition(self._lock)  # a thread left `_waiting`
+        self._live: set[threading.Thread] = set()  # every thread not yet ended
+        self._ended: list[threading.Thread] = []  # threads that ended since `close`
+        self._changed = threading.Condition(self._lock)  # a thread ended
         self._closed = False
 
     def run(self, job: Job) -> None:
@@ -78,11 +78,20 @@ class KeptThreads:
                 return
         # In a list the thread empties: a Thread keeps its arguments for as long as it runs.
         box = [job]
-        threading.Thread(target=self._serve, args=(box,), name=self._name, daemon=True).start()
+        thread = threading.Thread(target=self._serve, args=(box,), name=self._name, daemon=True)
+        with self._lock:
+            self._live.add(thread)
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._live.discard(thread)
+            raise
 
     def close(self, wait: float = 0.0) -> None:
-        """End every waiting thread, and wait up to `wait` seconds until they have ended (so
-        that none outlives its owner's stop); a thread still running a job ends after it."""
+        """End every waiting thread; a thread still running a job ends after it. Then wait up
+        to `wait` seconds until every thread has ended (so that none outlives its owner's
+        stop), busy ones included."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, 0
@@ -92,15 +101,25 @@ class KeptThreads:
             return
         deadline = time.monotonic() + wait
         me = threading.current_thread()
-        with self._changed:  # each waiting thread takes a job handed over before, or its end
-            self._changed.wait_for(lambda: not self._waiting - {me}, wait)
+        with self._changed:
+            self._changed.wait_for(lambda: not self._live - {me}, wait)
             ended, self._ended = self._ended, []
-        for thread in ended:
+        for thread in ended:  # out of `_serve`: what is left of it is quick
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _serve(self, box: list[Job]) -> None:
-        me = threading.get_ident()
         current = threading.current_thread()
+        try:
+            self._serve_jobs(box)
+        finally:
+            with self._changed:
+                self._live.discard(current)
+                if self._closed:
+                    self._ended.append(current)
+                self._changed.notify_all()
+
+    def _serve_jobs(self, box: list[Job]) -> None:
+        me = threading.get_ident()
         job: Job | None = box.pop()
         while job is not None:
             deliver = contextvars.Context().run(job)
@@ -109,7 +128,6 @@ class KeptThreads:
                 keep = not self._closed and self._idle < self._keep
                 if keep:
                     self._idle += 1
-                    self._waiting.add(current)
                     _PARKED.add(me)
             if deliver is not None:
                 try:
@@ -128,8 +146,3 @@ class KeptThreads:
                 return
             job = self._queue.get()
             _PARKED.discard(me)
-            with self._changed:
-                self._waiting.discard(current)
-                if job is None:
-                    self._ended.append(current)
-                self._changed.notify_all()

@@ -1122,6 +1122,25 @@ def test_a_worker_that_dies_while_the_session_is_rebuilt_on_it_costs_the_command
     assert pool.status().pool.workers_removed == 2
 
 
+def test_a_session_whose_rebuild_kills_every_worker_fails_after_two_of_them(
+    spools: SessionPools,
+) -> None:
+    """The rebuild may be what kills the workers: the command is sent again once, not to
+    every worker the pool can start (each a process lost)."""
+    pool = spools.compat(pool_size=1)
+    sid = unique()
+    first = pool.execute_in_session(sid, "ping")["pid"]
+    args = {"id": "p", "signature": SIGNATURE, "_die_unless_pids": [first]}
+    pool.execute_in_session(sid, "create_program", args)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: pool.status().pool.workers_removed == 1, timeout=WAIT)
+
+    with pytest.raises(da.WorkerCrashed) as err:
+        pool.execute_in_session(sid, "list_programs")
+    assert err.value.delivered is False  # the command itself never reached a worker
+    assert pool.status().pool.workers_removed == 3  # the killed one, then two rebuilds
+
+
 # --- 9. interop: DSPex's own script ------------------------------------------------------------
 
 

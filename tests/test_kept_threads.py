@@ -172,12 +172,31 @@ def test_close_with_wait_returns_once_the_waiting_threads_have_ended() -> None:
     wait_for(lambda: len(where) == 2, WAIT)
     releases[0].set()
     assert parked.wait(WAIT)  # the first thread waits for the next job; the second is busy
-    threads.close(wait=WAIT)
+    threads.close(wait=0.2)  # the busy one is waited for this long only
     assert not where[0].is_alive()  # ended before close returned
-    assert where[1].is_alive()  # busy: close does not wait for it
+    assert where[1].is_alive()  # still busy
     releases[1].set()
     where[1].join(WAIT)
     assert not where[1].is_alive()
+
+
+def test_close_with_wait_waits_for_a_busy_thread_to_finish_its_job_and_end() -> None:
+    threads = KeptThreads(NAME, keep=2)
+    release = threading.Event()
+    where: list[threading.Thread] = []
+
+    def job() -> None:
+        where.append(threading.current_thread())
+        release.wait(WAIT)
+
+    threads.run(job)
+    wait_for(lambda: where, WAIT)
+    closer = threading.Thread(target=threads.close, kwargs={"wait": WAIT})
+    closer.start()
+    release.set()  # it finishes its job after close: it ends, and close waits for that
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert not where[0].is_alive()
 
 
 def test_a_stopped_pool_leaves_no_thread_of_its_own_running() -> None:

@@ -12,6 +12,7 @@ uninterruptible sleep cannot be made on demand.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import signal
@@ -27,6 +28,7 @@ import pytest
 import dspex_actors as da
 from dspex_actors import Port, PortClosed, PortExited
 from dspex_actors._ports import _port as port_module
+from dspex_actors._ports._framing import JSON_CODEC, encode_frame
 from dspex_actors.testing import wait_for
 
 from support.ports import (
@@ -41,6 +43,9 @@ from support.ports import (
     gone,
     py,
 )
+
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)  # Linux's (Python 3.10+ names it)
+WAIT = 30.0
 
 STUBBORN = (
     FRAME_IO
@@ -76,6 +81,16 @@ DETACH_THEN_DIE_ON_REQUEST = (
 write(detach())
 read()
 sys.exit(4)
+"""
+)
+
+DETACH_THEN_STALL = (
+    f"GRANDCHILD = {GRANDCHILD!r}\n"
+    + DETACH_IO
+    + """
+import time
+write(detach())
+time.sleep(60)  # sleep-ok: it never reads stdin (its grandchild holds stdin too)
 """
 )
 
@@ -204,6 +219,45 @@ def test_a_stalled_child_times_out_and_a_blocked_send_gives_up(ports: Ports) -> 
     assert psutil.Process().children() == [] or all(
         c.pid != port.os_pid for c in psutil.Process().children()
     )
+
+
+def test_a_send_that_wrote_nothing_by_its_timeout_leaves_the_port_usable(ports: Ports) -> None:
+    """The pipe is full before the send: nothing of its frame is written, so the stream is
+    still in sync and the process is not killed for it (it was)."""
+    port = ports.open(STALL)
+    assert port._stdin_fd is not None
+    size = fcntl.fcntl(port._stdin_fd, F_GETPIPE_SZ)
+    port.send("x" * (size - 4 - 2), timeout=WAIT)  # a frame as big as the pipe: it fills it
+    with pytest.raises(da.CallTimeout):
+        port.send("y", timeout=0.05)
+    with pytest.raises(da.CallTimeout):  # not killed (a SIGKILLed one is reaped at once)
+        port.wait_exit(0.5)
+
+
+def test_a_late_write_gives_up_once_its_process_has_exited(
+    ports: Ports, grandchildren: Grandchildren
+) -> None:
+    """A frame finished late (`_write`'s `late`, the single bridge's) to a process whose stdin
+    a detached grandchild also holds: the write would wait forever, and held the send lock,
+    so the port never saw its process exit. It gives up once the exit is known."""
+    port = Port.open([sys.executable, "-c", DETACH_THEN_STALL])
+    ports.append(port)
+    grandchildren.pids.append(port.recv(timeout=WAIT))
+    late: list[threading.Thread] = []
+
+    def finish_late(finish: Callable[[], None]) -> None:
+        thread = threading.Thread(target=finish, name="late-write", daemon=True)
+        thread.start()
+        late.append(thread)
+
+    frame = encode_frame(JSON_CODEC.encode("x" * (4 << 20)))  # far more than a pipe holds
+    with pytest.raises(da.CallTimeout):
+        port._write(frame, 0.05, finish_late)
+    assert port.info() is not None  # the process lives: its frame is finished late
+    port.kill()
+    assert port.wait_exit(WAIT) == -signal.SIGKILL  # the exit is reported
+    late[0].join(WAIT)
+    assert not late[0].is_alive()
 
 
 def test_close_stops_a_process_that_stalls_a_send_without_timeout() -> None:

@@ -19,7 +19,7 @@ from support.ports import Ports
 
 pytestmark = pytest.mark.leak_check
 
-LONG = [math.inf, 1e10]
+LONG = [math.inf, 1e10, 1e9, 3e6]  # beyond what one poll may wait (about 24 days) too
 MOCK_WORKER = [sys.executable, "-m", "dspex_actors.bridge.worker", "--backend", "mock"]
 SIGNATURE = {"inputs": [{"name": "question"}], "outputs": [{"name": "answer"}]}
 

@@ -241,8 +241,16 @@ def pdeathsig_preexec(parent: int) -> Callable[[], None]:
     return preexec
 
 
+LONGEST_POLL = 86_400.0
+"""The longest one poll waits, in seconds: the OS refuses more than about 24 days (2**31 ms).
+A longer wait polls again."""
+
+
 def wait_writable(fd: int, timeout: float | None) -> bool:
-    """Wait until `fd` can be written (True), or `timeout` seconds (False)."""
+    """Wait until `fd` can be written (True), or `timeout` seconds (False; at most
+    `LONGEST_POLL`: the caller checks its deadline)."""
+    if timeout is not None and timeout > LONGEST_POLL:
+        timeout = LONGEST_POLL
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_WRITE)
         return bool(sel.select(timeout))

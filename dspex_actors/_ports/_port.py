@@ -93,7 +93,7 @@ from .._errors import (
 )
 from .._logging import area_logger, log_event, short_repr
 from . import _fds, _launch
-from ._fds import PARENT_FDS, close_fd, wait_writable
+from ._fds import LONGEST_POLL, PARENT_FDS, close_fd, wait_writable
 from ._framing import (
     DEFAULT_MAX_FRAME,
     JSON_CODEC,
@@ -554,8 +554,9 @@ class Port:
             ProtocolError: `obj` cannot be encoded, or its payload exceeds `max_frame` (nothing
                 was written; the port is still usable).
             CallTimeout: the process did not read the frame within `timeout` (it is stalled;
-                the stream is now out of sync, so the port is closed), or another send held
-                the pipe that long (nothing was written; the port is still usable).
+                if part of the frame was written, the stream is out of sync and the port is
+                closed; if none was, or another send held the pipe that long, the port is
+                still usable).
         """
         self._check_owner()
         data = encode_frame(self._codec.encode(obj), max_frame=self._max_frame)
@@ -892,8 +893,9 @@ class Port:
         """Write one whole frame within `timeout` (after waiting, within it too, for another
         send to finish: that costs nothing but a `CallTimeout`, nothing written).
 
-        A frame written only in part by then puts the stream out of sync: the process is
-        killed and `CallTimeout` raised. Unless `late` is given (a port whose replies are
+        A frame not written at all by then costs nothing but the `CallTimeout`. One written
+        only in part puts the stream out of sync: the process is killed and `CallTimeout`
+        raised. Unless `late` is given (a port whose replies are
         matched by id can take a late request): then `late(finish)` must run `finish` in a
         thread of its own, which writes the rest whenever the process reads it (or gives up
         once it is gone) and holds the send lock until then; `CallTimeout` is raised at once
@@ -927,11 +929,14 @@ class Port:
             rest = _write_until(fd, memoryview(data)[written:], deadline, self)
             if not rest:
                 return
+            if len(rest) == len(data):
+                raise CallTimeout(str(self), "send", timeout)  # nothing written: in sync
             if late is not None:
+                held = False  # from here on, `finish` lets go of it
                 try:
                     late(functools.partial(self._finish_write, fd, rest))
-                    held = False  # `finish` lets go of it
                 except Exception:
+                    held = True  # no thread: it is still ours
                     log_event(
                         _log,
                         "WARNING",
@@ -950,10 +955,12 @@ class Port:
 
     def _finish_write(self, fd: int, rest: memoryview) -> None:
         """The rest of a late frame (`_write`'s `late`), written whenever the process reads
-        it; gives up once the process is gone (its exit is reported as usual). Releases the
-        send lock `_write` held."""
+        it. Gives up once the process is gone or the port closes (checked every
+        `_LATE_WRITE_CHECK` seconds: a process that another one shares stdin with may never
+        fail the write). Releases the send lock `_write` held."""
         try:
-            _write_until(fd, rest, None, self)
+            while rest and self._exit is None and not self._closing:
+                rest = _write_until(fd, rest, deadline_in(_LATE_WRITE_CHECK), self)
         except PortClosed:
             pass
         finally:
@@ -1038,12 +1045,15 @@ class Port:
             CallTimeout: neither before `deadline`.
         """
         exited = self._exited.is_set()
+        longest = int(LONGEST_POLL * 1000)
         if exited:
             ms = 0
         elif deadline is None:
             ms = -1
         else:
             ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if ms > longest:
+                ms = longest  # then `_next_frame` polls again
         events = self._poller.poll(ms)
         for ready, _ in events:
             if ready == fd:
@@ -1055,9 +1065,9 @@ class Port:
                 self._decoder.eof()
             except ProtocolError as exc:
                 self._stream_error = exc
-        elif not events:
+        elif not events and ms != longest:
             raise CallTimeout(str(self), "recv", timeout)
-        # else woken by the exit: drain what the process wrote before it
+        # else woken by the exit (drain what the process wrote before it), or a long wait
 
     def _watch(self, stderr_fd: int, exit_fd: int | None) -> None:
         """The reader thread: log stderr; on the exit event, reap and tell the owner at once,
@@ -1335,6 +1345,10 @@ def check_env(env: Any) -> None:
             raise InvalidOption("env", env, f"no name empty or with '=', no NUL ({name!r})")
 
 
+_LATE_WRITE_CHECK = 0.05
+"""Seconds between a late frame's checks of its port (exited or closing: it gives up)."""
+
+
 def _write_until(fd: int, view: memoryview, deadline: float | None, port: Port) -> memoryview:
     """Write `view` to the non-blocking `fd` until all is written or `deadline` passes;
     return what is left (empty: all of it).
@@ -1349,8 +1363,9 @@ def _write_until(fd: int, view: memoryview, deadline: float | None, port: Port) 
             except BlockingIOError:
                 written = 0
             view = view[written:]
-            if view and not wait_writable(fd, remaining(deadline)):
-                break
+            ready = not view or wait_writable(fd, remaining(deadline))
+            if not ready and deadline is not None and time.monotonic() >= deadline:
+                break  # (not ready before the deadline: a long wait, polled in parts)
     except OSError as exc:
         raise PortClosed(port, f"process gone while sending: {exc}") from exc
     return view

@@ -70,6 +70,9 @@ __all__ = ["BridgeWorker", "SessionPool", "SessionPoolStatus", "SessionSpec"]
 _UNDELIVERED_RETRIES = 8
 """How often a command is sent again when its worker turned out dead before it was written
 (each time the dead worker is removed: the pool's other workers, or a replacement, follow)."""
+_REBUILD_CRASHES = 2
+"""How many workers a command's session rebuild may see die before the command fails: the
+rebuild itself (a program that crashes any worker) may be what kills them."""
 
 DEFAULT_SESSION_TTL = 3600.0
 """Seconds a session may stay idle before it expires (DSPex: stale after an hour)."""
@@ -550,7 +553,7 @@ class SessionPool(SessionCommands, ProcessPool):
             worker = run.lent(port)
             for step, step_args in run.steps(port):  # usually none: the session is in sync
                 message = request(step, step_args)
-                reply = _round_trip(port, message, run.deadline, step, run.op_timeout, True)
+                reply = _round_trip(port, message, run.deadline, step, run.op_timeout, run)
                 refused = run.rebuilt(port, worker, step, step_args, reply)
                 if refused is not None:
                     return refused
@@ -571,6 +574,8 @@ class SessionPool(SessionCommands, ProcessPool):
                     # pool): nothing ran, so another worker takes it; the dead one is removed.
                     if exc.delivered or attempt == _UNDELIVERED_RETRIES:
                         raise
+                    if run.rebuild_crashes >= _REBUILD_CRASHES:
+                        raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _aexecute(
@@ -586,7 +591,7 @@ class SessionPool(SessionCommands, ProcessPool):
             worker = run.lent(port)
             for step, step_args in run.steps(port):
                 message = request(step, step_args)
-                reply = await _around_trip(port, message, run.deadline, step, run.op_timeout, True)
+                reply = await _around_trip(port, message, run.deadline, step, run.op_timeout, run)
                 refused = run.rebuilt(port, worker, step, step_args, reply)
                 if refused is not None:
                     return refused
@@ -606,6 +611,8 @@ class SessionPool(SessionCommands, ProcessPool):
                     return run.outcome(lent)
                 except WorkerCrashed as exc:
                     if exc.delivered or attempt == _UNDELIVERED_RETRIES:
+                        raise
+                    if run.rebuild_crashes >= _REBUILD_CRASHES:
                         raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -646,6 +653,7 @@ class _Command:
         self.op_timeout = float(timeout)
         # Set when a worker is lent: the timeout covers the work only (None: no deadline).
         self.deadline: float | None = 0.0
+        self.rebuild_crashes = 0  # workers that died while the session was rebuilt on them
         self.span: _telemetry.Span | None = None
         if _telemetry.active:
             metadata = {"pool": pool.name, "command": command, "session_id": session_id}
@@ -737,7 +745,7 @@ async def _around_trip(
     deadline: float | None,
     command: str,
     op_timeout: float,
-    rebuilding: bool = False,
+    rebuilding: _Command | None = None,
 ) -> Any:
     """`_round_trip`, awaited (the event loop watches the worker's pipe)."""
     errors = _DspexErrors(port, command, op_timeout, rebuilding)
@@ -753,9 +761,9 @@ def _round_trip(
     deadline: float | None,
     command: str,
     op_timeout: float,
-    rebuilding: bool = False,
+    rebuilding: _Command | None = None,
 ) -> Any:
-    """Send one request (a step `rebuilding` the session, or the caller's command) and
+    """Send one request (a step `rebuilding` the command's session, or the command) and
     wait for its reply; what goes wrong is raised as DSPex's error kinds (raised inside the
     lease: the worker is removed)."""
     errors = _DspexErrors(port, command, op_timeout, rebuilding)
@@ -768,13 +776,15 @@ def _round_trip(
 class _DspexErrors:
     """Around one round trip: the port's errors as DSPex's. Its process gone is
     `WorkerCrashed`, not delivered while `sending` (it was gone before the request was
-    written) or while `rebuilding` the session (the caller's command was never written: it
-    may go to another worker); no reply in time is `CommandTimeout`. A class, not a
-    generator: it is on every command's path."""
+    written) or while `rebuilding` a command's session (the command was never written: it
+    may go to another worker; its `rebuild_crashes` counts it); no reply in time is
+    `CommandTimeout`. A class, not a generator: it is on every command's path."""
 
     __slots__ = ("command", "op_timeout", "port", "rebuilding", "sending")
 
-    def __init__(self, port: Port, command: str, op_timeout: float, rebuilding: bool) -> None:
+    def __init__(
+        self, port: Port, command: str, op_timeout: float, rebuilding: _Command | None
+    ) -> None:
         self.port = port
         self.command = command
         self.op_timeout = op_timeout
@@ -792,7 +802,9 @@ class _DspexErrors:
     ) -> None:
         if isinstance(exc, PortClosed):
             port = self.port
-            delivered = not (self.sending or self.rebuilding)
+            if self.rebuilding is not None:
+                self.rebuilding.rebuild_crashes += 1
+            delivered = not self.sending and self.rebuilding is None
             raise WorkerCrashed(str(port), port.exit_status, delivered=delivered) from exc
         if isinstance(exc, CallTimeout):
             raise CommandTimeout(str(self.port), self.command, self.op_timeout) from None

@@ -236,6 +236,8 @@ class _BridgeCore:
         while True:
             try:
                 value = port.recv(timeout=None)
+            except CallTimeout:
+                continue  # stdout ended before the exit was known: it comes
             except PortClosed:
                 self._close(WorkerCrashed(str(port), port.exit_status))
                 self.on_exit(PortExited(port, port.exit_status))

@@ -28,7 +28,7 @@ For the tests:
   is written first), ``"die"`` (exit with status 7, no reply).
 - ``"_fail_on_pids": [pid, ...]`` in a request's args: the command fails (an error reply) in
   those processes, and runs as usual in any other; ``"_die_on_pids"``: those processes exit
-  with status 7 instead of answering it.
+  with status 7 instead of answering it; ``"_die_unless_pids"``: every other process does.
 """
 
 import argparse
@@ -84,6 +84,8 @@ class Bridge:
         self.command_count += 1
         if os.getpid() in args.get("_die_on_pids", ()):
             os._exit(7)  # no reply
+        if "_die_unless_pids" in args and os.getpid() not in args["_die_unless_pids"]:
+            os._exit(7)
         if os.getpid() in args.get("_fail_on_pids", ()):
             self.error_count += 1
             raise ValueError(f"{command} refused by process {os.getpid()}")
