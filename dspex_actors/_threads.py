@@ -47,6 +47,7 @@ class KeptThreads:
     """
 
     __slots__ = (
+        "_busy",
         "_changed",
         "_closed",
         "_ended",
@@ -65,8 +66,9 @@ class KeptThreads:
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._idle = 0  # threads waiting on the queue, less the jobs queued for them
         self._live: set[threading.Thread] = set()  # every thread not yet ended
+        self._busy: set[threading.Thread] = set()  # those running a job
         self._ended: list[threading.Thread] = []  # threads that ended since `close`
-        self._changed = threading.Condition(self._lock)  # a thread ended
+        self._changed = threading.Condition(self._lock)  # a thread ended, or took a job
         self._closed = False
 
     def run(self, job: Job) -> None:
@@ -81,17 +83,20 @@ class KeptThreads:
         thread = threading.Thread(target=self._serve, args=(box,), name=self._name, daemon=True)
         with self._lock:
             self._live.add(thread)
+            self._busy.add(thread)
         try:
             thread.start()
         except BaseException:
             with self._lock:
                 self._live.discard(thread)
+                self._busy.discard(thread)
             raise
 
-    def close(self, wait: float = 0.0) -> None:
+    def close(self, wait: float = 0.0, *, busy: bool = False) -> None:
         """End every waiting thread; a thread still running a job ends after it. Then wait up
-        to `wait` seconds until every thread has ended (so that none outlives its owner's
-        stop), busy ones included."""
+        to `wait` seconds until they have ended, so that none outlives its owner's stop:
+        every thread not running a job, and with `busy` those running one too (for an owner
+        that knows their jobs are over, or about to be)."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, 0
@@ -102,7 +107,9 @@ class KeptThreads:
         deadline = time.monotonic() + wait
         me = threading.current_thread()
         with self._changed:
-            self._changed.wait_for(lambda: not self._live - {me}, wait)
+            self._changed.wait_for(
+                lambda: not self._live - {me} - (set() if busy else self._busy), wait
+            )
             ended, self._ended = self._ended, []
         for thread in ended:  # out of `_serve`: what is left of it is quick
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -114,17 +121,20 @@ class KeptThreads:
         finally:
             with self._changed:
                 self._live.discard(current)
+                self._busy.discard(current)
                 if self._closed:
                     self._ended.append(current)
                 self._changed.notify_all()
 
     def _serve_jobs(self, box: list[Job]) -> None:
         me = threading.get_ident()
+        current = threading.current_thread()
         job: Job | None = box.pop()
         while job is not None:
             deliver = contextvars.Context().run(job)
             job = None  # what it held is not kept alive while this thread waits
             with self._lock:
+                self._busy.discard(current)
                 keep = not self._closed and self._idle < self._keep
                 if keep:
                     self._idle += 1
@@ -146,3 +156,7 @@ class KeptThreads:
                 return
             job = self._queue.get()
             _PARKED.discard(me)
+            if job is not None:
+                with self._changed:
+                    self._busy.add(current)
+                    self._changed.notify_all()

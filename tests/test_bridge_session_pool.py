@@ -1141,6 +1141,28 @@ def test_a_session_whose_rebuild_kills_every_worker_fails_after_two_of_them(
     assert pool.status().pool.workers_removed == 3  # the killed one, then two rebuilds
 
 
+def test_only_a_worker_that_read_a_rebuild_step_counts_as_killed_by_the_rebuild() -> None:
+    """White-box (`_DspexErrors`): a worker found dead while a rebuild step was being written
+    was dead before (the command keeps its 8 retries); one that died after reading it may
+    have been killed by it (two such, and the command fails)."""
+    from dspex_actors.bridge._session_pool import _DspexErrors
+
+    port: Any = SimpleNamespace(exit_status=-9)
+    run: Any = SimpleNamespace(rebuild_crashes=0)
+
+    def crash(errors: _DspexErrors) -> None:
+        with errors:
+            raise da.PortClosed(port, "gone")
+
+    for written in (False, True):
+        errors = _DspexErrors(port, "create_program", 1.0, run)
+        errors.sending = not written
+        with pytest.raises(da.WorkerCrashed) as err:
+            crash(errors)
+        assert err.value.delivered is False  # the command itself was never written
+        assert run.rebuild_crashes == int(written)
+
+
 # --- 9. interop: DSPex's own script ------------------------------------------------------------
 
 

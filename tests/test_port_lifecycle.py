@@ -260,6 +260,36 @@ def test_a_late_write_gives_up_once_its_process_has_exited(
     assert not late[0].is_alive()
 
 
+def test_a_send_with_no_timeout_gives_up_once_its_process_has_exited(
+    ports: Ports, grandchildren: Grandchildren
+) -> None:
+    """The same with an ordinary send that has no deadline: it held the send lock, waiting
+    for a pipe the grandchild keeps open, and the port never saw its process exit."""
+    port = Port.open([sys.executable, "-c", DETACH_THEN_STALL])
+    ports.append(port)
+    grandchildren.pids.append(port.recv(timeout=WAIT))
+    outcome: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            port.send("x" * (4 << 20), timeout=None)  # far more than a pipe holds
+        except BaseException as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send, name="blocked-send")
+    port._reclaim(sender)  # the sender is the owner
+    sender.start()
+    try:
+        assert wait_for(port._send_lock.locked, timeout=WAIT)
+        port.kill()
+        assert port.wait_exit(WAIT) == -signal.SIGKILL  # the exit is reported
+    finally:
+        sender.join(WAIT)
+    assert not sender.is_alive()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], PortClosed)
+
+
 def test_close_stops_a_process_that_stalls_a_send_without_timeout() -> None:
     """`close(timeout)` from another thread is bounded even while the owner is stuck
     in ``send(obj, timeout=None)`` to a process that never reads stdin."""

@@ -899,7 +899,8 @@ class Port:
         matched by id can take a late request): then `late(finish)` must run `finish` in a
         thread of its own, which writes the rest whenever the process reads it (or gives up
         once it is gone) and holds the send lock until then; `CallTimeout` is raised at once
-        all the same, and the process lives on.
+        all the same, and the process lives on. `late` raises only if it started no thread
+        (the send lock is then released here, and the process killed).
 
         Raises:
             PortClosed: the port is closed or its process gone.
@@ -955,12 +956,10 @@ class Port:
 
     def _finish_write(self, fd: int, rest: memoryview) -> None:
         """The rest of a late frame (`_write`'s `late`), written whenever the process reads
-        it. Gives up once the process is gone or the port closes (checked every
-        `_LATE_WRITE_CHECK` seconds: a process that another one shares stdin with may never
-        fail the write). Releases the send lock `_write` held."""
+        it; given up once the process is gone or the port closes. Releases the send lock
+        `_write` held."""
         try:
-            while rest and self._exit is None and not self._closing:
-                rest = _write_until(fd, rest, deadline_in(_LATE_WRITE_CHECK), self)
+            _write_until(fd, rest, None, self)
         except PortClosed:
             pass
         finally:
@@ -1345,8 +1344,9 @@ def check_env(env: Any) -> None:
             raise InvalidOption("env", env, f"no name empty or with '=', no NUL ({name!r})")
 
 
-_LATE_WRITE_CHECK = 0.05
-"""Seconds between a late frame's checks of its port (exited or closing: it gives up)."""
+_WRITE_CHECK = 0.05
+"""Seconds between a blocked send's checks of its port: once the process has exited or the port
+closes, the send gives up (a process that another one shares stdin with may never fail it)."""
 
 
 def _write_until(fd: int, view: memoryview, deadline: float | None, port: Port) -> memoryview:
@@ -1354,7 +1354,8 @@ def _write_until(fd: int, view: memoryview, deadline: float | None, port: Port) 
     return what is left (empty: all of it).
 
     Raises:
-        PortClosed: the process is gone (its end of the pipe closed).
+        PortClosed: the process is gone (its end of the pipe closed, or its exit known), or
+            the port is closing.
     """
     try:
         while view:
@@ -1363,9 +1364,14 @@ def _write_until(fd: int, view: memoryview, deadline: float | None, port: Port) 
             except BlockingIOError:
                 written = 0
             view = view[written:]
-            ready = not view or wait_writable(fd, remaining(deadline))
+            if not view:
+                break
+            left = remaining(deadline)
+            ready = wait_writable(fd, _WRITE_CHECK if left is None else min(left, _WRITE_CHECK))
+            if port._exit is not None or port._closing:
+                raise PortClosed(port, "process exited" if port._exit else "closed")
             if not ready and deadline is not None and time.monotonic() >= deadline:
-                break  # (not ready before the deadline: a long wait, polled in parts)
+                break
     except OSError as exc:
         raise PortClosed(port, f"process gone while sending: {exc}") from exc
     return view

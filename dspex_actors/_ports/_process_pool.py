@@ -731,7 +731,7 @@ class PortWorker(PoolWorker):
                     pool_state.spec.close_timeout + _CLOSE_SLACK,
                 )
         finally:
-            pool_state.closers.close(_THREADS_END)
+            pool_state.closers.close(_THREADS_END, busy=True)  # their closes are over
             if pool_state.release_server is not None:
                 pool_state.release_server()  # a finalizer: runs once
 
@@ -741,15 +741,13 @@ def _kill_leftovers(state: _PoolState) -> None:
     still has (idle, lent out, starting) and let go of the fork server. Runs in the exiting
     pool's thread; the kills do not wait (each port's reader reaps its process). Either way, its
     closing threads end once their closes are done."""
-    state.closers.close(_THREADS_END)
     with state.lock:
-        if state.stopped:
-            return
-        state.stopped = True
-        ports = list(state.live)
+        stopped, state.stopped = state.stopped, True
+        ports = [] if stopped else list(state.live)
     for port in ports:
         port.kill()
-    if state.release_server is not None:
+    state.closers.close()  # after the kills: a close in flight ends at once
+    if not stopped and state.release_server is not None:
         state.release_server()
 
 

@@ -802,8 +802,8 @@ class _DspexErrors:
     ) -> None:
         if isinstance(exc, PortClosed):
             port = self.port
-            if self.rebuilding is not None:
-                self.rebuilding.rebuild_crashes += 1
+            if self.rebuilding is not None and not self.sending:
+                self.rebuilding.rebuild_crashes += 1  # it died having read a rebuild step
             delivered = not self.sending and self.rebuilding is None
             raise WorkerCrashed(str(port), port.exit_status, delivered=delivered) from exc
         if isinstance(exc, CallTimeout):
