@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import queue
 import signal
 import threading
@@ -281,6 +282,7 @@ class _Proc:
         # Held while the actor handles a message (and while it starts), so that another
         # thread may run a message in the actor's place when it is idle (`run_inline`).
         self.exec_lock = threading.Lock()
+        self.pid = os.getpid()  # the process the actor runs in (a fork's copy runs in none)
         self.inline_crash: BaseException | None = None  # what a message run inline raised
         # Set once `on_start` has succeeded and `started` is set (so `start()` has its answer):
         # only then may a message run inline (a plain flag: `run_inline` reads it on every
@@ -965,6 +967,8 @@ def run_inline(proc: _Proc, handler: Callable[[Any], bool | None], message: Any)
     Framework code uses this for its hot paths (a pool's checkout and checkin): a thread hand-off
     costs more than the work.
     """
+    if proc.pid != os.getpid():
+        return False  # a forked process's copy: the actor is not there (no thread runs it)
     lock = proc.exec_lock
     if not lock.acquire(False):
         return False

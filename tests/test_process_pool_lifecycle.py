@@ -834,3 +834,34 @@ def test_a_failed_preload_is_the_cause_of_the_start_error() -> None:
         ProcessPool.start(target=abs, pool_size=1, preload=["no_such_module_for_dspex_tests"])
     assert isinstance(caught.value.__cause__, ModuleNotFoundError)
     assert caught.value.__cause__ is caught.value.reason
+
+
+def test_a_forked_process_using_the_pools_handle_gets_noproc_and_leaves_the_workers_alone(
+    process_pools: ProcessPools,
+) -> None:
+    """A process forked from this one (a fork-based multiprocessing task, say) holds a copy
+    of the handle: using it raises `NoProc` at once. It ran the checkout on its copy of the
+    pool, found the worker's pipes gone (the fork let go of them) and killed the parent's
+    worker by pid, then waited out its timeout."""
+    pool = process_pools.start(target=probe, pool_size=1)
+    worker = pool.call("pid", timeout=WAIT)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one call, its outcome's class name through the pipe
+        try:
+            try:
+                pool.call("pid", timeout=5)
+                outcome = "answered"
+            except BaseException as exc:
+                outcome = type(exc).__name__
+            os.write(w, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        assert wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, WAIT)
+        assert os.read(r, 100) == b"NoProc"
+    finally:
+        os.close(r)
+    assert pool.call("pid", timeout=WAIT) == worker  # the same worker, untouched
+    assert pool.status().workers_removed == 0

@@ -68,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -602,6 +603,10 @@ class Pool(ActorHandle):
         core = self.__core
         if core is None:
             raise NoProc(str(self._ref), "checkout")  # not a running pool
+        if core.proc is not None and core.proc.pid != os.getpid():
+            # A forked process's copy of the handle: the pool and its workers are the
+            # parent's, and must not be touched from here.
+            raise NoProc(core.label, "checkout (the pool runs in the process this one forked from)")
         deadline = deadline_in(timeout)
         req = _Request(self._ref, command, deadline, worker, affinity)
         proc = getattr(_actor_thread, "proc", None)  # current_actor(), without the call
