@@ -434,3 +434,26 @@ def test_a_supervisor_restarts_a_port_actor_whose_process_crashed() -> None:
         assert second.proxy().request({"n": 1}).get(timeout=10)["n"] == 1
     finally:
         sup.stop()
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "5", -1])
+def test_a_bad_timeout_is_refused_before_anything_is_sent(ports: Ports, timeout: Any) -> None:
+    """It was a `ValueError` after the request was written: the handler ran, and the port's
+    next request read that reply (`ResponseMismatch`)."""
+    port = ports.spawn(echo)
+    for method in (port.request, port.send):
+        with pytest.raises(da.InvalidOption):
+            method({"n": 1}, timeout=timeout)
+    with pytest.raises(da.InvalidOption):
+        port.recv(timeout=timeout)
+    with pytest.raises(da.InvalidOption):
+        port.ping(timeout=timeout)
+    assert port.request({"n": 2}, timeout=10) == {"n": 2}  # nothing was sent before
+
+
+def test_a_request_whose_id_is_none_gets_a_fresh_id(ports: Ports) -> None:
+    """It was sent with a second "id" key, null, which the program answered under."""
+    port = ports.open(ECHO)
+    reply = port.request({"id": None, "op": "x"}, timeout=10)
+    assert reply["op"] == "x"
+    assert reply["id"] is not None

@@ -565,6 +565,11 @@ def test_recycling_options_are_validated_before_anything_starts(option: str, val
         ("env", {"A=B": "1"}),
         ("env", {"X": "a\0b"}),
         ("env", ["X=1"]),
+        ("cwd", 5),
+        ("ping", [1, 2]),  # not a mapping: its reply cannot carry its id
+        ("ping", {"x": {1, 2}}),  # not JSON
+        ("close_timeout", float("nan")),
+        ("close_timeout", float("inf")),
     ],
 )
 def test_a_bad_program_is_refused_before_anything_starts(option: str, value: Any) -> None:
@@ -865,3 +870,21 @@ def test_a_forked_process_using_the_pools_handle_gets_noproc_and_leaves_the_work
         os.close(r)
     assert pool.call("pid", timeout=WAIT) == worker  # the same worker, untouched
     assert pool.status().workers_removed == 0
+
+
+def test_target_options_that_would_be_misread_are_refused_or_taken_as_meant() -> None:
+    with pytest.raises(InvalidOption) as err:  # it was split into characters: ("a", "b")
+        ProcessPool.options(target=probe, pool_size=1, args="ab")
+    assert err.value.option == "args"
+    spec, _ = ProcessPool.options(target=probe, pool_size=1, args=["ab"], preload=None)
+    assert (spec.args, spec.preload) == (("ab",), ())  # preload=None: none (it raised TypeError)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "5", -1])
+def test_a_bad_call_timeout_is_refused_before_any_worker_is_used(
+    process_pools: ProcessPools, timeout: Any
+) -> None:
+    pool = process_pools.start(target=probe, pool_size=1)
+    with pytest.raises(InvalidOption):
+        pool.call(1, timeout=timeout)
+    assert pool.status().checkouts == 0

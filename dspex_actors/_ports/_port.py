@@ -80,7 +80,7 @@ from .. import _telemetry
 from .._actor import _current as _current_actor
 from .._actor import not_exited
 from .._aio import in_thread, wait_readable
-from .._checks import deadline_in, is_number, lock_timeout, remaining
+from .._checks import check_timeout, deadline_in, is_number, lock_timeout, remaining
 from .._errors import (
     CallTimeout,
     ConnectFailed,
@@ -223,6 +223,10 @@ class Prepared:
         """Encode `obj`, refusing it (`ProtocolError`) unless its frame fits `max_frame` with
         whatever request id it is sent with: a request refused only at its send would have
         been refused after its worker was taken."""
+        if not enveloped and own_id is None and isinstance(obj, Mapping) and "id" in obj:
+            # ``"id": None`` asks for a fresh id, like no id at all (kept, it would be sent
+            # as a second "id" key beside the one added).
+            obj = {key: value for key, value in obj.items() if key != "id"}
         body = codec.encode(obj)
         room = 0 if own_id is not None else ENVELOPE_ROOM
         if len(body) + room > max_frame:
@@ -551,6 +555,7 @@ class Port:
         Raises:
             PortNotOwned: the caller is not the owner.
             PortClosed: the port is closed or its process has exited.
+            InvalidOption: `timeout` is not a number of seconds >= 0 or None (nothing sent).
             ProtocolError: `obj` cannot be encoded, or its payload exceeds `max_frame` (nothing
                 was written; the port is still usable).
             CallTimeout: the process did not read the frame within `timeout` (it is stalled;
@@ -558,6 +563,7 @@ class Port:
                 closed; if none was, or another send held the pipe that long, the port is
                 still usable).
         """
+        check_timeout(timeout)
         self._check_owner()
         data = encode_frame(self._codec.encode(obj), max_frame=self._max_frame)
         self._write(data, timeout)
@@ -574,6 +580,7 @@ class Port:
                 is closed).
             CallTimeout: no frame within `timeout`.
         """
+        check_timeout(timeout)
         self._check_owner()
         return self._recv(deadline_in(timeout), timeout)
 
@@ -600,6 +607,7 @@ class Port:
             RemoteError: the spawned handler raised (the port stays usable).
             CallTimeout, PortClosed, PortNotOwned: as for `send` / `recv`.
         """
+        check_timeout(timeout)
         request_id, deadline = self._send_request(obj, timeout)
         return self._await_reply(request_id, deadline)
 
@@ -611,6 +619,7 @@ class Port:
             InvalidOption: this is a `Port.open` port (the program's protocol is not ours).
             CallTimeout, PortClosed, PortNotOwned, ProtocolError: as for `request`.
         """
+        check_timeout(timeout)
         if not self._enveloped:
             raise InvalidOption("port", self, "a Port.spawn port (Port.open has no ping)")
         deadline = deadline_in(timeout)

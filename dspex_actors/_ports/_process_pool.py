@@ -74,6 +74,7 @@ from .._checks import (
     check_clock,
     check_name_option,
     check_options,
+    check_timeout,
     deadline_in,
     is_int,
     is_number,
@@ -153,7 +154,29 @@ def _options_copy(options: Any) -> Any:
     return dict(options) if isinstance(options, Mapping) else options  # others: refused
 
 
+def _args_tuple(args: Any) -> tuple[Any, ...]:
+    if isinstance(args, str | bytes):
+        raise InvalidOption("args", args, "a sequence of extra arguments, not one string")
+    try:
+        return tuple(args)
+    except TypeError:
+        raise InvalidOption("args", args, "a sequence of extra arguments") from None
+
+
+def _check_ping(ping: Any, codec: Codec) -> None:
+    """An `argv` pool's ping: a request its codec can encode, a mapping (its reply carries
+    its id); refused now, not at every idle worker's ping."""
+    if not isinstance(ping, Mapping):
+        raise InvalidOption("ping", ping, "None or a mapping (the request a ping sends)")
+    try:
+        codec.encode(ping)
+    except ProtocolError as exc:
+        raise InvalidOption("ping", ping, f"a request the codec can encode ({exc})") from None
+
+
 def _str_tuple(names: Any) -> Any:
+    if names is None:
+        return ()
     if isinstance(names, str):
         raise InvalidOption("preload", names, "a list of module names, not one string")
     names = tuple(names)
@@ -214,7 +237,7 @@ class PortSpec:
 
     argv: tuple[str, ...] | None = attrs.field(default=None, converter=_argv_tuple)
     target: Callable[..., Any] | None = None
-    args: tuple[Any, ...] = attrs.field(default=(), converter=tuple)
+    args: tuple[Any, ...] = attrs.field(default=(), converter=_args_tuple)
     start_method: str | None = None
     max_frame: int = DEFAULT_MAX_FRAME
     codec: Codec = JSON_CODEC
@@ -245,8 +268,12 @@ class PortSpec:
         if self.target is not None and not callable(self.target):
             raise InvalidOption("target", self.target, "a callable")
         check_env(self.env)
-        if not isinstance(self.close_timeout, int | float) or self.close_timeout < 0:
-            raise InvalidOption("close_timeout", self.close_timeout, "a number >= 0")
+        if not is_number(self.close_timeout) or not 0 <= self.close_timeout < float("inf"):
+            raise InvalidOption("close_timeout", self.close_timeout, "a number of seconds >= 0")
+        if self.cwd is not None and not isinstance(self.cwd, str | os.PathLike):
+            raise InvalidOption("cwd", self.cwd, "None or a path")
+        if self.ping is not None and self.argv is not None:
+            _check_ping(self.ping, self.codec)
         if not is_int(self.retries) or self.retries < 0:
             raise InvalidOption("retries", self.retries, "a non-negative integer")
         if not is_number(self.init_timeout) or not 0 < self.init_timeout < float("inf"):
@@ -854,7 +881,7 @@ class ProcessPool(Pool):
         max_memory: int | None = None,
         max_age: float | None = None,
         recycle_jitter: float = 0.1,
-        preload: Sequence[str] = (),
+        preload: Sequence[str] | None = (),
         backend: str = "local",
         ray_options: Mapping[str, Any] | None = None,
         start_backoff: float = 0.05,
@@ -908,7 +935,7 @@ class ProcessPool(Pool):
         spec = PortSpec(
             argv=argv,
             target=target,
-            args=tuple(args),
+            args=args,
             start_method=start_method,
             max_frame=max_frame,
             codec=codec,
@@ -1030,6 +1057,7 @@ class ProcessPool(Pool):
                 envelope with ``"success": false`` (its ``"error"`` is the message); the
                 worker stays, counted in `error_checkins`.
         """
+        check_timeout(timeout)
         deadline = deadline_in(timeout)
         prepared = self._prepare(request)  # a bad request is refused before any worker
         attempts = _Attempts(self._spec.retries)
@@ -1053,6 +1081,7 @@ class ProcessPool(Pool):
 
         Raises: as `call`.
         """
+        check_timeout(timeout)
         deadline = deadline_in(timeout)
         prepared = self._prepare(request)
         attempts = _Attempts(self._spec.retries)
