@@ -888,3 +888,20 @@ def test_a_bad_call_timeout_is_refused_before_any_worker_is_used(
     with pytest.raises(InvalidOption):
         pool.call(1, timeout=timeout)
     assert pool.status().checkouts == 0
+
+
+def test_preload_finds_a_module_on_a_path_added_after_the_fork_server_started(
+    process_pools: ProcessPools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server imports preloads on the requester's `sys.path` of now, as its workers take
+    it; it used its own, of when it started, and the start failed with `StartError`."""
+    first = process_pools.start(target=probe, pool_size=1)
+    assert first.call(1, timeout=WAIT) == 2  # a fork server runs now
+    monkeypatch.syspath_prepend(str(tmp_path))  # a plugin directory added at run time
+    modules = Modules(tmp_path)
+    name, marker = modules.marker_module("late_path_preload")
+    server = FORK_SERVER.pid
+    pool = process_pools.start(target=probe, pool_size=1, preload=[name])
+    assert FORK_SERVER.pid == server  # the same server imported it
+    assert importers(marker) == [server]
+    assert pool.call(["loaded", name], timeout=WAIT) is True

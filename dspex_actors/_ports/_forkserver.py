@@ -625,7 +625,7 @@ class _Server:
             ForkServerUnavailable: the server is gone; CallTimeout: it did not answer.
         """
         request_id = next(self._ids)
-        setup = PRELOAD + pickle.dumps(modules)
+        setup = PRELOAD + pickle.dumps((modules, list(sys.path)))  # found as they are here
         message = memoryview(REQUEST.pack(request_id, len(setup)) + setup)
         request = _Request(None)
         with self._lock:

@@ -228,7 +228,7 @@ def server_main(fd: int, parent: int, preload: Sequence[str] = ()) -> None:
                     setup = bytes(buffer[REQUEST.size : end])
                     del buffer[:end]
                     if setup[:1] == PRELOAD:
-                        if not state.preload(request_id, pickle.loads(setup[1:])):
+                        if not state.preload(request_id, *pickle.loads(setup[1:])):
                             state.leave()  # a module started a thread: no more forks
                         continue
                     if len(fds) < WORKER_FDS:
@@ -519,13 +519,15 @@ class _State:
         del self.handovers[handover.zygote.pid]
         self.sel.unregister(handover.zygote.sock)
 
-    def preload(self, request_id: int, modules: list[str]) -> bool:
-        """Import `modules`, so that every child forked from now on has them; answer. False
-        if one of them started a thread: a fork copies a lock another thread holds, so this
-        server must not fork any more (it answers, then exits)."""
+    def preload(self, request_id: int, modules: list[str], path: list[str]) -> bool:
+        """Import `modules`, found on `path` (the requester's `sys.path` now, which this
+        server takes), so that every child forked from now on has them; answer. False if one
+        of them started a thread: a fork copies a lock another thread holds, so this server
+        must not fork any more (it answers, then exits)."""
         zygote = self._discard_zygote()  # it lacks them: the next one is forked after
         if zygote is not None:
             self._lost(zygote, reaped=False, failure=False)
+        sys.path[:] = path
         for index, name in enumerate(modules):
             try:
                 importlib.import_module(name)
