@@ -27,6 +27,7 @@ import signal
 import statistics
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -686,6 +687,28 @@ def test_a_preload_module_that_raises_fails_start_with_import_error(modules: Mod
     assert isinstance(err.value.reason, ImportError)
     assert name in str(err.value)
     assert (FORK_SERVER.users, FORK_SERVER.pid) == (0, None)
+
+
+def test_a_preload_module_that_kills_the_fork_server_fails_start_and_poisons_no_server(
+    process_pools: ProcessPools, modules: Modules
+) -> None:
+    """It exits the process that imports it: the start fails with `StartError` (it
+    succeeded, its workers were spawned without the module, and every later fork server
+    died at its start importing it, for every pool)."""
+    name = modules.add("dspex_test_exits_on_import", "import os\nos._exit(0)\n")
+    holder = process_pools.start(target=probe, pool_size=1)  # a fork server runs
+    with pytest.raises(da.StartError) as err:
+        ProcessPool.start(target=probe, pool_size=1, preload=[name])
+    assert isinstance(err.value.reason, RuntimeError)
+    assert name in str(err.value)
+    assert name not in FORK_SERVER._preload  # white-box: no later server imports it
+    # Once the start backoff its death set is over, the next pool's workers come from a fork
+    # server again.
+    wait_for(lambda: time.monotonic() >= FORK_SERVER._retry_at, timeout=WAIT)
+    other = process_pools.start(target=probe, pool_size=1)
+    (worker,) = lease_pids(other, 1)
+    assert psutil.Process(worker).ppid() == FORK_SERVER.pid
+    assert holder.call(21, timeout=WAIT) == 42
 
 
 THREAD_AT_IMPORT = """

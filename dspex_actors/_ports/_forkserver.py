@@ -206,7 +206,8 @@ class ForkServer:
             ImportError: a `preload` module cannot be imported (its traceback is on stderr);
                 no reference was taken.
             RuntimeError: importing one started a thread (the server is replaced: forking a
-                threaded process is unsafe); no reference was taken.
+                threaded process is unsafe), or killed the server twice running (it crashes
+                or exits whatever imports it); no reference was taken.
             CallTimeout: the imports took longer than `timeout` (the server is replaced).
         """
         modules = list(dict.fromkeys(preload))
@@ -226,11 +227,29 @@ class ForkServer:
                 server: _Server | None = self._running()
             except ForkServerUnavailable:
                 server = None
-        if server is not None and not server.preloaded.issuperset(modules):
+        for attempt in (1, 2):
+            if server is None or server.preloaded.issuperset(modules):
+                break  # (no server now: the next one imports them at its start)
             try:
                 server.preload([m for m in modules if m not in server.preloaded], timeout)
+                break
             except ForkServerUnavailable:
-                pass  # the next server imports them at its start
+                # The server died while importing them: killed meanwhile, or by one of them
+                # (a crash, an exit). A fresh server tries once more; modules that kill it
+                # again are refused, so that no server after it dies at its start.
+                if attempt == 2:
+                    with self._lock, contextlib.suppress(ForkServerUnavailable):
+                        self._running()  # its death counts now: the next start backs off
+                    self.release()
+                    raise RuntimeError(
+                        f"the fork server died importing {modules!r} (preload): one of them "
+                        f"crashes or exits the process that imports it"
+                    ) from None
+                with self._lock:
+                    try:
+                        server = self._running()
+                    except ForkServerUnavailable:
+                        server = None
             except BaseException:
                 self.release()
                 raise
