@@ -928,3 +928,19 @@ def test_preload_finds_a_module_on_a_path_added_after_the_fork_server_started(
     assert FORK_SERVER.pid == server  # the same server imported it
     assert importers(marker) == [server]
     assert pool.call(["loaded", name], timeout=WAIT) is True
+
+
+def read_stdin(request: Any) -> Any:
+    """What the handler's `sys.stdin` holds (a worker's stdin is /dev/null: nothing)."""
+    return sys.stdin.read()
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_a_handler_reading_stdin_reads_nothing_and_steals_no_request(
+    process_pools: ProcessPools, method: str
+) -> None:
+    """In a "spawn" worker, fd 0 was the request pipe: a handler (or a library) reading
+    stdin blocked on, or took, the next request's frame."""
+    pool = process_pools.start(target=read_stdin, pool_size=1, start_method=method)
+    assert pool.call(1, timeout=WAIT) == ""
+    assert pool.call(2, timeout=WAIT) == ""

@@ -41,9 +41,15 @@ def spawn_entry() -> None:
     """The start of a ``"spawn"`` child (runs in the child): read the handler, then serve."""
     import dill
 
-    in_fd = 0
+    # The frames move off fds 0 and 1: what the handler reads from stdin is /dev/null (as in
+    # a forked worker), never the next request; what it prints goes to the port's stderr
+    # log, never into the frames.
+    in_fd = os.dup(0)
     out_fd = os.dup(1)
-    # Anything the handler prints goes to the port's stderr log, never into the frames.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115
     os.dup2(2, 1)
     line_buffered_std_streams()
     decoder = FrameDecoder(2**32 - 1)
