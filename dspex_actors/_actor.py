@@ -251,6 +251,29 @@ def _reject(envelope: Envelope[Any], owner: str, proc: _Proc | None) -> None:
 _attach_lock = threading.Lock()
 
 
+_pid = os.getpid()  # this process's pid, kept without a system call on hot paths
+_forks_watched = False  # the hook keeping `_pid` is registered once an actor exists
+
+
+def _note_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+def _watch_forks() -> None:
+    global _forks_watched, _pid
+    if not _forks_watched:  # (once: a duplicate registration only repeats the same update)
+        _forks_watched = True
+        _pid = os.getpid()  # (a fork before the hook existed left the parent's)
+        os.register_at_fork(after_in_child=_note_fork)
+
+
+def forked_away(proc: _Proc) -> bool:
+    """Whether `proc` is a forked process's copy of an actor of the process it forked from:
+    no thread runs it here, and what it owns (its workers, its ports) is not this process's."""
+    return proc.pid != _pid
+
+
 class _Proc:
     """Everything links, monitors and exit reasons need to know about one actor.
 
@@ -282,7 +305,8 @@ class _Proc:
         # Held while the actor handles a message (and while it starts), so that another
         # thread may run a message in the actor's place when it is idle (`run_inline`).
         self.exec_lock = threading.Lock()
-        self.pid = os.getpid()  # the process the actor runs in (a fork's copy runs in none)
+        _watch_forks()
+        self.pid = _pid  # the process the actor runs in (a fork's copy runs in none)
         self.inline_crash: BaseException | None = None  # what a message run inline raised
         # Set once `on_start` has succeeded and `started` is set (so `start()` has its answer):
         # only then may a message run inline (a plain flag: `run_inline` reads it on every
@@ -967,7 +991,7 @@ def run_inline(proc: _Proc, handler: Callable[[Any], bool | None], message: Any)
     Framework code uses this for its hot paths (a pool's checkout and checkin): a thread hand-off
     costs more than the work.
     """
-    if proc.pid != os.getpid():
+    if proc.pid != _pid:
         return False  # a forked process's copy: the actor is not there (no thread runs it)
     lock = proc.exec_lock
     if not lock.acquire(False):

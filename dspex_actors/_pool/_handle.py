@@ -68,7 +68,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -78,7 +77,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import pykka
 
 from .. import _telemetry
-from .._actor import ActorHandle, current_actor, run_inline
+from .._actor import ActorHandle, current_actor, forked_away, run_inline
 from .._actor import _current as _actor_thread
 from .._aio import AsyncWaker, in_thread
 from .._checks import (
@@ -603,7 +602,7 @@ class Pool(ActorHandle):
         core = self.__core
         if core is None:
             raise NoProc(str(self._ref), "checkout")  # not a running pool
-        if core.proc is not None and core.proc.pid != os.getpid():
+        if core.proc is not None and forked_away(core.proc):
             # A forked process's copy of the handle: the pool and its workers are the
             # parent's, and must not be touched from here.
             raise NoProc(core.label, "checkout (the pool runs in the process this one forked from)")
