@@ -22,37 +22,13 @@ import dspex_actors as da
 from dspex_actors._naming import _names
 from dspex_actors.testing import sync, wait_for
 
+from support.naming import SlowToDie
+from support.naming import Worker as Echo
 from support.supervision import Supervisors
-
-
-class Echo(da.Actor):
-    """Answers every ask with the message; `"crash"` told makes it crash."""
-
-    def on_receive(self, message: Any) -> Any:
-        if message == "crash":
-            raise RuntimeError("crash requested")
-        return message
 
 
 class Plain(pykka.ThreadingActor):
     """A plain pykka actor (not a dspex `Actor`)."""
-
-
-class SlowToDie(da.Actor):
-    """Holds its exit open in `on_stop` until `release` is set (bounded).
-
-    While it waits, `ref.is_alive()` is already False but its monitors have not run: the window
-    in which a name still points at a stopped actor.
-    """
-
-    def __init__(self, stopping: threading.Event, release: threading.Event) -> None:
-        super().__init__()
-        self.stopping = stopping
-        self.release = release
-
-    def on_stop(self) -> None:
-        self.stopping.set()
-        self.release.wait(10)
 
 
 class SelfNaming(da.Actor):

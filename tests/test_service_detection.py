@@ -24,6 +24,7 @@ from dspex_actors import Keys, Registry, Service, detect_service
 from dspex_actors._naming import _names
 from dspex_actors.testing import sync, wait_for
 
+from support.naming import SlowToDie
 from support.supervision import Supervisors
 
 CANDIDATES = ["session_pool", "bridge"]
@@ -43,19 +44,6 @@ class Bridge(da.Actor):
 
     def on_receive(self, message: Any) -> Any:
         return ("bridge", message)
-
-
-class SlowToDie(da.Actor):
-    """Holds its exit open in `on_stop` until `release` is set: stopped, not yet cleaned up."""
-
-    def __init__(self, stopping: threading.Event, release: threading.Event) -> None:
-        super().__init__()
-        self.stopping = stopping
-        self.release = release
-
-    def on_stop(self) -> None:
-        self.stopping.set()
-        self.release.wait(10)
 
 
 @pytest.fixture
