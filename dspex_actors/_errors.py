@@ -49,6 +49,7 @@ __all__ = [
     "StartChildError",
     "StartError",
     "SupervisorStartError",
+    "UndecodableReply",
     "WorkerBusy",
     "WorkerCrashed",
     "WorkerStartError",
@@ -409,6 +410,21 @@ class ResponseMismatch(ProtocolError):
         self.expected = expected
         self.got = got
         super().__init__(f"reply id mismatch from {worker}: expected {expected!r}, got {got!r}")
+
+
+class UndecodableReply(ProtocolError):
+    """The reply to a request arrived whole and under its id, but its value cannot be
+    rebuilt here (with `PICKLE_CODEC`: a class this process cannot import, a
+    ``__setstate__`` that raises). Only this request failed: the stream is in step, the
+    port stays usable, and a pool keeps the worker.
+
+    Attributes:
+        worker: the port that answered.
+    """
+
+    def __init__(self, worker: str, reason: str) -> None:
+        self.worker = worker
+        super().__init__(f"the reply from {worker} cannot be decoded here: {reason}")
 
 
 class WorkerCrashed(DspexActorsError, RuntimeError):

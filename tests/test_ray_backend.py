@@ -414,3 +414,38 @@ def test_importing_dspex_actors_does_not_import_ray() -> None:
         [sys.executable, "-c", check], capture_output=True, text=True, timeout=WAIT, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_a_pickled_request_or_reply_that_cannot_be_rebuilt_fails_alone_as_locally(
+    pools: RayPools,
+) -> None:
+    """With `PICKLE_CODEC`, a request the actor cannot unpickle is a `RemoteError`, a reply
+    this process cannot unpickle an `UndecodableReply`; the worker stays, as a local one
+    does."""
+
+    def rebuild_only_in(pid: int) -> Any:
+        import os
+
+        if os.getpid() != pid:
+            raise LookupError(f"only in process {pid}")
+        return pid
+
+    class OnlyHere:
+        def __reduce__(self) -> tuple[Any, tuple[int]]:
+            import os
+
+            return rebuild_only_in, (os.getpid(),)
+
+    def target(request: Any) -> Any:
+        return OnlyHere() if request == "only-here" else request
+
+    pool = pools.start(1, target=target, codec=da.PICKLE_CODEC)
+    assert pool.call("before", timeout=WAIT) == "before"
+    # Here the actor cannot even import this test module, which the pickle names.
+    with pytest.raises(da.RemoteError, match="cannot unpickle") as caught:
+        pool.call(OnlyHere(), timeout=WAIT)
+    assert caught.value.kind == "ProtocolError"
+    with pytest.raises(da.UndecodableReply, match="only in process"):
+        pool.call("only-here", timeout=WAIT)
+    assert pool.call("after", timeout=WAIT) == "after"
+    assert da.Pool.status(pool).workers_removed == 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickletools
 import struct
 from typing import Any, Protocol, runtime_checkable
 
@@ -49,6 +50,7 @@ __all__ = [
     "RawCodec",
     "check_size",
     "encode_frame",
+    "pickled_envelope_id",
 ]
 
 HEADER_SIZE = 4
@@ -253,7 +255,36 @@ class PickleCodec:
         try:
             return dill.loads(payload)
         except Exception as exc:
-            raise ProtocolError(f"cannot unpickle frame ({len(payload)} bytes): {exc}") from exc
+            raise ProtocolError(
+                f"cannot unpickle frame ({len(payload)} bytes): {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+# The opcodes that may carry an envelope's integer id (by the id's size and sign).
+_INT_OPCODES = frozenset({"BININT1", "BININT2", "BININT", "LONG1", "LONG4", "INT", "LONG"})
+# What may come before a pickled list's first item: the protocol, a frame, the list, its memo.
+_LIST_HEAD = frozenset({"PROTO", "FRAME", "EMPTY_LIST", "MEMOIZE", "BINPUT", "LONG_BINPUT", "MARK"})
+
+
+def pickled_envelope_id(payload: bytes) -> int | None:
+    """The integer id at the head of a pickled ``[id, ...]`` envelope, read from its opcodes
+    without unpickling anything; None if `payload` does not start like one.
+
+    A frame that arrived whole but cannot be unpickled (a class the reader cannot import, a
+    ``__setstate__`` that raises) still says which request it belongs to, so the stream stays
+    in step: the worker answers that request with an error, and the caller fails that call
+    alone."""
+    seen_list = False
+    try:
+        for opcode, arg, _pos in pickletools.genops(payload):
+            if opcode.name in _INT_OPCODES and seen_list:
+                return arg if isinstance(arg, int) and not isinstance(arg, bool) else None
+            if opcode.name not in _LIST_HEAD:
+                return None
+            seen_list = seen_list or opcode.name == "EMPTY_LIST"
+    except Exception:  # not a pickle at all: its opcodes cannot even be read
+        return None
+    return None
 
 
 JSON_CODEC = JsonCodec()

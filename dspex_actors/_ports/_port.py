@@ -90,6 +90,7 @@ from .._errors import (
     ProtocolError,
     RemoteError,
     ResponseMismatch,
+    UndecodableReply,
 )
 from .._logging import area_logger, log_event, short_repr
 from . import _fds, _launch
@@ -103,6 +104,7 @@ from ._framing import (
     JsonCodec,
     PickleCodec,
     encode_frame,
+    pickled_envelope_id,
 )
 from ._launch import (
     Started,
@@ -586,9 +588,27 @@ class Port:
 
     def _recv(self, deadline: float | None, timeout: float | None) -> Any:
         """`recv` without the owner check (the caller has made it)."""
+        return self._codec.decode(self._recv_frame(deadline, timeout))
+
+    def _recv_frame(self, deadline: float | None, timeout: float | None) -> bytes:
+        """The next frame's payload, not decoded (`_recv`'s half that a backend replaces)."""
         with self._recv_lock:
-            frame = self._next_frame(deadline, timeout)
-        return self._codec.decode(frame)
+            return self._next_frame(deadline, timeout)
+
+    def _reply_of(self, frame: bytes, request_id: Any) -> Any:
+        """The reply `frame` carries, checked to answer `request_id` (`_check_reply`).
+
+        A pickled reply that cannot be unpickled here but carries `request_id` (read from its
+        opcodes) fails this request alone: `UndecodableReply`, the stream in step. Any
+        other frame that cannot be decoded leaves the stream untrusted: `ProtocolError`."""
+        try:
+            reply = self._codec.decode(frame)
+        except ProtocolError as exc:
+            pickled = self._enveloped and self._codec.name == "pickle"
+            if pickled and pickled_envelope_id(frame) == request_id:
+                raise UndecodableReply(str(self), str(exc)) from exc
+            raise
+        return self._check_reply(reply, request_id)
 
     def request(self, obj: Any, timeout: float | None = 5.0) -> Any:
         """Send one request and wait for its reply, matched by request id.
@@ -604,7 +624,10 @@ class Port:
 
         Raises:
             ProtocolError: wrong reply id, malformed reply, or an unencodable request.
-            RemoteError: the spawned handler raised (the port stays usable).
+            UndecodableReply: (a `ProtocolError`) the reply came under this request's id
+                but cannot be unpickled here (the port stays usable).
+            RemoteError: the spawned handler raised, or could not unpickle the request
+                (kind ``"ProtocolError"``); the port stays usable.
             CallTimeout, PortClosed, PortNotOwned: as for `send` / `recv`.
         """
         check_timeout(timeout)
@@ -675,13 +698,13 @@ class Port:
         """The receiving half of `request`, by the owner that sent it."""
         try:
             if deadline is None:
-                reply = self._recv(None, None)
+                frame = self._recv_frame(None, None)
             else:
-                reply = self._recv(deadline, max(0.0, deadline - time.monotonic()))
+                frame = self._recv_frame(deadline, max(0.0, deadline - time.monotonic()))
         except CallTimeout:
             self._reply_pending = True
             raise
-        return self._check_reply(reply, request_id)
+        return self._reply_of(frame, request_id)
 
     async def _aawait_reply(self, request_id: Any, deadline: float | None) -> Any:
         """`_await_reply`, awaited: what the process wrote already is read at once, and
@@ -696,7 +719,7 @@ class Port:
                 except CallTimeout:
                     watched = self._aio_watch()
                 else:
-                    return self._check_reply(self._codec.decode(frame), request_id)
+                    return self._reply_of(frame, request_id)
             try:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:

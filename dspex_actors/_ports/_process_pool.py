@@ -94,6 +94,7 @@ from .._errors import (
     PortNotOwned,
     ProtocolError,
     RemoteError,
+    UndecodableReply,
     WorkerCrashed,
     WorkerStartError,
 )
@@ -1124,7 +1125,7 @@ class ProcessPool(Pool):
                 return sent, "ok"  # nothing was written: the worker is fine
             try:
                 reply = port._await_reply(sent, deadline)
-            except (PortClosed, CallTimeout, RemoteError) as exc:
+            except (PortClosed, CallTimeout, RemoteError, UndecodableReply) as exc:
                 return _failed(port, exc, timeout)
             return self._replied(port, reply)
 
@@ -1145,7 +1146,7 @@ class ProcessPool(Pool):
                 return sent, "ok"
             try:
                 reply = await port._aawait_reply(sent, deadline)
-            except (PortClosed, CallTimeout, RemoteError) as exc:
+            except (PortClosed, CallTimeout, RemoteError, UndecodableReply) as exc:
                 return _failed(port, exc, timeout)
             return self._replied(port, reply)
 
@@ -1174,8 +1175,9 @@ def _send(port: Port, prepared: Prepared, deadline: float | None) -> Any:
 
 def _failed(port: Port, exc: Exception, timeout: float | None) -> tuple[Any, Any]:
     """What a failed wait for a reply means: the worker died (`WorkerCrashed`) or did not
-    answer in time (`CallTimeout`): raised, the worker removed; the handler raised
-    (`RemoteError`): the worker is fine, an error checkin."""
+    answer in time (`CallTimeout`): raised, the worker removed; the handler raised, or the
+    request or its reply could not be unpickled on arrival (`RemoteError`,
+    `UndecodableReply`): the worker is fine, an error checkin."""
     if isinstance(exc, PortClosed):
         raise WorkerCrashed(str(port), port.exit_status) from exc
     if isinstance(exc, CallTimeout):

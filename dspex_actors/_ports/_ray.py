@@ -47,7 +47,7 @@ from .._logging import area_logger, log_event
 from ._framing import HEADER_SIZE, RAW_CODEC, Codec, check_size
 from ._launch import pickle_setup
 from ._port import Owner, Port, _ids
-from ._worker import answer, codec_named, reply_payload
+from ._worker import answer, codec_named, decoded, reply_payload
 
 __all__ = [
     "RESERVED_OPTIONS",
@@ -352,7 +352,7 @@ class RayPort(Port):
             return None
         return self._actor.read.remote()
 
-    def _recv(self, deadline: float | None, timeout: float | None) -> Any:
+    def _recv_frame(self, deadline: float | None, timeout: float | None) -> bytes:
         ref = self._next_reply()
         if ref is None:  # nothing will come: wait for the exit, as a local port would
             if self._exited.wait(remaining(deadline)):
@@ -368,7 +368,7 @@ class RayPort(Port):
             raise self._lost(exc) from None
         if outcome[0] == "closed":
             self._exited.wait(_EXIT_GRACE)  # its status comes with the actor's watch
-        return self._codec.decode(self._outcome(outcome))
+        return self._outcome(outcome)
 
     async def _aawait_reply(self, request_id: Any, deadline: float | None) -> Any:
         """`_await_reply`, awaited: the loop awaits the actor call's result (no thread
@@ -387,7 +387,7 @@ class RayPort(Port):
             raise await in_thread(self._lost, exc) from None  # it may wait for the watch
         if outcome[0] == "closed":
             await in_thread(self._exited.wait, _EXIT_GRACE)
-        return self._check_reply(self._codec.decode(self._outcome(outcome)), request_id)
+        return self._reply_of(self._outcome(outcome), request_id)
 
     def _outcome(self, outcome: tuple[str, Any]) -> bytes:
         """A `RayWorker` call's ``(kind, data)``: the reply's payload, or the error raised."""
@@ -532,7 +532,7 @@ class RayWorker:
     def request(self, payload: bytes) -> tuple[str, Any]:
         """One frame in, its reply out."""
         if self._program is None:
-            reply = answer(self._codec.decode(payload), self._handler, self._args)
+            reply = answer(decoded(self._codec, payload), self._handler, self._args)
             return "ok", reply_payload(self._codec, reply, self._max_frame)
         return self._relay(payload)
 

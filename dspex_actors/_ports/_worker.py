@@ -23,11 +23,20 @@ from typing import Any
 from .._errors import ProtocolError
 from .._logging import short_repr
 from ._fds import arm_lifeline
-from ._framing import JSON_CODEC, PICKLE_CODEC, Codec, FrameDecoder, check_size, encode_frame
+from ._framing import (
+    JSON_CODEC,
+    PICKLE_CODEC,
+    Codec,
+    FrameDecoder,
+    check_size,
+    encode_frame,
+    pickled_envelope_id,
+)
 
 __all__ = [
     "answer",
     "codec_named",
+    "decoded",
     "fork_child_main",
     "forked_child_setup",
     "line_buffered_std_streams",
@@ -169,7 +178,7 @@ def serve(
 
     while True:
         for frame in pending:
-            message = codec.decode(frame)
+            message = decoded(codec, frame)
             if start_watching is not None and not _is_ping(message):
                 start_watching()
                 start_watching = None
@@ -189,6 +198,29 @@ def codec_named(name: str) -> Codec:
     return PICKLE_CODEC if name == "pickle" else JSON_CODEC
 
 
+def decoded(codec: Codec, frame: bytes) -> Any:
+    """The message `frame` carries. A pickled request that cannot be unpickled here (a
+    class this process cannot import, a ``__setstate__`` that raises) but whose id can be
+    read becomes a ``[id, _Undecodable]`` message: that request is answered with the error,
+    and the worker serves on. Any other frame that cannot be decoded raises: the stream
+    cannot be trusted."""
+    try:
+        return codec.decode(frame)
+    except ProtocolError as exc:
+        if codec is PICKLE_CODEC:
+            request_id = pickled_envelope_id(frame)
+            if request_id is not None:
+                return [request_id, _Undecodable(str(exc))]
+        raise
+
+
+class _Undecodable:
+    """A request that could not be unpickled (see `decoded`): its error, to answer with."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 def _is_ping(message: Any) -> bool:
     return isinstance(message, list) and len(message) == 1
 
@@ -206,6 +238,8 @@ def answer(message: Any, handler: Callable[..., Any], args: tuple[Any, ...]) -> 
     if not (isinstance(message, list) and len(message) == 2):
         raise ProtocolError(f"expected a [id, request] envelope, got {short_repr(message)}")
     request_id, request = message
+    if type(request) is _Undecodable:
+        return [request_id, False, ["ProtocolError", request.reason]]
     try:
         result = handler(request, *args)
     except Exception as exc:
