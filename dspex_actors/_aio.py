@@ -9,17 +9,19 @@ Three ways to wait without blocking the event loop:
   the loop's own selector.
 - `in_thread`: run a blocking call (a supervisor's) in a thread of its own and await its
   result. Cancelling the await stops the waiting, not the call, which completes in its thread.
+  `thread_future` is its first half: the thread started now, its result a future.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["AsyncWaker", "in_thread", "wait_readable"]
+__all__ = ["AsyncWaker", "in_thread", "thread_future", "wait_readable"]
 
 T = TypeVar("T")
 
@@ -72,12 +74,19 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` in a new daemon thread (``dspex-aio-call``); its result or
     exception, awaited. Not the loop's default executor: a few slow calls must not starve the
     loop's other `to_thread` users, and no thread outlives its call."""
+    return await thread_future(functools.partial(fn, *args, **kwargs))
+
+
+def thread_future(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Start ``fn()`` in a new daemon thread now (called in the running loop's thread); the
+    future of its result or exception. Raises (`RuntimeError`) if no thread could start:
+    then `fn` never runs."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
     def run() -> None:
         try:
-            result = fn(*args, **kwargs)
+            result = fn()
         except BaseException as exc:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_fail, future, exc)
@@ -86,7 +95,7 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
                 loop.call_soon_threadsafe(_settle, future, result)
 
     threading.Thread(target=run, name="dspex-aio-call", daemon=True).start()
-    return await future
+    return future
 
 
 async def wait_readable(fds: Iterable[int], timeout: float | None) -> bool:

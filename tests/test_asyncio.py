@@ -118,6 +118,66 @@ def test_cancelling_a_call_that_waits_for_a_worker_takes_it_out_of_the_queue(
     run(scenario())
 
 
+# A program that reads a frame of more than 100 kB (more than a pipe holds) only once the
+# gate file named by its first argument exists (bounded); it answers {"id", "n": bytes read}.
+SLOW_READER = """
+import json, os, struct, sys, time
+gate = sys.argv[1]
+r, w = sys.stdin.buffer, sys.stdout.buffer
+while len(h := r.read(4)) == 4:
+    n = struct.unpack(">I", h)[0]
+    deadline = time.monotonic() + 30
+    while n > 100_000 and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.001)  # sleep-ok: the program's gate, polled; the test opens it
+    body = r.read(n)
+    data = json.dumps({"id": json.loads(body)["id"], "n": len(body)}).encode()
+    w.write(struct.pack(">I", len(data)) + data)
+    w.flush()
+"""
+
+
+def test_a_request_larger_than_the_pipe_is_written_without_blocking_the_loop(
+    process_pools: ProcessPools, tmp_path: Path
+) -> None:
+    """The program reads the big request only once the loop has run another coroutine (which
+    opens its gate) while the request is being written: the write must not hold the loop."""
+    gate = tmp_path / "gate"
+    argv = [sys.executable, "-c", SLOW_READER, str(gate)]
+    pool = process_pools.start(argv=argv, pool_size=1, ping={"ping": 1})
+    big = {"blob": "x" * 1_000_000}
+
+    async def scenario() -> Any:
+        call = asyncio.ensure_future(pool.acall(big, timeout=WAIT))
+        await until(_busy(pool, 1))  # the call has its worker: it is writing
+        gate.touch()
+        return await call
+
+    reply = run(scenario())
+    assert reply["n"] > 1_000_000
+    assert pool.status().workers_removed == 0
+
+
+def test_cancelling_a_call_stuck_writing_its_request_removes_the_worker_and_ends_the_write(
+    process_pools: ProcessPools, tmp_path: Path
+) -> None:
+    """The program never reads the request (its gate stays shut), the call has no timeout of
+    its own: the cancellation reaches it, the worker is removed, and the thread that was
+    writing ends (the leak check sees no thread left)."""
+    argv = [sys.executable, "-c", SLOW_READER, str(tmp_path / "never")]
+    pool = process_pools.start(argv=argv, pool_size=1, ping={"ping": 1})
+
+    async def scenario() -> None:
+        call = asyncio.ensure_future(pool.acall({"blob": "x" * 1_000_000}, timeout=None))
+        await until(_busy(pool, 1))
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await until(_removed(pool, 1))
+        assert (await pool.acall({"small": 1}, timeout=WAIT))["n"] > 0  # its replacement
+
+    run(scenario())
+
+
 @pytest.mark.leak_check
 def test_cancelling_a_call_a_worker_is_running_kills_that_worker_and_it_is_replaced(
     process_pools: ProcessPools, tmp_path: Path

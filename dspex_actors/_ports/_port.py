@@ -59,6 +59,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import functools
@@ -79,7 +80,7 @@ import pykka
 from .. import _telemetry
 from .._actor import _current as _current_actor
 from .._actor import not_exited
-from .._aio import in_thread, wait_readable
+from .._aio import in_thread, thread_future, wait_readable
 from .._checks import check_timeout, deadline_in, is_number, lock_timeout, remaining
 from .._errors import (
     CallTimeout,
@@ -653,6 +654,24 @@ class Port:
     def _send_request(self, obj: Any, timeout: float | None) -> tuple[Any, float | None]:
         """The sending half of `request` (checks the owner for both halves): returns the
         request id and the deadline. `obj` may be a `Prepared` request."""
+        request_id, payload, deadline = self._numbered(obj, timeout)
+        self._write_request(payload, timeout)
+        return request_id, deadline
+
+    async def _asend_request(self, obj: Any, timeout: float | None) -> tuple[Any, float | None]:
+        """`_send_request`, awaited: a frame the pipe cannot take at once (a large request, a
+        process slow to read) is written by a thread of its own, so the event loop never
+        waits on the process. Cancelling the await leaves that thread writing: the caller
+        removes a worker whose request it gave up on."""
+        request_id, payload, deadline = self._numbered(obj, timeout)
+        writes: list[asyncio.Future[None]] = []
+        self._write_request(payload, timeout, lambda rest: writes.append(thread_future(rest)))
+        if writes:
+            await writes[0]
+        return request_id, deadline
+
+    def _numbered(self, obj: Any, timeout: float | None) -> tuple[Any, bytes, float | None]:
+        """A request's id, its payload carrying that id, and its deadline (owner checked)."""
         self._check_owner()
         deadline = deadline_in(timeout)
         prepared = obj if isinstance(obj, Prepared) else self._prepare(obj)
@@ -662,12 +681,17 @@ class Port:
             request_id = prepared.own_id
             if request_id is None:
                 request_id = next(self._request_ids)
-        self._write_request(prepared.payload(request_id), timeout)
-        return request_id, deadline
+        return request_id, prepared.payload(request_id), deadline
 
-    def _write_request(self, payload: bytes, timeout: float | None) -> None:
-        """Write a request's frame (`RayPort` sends it to its actor with its reply's read)."""
-        self._write(encode_frame(payload, max_frame=self._max_frame), timeout)
+    def _write_request(
+        self,
+        payload: bytes,
+        timeout: float | None,
+        handoff: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
+        """Write a request's frame (`_write`'s `handoff`: see there). `RayPort` sends it to
+        its actor with its reply's read, which never waits."""
+        self._write(encode_frame(payload, max_frame=self._max_frame), timeout, handoff=handoff)
 
     def _prepare(self, obj: Any) -> Prepared:
         """Encode a request's body now, without a worker: what cannot be encoded, or is too
@@ -921,6 +945,7 @@ class Port:
         data: bytes,
         timeout: float | None,
         late: Callable[[Callable[[], None]], None] | None = None,
+        handoff: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         """Write one whole frame within `timeout` (after waiting, within it too, for another
         send to finish: that costs nothing but a `CallTimeout`, nothing written).
@@ -934,6 +959,12 @@ class Port:
         all the same, and the process lives on. `late` raises only if it started no thread
         (the send lock is then released here, and the process killed).
 
+        `handoff` is for a caller that must never wait (an event loop's thread): a frame that
+        cannot be written at once (another send holds the pipe, or the pipe takes only part
+        of it) is not waited for here. `handoff(finish)` must start a thread running `finish`,
+        the rest of this write as it would run here (raising as it would), and return; or
+        raise, having started none: the rest is then written here.
+
         Raises:
             PortClosed: the port is closed or its process gone.
             CallTimeout: as above.
@@ -941,10 +972,13 @@ class Port:
         lock = self._send_lock
         deadline = None
         if not lock.acquire(blocking=False):
+            if handoff is not None:
+                with contextlib.suppress(RuntimeError):  # no thread: wait here after all
+                    handoff(functools.partial(self._write, data, timeout, late))
+                    return
             deadline = deadline_in(timeout)
             if not lock.acquire(timeout=lock_timeout(remaining(deadline))):
                 raise CallTimeout(str(self), "send", timeout)  # nothing written
-        held = True
         try:
             fd = self._stdin_fd
             if fd is None or self._exit is not None:
@@ -955,14 +989,42 @@ class Port:
                 written = 0
             except OSError as exc:
                 raise PortClosed(self, f"process gone while sending: {exc}") from exc
-            if written == len(data):
+        except BaseException:
+            lock.release()
+            raise
+        if written == len(data):
+            lock.release()
+            return
+        if deadline is None:
+            deadline = deadline_in(timeout)
+        rest = functools.partial(
+            self._write_rest, fd, memoryview(data)[written:], len(data), deadline, timeout, late
+        )
+        if handoff is not None:
+            with contextlib.suppress(RuntimeError):  # no thread: write the rest here
+                handoff(rest)
                 return
-            if deadline is None:
-                deadline = deadline_in(timeout)
-            rest = _write_until(fd, memoryview(data)[written:], deadline, self)
+        rest()
+
+    def _write_rest(
+        self,
+        fd: int,
+        rest: memoryview,
+        size: int,
+        deadline: float | None,
+        timeout: float | None,
+        late: Callable[[Callable[[], None]], None] | None,
+    ) -> None:
+        """The rest of a frame of `size` bytes that `_write` began (and its outcome, as
+        `_write` describes it), by `deadline`. Releases the send lock `_write` took, or hands
+        it to `late`'s thread."""
+        lock = self._send_lock
+        held = True
+        try:
+            rest = _write_until(fd, rest, deadline, self)
             if not rest:
                 return
-            if len(rest) == len(data):
+            if len(rest) == size:
                 raise CallTimeout(str(self), "send", timeout)  # nothing written: in sync
             if late is not None:
                 held = False  # from here on, `finish` lets go of it

@@ -1141,7 +1141,7 @@ class ProcessPool(Pool):
         async def use(from_: From, port: Port) -> tuple[Any, Any]:
             if attempts.span is not None:
                 attempts.reached(from_, port)
-            sent = _send(port, prepared, deadline)
+            sent = await _asend(port, prepared, deadline)
             if isinstance(sent, _Refused):
                 return sent, "ok"
             try:
@@ -1166,11 +1166,26 @@ def _send(port: Port, prepared: Prepared, deadline: float | None) -> Any:
     """Write a request to `port`: its id, or `_Refused` if it could not be encoded."""
     try:
         request_id, _ = port._send_request(prepared, remaining(deadline))
-    except PortClosed as exc:
-        raise WorkerCrashed(str(port), port.exit_status, delivered=False) from exc
-    except ProtocolError as exc:
-        return _Refused(exc)
+    except (PortClosed, ProtocolError) as exc:
+        return _unsent(port, exc)
     return request_id
+
+
+async def _asend(port: Port, prepared: Prepared, deadline: float | None) -> Any:
+    """`_send`, awaited (the event loop never waits on the pipe)."""
+    try:
+        request_id, _ = await port._asend_request(prepared, remaining(deadline))
+    except (PortClosed, ProtocolError) as exc:
+        return _unsent(port, exc)
+    return request_id
+
+
+def _unsent(port: Port, exc: PortClosed | ProtocolError) -> _Refused:
+    """A request not written: its worker was gone (`WorkerCrashed`, not delivered: it may go
+    to another), or it could not be encoded (`_Refused`: the worker is fine)."""
+    if isinstance(exc, PortClosed):
+        raise WorkerCrashed(str(port), port.exit_status, delivered=False) from exc
+    return _Refused(exc)
 
 
 def _failed(port: Port, exc: Exception, timeout: float | None) -> tuple[Any, Any]:

@@ -313,14 +313,20 @@ class RayPort(Port):
         data: bytes,
         timeout: float | None,
         late: Callable[[Callable[[], None]], None] | None = None,
+        handoff: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         # `send` and `ping`: a target worker answers every frame (an actor call each); a
         # program's frame is written, and its frames read by `recv`. An actor call is never
-        # half sent: nothing is ever late.
+        # half sent, and never waits: nothing is ever late or handed off.
         method = self._actor.request if self._enveloped else self._actor.write
         self._submit(method, data[HEADER_SIZE:], reply=self._enveloped)
 
-    def _write_request(self, payload: bytes, timeout: float | None) -> None:
+    def _write_request(
+        self,
+        payload: bytes,
+        timeout: float | None,
+        handoff: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
         check_size(len(payload), self._max_frame)
         self._submit(self._actor.request, payload, reply=True)
 

@@ -750,7 +750,7 @@ async def _around_trip(
     """`_round_trip`, awaited (the event loop watches the worker's pipe)."""
     errors = _DspexErrors(port, command, op_timeout, rebuilding)
     with errors:
-        request_id, _ = port._send_request(message, remaining(deadline))
+        request_id, _ = await port._asend_request(message, remaining(deadline))
         errors.sending = False
         return await port._aawait_reply(request_id, deadline)
 
