@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-__all__ = ["area_logger", "log_event", "log_to_loguru", "short_repr"]
+__all__ = ["area_logger", "exception_text", "log_event", "log_to_loguru", "short_repr"]
 
 ROOT: Final = "dspex_actors"
 
@@ -61,6 +61,15 @@ def short_repr(value: Any, limit: int = 120) -> str:
     """`repr(value)`, cut to `limit` characters (ending in ``...``) for messages and logs."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``; if that raises (a broken ``__str__``, one returning a non-string), what
+    `traceback` prints in its place: ``<exception str() failed>``."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
 
 
 def log_event(

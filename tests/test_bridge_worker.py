@@ -461,6 +461,22 @@ def test_a_failing_model_is_an_error_reply_and_the_bridge_keeps_serving(
     assert (bridge.command_count, bridge.error_count) == (4, 1)
 
 
+class _Unprintable(RuntimeError):
+    def __str__(self) -> str:
+        raise LookupError("no message")
+
+
+def test_a_failure_whose_message_cannot_be_printed_is_still_an_error_reply(
+    bridge: DSPyBridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(args: Any) -> Any:
+        raise _Unprintable()
+
+    monkeypatch.setattr(bridge, "get_stats", broken)
+    assert failure(bridge, "get_stats") == "<exception str() failed>"
+    assert run(bridge, "ping")["status"] == "ok"
+
+
 def test_a_program_runs_with_its_sessions_lm_else_the_workers_else_the_offline_lm(
     bridge: DSPyBridge,
 ) -> None:

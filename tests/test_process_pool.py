@@ -168,6 +168,32 @@ def test_a_handler_error_is_remote_error_and_the_worker_stays(pools: Pools) -> N
     assert pool.status().workers_removed == 0
 
 
+def raises_unprintable(request: Any) -> Any:
+    """Raises an exception whose ``str()`` raises, or (``"not-a-str"``) returns a non-string."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> Any:
+            if request == "not-a-str":
+                return 42
+            raise LookupError("no message")
+
+    if request in ("raise", "not-a-str"):
+        raise Unprintable()
+    return request
+
+
+@pytest.mark.parametrize("request_", ["raise", "not-a-str"])
+def test_a_handler_error_whose_message_cannot_be_printed_is_still_remote_error(
+    pools: Pools, request_: str
+) -> None:
+    pool = pools.start(target=raises_unprintable, pool_size=1, retries=2)
+    with pytest.raises(da.RemoteError) as info:
+        pool.call(request_, timeout=30)
+    assert (info.value.kind, info.value.message) == ("Unprintable", "<exception str() failed>")
+    assert pool.call(4, timeout=30) == 4
+    assert pool.status().workers_removed == 0
+
+
 # --- failures ----------------------------------------------------------------------------------
 
 

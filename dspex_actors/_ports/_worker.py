@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import ProtocolError
-from .._logging import short_repr
+from .._logging import exception_text, short_repr
 from ._fds import arm_lifeline
 from ._framing import (
     JSON_CODEC,
@@ -243,7 +243,7 @@ def answer(message: Any, handler: Callable[..., Any], args: tuple[Any, ...]) -> 
     try:
         result = handler(request, *args)
     except Exception as exc:
-        return [request_id, False, [type(exc).__name__, str(exc)]]
+        return [request_id, False, [type(exc).__name__, exception_text(exc)]]
     return [request_id, True, result]
 
 

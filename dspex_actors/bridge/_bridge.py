@@ -101,7 +101,7 @@ from typing import Any, Literal, Union
 
 import attrs
 
-from .._logging import short_repr
+from .._logging import exception_text, short_repr
 
 __all__ = [
     "ANONYMOUS",
@@ -252,7 +252,7 @@ class BridgeCommands:
                 _note(f"{command} (id {request_id!r}) failed: {exc}")
             else:
                 _note(f"{command} (id {request_id!r}) failed:\n{traceback.format_exc()}")
-            error = str(exc) or type(exc).__name__
+            error = exception_text(exc) or type(exc).__name__
             return {"id": request_id, "success": False, "error": error, "timestamp": time.time()}
         return {"id": request_id, "success": True, "result": result, "timestamp": time.time()}
 
@@ -393,7 +393,7 @@ class BridgeCommands:
         try:
             prediction = self.run(program, values, lm)
         except Exception as exc:
-            raise RuntimeError(f"Program execution failed: {exc}") from exc
+            raise RuntimeError(f"Program execution failed: {exception_text(exc)}") from exc
         elapsed = time.perf_counter() - began
         program.execution_count += 1
         program.last_executed = time.time()
