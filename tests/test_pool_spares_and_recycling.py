@@ -405,7 +405,38 @@ def test_a_failed_replacement_unmarks_the_worker_and_postpones_recycling_by_the_
     assert use(pool) == control.inits
     status = pool.status()
     assert (status.idle, status.workers_removed) == (1, 1)
-    assert status.workers_recycled == 5  # the decisions that started a replacement
+    assert status.workers_recycled == 1  # one worker, however many tries its replacement took
+
+
+def test_a_worker_serving_on_does_not_reset_the_backoff_of_failing_starts(
+    pools: Pools,
+) -> None:
+    """Worker 2 is removed and its replacement cannot start; worker 1 serves on meanwhile.
+    Its checkins prove nothing about starts: the backoff keeps doubling (1 s, 2 s, 4 s on the
+    pool's clock), where resetting it at each of them retried twice a second for ever."""
+    clock = FakeClock()
+    control = Control()
+    pool = pools.start(
+        Controlled, control, pool_size=2, clock=clock, start_backoff=1.0, max_start_backoff=60.0
+    )
+    control.remove[2] = "gone"
+    control.init_fails.set()
+    assert (use(pool), use(pool)) == (1, 2)  # worker 2 leaves at its checkin
+    sync(pool.actor_ref)
+    assert control.inits == 4  # its replacement failed, and was retried at once
+    starts_at = []
+    for second in range(1, 11):
+        before = control.inits
+        assert use(pool) == 1  # the pool serves on
+        clock.advance(1.0)
+        sync(pool.actor_ref)
+        starts_at += [second] * (control.inits - before)
+    assert starts_at == [1, 3, 7]
+    control.init_fails.clear()
+    clock.advance(8.0)
+    sync(pool.actor_ref)
+    wait_for(lambda: pool.status().idle == 2, WAIT)
+    assert {use(pool), use(pool)} == {1, control.inits}  # the replacement serves
 
 
 def test_a_failed_async_replacement_unmarks_the_worker_which_serves_on(pools: Pools) -> None:

@@ -207,6 +207,7 @@ class _Worker:
         "idle_since",
         "last_activity",
         "leaving",
+        "recycle_counted",
         "retiring",
         "spare",
         "state",
@@ -226,6 +227,9 @@ class _Worker:
         # has joined, then leaves (at once if idle, else at its checkin: `leaving`).
         self.retiring: Recycle | None = None
         self.leaving = False
+        # Its recycle is counted (once: a replacement that could not start un-marks it, and
+        # marking it again later is the same recycle).
+        self.recycle_counted = False
 
 
 @attrs.frozen
@@ -310,6 +314,9 @@ class PoolActor(Actor):
         self._checkouts = 0
         self._idle_timer: TimerHandle | None = None
         self._start_failures = 0  # worker starts failed in a row (for the backoff)
+        # The newest worker id when a start last failed: only a worker started since (a
+        # higher id) serving shows that starts work again; older ones serving say nothing.
+        self._failed_after_id = 0
         self._retry_timers: list[TimerHandle] = []
         # Worker starts (`Async`): two threads kept waiting, enough for one start after another.
         self._starters = KeptThreads(_STARTER, keep=2)
@@ -520,7 +527,8 @@ class PoolActor(Actor):
             worker.error_checkins += 1
         else:
             worker.successful_checkins += 1
-            if self._start_failures:  # a worker served: starts are healthy again
+            if self._start_failures and worker.id > self._failed_after_id:
+                # A worker started since the last failure served: starts work again.
                 self._start_failures = 0
                 self._core.start_error = None
 
@@ -878,6 +886,7 @@ class PoolActor(Actor):
         self._core.start_error = error
         if getattr(error, "backs_off", True):
             self._start_failures += 1
+            self._failed_after_id = self._next_id
 
     def _start_again(self) -> None:
         """After a failed start: start again (`_retry_init`), unless a worker due for
@@ -977,6 +986,10 @@ class PoolActor(Actor):
         self._start_worker()
 
     def _count_recycle(self, worker: _Worker, reason: Recycle) -> None:
+        """Count, emit and log the pool's decision to recycle `worker`: once per worker."""
+        if worker.recycle_counted:
+            return
+        worker.recycle_counted = True
         self._recycled += 1
         label = reason_label(reason)
         self._recycle_reasons[label] = self._recycle_reasons.get(label, 0) + 1

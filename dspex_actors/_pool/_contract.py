@@ -82,8 +82,9 @@ class PoolStatus:
         state: Poolboy's state name: ``"ready"`` (a checkout is served now), ``"overflow"``
             (it would create an overflow worker) or ``"full"`` (it would wait).
         spares: started spare workers kept ready beyond `pool_size` (see `Pool.start`).
-        workers_recycled: workers retired since the pool started (`Recycle`), included in
-            `workers_removed`.
+        workers_recycled: workers the pool decided to retire since it started (`Recycle`),
+            each counted once: in `workers_removed` too once it has left (a worker whose
+            replacement could not start serves on until one does).
         recycle_reasons: those recycles counted by reason, each by its label
             (`reason_label`: ``{"max_tasks": 12, "max_memory": 1}``).
     """

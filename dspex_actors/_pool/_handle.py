@@ -290,8 +290,10 @@ class Pool(ActorHandle):
             start_backoff: worker starts that keep failing back off: the first failure is
                 retried at once, the next after `start_backoff` seconds, doubling each time
                 up to `max_start_backoff`. A worker removed before it served anything counts
-                as a failed start; a successful checkin resets the backoff. Meanwhile a caller
-                who waits in vain gets a `PoolTimeout` caused by the last start failure.
+                as a failed start; a successful checkin of a worker started since the last
+                failure resets the backoff (older workers serving on prove nothing). Meanwhile
+                a caller who waits in vain gets a `PoolTimeout` caused by the last start
+                failure.
             max_start_backoff: the longest wait between two failed starts.
             spares: started workers kept ready beyond `pool_size` and not lent: when a
                 worker is removed (it died, it was recycled), a spare takes its place at once
