@@ -306,6 +306,21 @@ def test_max_memory_recycles_a_worker_that_grew_past_it_with_its_rss_as_the_reas
     assert wait_gone(grown, 10)
 
 
+def test_a_max_memory_below_a_fresh_workers_rss_is_warned_about_once(
+    process_pools: ProcessPools, records: Records
+) -> None:
+    """Every worker is over the limit after its first task: each is recycled (no call fails),
+    and one WARNING says why that is likely."""
+    pool = process_pools.start(target=probe, pool_size=1, max_memory=1024, recycle_jitter=0)
+    first = pool.call("pid", timeout=WAIT)
+    next_new_pid(pool, first)  # a second worker, over the limit too
+    sync(pool.actor_ref)
+    assert pool.status().recycle_reasons["max_memory"] >= 2
+    [warning] = records.of("pool_memory_limit_low")
+    assert warning["level"] == "WARNING"
+    assert (warning["limit"], warning["rss"] > 1024) == (1024, True)
+
+
 def test_max_age_recycles_a_worker_at_its_checkin_on_the_pools_clock(
     process_pools: ProcessPools, records: Records
 ) -> None:
@@ -689,14 +704,17 @@ def test_a_preload_module_that_raises_fails_start_with_import_error(modules: Mod
     assert (FORK_SERVER.users, FORK_SERVER.pid) == (0, None)
 
 
+@pytest.mark.parametrize("first", [False, True], ids=["server_running", "first_pool"])
 def test_a_preload_module_that_kills_the_fork_server_fails_start_and_poisons_no_server(
-    process_pools: ProcessPools, modules: Modules
+    process_pools: ProcessPools, modules: Modules, first: bool
 ) -> None:
     """It exits the process that imports it: the start fails with `StartError` (it
     succeeded, its workers were spawned without the module, and every later fork server
-    died at its start importing it, for every pool)."""
+    died at its start importing it, for every pool), whether a fork server ran already or
+    this pool is the first to use one."""
     name = modules.add("dspex_test_exits_on_import", "import os\nos._exit(0)\n")
-    holder = process_pools.start(target=probe, pool_size=1)  # a fork server runs
+    holder = None if first else process_pools.start(target=probe, pool_size=1)
+    assert (FORK_SERVER.pid is None) is first
     with pytest.raises(da.StartError) as err:
         ProcessPool.start(target=probe, pool_size=1, preload=[name])
     assert isinstance(err.value.reason, RuntimeError)
@@ -708,7 +726,8 @@ def test_a_preload_module_that_kills_the_fork_server_fails_start_and_poisons_no_
     other = process_pools.start(target=probe, pool_size=1)
     (worker,) = lease_pids(other, 1)
     assert psutil.Process(worker).ppid() == FORK_SERVER.pid
-    assert holder.call(21, timeout=WAIT) == 42
+    if holder is not None:
+        assert holder.call(21, timeout=WAIT) == 42
 
 
 THREAD_AT_IMPORT = """

@@ -247,7 +247,10 @@ class ForkServer:
                     ) from None
                 with self._lock:
                     try:
-                        server = self._running()
+                        # At once, even if that death made starts back off: whether the
+                        # modules kill a fresh server is what this try finds out (the first
+                        # pool of the process started that server just now).
+                        server = self._running(retry_now=True)
                     except ForkServerUnavailable:
                         server = None
             except BaseException:
@@ -358,13 +361,13 @@ class ForkServer:
             )
         return server
 
-    def _running(self) -> _Server:
+    def _running(self, *, retry_now: bool = False) -> _Server:
         """The running server, started (again) if needed. Holds `_lock`.
 
         A server may die at any time (killed, out of memory): the next start runs a new one.
         One that dies before answering anything is not started again at once: starts back
         off (0.1 s, doubling, at most 5 s apart) until a server answers again, and meanwhile
-        this raises at once.
+        this raises at once; unless `retry_now` (the death is counted all the same).
 
         Raises:
             ForkServerUnavailable: no server could be started, or it is backing off.
@@ -381,7 +384,7 @@ class ForkServer:
                 self._failures += 1
                 delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
                 self._retry_at = now + delay
-        if now < self._retry_at:
+        if now < self._retry_at and not retry_now:
             raise ForkServerUnavailable(
                 f"the fork server died at its start {self._failures} time(s) in a row; "
                 f"the next one starts in {self._retry_at - now:.2f} s"

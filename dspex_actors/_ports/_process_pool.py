@@ -458,6 +458,8 @@ class _PoolState:
     release_server: Callable[[], Any] | None = None
     # The target and its args, pickled once for every worker ("spawn" and "forkserver").
     setup: bytes | None = None
+    # A worker was over `max_memory` after its first task (warned about once).
+    memory_warned: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.settled = threading.Condition(self.lock)
@@ -663,6 +665,8 @@ class PortWorker(PoolWorker):
         if max_memory is not None:
             rss = _rss(port.os_pid)
             if rss is not None and rss >= max_memory:
+                if worker_state.tasks == 1 and not pool_state.memory_warned:
+                    _warn_memory_limit(pool_state, max_memory, rss)
                 return Remove(Recycle(("max_memory", rss)), pool_state)
         return Ok(worker_state, pool_state)
 
@@ -777,6 +781,22 @@ def _kill_leftovers(state: _PoolState) -> None:
     state.closers.close()  # after the kills: a close in flight ends at once
     if not stopped and state.release_server is not None:
         state.release_server()
+
+
+def _warn_memory_limit(pool_state: _PoolState, max_memory: int, rss: int) -> None:
+    """A worker reached its `max_memory` with its first task: the limit is likely below what
+    a fresh worker uses, and every worker will be replaced after one task. Said once."""
+    pool_state.memory_warned = True
+    log_event(
+        _log,
+        "WARNING",
+        "pool_memory_limit_low",
+        "{pool}: a worker used {rss} bytes after its first task, over its max_memory of "
+        "{limit}: if that is what a fresh worker uses, every worker is recycled after one task",
+        pool=pool_state.spec.name,
+        rss=rss,
+        limit=max_memory,
+    )
 
 
 def _draw_limits(spec: PortSpec) -> tuple[int | None, int | None, float | None]:
