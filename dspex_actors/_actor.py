@@ -71,7 +71,7 @@ from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
 from ._aio import in_thread
-from ._checks import deadline_in, os_timeout, remaining
+from ._checks import check_timeout, deadline_in, os_timeout, remaining
 from ._child_spec import inline_start
 from ._errors import CallTimeout, NoProc, StartError
 from ._logging import area_logger, log_event, short_repr
@@ -1092,8 +1092,12 @@ class ActorHandle:
         """Drive an already running actor (e.g. found in `which_children()`) through a handle.
 
         Raises:
+            NoProc: `actor_ref` is None (what `whereis` gives for a name with no process:
+                between a crash and the supervisor's restart, say).
             TypeError: `actor_ref` is not a ref to the kind of actor this handle drives.
         """
+        if actor_ref is None:
+            raise NoProc("None", "from_ref")
         expected = cls._actor_class
         if not isinstance(actor_ref, pykka.ActorRef) or (
             expected is not None and not issubclass(actor_ref.actor_class, expected)
@@ -1188,6 +1192,7 @@ class ActorHandle:
         return await in_thread(self._call, message, timeout, "ask")
 
     def _call(self, message: Any, timeout: float | None, call: str) -> Any:
+        check_timeout(timeout)
         proc = _attached(self._ref)
         if proc is not None and proc.thread is threading.current_thread():
             raise RuntimeError(f"{call} on {self._ref} from its own thread would deadlock")

@@ -124,8 +124,9 @@ def check_timeout(timeout: Any, option: str = "timeout") -> None:
 
 
 def check_options(check: Callable[..., T], *args: Any, **options: Any) -> T:
-    """`check(*args, **options)`, refusing an option `check` does not take with
-    `InvalidOption` (naming the options it does take) instead of a `TypeError`.
+    """`check(*args, **options)`, refusing an option `check` does not take, or a missing one
+    it requires (keyword-only, without a default), with `InvalidOption` (naming the options it
+    does take) instead of a `TypeError`.
 
     For ``child_spec`` functions, which check a start function's options when the spec is
     built: `check` is the start function's own validation, options with defaults.
@@ -136,6 +137,10 @@ def check_options(check: Callable[..., T], *args: Any, **options: Any) -> T:
     for name in options:
         if name not in known:
             raise InvalidOption(name, options[name], f"one of the options {', '.join(known)}")
+    for name, p in parameters.items():
+        required = p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is p.empty
+        if required and name not in options:
+            raise InvalidOption(name, None, "given: it has no default")
     return check(*args, **options)
 
 

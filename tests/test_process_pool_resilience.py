@@ -498,6 +498,41 @@ def test_a_request_that_cannot_be_encoded_is_refused_and_the_worker_kept(
     assert "items" in message, f"the message does not say where the {kind} sits: {message!r}"
 
 
+def bad_result(request: str) -> Any:
+    """Returns the bad value named by `request` (as `BAD_REQUESTS` builds them)."""
+    import math
+
+    if request == "circular-list":
+        items: list[Any] = [1]
+        items.append(items)
+        return {"items": items}
+    values = {"set": {1, 2}, "object": object(), "bytes": b"raw", "nan": math.nan}
+    return {"items": [1, values[request]]}
+
+
+@pytest.mark.parametrize(
+    ("request_", "kind"),
+    [("set", "set"), ("object", "object"), ("bytes", "bytes"), ("nan", "float")],
+)
+def test_a_result_that_cannot_be_encoded_is_remote_error_naming_where_it_sits(
+    pools: Pools, request_: str, kind: str
+) -> None:
+    """The handler's result cannot be encoded: `RemoteError` of kind ``"ProtocolError"``,
+    the worker kept, and the message names the value's type and where it sits in the result
+    (under ``items``), not in the reply's envelope (``[2]``)."""
+    pool = pools.start(target=bad_result, pool_size=1)
+    with pytest.raises(da.RemoteError) as info:
+        pool.call(request_, timeout=10)
+    assert info.value.kind == "ProtocolError"
+    message = info.value.message
+    assert message.startswith("the handler's result: "), message
+    assert kind in message, message
+    assert "items" in message, message
+    assert "[2]" not in message, message
+    sync(pool.actor_ref)
+    assert pool.status().workers_removed == 0
+
+
 def test_an_oversized_request_is_refused_and_the_worker_kept(pools: Pools) -> None:
     """Item 7: a request over `max_frame` is refused with nothing written: the worker stays."""
     pool = pools.start(target=worker_pid, pool_size=1, max_frame=1024)

@@ -389,6 +389,8 @@ class Pool(ActorHandle):
             The first element of the pair `fn` returned.
 
         Raises:
+            InvalidOption: `fn` is not callable, or `timeout` is not a number >= 0 or None
+                (no worker was taken).
             PoolTimeout: no worker within `timeout` (if the pool assigned one just as we gave
                 up, it is removed with reason ``"timeout"``).
             NoProc: the pool is not running, or exited while we waited.
@@ -399,6 +401,7 @@ class Pool(ActorHandle):
             Exception: the error of a `Skip`; anything `fn` raises (re-raised unchanged, after
                 the lease is cancelled and the worker removed).
         """
+        _check_fn(fn)
         req = self._acquire(command, timeout, worker, affinity)
         try:
             ret = fn(req, req.value)
@@ -426,6 +429,7 @@ class Pool(ActorHandle):
 
         Raises: as `checkout`.
         """
+        _check_fn(fn)
         req = await self._aacquire(command, timeout, worker, affinity)
         try:
             ret = fn(req, req.value)
@@ -827,6 +831,12 @@ def _kind_of(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
     return "error" if isinstance(exc, Exception) else "exit"
+
+
+def _check_fn(fn: Any) -> None:
+    """A checkout's function, checked before any worker is taken for it."""
+    if not callable(fn):
+        raise InvalidOption("fn", fn, "a function of (from_, client_state)")
 
 
 def _name_of(fn: Any) -> str:

@@ -1414,10 +1414,15 @@ def check_argv(argv: Any) -> None:
     Raises:
         InvalidOption: anything else.
     """
+    if callable(argv):
+        expected = "a program's command line (a function is passed as target=...)"
+        raise InvalidOption("argv", argv, expected)
     if isinstance(argv, str | bytes) or not isinstance(argv, Sequence) or not argv:
         raise InvalidOption("argv", argv, "a non-empty sequence of strings (not one string)")
     if not all(isinstance(arg, str) for arg in argv):
         raise InvalidOption("argv", argv, "a non-empty sequence of strings")
+    if any("\0" in arg for arg in argv):
+        raise InvalidOption("argv", argv, "strings without a NUL byte")
 
 
 def check_env(env: Any) -> None:

@@ -184,6 +184,8 @@ def _str_tuple(names: Any) -> Any:
     for name in names:
         if not isinstance(name, str) or not name:
             raise InvalidOption("preload", names, "a list of module names")
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise InvalidOption("preload", names, f"absolute module names (not {name!r})")
     return names
 
 
@@ -872,7 +874,7 @@ class ProcessPool(Pool):
             InvalidOption: a bad option; nothing was started.
             StartError: the fork server could not import a `preload` module.
         """
-        spec, pool_options = cls.options(argv, target, **options)
+        spec, pool_options = check_options(cls.options, argv, target, **options)
         spec.start_backend()
         pool = Pool.start(PortWorker, spec, **pool_options)
         return cls(pool.actor_ref)
@@ -1005,7 +1007,10 @@ class ProcessPool(Pool):
         """Drive a running process pool (e.g. found in `which_children()` or by `whereis`).
 
         Raises:
-            TypeError: `actor_ref` is not the ref of a running process pool.
+            NoProc: `actor_ref` is None (`whereis` found no process by that name: between a
+                crash and its restart, say).
+            TypeError: `actor_ref` is not the ref of a process pool (a stopped one is
+                accepted; calls through it raise `NoProc`).
         """
         handle = super().from_ref(actor_ref)
         if handle.__spec is None:
@@ -1177,7 +1182,9 @@ class ProcessPool(Pool):
         false`` is the command failing on a worker that is fine (an error checkin)."""
         program = self._spec.argv is not None
         if program and isinstance(reply, Mapping) and reply.get("success") is False:
-            error = RemoteError("error", str(reply.get("error")), str(port))
+            text = reply.get("error")
+            message = '"success": false, with no "error"' if text is None else str(text)
+            error = RemoteError("error", message, str(port))
             return _Refused(error), ("error", error)
         return reply, "ok"
 

@@ -249,10 +249,17 @@ def answer(message: Any, handler: Callable[..., Any], args: tuple[Any, ...]) -> 
 
 def reply_payload(codec: Codec, reply: list[Any], max_frame: int) -> bytes:
     """`reply` encoded; one that cannot be encoded or exceeds `max_frame` becomes a
-    ``ProtocolError`` reply to the same request."""
+    ``ProtocolError`` reply to the same request, which names what in the handler's result
+    could not be encoded (where it sits in the result, not in the envelope around it)."""
     try:
         payload = codec.encode(reply)
         check_size(len(payload), max_frame)
     except ProtocolError as exc:
-        return codec.encode([reply[0], False, ["ProtocolError", str(exc)]])
+        message = str(exc)
+        if reply[1] is True:
+            try:
+                codec.encode(reply[2])
+            except ProtocolError as alone:
+                message = f"the handler's result: {alone}"
+        return codec.encode([reply[0], False, ["ProtocolError", message]])
     return payload

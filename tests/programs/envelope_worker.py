@@ -4,6 +4,7 @@ Each request ``{"id": ..., "mode": m, ...}`` gets a reply with the same id and t
 ``"pid"``, shaped by `m`:
 
 - ``"fail"``: ``{"success": false, "error": <the request's "error", default "boom">}``;
+- ``"fail_bare"``: ``{"success": false}`` (no ``"error"``);
 - ``"ok"``: ``{"success": true, "result": "done"}``;
 - anything else: ``{"result": "done"}`` (no ``"success"`` key at all).
 """
@@ -30,6 +31,8 @@ def main() -> None:
         mode = msg.get("mode")
         if mode == "fail":
             reply.update(success=False, error=msg.get("error", "boom"))
+        elif mode == "fail_bare":
+            reply.update(success=False)
         elif mode == "ok":
             reply.update(success=True, result="done")
         else:
