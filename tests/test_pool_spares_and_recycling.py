@@ -439,6 +439,38 @@ def test_a_worker_serving_on_does_not_reset_the_backoff_of_failing_starts(
     assert {use(pool), use(pool)} == {1, control.inits}  # the replacement serves
 
 
+def test_a_start_that_succeeds_clears_the_error_a_timed_out_caller_is_told_of(
+    pools: Pools,
+) -> None:
+    """A worker's replacement fails to start, then starts: a caller timing out later (every
+    worker busy) is not told of that old failure as its cause."""
+    clock = FakeClock()
+    control = Control()
+    pool = pools.start(Controlled, control, pool_size=1, clock=clock, start_backoff=1.0)
+    control.remove[1] = "gone"
+    control.init_fails.set()
+    assert use(pool) == 1  # removed at its checkin; its replacement fails (twice)
+    sync(pool.actor_ref)
+    with pytest.raises(da.PoolTimeout) as failing:
+        use_within(pool, 0)
+    assert isinstance(failing.value.__cause__, RuntimeError)  # while starts fail: said
+    control.init_fails.clear()
+    clock.advance(1.0)
+    sync(pool.actor_ref)
+    wait_for(lambda: pool.status().idle == 1, WAIT)
+    lease = hold(pool)
+    try:
+        with pytest.raises(da.PoolTimeout) as busy:
+            use_within(pool, 0)
+        assert busy.value.__cause__ is None  # every worker is up, only busy
+    finally:
+        release(lease)
+
+
+def use_within(pool: da.Pool, timeout: float) -> Any:
+    return pool.checkout(None, lambda from_, n: (n, "ok"), timeout=timeout)
+
+
 def test_a_failed_async_replacement_unmarks_the_worker_which_serves_on(pools: Pools) -> None:
     clock = FakeClock()
     control = Control(gate=opened(threading.Event()))

@@ -719,6 +719,10 @@ def test_a_preload_module_that_kills_the_fork_server_fails_start_and_poisons_no_
         ProcessPool.start(target=probe, pool_size=1, preload=[name])
     assert isinstance(err.value.reason, RuntimeError)
     assert name in str(err.value)
+    # Asked for again at once (a supervisor restarting the pool, say), while servers back off
+    # after its deaths: refused at once, killing no server.
+    with pytest.raises(da.StartError, match=name):
+        ProcessPool.start(target=probe, pool_size=1, preload=[name])
     assert name not in FORK_SERVER._preload  # white-box: no later server imports it
     # Once the start backoff its death set is over, the next pool's workers come from a fork
     # server again.

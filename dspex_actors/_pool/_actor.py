@@ -931,6 +931,7 @@ class PoolActor(Actor):
         worker is there and a spare is missing, it becomes a spare."""
         self._next_id += 1
         self._started += 1
+        self._core.start_error = None  # the last start did not fail (the backoff stays)
         worker = _Worker(self._next_id, worker_state, self._clock.monotonic())
         self._workers[worker.id] = worker
         if span is not None:

@@ -169,6 +169,9 @@ class ForkServer:
         self._server: _Server | None = None
         self._failures = 0  # servers in a row that died before answering anything
         self._retry_at = 0.0  # no server start before this (time.monotonic)
+        # Sets of modules that killed two fresh servers importing them: refused at once from
+        # then on (one of each set is the culprit).
+        self._poisoned: list[frozenset[str]] = []
 
     @property
     def pid(self) -> int | None:
@@ -207,7 +210,8 @@ class ForkServer:
                 no reference was taken.
             RuntimeError: importing one started a thread (the server is replaced: forking a
                 threaded process is unsafe), or killed the server twice running (it crashes
-                or exits whatever imports it); no reference was taken.
+                or exits whatever imports it: refused at once from then on); no reference
+                was taken.
             CallTimeout: the imports took longer than `timeout` (the server is replaced).
         """
         modules = list(dict.fromkeys(preload))
@@ -222,11 +226,20 @@ class ForkServer:
             if not found:
                 raise ModuleNotFoundError(f"No module named {top!r} (preload)", name=top)
         with self._lock:
+            new = frozenset(modules) - self._preload.keys()
+            if any(poisoned <= new for poisoned in self._poisoned):
+                raise _killed_by(modules)
             self._users += 1
             try:
                 server: _Server | None = self._running()
             except ForkServerUnavailable:
+                # Starts back off (a server died at its start): modules new to the server
+                # must be tried all the same, by a server started now for them. Without one
+                # (none can start at all) they wait for the next, as the others do.
                 server = None
+                if new:
+                    with contextlib.suppress(ForkServerUnavailable):
+                        server = self._running(retry_now=True)
         for attempt in (1, 2):
             if server is None or server.preloaded.issuperset(modules):
                 break  # (no server now: the next one imports them at its start)
@@ -238,13 +251,12 @@ class ForkServer:
                 # (a crash, an exit). A fresh server tries once more; modules that kill it
                 # again are refused, so that no server after it dies at its start.
                 if attempt == 2:
-                    with self._lock, contextlib.suppress(ForkServerUnavailable):
-                        self._running()  # its death counts now: the next start backs off
+                    with self._lock:
+                        self._poisoned.append(frozenset(modules) - self._preload.keys())
+                        with contextlib.suppress(ForkServerUnavailable):
+                            self._running()  # its death counts now: the next start backs off
                     self.release()
-                    raise RuntimeError(
-                        f"the fork server died importing {modules!r} (preload): one of them "
-                        f"crashes or exits the process that imports it"
-                    ) from None
+                    raise _killed_by(modules) from None
                 with self._lock:
                     try:
                         # At once, even if that death made starts back off: whether the
@@ -397,6 +409,13 @@ class ForkServer:
             raise ForkServerUnavailable(f"the fork server could not be started: {exc}") from exc
         self._server = server
         return server
+
+
+def _killed_by(modules: list[str]) -> RuntimeError:
+    return RuntimeError(
+        f"the fork server died importing {modules!r} (preload): one of them crashes or exits "
+        f"the process that imports it"
+    )
 
 
 FORK_SERVER = ForkServer()

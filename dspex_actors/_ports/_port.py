@@ -963,7 +963,8 @@ class Port:
         cannot be written at once (another send holds the pipe, or the pipe takes only part
         of it) is not waited for here. `handoff(finish)` must start a thread running `finish`,
         the rest of this write as it would run here (raising as it would), and return; or
-        raise, having started none: the rest is then written here.
+        raise `RuntimeError`, having started none: the rest is then written here. (Like
+        `late`, it must not be interrupted between starting its thread and returning.)
 
         Raises:
             PortClosed: the port is closed or its process gone.
@@ -979,6 +980,7 @@ class Port:
             deadline = deadline_in(timeout)
             if not lock.acquire(timeout=lock_timeout(remaining(deadline))):
                 raise CallTimeout(str(self), "send", timeout)  # nothing written
+        held = True  # until `_write_rest` (here or in `handoff`'s thread) has the lock
         try:
             fd = self._stdin_fd
             if fd is None or self._exit is not None:
@@ -989,22 +991,24 @@ class Port:
                 written = 0
             except OSError as exc:
                 raise PortClosed(self, f"process gone while sending: {exc}") from exc
-        except BaseException:
-            lock.release()
-            raise
-        if written == len(data):
-            lock.release()
-            return
-        if deadline is None:
-            deadline = deadline_in(timeout)
-        rest = functools.partial(
-            self._write_rest, fd, memoryview(data)[written:], len(data), deadline, timeout, late
-        )
-        if handoff is not None:
-            with contextlib.suppress(RuntimeError):  # no thread: write the rest here
-                handoff(rest)
+            if written == len(data):
                 return
-        rest()
+            if deadline is None:
+                deadline = deadline_in(timeout)
+            view = memoryview(data)[written:]
+            rest = functools.partial(self._write_rest, fd, view, len(data), deadline, timeout, late)
+            if handoff is not None:
+                held = False
+                try:
+                    handoff(rest)
+                    return
+                except RuntimeError:  # no thread: write the rest here
+                    held = True
+            held = False
+            rest()
+        finally:
+            if held:
+                lock.release()
 
     def _write_rest(
         self,

@@ -253,7 +253,6 @@ def reply_payload(codec: Codec, reply: list[Any], max_frame: int) -> bytes:
     could not be encoded (where it sits in the result, not in the envelope around it)."""
     try:
         payload = codec.encode(reply)
-        check_size(len(payload), max_frame)
     except ProtocolError as exc:
         message = str(exc)
         if reply[1] is True:
@@ -262,4 +261,8 @@ def reply_payload(codec: Codec, reply: list[Any], max_frame: int) -> bytes:
             except ProtocolError as alone:
                 message = f"the handler's result: {alone}"
         return codec.encode([reply[0], False, ["ProtocolError", message]])
+    try:
+        check_size(len(payload), max_frame)
+    except ProtocolError as exc:
+        return codec.encode([reply[0], False, ["ProtocolError", str(exc)]])
     return payload
