@@ -422,8 +422,10 @@ def test_a_worker_serving_on_does_not_reset_the_backoff_of_failing_starts(
     control.remove[2] = "gone"
     control.init_fails.set()
     assert (use(pool), use(pool)) == (1, 2)  # worker 2 leaves at its checkin
+    # Its replacement failed, and was retried at once (through the inbox): failed too, and
+    # the pool has set its backoff timer on the clock.
+    wait_for(lambda: control.inits == 4, WAIT)
     sync(pool.actor_ref)
-    assert control.inits == 4  # its replacement failed, and was retried at once
     starts_at = []
     for second in range(1, 11):
         before = control.inits
@@ -450,7 +452,8 @@ def test_a_start_that_succeeds_clears_the_error_a_timed_out_caller_is_told_of(
     control.remove[1] = "gone"
     control.init_fails.set()
     assert use(pool) == 1  # removed at its checkin; its replacement fails (twice)
-    sync(pool.actor_ref)
+    wait_for(lambda: control.inits == 3, WAIT)  # the retry (through the inbox) has failed
+    sync(pool.actor_ref)  # and the pool has set its backoff timer on the clock
     with pytest.raises(da.PoolTimeout) as failing:
         use_within(pool, 0)
     assert isinstance(failing.value.__cause__, RuntimeError)  # while starts fail: said
