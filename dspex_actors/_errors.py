@@ -56,6 +56,17 @@ __all__ = [
 ]
 
 
+def _after(timeout: Any) -> str:
+    """How long a timed-out wait lasted, for a message: `` after 0.982s`` (three significant
+    digits below 1000 s: what remained of a caller's deadline is rarely a round number), or
+    nothing when it is not known (None)."""
+    if timeout is None:
+        return ""
+    if isinstance(timeout, float):
+        return f" after {timeout:.3g}s" if timeout < 1000 else f" after {timeout:.0f}s"
+    return f" after {timeout}s"
+
+
 class DspexActorsError(Exception):
     """Base class of every error raised by dspex_actors."""
 
@@ -128,7 +139,7 @@ class CallTimeout(DspexActorsError, pykka.Timeout, TimeoutError):
         self.target = target
         self.call = call
         self.timeout = timeout
-        super().__init__(f"{call} on {target} timed out after {timeout}s")
+        super().__init__(f"{call} on {target} timed out{_after(timeout)}")
 
 
 class StartError(DspexActorsError, RuntimeError):
@@ -307,7 +318,7 @@ class PoolTimeout(DspexActorsError, TimeoutError):
     def __init__(self, pool: str, timeout: float | None, start_error: Any = None) -> None:
         self.pool = pool
         self.timeout = timeout
-        text = f"checkout from pool {pool} timed out after {timeout}s"
+        text = f"checkout from pool {pool} timed out{_after(timeout)}"
         if start_error is not None:
             text += f"; its last worker start failed: {start_error}"
         super().__init__(text)

@@ -178,6 +178,27 @@ def test_cancelling_a_call_stuck_writing_its_request_removes_the_worker_and_ends
     run(scenario())
 
 
+def test_stopping_the_pool_while_a_request_is_written_is_noproc_caused_by_the_crash(
+    process_pools: ProcessPools, tmp_path: Path
+) -> None:
+    """The request never reached its worker whole (the program reads nothing yet): the call
+    tries again, finds the pool stopped, and says so, with the worker's crash as the cause."""
+    argv = [sys.executable, "-c", SLOW_READER, str(tmp_path / "never")]
+    pool = process_pools.start(argv=argv, pool_size=1, ping={"ping": 1})
+
+    async def scenario() -> BaseException:
+        call = asyncio.ensure_future(pool.acall({"blob": "x" * 1_000_000}, timeout=WAIT))
+        await until(_busy(pool, 1))
+        await pool.astop()
+        with pytest.raises(da.NoProc) as err:
+            await call
+        return err.value
+
+    error = run(scenario())
+    assert isinstance(error.__cause__, da.WorkerCrashed)
+    assert error.__cause__.delivered is False
+
+
 @pytest.mark.leak_check
 def test_cancelling_a_call_a_worker_is_running_kills_that_worker_and_it_is_replaced(
     process_pools: ProcessPools, tmp_path: Path

@@ -31,7 +31,7 @@ from dspex_actors.bridge._bridge import BridgeCommands
 from dspex_actors.bridge._commands import DSPyBridge
 from dspex_actors.bridge._mock import MockBridge
 from dspex_actors.bridge._offline_lm import offline_lm
-from dspex_actors.bridge.worker import PRELOAD, _serve, handle_request
+from dspex_actors.bridge._worker_program import PRELOAD, _serve, handle_request
 
 from support.bridge import (
     START_TIMEOUT,
@@ -99,6 +99,15 @@ def create(bridge: DSPyBridge, program_id: str, signature: dict[str, Any], **arg
 
 
 # --- the bridge in this process: ping, envelopes, counters -------------------------------------
+
+
+def test_the_documented_command_starts_without_a_warning() -> None:
+    """``python -m dspex_actors.bridge.worker``: importing the package must not import the
+    module ``-m`` runs (runpy warns about it at every worker start, on stderr)."""
+    argv = [sys.executable, "-W", "error", "-m", "dspex_actors.bridge.worker", "--help"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr
 
 
 def test_ping_reports_the_worker_and_an_init_ping_names_a_worker_without_a_name() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from typing import Any
 
 import dill
@@ -39,11 +40,47 @@ class OnlyHere:
         return _rebuild_only_in, (os.getpid(),)
 
 
+def _exit_unless_in(pid: int) -> ExitsElsewhere:
+    if os.getpid() != pid:
+        raise SystemExit("refused to be unpickled here")
+    return ExitsElsewhere()
+
+
+class ExitsElsewhere:
+    """Unpickling it anywhere but where it was pickled raises `SystemExit`."""
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return _exit_unless_in, (os.getpid(),)
+
+
+REBUILT_IN: list[str] = []  # the threads `Big` objects were unpickled in, in this process
+
+
+def _rebuilt(padding: bytes) -> Big:
+    REBUILT_IN.append(threading.current_thread().name)
+    return Big(len(padding))
+
+
+class Big:
+    """Pickles to about `size` bytes; unpickling it notes the thread it happens in."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return _rebuilt, (b"x" * self.size,)
+
+
 def handler(request: Any) -> Any:
-    """``"only-here"`` returns an `OnlyHere` (its caller cannot unpickle it); anything else
-    comes back with the worker's pid."""
+    """``"only-here"`` returns an `OnlyHere` (its caller cannot unpickle it), ``"exits"`` an
+    `ExitsElsewhere`, ``["big", n]`` a `Big` of n bytes; anything else comes back with the
+    worker's pid."""
     if request == "only-here":
         return OnlyHere()
+    if request == "exits":
+        return ExitsElsewhere()
+    if isinstance(request, list) and request[0] == "big":
+        return Big(request[1])
     return [request, os.getpid()]
 
 
@@ -159,3 +196,35 @@ def test_acall_keeps_the_worker_too(process_pools: ProcessPools) -> None:
     assert "can only be rebuilt" in str(reply_error)
     sync(pool.actor_ref)
     assert pool.status().workers_removed == 0
+
+
+# --- unpickling that raises SystemExit, and large replies awaited -----------------------------
+
+
+def test_unpickling_that_raises_system_exit_fails_the_call_alone(ports: Ports) -> None:
+    """`SystemExit` from a pickle's own code is no reason for either process to exit."""
+    port = ports.spawn(handler, codec=PICKLE_CODEC)
+    _, pid = port.request("before", timeout=WAIT)
+    with pytest.raises(RemoteError, match="refused to be unpickled here"):
+        port.request(ExitsElsewhere(), timeout=WAIT)
+    with pytest.raises(UndecodableReply, match="refused to be unpickled here"):
+        port.request("exits", timeout=WAIT)
+    assert port.request("after", timeout=WAIT) == ["after", pid]
+
+
+def test_an_awaited_large_reply_is_decoded_off_the_event_loop(
+    process_pools: ProcessPools,
+) -> None:
+    pool = process_pools.start(target=handler, pool_size=1, codec=PICKLE_CODEC)
+    REBUILT_IN.clear()
+
+    async def scenario() -> tuple[Any, Any]:
+        small = await pool.acall(["big", 1000], timeout=WAIT)
+        large = await pool.acall(["big", 4 << 20], timeout=WAIT)
+        return small, large
+
+    small, large = asyncio.run(asyncio.wait_for(scenario(), WAIT * 2))
+    assert (small.size, large.size) == (1000, 4 << 20)
+    loop_thread = threading.current_thread().name  # asyncio.run's loop runs in this thread
+    rebuilt_in = list(REBUILT_IN)
+    assert rebuilt_in == [loop_thread, "dspex-aio-call"]

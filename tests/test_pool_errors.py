@@ -1,7 +1,8 @@
 """Raising callbacks and invalid returns: logged, mapped, and the pool lives.
 
 Also: a `handle_checkout` returning ``("error", reason)`` gets a hint to return
-``Remove(("checkout_failed", reason), pool_state)``.
+``Remove(("checkout_failed", reason), pool_state)``; timeout errors say how long in a few
+digits.
 """
 
 from __future__ import annotations
@@ -246,3 +247,19 @@ def test_a_raising_or_invalid_terminate_worker_is_logged_and_discarded(
     [bad] = records.of("pool_callback_invalid_return")
     assert "Expected:\n    Ok(pool_state)" in bad["message"]
     assert pool.status().workers_removed == 2
+
+
+@pytest.mark.parametrize(
+    ("timeout", "said"),
+    [
+        (0.9824948239984224, "timed out after 0.982s"),  # what remained of a deadline
+        (0.49996894400101155, "timed out after 0.5s"),
+        (5, "timed out after 5s"),
+        (1234567.5, "timed out after 1234568s"),
+        (None, "timed out"),  # not known: nothing made up ("after Nones")
+    ],
+)
+def test_timeouts_are_said_in_a_few_digits(timeout: float | None, said: str) -> None:
+    assert str(da.CallTimeout("#Port<1>", "send", timeout)).endswith(said)
+    assert str(da.PoolTimeout("pool", timeout)).endswith(said)
+    assert da.CallTimeout("#Port<1>", "send", timeout).timeout == timeout  # kept exact

@@ -254,7 +254,7 @@ class PickleCodec:
 
         try:
             return dill.loads(payload)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a pickle's code may raise SystemExit too
             raise ProtocolError(
                 f"cannot unpickle frame ({len(payload)} bytes): {type(exc).__name__}: {exc}"
             ) from exc

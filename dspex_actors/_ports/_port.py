@@ -148,6 +148,8 @@ _REAP_LIMIT = 10.0
 """Seconds `close` waits for a SIGKILLed process to be reaped before it gives up waiting."""
 _STDERR_TAIL = 50  # stderr lines kept per port for diagnostics
 _STDERR_READ = 1 << 20  # bytes asked for per read of stderr
+# An awaited reply larger than this is decoded in a thread, not on the event loop.
+_LOOP_DECODE_MAX = 1 << 20
 
 
 # --- public types ------------------------------------------------------------------------------
@@ -596,6 +598,14 @@ class Port:
         with self._recv_lock:
             return self._next_frame(deadline, timeout)
 
+    async def _areply_of(self, frame: bytes, request_id: Any) -> Any:
+        """`_reply_of`, awaited: a large frame (over `_LOOP_DECODE_MAX` bytes) is decoded in a
+        thread of its own, so the event loop does not stall on it (an 18 MB JSON reply takes
+        about half a second to decode)."""
+        if len(frame) > _LOOP_DECODE_MAX:
+            return await in_thread(self._reply_of, frame, request_id)
+        return self._reply_of(frame, request_id)
+
     def _reply_of(self, frame: bytes, request_id: Any) -> Any:
         """The reply `frame` carries, checked to answer `request_id` (`_check_reply`).
 
@@ -742,8 +752,9 @@ class Port:
                     frame = self._next_frame(time.monotonic(), 0.0)  # never waits
                 except CallTimeout:
                     watched = self._aio_watch()
-                else:
-                    return self._reply_of(frame, request_id)
+                    frame = None
+            if frame is not None:
+                return await self._areply_of(frame, request_id)
             try:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:

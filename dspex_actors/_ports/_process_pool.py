@@ -36,9 +36,9 @@ affects the one call that was using it.
 `target` workers are forked by default from a small single-threaded fork server (see
 `Port.spawn`'s ``"forkserver"``), which the pool holds for its whole life: forking is safe
 there, and a replacement worker is answering a few milliseconds after a death. That server is
-the one thing shared, by every forkserver pool and port of the process: if it is killed, their
-workers are killed with it (calls in flight raise `WorkerCrashed`), and each pool replaces them
-through a new server. Use ``start_method="spawn"`` for workers that share nothing.
+the one thing shared, by every forkserver pool and port of the process; if it is killed, its
+workers live on (calls in flight complete) and the next worker start runs a new server. Use
+``start_method="spawn"`` for workers that share nothing.
 
 When not to use it: for code that needs no process isolation, a thread pool is cheaper; for
 per-session state that must survive a crash, see `dspex_actors.bridge.SessionPool`.
@@ -63,7 +63,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 import attrs
 import pykka
@@ -1095,6 +1095,8 @@ class ProcessPool(Pool):
                     return self._call_once(prepared, deadline, timeout, attempts)
                 except WorkerCrashed as exc:
                     attempts.again(exc)
+                except NoProc as exc:
+                    attempts.pool_gone(exc)
 
     async def acall(self, request: Any, timeout: float | None = 5.0) -> Any:
         """Awaitable `call`: waiting for a worker and for its reply does not block the event
@@ -1119,6 +1121,8 @@ class ProcessPool(Pool):
                     return await self._acall_once(prepared, deadline, timeout, attempts)
                 except WorkerCrashed as exc:
                     attempts.again(exc)
+                except NoProc as exc:
+                    attempts.pool_gone(exc)
 
     def _prepare(self, request: Any) -> Prepared:
         """The request, encoded now: what cannot be encoded (or is too large) is the caller's
@@ -1245,6 +1249,7 @@ class _Attempts:
         self.retries = retries
         self.crashes = 0
         self.undelivered = 0
+        self.last_crash: WorkerCrashed | None = None
         self.span: _telemetry.Span | None = None
         self.tries = 0
 
@@ -1277,6 +1282,7 @@ class _Attempts:
 
     def again(self, exc: WorkerCrashed) -> None:
         """Count `exc`; raise it if no attempt is left."""
+        self.last_crash = exc
         if not exc.delivered:
             # Nothing reached the process: safe to run elsewhere, idempotent or not.
             self.undelivered += 1
@@ -1295,6 +1301,13 @@ class _Attempts:
             attempt=self.crashes,
             retries=self.retries,
         )
+
+    def pool_gone(self, exc: NoProc) -> NoReturn:
+        """The pool stopped: raise `exc`, caused by the crash that made the call try again
+        (its worker was killed by the stop, the request not yet wholly written), if any."""
+        if self.last_crash is not None:
+            raise exc from self.last_crash
+        raise exc
 
 
 inline_start(ProcessPool.start)  # bounded: its workers start asynchronously

@@ -393,7 +393,7 @@ class RayPort(Port):
             raise await in_thread(self._lost, exc) from None  # it may wait for the watch
         if outcome[0] == "closed":
             await in_thread(self._exited.wait, _EXIT_GRACE)
-        return self._reply_of(self._outcome(outcome), request_id)
+        return await self._areply_of(self._outcome(outcome), request_id)
 
     def _outcome(self, outcome: tuple[str, Any]) -> bytes:
         """A `RayWorker` call's ``(kind, data)``: the reply's payload, or the error raised."""

@@ -60,7 +60,7 @@ from .._ports._port import Port, check_argv
 from .._ports._process_pool import PortSpec, PortWorker, ProcessPool, _Refused
 from ._protocol import INIT_PING_ID, CommandError, CommandTimeout, request, result_of
 from ._store import ANONYMOUS, SessionStats, SessionStore
-from .worker import PRELOAD, handle_request
+from ._worker_program import PRELOAD, handle_request
 
 if TYPE_CHECKING:
     from .._child_spec import ChildSpec
