@@ -98,9 +98,12 @@ class Explodes:
         return _explode, ()
 
 
+@pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("request_id", [0, 7, 300, 70_000, 2**40, -1])
-def test_the_id_of_a_pickled_envelope_is_read_without_unpickling(request_id: int) -> None:
-    payload = dill.dumps([request_id, Explodes()])
+def test_the_id_of_a_pickled_envelope_is_read_without_unpickling(
+    request_id: int, protocol: int
+) -> None:
+    payload = dill.dumps([request_id, Explodes()], protocol=protocol)
     with pytest.raises(LookupError):
         dill.loads(payload)
     assert pickled_envelope_id(payload) == request_id  # nothing in it was rebuilt
@@ -117,8 +120,23 @@ def test_the_id_of_a_pickled_envelope_is_read_without_unpickling(request_id: int
         dill.dumps(["a string id", 1]),
         dill.dumps([True, 1]),
         dill.dumps(5),
+        dill.dumps([[7, 1], 2]),  # an integer at the head of a list inside
+        dill.dumps([7]),  # one item: no envelope
+        dill.dumps(([7], 1)),
     ],
-    ids=["empty", "garbage", "truncated", "tuple", "dict", "str_id", "bool_id", "bare_int"],
+    ids=[
+        "empty",
+        "garbage",
+        "truncated",
+        "tuple",
+        "dict",
+        "str_id",
+        "bool_id",
+        "bare_int",
+        "nested_list",
+        "one_item",
+        "tuple_of_list",
+    ],
 )
 def test_a_payload_that_is_not_an_envelope_has_no_id(payload: bytes) -> None:
     assert pickled_envelope_id(payload) is None

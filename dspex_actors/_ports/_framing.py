@@ -262,26 +262,41 @@ class PickleCodec:
 
 # The opcodes that may carry an envelope's integer id (by the id's size and sign).
 _INT_OPCODES = frozenset({"BININT1", "BININT2", "BININT", "LONG1", "LONG4", "INT", "LONG"})
-# What may come before a pickled list's first item: the protocol, a frame, the list, its memo.
-_LIST_HEAD = frozenset({"PROTO", "FRAME", "EMPTY_LIST", "MEMOIZE", "BINPUT", "LONG_BINPUT", "MARK"})
+# How a pickled list of several items starts, in order: the protocol and a frame (both only
+# from protocol 2 and 4 on), the empty list, its memo entry, the mark before its items.
+_LIST_HEAD = (
+    frozenset({"PROTO"}),
+    frozenset({"FRAME"}),
+    frozenset({"EMPTY_LIST"}),
+    frozenset({"MEMOIZE", "BINPUT", "LONG_BINPUT"}),
+    frozenset({"MARK"}),
+)
+_REQUIRED = (False, False, True, False, True)  # which of those steps every such pickle has
 
 
 def pickled_envelope_id(payload: bytes) -> int | None:
     """The integer id at the head of a pickled ``[id, ...]`` envelope, read from its opcodes
-    without unpickling anything; None if `payload` does not start like one.
+    without unpickling anything; None if `payload` does not start like one (a list of
+    several items whose first is an integer).
 
     A frame that arrived whole but cannot be unpickled (a class the reader cannot import, a
     ``__setstate__`` that raises) still says which request it belongs to, so the stream stays
     in step: the worker answers that request with an error, and the caller fails that call
     alone."""
-    seen_list = False
+    step = 0
     try:
         for opcode, arg, _pos in pickletools.genops(payload):
-            if opcode.name in _INT_OPCODES and seen_list:
-                return arg if isinstance(arg, int) and not isinstance(arg, bool) else None
-            if opcode.name not in _LIST_HEAD:
-                return None
-            seen_list = seen_list or opcode.name == "EMPTY_LIST"
+            name = opcode.name
+            while step < len(_LIST_HEAD) and name not in _LIST_HEAD[step]:
+                if _REQUIRED[step]:
+                    return None
+                step += 1
+            if step < len(_LIST_HEAD):
+                step += 1
+                continue
+            if name in _INT_OPCODES and isinstance(arg, int) and not isinstance(arg, bool):
+                return arg
+            return None
     except Exception:  # not a pickle at all: its opcodes cannot even be read
         return None
     return None
