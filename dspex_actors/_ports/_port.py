@@ -151,6 +151,10 @@ _STDERR_READ = 1 << 20  # bytes asked for per read of stderr
 # An awaited reply larger than this is decoded in a thread, not on the event loop.
 _LOOP_DECODE_MAX = 1 << 20
 
+StartThread = Callable[[Callable[[], None]], None]
+"""Starts a thread running the function it is given, or raises having started none: what
+`Port._write` hands the rest of a frame to (its `late` and `handoff`)."""
+
 
 # --- public types ------------------------------------------------------------------------------
 
@@ -697,7 +701,7 @@ class Port:
         self,
         payload: bytes,
         timeout: float | None,
-        handoff: Callable[[Callable[[], None]], None] | None = None,
+        handoff: StartThread | None = None,
     ) -> None:
         """Write a request's frame (`_write`'s `handoff`: see there). `RayPort` sends it to
         its actor with its reply's read, which never waits."""
@@ -955,8 +959,8 @@ class Port:
         self,
         data: bytes,
         timeout: float | None,
-        late: Callable[[Callable[[], None]], None] | None = None,
-        handoff: Callable[[Callable[[], None]], None] | None = None,
+        late: StartThread | None = None,
+        handoff: StartThread | None = None,
     ) -> None:
         """Write one whole frame within `timeout` (after waiting, within it too, for another
         send to finish: that costs nothing but a `CallTimeout`, nothing written).
@@ -1028,7 +1032,7 @@ class Port:
         size: int,
         deadline: float | None,
         timeout: float | None,
-        late: Callable[[Callable[[], None]], None] | None,
+        late: StartThread | None,
     ) -> None:
         """The rest of a frame of `size` bytes that `_write` began (and its outcome, as
         `_write` describes it), by `deadline`. Releases the send lock `_write` took, or hands

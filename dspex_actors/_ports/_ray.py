@@ -46,7 +46,7 @@ from .._errors import CallTimeout, InvalidOption, PortClosed, ProtocolError
 from .._logging import area_logger, log_event
 from ._framing import HEADER_SIZE, RAW_CODEC, Codec, check_size
 from ._launch import pickle_setup
-from ._port import Owner, Port, _ids
+from ._port import Owner, Port, StartThread, _ids
 from ._worker import answer, codec_named, decoded, reply_payload
 
 __all__ = [
@@ -312,8 +312,8 @@ class RayPort(Port):
         self,
         data: bytes,
         timeout: float | None,
-        late: Callable[[Callable[[], None]], None] | None = None,
-        handoff: Callable[[Callable[[], None]], None] | None = None,
+        late: StartThread | None = None,
+        handoff: StartThread | None = None,
     ) -> None:
         # `send` and `ping`: a target worker answers every frame (an actor call each); a
         # program's frame is written, and its frames read by `recv`. An actor call is never
@@ -325,7 +325,7 @@ class RayPort(Port):
         self,
         payload: bytes,
         timeout: float | None,
-        handoff: Callable[[Callable[[], None]], None] | None = None,
+        handoff: StartThread | None = None,
     ) -> None:
         check_size(len(payload), self._max_frame)
         self._submit(self._actor.request, payload, reply=True)
